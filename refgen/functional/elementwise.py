@@ -1,0 +1,379 @@
+"""Elementwise ops. Binary ops broadcast; their backward sums gradients back to each
+input's shape with ``sum_to``, the adjoint of broadcasting."""
+from __future__ import annotations
+
+import math
+
+from refgen.autograd import Function, Tensor, as_tensor
+from refgen.backend import xp, erf as _erf
+
+__all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt",
+           "abs", "sign", "sin", "cos", "tanh", "sigmoid", "relu", "leaky_relu", "elu",
+           "softplus", "silu", "gelu", "logsigmoid", "clamp", "where", "maximum", "minimum",
+           "square", "erf"]
+
+
+def _pair(a, b):
+    """Both operands as Tensors; a Python scalar takes the other's dtype."""
+    if isinstance(a, Tensor):
+        return a, as_tensor(b, like=a)
+    b = as_tensor(b)
+    return as_tensor(a, like=b), b
+
+
+def _unbroadcast(g, shape):
+    from refgen.functional.shape import sum_to
+    return sum_to(g, shape)
+
+
+class _Add(Function):
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, gy):
+        a, b = self.inputs
+        return _unbroadcast(gy, a.shape), _unbroadcast(gy, b.shape)
+
+
+class _Sub(Function):
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, gy):
+        a, b = self.inputs
+        return _unbroadcast(gy, a.shape), _unbroadcast(neg(gy), b.shape)
+
+
+class _Mul(Function):
+    def forward(self, a, b):
+        return a * b
+
+    def backward(self, gy):
+        a, b = self.inputs
+        ga = _unbroadcast(gy * b, a.shape) if a.requires_grad else None
+        gb = _unbroadcast(gy * a, b.shape) if b.requires_grad else None
+        return ga, gb
+
+
+class _Div(Function):
+    def forward(self, a, b):
+        return a / b
+
+    def backward(self, gy):
+        a, b = self.inputs
+        ga = _unbroadcast(gy / b, a.shape) if a.requires_grad else None
+        gb = _unbroadcast(neg(gy) * a / (b * b), b.shape) if b.requires_grad else None
+        return ga, gb
+
+
+class _Neg(Function):
+    def forward(self, x):
+        return -x
+
+    def backward(self, gy):
+        return neg(gy)
+
+
+class _PowScalar(Function):
+    def forward(self, x, p):
+        self.p = p
+        return x ** p
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        if self.p == 0:
+            return gy * 0.0
+        return gy * (self.p * pow(x, self.p - 1))
+
+
+class _Pow(Function):
+    def forward(self, a, b):
+        return a ** b
+
+    def backward(self, gy):
+        a, b = self.inputs
+        ga = _unbroadcast(gy * b * pow(a, b - 1.0), a.shape) if a.requires_grad else None
+        gb = _unbroadcast(gy * self.output * log(a), b.shape) if b.requires_grad else None
+        return ga, gb
+
+
+def add(a, b):
+    return _Add.apply(*_pair(a, b))
+
+
+def sub(a, b):
+    return _Sub.apply(*_pair(a, b))
+
+
+def mul(a, b):
+    return _Mul.apply(*_pair(a, b))
+
+
+def div(a, b):
+    return _Div.apply(*_pair(a, b))
+
+
+def neg(x):
+    return _Neg.apply(as_tensor(x))
+
+
+def pow(x, p):
+    """x ** p; a constant exponent (Python number) takes the cheap path."""
+    if isinstance(p, (int, float)) and isinstance(x, Tensor):
+        return _PowScalar.apply(x, p=p)
+    return _Pow.apply(*_pair(x, p))
+
+
+def square(x):
+    return mul(x, x)
+
+
+class _Exp(Function):
+    def forward(self, x):
+        return xp.exp(x)
+
+    def backward(self, gy):
+        return gy * self.output
+
+
+class _Log(Function):
+    def forward(self, x):
+        return xp.log(x)
+
+    def backward(self, gy):
+        return gy / self.inputs[0]
+
+
+class _Log1p(Function):
+    def forward(self, x):
+        return xp.log1p(x)
+
+    def backward(self, gy):
+        return gy / (self.inputs[0] + 1.0)
+
+
+class _Expm1(Function):
+    def forward(self, x):
+        return xp.expm1(x)
+
+    def backward(self, gy):
+        return gy * (self.output + 1.0)
+
+
+class _Sqrt(Function):
+    def forward(self, x):
+        return xp.sqrt(x)
+
+    def backward(self, gy):
+        return gy / (2.0 * self.output)
+
+
+class _Sin(Function):
+    def forward(self, x):
+        return xp.sin(x)
+
+    def backward(self, gy):
+        return gy * cos(self.inputs[0])
+
+
+class _Cos(Function):
+    def forward(self, x):
+        return xp.cos(x)
+
+    def backward(self, gy):
+        return neg(gy * sin(self.inputs[0]))
+
+
+class _Tanh(Function):
+    def forward(self, x):
+        return xp.tanh(x)
+
+    def backward(self, gy):
+        y = self.output
+        return gy * (1.0 - y * y)  # tanh' = 1 - tanh^2
+
+
+class _Sigmoid(Function):
+    def forward(self, x):
+        return xp.exp(-xp.logaddexp(0, -x))  # 1 / (1 + e^-x), exact in both tails
+
+    def backward(self, gy):
+        y = self.output
+        return gy * y * (1.0 - y)
+
+
+class _Softplus(Function):
+    def forward(self, x):
+        return xp.logaddexp(0, x)  # log(1 + e^x), finite for |x| = 1e4
+
+    def backward(self, gy):
+        return gy * sigmoid(self.inputs[0])
+
+
+class _Erf(Function):
+    def forward(self, x):
+        return _erf(x)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        return gy * (2.0 / math.sqrt(math.pi)) * exp(neg(x * x))
+
+
+def _mask_grad(gy, mask):
+    """gy where the (constant) mask holds, else 0: the derivative of a piecewise-linear op."""
+    return gy * Tensor(mask.astype(gy.dtype))
+
+
+class _Relu(Function):
+    def forward(self, x):
+        return xp.maximum(x, 0)
+
+    def backward(self, gy):
+        return _mask_grad(gy, self.inputs[0].data > 0)
+
+
+class _Abs(Function):
+    def forward(self, x):
+        return xp.abs(x)
+
+    def backward(self, gy):
+        return gy * Tensor(xp.sign(self.inputs[0].data))
+
+
+class _Clamp(Function):
+    def forward(self, x, lo, hi):
+        self.mask = xp.ones(x.shape, dtype=bool)
+        if lo is not None:
+            self.mask &= x >= lo
+        if hi is not None:
+            self.mask &= x <= hi
+        return xp.clip(x, lo, hi)
+
+    def backward(self, gy):
+        return _mask_grad(gy, self.mask)
+
+
+class _Where(Function):
+    def forward(self, a, b, cond):
+        self.cond = cond
+        return xp.where(cond, a, b)
+
+    def backward(self, gy):
+        a, b = self.inputs
+        zero = Tensor(xp.zeros((), dtype=gy.dtype))
+        ga = _unbroadcast(where(self.cond, gy, zero), a.shape) if a.requires_grad else None
+        gb = _unbroadcast(where(self.cond, zero, gy), b.shape) if b.requires_grad else None
+        return ga, gb
+
+
+def exp(x):
+    return _Exp.apply(as_tensor(x))
+
+
+def log(x):
+    return _Log.apply(as_tensor(x))
+
+
+def log1p(x):
+    return _Log1p.apply(as_tensor(x))
+
+
+def expm1(x):
+    return _Expm1.apply(as_tensor(x))
+
+
+def sqrt(x):
+    return _Sqrt.apply(as_tensor(x))
+
+
+def sin(x):
+    return _Sin.apply(as_tensor(x))
+
+
+def cos(x):
+    return _Cos.apply(as_tensor(x))
+
+
+def tanh(x):
+    return _Tanh.apply(as_tensor(x))
+
+
+def sigmoid(x):
+    return _Sigmoid.apply(as_tensor(x))
+
+
+def softplus(x, beta: float = 1.0):
+    """log(1 + exp(beta x)) / beta."""
+    if beta == 1.0:
+        return _Softplus.apply(as_tensor(x))
+    return _Softplus.apply(as_tensor(x) * beta) / beta
+
+
+def logsigmoid(x):
+    """log sigmoid(x) = -softplus(-x), finite for large |x|."""
+    return neg(softplus(neg(x)))
+
+
+def erf(x):
+    return _Erf.apply(as_tensor(x))
+
+
+def relu(x):
+    return _Relu.apply(as_tensor(x))
+
+
+def abs(x):
+    return _Abs.apply(as_tensor(x))
+
+
+def sign(x):
+    """sign(x) as a constant Tensor (its derivative is zero almost everywhere)."""
+    return Tensor(xp.sign(as_tensor(x).data))
+
+
+def clamp(x, min=None, max=None):
+    return _Clamp.apply(as_tensor(x), lo=min, hi=max)
+
+
+def where(condition, a, b):
+    """Elementwise ``a`` where ``condition`` else ``b``; the condition is not differentiated."""
+    cond = condition.data if isinstance(condition, Tensor) else xp.asarray(condition)
+    a, b = _pair(a, b)
+    return _Where.apply(a, b, cond=cond)
+
+
+def maximum(a, b):
+    a, b = _pair(a, b)
+    return where(a.data >= b.data, a, b)
+
+
+def minimum(a, b):
+    a, b = _pair(a, b)
+    return where(a.data <= b.data, a, b)
+
+
+def leaky_relu(x, negative_slope: float = 0.01):
+    x = as_tensor(x)
+    return x * Tensor(xp.where(x.data > 0, 1.0, negative_slope).astype(x.dtype))
+
+
+def elu(x, alpha: float = 1.0):
+    x = as_tensor(x)
+    # expm1 of min(x, 0): the unused branch never overflows, so its zero gradient stays 0
+    return where(x.data > 0, x, alpha * expm1(minimum(x, 0.0)))
+
+
+def silu(x):
+    """x * sigmoid(x)."""
+    return x * sigmoid(x)
+
+
+def gelu(x, approximate: str = "none"):
+    """x * Phi(x); ``approximate='tanh'`` uses the tanh form of Phi."""
+    x = as_tensor(x)
+    if approximate == "tanh":
+        c = math.sqrt(2.0 / math.pi)
+        return 0.5 * x * (1.0 + tanh(c * (x + 0.044715 * x * x * x)))
+    if approximate != "none":
+        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))

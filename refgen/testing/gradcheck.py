@@ -1,0 +1,87 @@
+"""The gradient-check oracle: analytic gradients against finite differences.
+
+Rather than the full Jacobian, each check compares one random directional derivative:
+the numeric ``<v, (f(x + eps u) - f(x - eps u)) / 2 eps>`` against the analytic
+``sum_i <J_i^T v, u_i>`` from refgen's backward pass, in float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import refgen
+from refgen.autograd import Tensor
+from refgen.backend import use_backend
+
+__all__ = ["check_vjp", "check_double_backward", "check_grads", "GradcheckError"]
+
+
+class GradcheckError(AssertionError):
+    """An analytic gradient disagrees with the numeric one."""
+
+
+def _outputs(y):
+    return list(y) if isinstance(y, (tuple, list)) else [y]
+
+
+def _dot(vs, ys):
+    return sum(float(np.sum(np.asarray(v) * np.asarray(refgen.backend.to_numpy(y.data))))
+               for v, y in zip(vs, ys))
+
+
+def check_vjp(f, xs, rng=None, eps=1e-6, atol=1e-5, rtol=1e-4, min_abs_u=0.0):
+    """Check ``f``'s reverse-mode gradient in one random direction, in float64, on NumPy.
+
+    f: a function of Tensors returning a Tensor (or a tuple of Tensors).
+    xs: the input arrays (converted to float64). Returns (analytic, numeric).
+    min_abs_u: keep each |u_i| at least this large (useful to test every entry's path).
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    xs = [np.asarray(x, dtype=np.float64) for x in xs]
+    with use_backend("numpy"):
+        ts = [Tensor(x.copy(), requires_grad=True) for x in xs]
+        ys = _outputs(f(*ts))
+        vs = [rng.standard_normal(y.shape) for y in ys]
+        us = [rng.standard_normal(x.shape) for x in xs]
+        if min_abs_u:
+            us = [np.where(np.abs(u) < min_abs_u, np.copysign(min_abs_u, u), u) for u in us]
+        live = [(y, Tensor(v)) for y, v in zip(ys, vs) if y.requires_grad]
+        if live:
+            gs = refgen.grad([y for y, _ in live], ts, [v for _, v in live], allow_unused=True)
+        else:  # no output depends on the inputs through the graph: the derivative must be 0
+            gs = [None] * len(ts)
+        analytic = sum(float(np.sum(g.data * u)) for g, u in zip(gs, us) if g is not None)
+        for g, x in zip(gs, xs):
+            if g is not None and (g.shape != x.shape or g.dtype != x.dtype):
+                raise GradcheckError(f"gradient of shape {g.shape} {g.dtype} for input {x.shape} {x.dtype}")
+        # inputs require grad here too, since f may itself take gradients (double backward)
+        plus = _outputs(f(*[Tensor(x + eps * u, requires_grad=True) for x, u in zip(xs, us)]))
+        minus = _outputs(f(*[Tensor(x - eps * u, requires_grad=True) for x, u in zip(xs, us)]))
+        numeric = (_dot(vs, plus) - _dot(vs, minus)) / (2 * eps)
+    if not abs(analytic - numeric) <= atol + rtol * abs(numeric):
+        raise GradcheckError(f"directional derivative: analytic {analytic!r} vs numeric {numeric!r}")
+    return analytic, numeric
+
+
+def check_double_backward(f, xs, rng=None, eps=1e-6, atol=1e-5, rtol=1e-4):
+    """Check the gradient of f's gradient: run ``check_vjp`` on x -> J(x)^T v for a fixed v."""
+    rng = np.random.default_rng(1) if rng is None else rng
+    xs = [np.asarray(x, dtype=np.float64) for x in xs]
+    with use_backend("numpy"):
+        ys = _outputs(f(*[Tensor(x) for x in xs]))
+    vs = [rng.standard_normal(y.shape) for y in ys]
+
+    def vjp(*ts):
+        out = _outputs(f(*ts))
+        gs = refgen.grad([y for y in out if y.requires_grad], ts,
+                         [Tensor(v) for v, y in zip(vs, out) if y.requires_grad],
+                         create_graph=True, allow_unused=True, materialize_grads=True)
+        return tuple(gs)
+
+    return check_vjp(vjp, xs, rng=rng, eps=eps, atol=atol, rtol=rtol)
+
+
+def check_grads(f, xs, order=2, rng=None, eps=1e-6, atol=1e-5, rtol=1e-4):
+    """First-order check, and the double-backward check when ``order >= 2``."""
+    check_vjp(f, xs, rng=rng, eps=eps, atol=atol, rtol=rtol)
+    if order >= 2:
+        check_double_backward(f, xs, rng=rng, eps=eps, atol=atol, rtol=rtol)
