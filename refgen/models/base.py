@@ -1,0 +1,110 @@
+"""What every refgen model promises (the model contract of DESIGN.md).
+
+A model is an ``nn.Module`` registered under a name, with
+
+- ``loss(batch)``: the scalar training objective, as the derivation writes it;
+- ``sample(n, cond=None, rng=None)``: ``n`` samples in data space, an xp array;
+- where the family has them: ``log_prob(x)`` (exact, nats per example), ``elbo(x)``,
+  ``iwae(x, k)``, ``energy(x)``, ``score(x, t)``;
+- ``train_step(batch, optimizers)`` only where one backward and one step is not the
+  algorithm (GAN alternation, EMA teachers, replay buffers).
+
+``batch`` is a :class:`Batch`: ``x`` a Tensor of examples (B, *data_shape) and ``y`` an
+integer xp array of labels (B,) or None.
+
+Construction: ``__init__(self, data_shape, *, seed=0, <hyperparameters with defaults>)``;
+conditional models also take ``num_classes`` and text models ``vocab_size``. The CLI passes
+whichever of data_shape, num_classes, vocab_size and seed the constructor names (see
+:func:`constructor_kwargs`), plus ``--set key=value`` hyperparameters. Initial weights come
+from a NumPy generator seeded by ``seed`` (refgen.nn.init), so CPU and GPU start alike.
+
+Class attributes the tools read (all optional):
+
+- ``data_spec``: a :class:`DataSpec`, checked by :func:`check_data` before training;
+- ``default_train = dict(steps=..., batch_size=..., lr=..., ema=...)``: what ``refgen train``
+  uses for flags that are not given;
+- ``demo = True``: ``refgen demo`` trains this model on the toy 2D data.
+
+Randomness. Any noise a model draws inside ``loss`` or ``train_step`` (time steps, noise,
+dropout masks, latent samples) must come from ``self.rng``: a backend generator
+(``refgen.backend.default_rng``) that the training loop creates from the run's seed, assigns
+to ``model.rng`` before the first step and saves in every checkpoint. That is what makes a
+resumed run on NumPy end bit-for-bit equal to an uninterrupted one. ``sample(n, rng=None)``
+uses ``rng`` when given, else ``self.rng`` (else a fresh generator).
+
+Several optimizers. A model with ``train_step`` may define ``param_groups() -> dict`` mapping
+a name to a list of parameters, or to ``dict(params=[...], lr=...)`` for a group with its own
+learning rate (e.g. a GAN's generator and discriminator); the loop builds one optimizer per
+group and passes ``{name: optimizer}`` to ``train_step``. Without it the dict holds a single
+optimizer, ``'model'``, over all parameters. ``train_step`` returns a dict of floats that
+includes ``'loss'``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import NamedTuple
+
+__all__ = ["Batch", "DataSpec", "check_data", "constructor_kwargs", "hyperparameters"]
+
+
+class Batch(NamedTuple):
+    x: object          # Tensor (B, *shape)
+    y: object = None   # xp int array (B,) or None
+
+
+class DataSpec(NamedTuple):
+    """What a model accepts: data kinds ('continuous', 'binary', 'categorical') and the
+    number of dimensions of one example (1 for vectors such as toy 2D data, 3 for images)."""
+    kinds: tuple
+    ndims: tuple
+
+
+def check_data(model_cls, dataset):
+    """Raise ValueError, in one line, when ``dataset`` does not fit ``model_cls``."""
+    spec = getattr(model_cls, "data_spec", None)
+    if spec is None:
+        return
+    name = getattr(model_cls, "registry_name", model_cls.__name__)
+    if dataset.kind not in spec.kinds:
+        raise ValueError(f"model {name!r} takes {'/'.join(spec.kinds)} data, but dataset "
+                         f"{dataset.name!r} is {dataset.kind}")
+    if len(dataset.shape) not in spec.ndims:
+        want = " or ".join({1: "vectors", 2: "sequences/matrices", 3: "images (C, H, W)"}.get(d, f"{d}-d")
+                           for d in spec.ndims)
+        raise ValueError(f"model {name!r} takes {want}, but dataset {dataset.name!r} has "
+                         f"examples of shape {tuple(dataset.shape)}")
+
+
+_DATA_ARGS = ("data_shape", "num_classes", "vocab_size", "seed")
+
+
+def hyperparameters(model_cls) -> dict:
+    """name -> default of the constructor's keyword hyperparameters (data arguments left out)."""
+    sig = inspect.signature(model_cls.__init__)
+    return {k: p.default for k, p in sig.parameters.items()
+            if k != "self" and k not in _DATA_ARGS
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def constructor_kwargs(model_cls, *, data_shape, num_classes=None, vocab_size=None, seed=0,
+                       overrides=None) -> dict:
+    """The keyword arguments to build ``model_cls`` for a data set, plus ``overrides``.
+
+    Passes whichever of data_shape, num_classes, vocab_size and seed the constructor accepts;
+    raises ValueError, in one line, for an override the constructor does not take.
+    """
+    params = inspect.signature(model_cls.__init__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    given = {"data_shape": tuple(int(d) for d in data_shape), "num_classes": num_classes,
+             "vocab_size": vocab_size, "seed": int(seed)}
+    kwargs = {k: v for k, v in given.items() if k in params and v is not None}
+    name = getattr(model_cls, "registry_name", model_cls.__name__)
+    for k, v in (overrides or {}).items():
+        if k in _DATA_ARGS:
+            raise ValueError(f"{k!r} is set from the data set and the run's flags, not with --set")
+        if k not in params and not takes_any:
+            accepted = ", ".join(f"{h}={d!r}" for h, d in hyperparameters(model_cls).items())
+            raise ValueError(f"model {name!r} has no hyperparameter {k!r}; accepted: "
+                             f"{accepted or '(none)'}")
+        kwargs[k] = v
+    return kwargs
