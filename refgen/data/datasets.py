@@ -1,0 +1,135 @@
+"""One interface to every data set: ``load(name, split) -> Dataset``, ``ds.batch(idx, rng)``.
+
+Names and what ``Dataset.x`` holds (float32 unless said otherwise, one row per example):
+
+  toy2d names    (N, 2) samples; train N=50,000 drawn from seed ``(seed, 0)``, test
+                 N=10,000 from ``(seed, 1)``.  kind 'continuous'.
+  mnist          (N, 1, 28, 28) in [-1, 1]: x = k / 127.5 - 1 for pixel value k.
+  mnist-dequantized
+                 (N, 1, 28, 28) in [0, 1]: x = (k + u) / 256, u ~ U[0, 1) drawn afresh in
+                 every train batch; the test split is one fixed draw (seed 0).  A density
+                 p(x) on [0, 1]^D gives the discrete data a likelihood of at least
+                 p(x) / 256^D, so  bits/dim = (nll_nats + D log 256) / (D log 2),  D = 784.
+  mnist-binary   (N, 1, 28, 28) in {0, 1}, kind 'binary'.  Train: x stores the intensities
+                 k / 255 and every batch draws x_b ~ Bernoulli(intensity) (dynamic
+                 binarization).  Test: one fixed binarization (seed 0) whatever ``seed`` is,
+                 so test NLLs are comparable across runs.
+  mnist-14       (N, 1, 14, 14) in [-1, 1]: 2x2 average pooling, then as mnist.
+  mnist-14-binary  pooled intensities, then binarized as mnist-binary.
+  text:PATH      character-level: x is int64 token ids (n,) of the split (90/10), kind
+                 'categorical'; ``batch(starts, rng)`` returns windows
+                 ``(x[s:s+block_size], x[s+1:s+block_size+1])`` for each start s, i.e.
+                 inputs and next-character targets, both int64 (B, block_size).
+
+For every MNIST name ``y`` holds the int64 labels and ``num_classes`` is 10.
+MNIST files are read only when an MNIST name is loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import mnist as _mnist
+from . import text as _text
+from . import toy2d
+
+__all__ = ["Dataset", "load", "names", "TOY_SIZES"]
+
+TOY_SIZES = {"train": 50_000, "test": 10_000}
+_MNIST_NAMES = ("mnist", "mnist-dequantized", "mnist-binary", "mnist-14", "mnist-14-binary")
+_TEST_SEED = 0  # the one fixed binarization / dequantization of MNIST test sets
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A split of a data set held in host memory (NumPy).
+
+    ``batch(indices, rng) -> (x_batch, y_batch)``: rows ``indices`` (integers in
+    [0, len(self))) with the split's per-batch transform applied; ``y_batch`` is None when
+    there are no labels.  ``rng`` is a NumPy Generator (or a seed).
+    """
+    name: str
+    split: str
+    x: np.ndarray
+    y: np.ndarray | None
+    kind: str  # 'continuous' | 'binary' | 'categorical'
+    shape: tuple  # of one example (one window, (block_size,), for text)
+    num_classes: int | None = None
+    vocab: list | None = None
+    block_size: int | None = None
+    transform: Callable | None = field(default=None, repr=False)  # (x_batch, rng) -> x_batch
+
+    def __len__(self) -> int:
+        if self.kind == "categorical":
+            return len(self.x) - self.block_size  # valid window starts
+        return len(self.x)
+
+    def batch(self, indices, rng=None):
+        idx = np.asarray(indices, dtype=np.int64)
+        if self.kind == "categorical":
+            window = self.x[idx[:, None] + np.arange(self.block_size + 1)]  # (B, T+1)
+            return window[:, :-1], window[:, 1:]
+        xb = self.x[idx]
+        if self.transform is not None:
+            xb = self.transform(xb, np.random.default_rng(rng))
+        return xb, (None if self.y is None else self.y[idx])
+
+    def decode(self, ids) -> str:
+        """Token ids -> text (text data sets only)."""
+        return _text.decode(ids, self.vocab)
+
+
+def names() -> list[str]:
+    """Every accepted data set name; 'text:PATH' stands for any text file."""
+    return toy2d.names() + list(_MNIST_NAMES) + ["text:PATH"]
+
+
+def _binarize(p, rng):
+    return (rng.random(p.shape, dtype=np.float32) < p).astype(np.float32)
+
+
+def _dequantize(lower, rng):  # lower = k / 256
+    return lower + rng.random(lower.shape, dtype=np.float32) / np.float32(256)
+
+
+def _load_mnist(name, split, data_dir, download):
+    images, labels = _mnist.load_mnist(split, data_dir=data_dir, download=download)
+    k = images[:, None].astype(np.float32)  # (N, 1, 28, 28), values 0..255
+    if name.startswith("mnist-14"):
+        n = len(k)
+        k = k.reshape(n, 1, 14, 2, 14, 2).mean(axis=(3, 5))  # 2x2 average pool -> (N, 1, 14, 14)
+    kind, transform = "continuous", None
+    if name in ("mnist", "mnist-14"):
+        x = k / np.float32(127.5) - np.float32(1)
+    elif name == "mnist-dequantized":
+        x, transform = k / np.float32(256), _dequantize
+        if split == "test":
+            x, transform = _dequantize(x, np.random.default_rng(_TEST_SEED)), None
+    else:  # binary variants
+        x, kind, transform = k / np.float32(255), "binary", _binarize
+        if split == "test":
+            x, transform = _binarize(x, np.random.default_rng(_TEST_SEED)), None
+    return Dataset(name, split, x, labels, kind, x.shape[1:], num_classes=10, transform=transform)
+
+
+def load(name: str, split: str = "train", data_dir=None, seed: int = 0,
+         block_size: int = 64, download: bool = True) -> Dataset:
+    """The ``split`` ('train' or 'test') of data set ``name`` (see the module docstring)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; accepted: train, test")
+    if name in toy2d.names():
+        rng = np.random.default_rng([int(seed), 0 if split == "train" else 1])
+        x = toy2d.sample(name, TOY_SIZES[split], rng).astype(np.float32)
+        return Dataset(name, split, x, None, "continuous", (2,))
+    if name in _MNIST_NAMES:
+        return _load_mnist(name, split, data_dir, download)
+    if name.startswith("text:") and len(name) > 5:
+        ids, vocab = _text.load_text(name[5:], split)
+        if len(ids) <= block_size:
+            raise ValueError(f"{name}: the {split} split has {len(ids)} characters, "
+                             f"need more than block_size={block_size}")
+        return Dataset(name, split, ids, None, "categorical", (int(block_size),), vocab=vocab,
+                       block_size=int(block_size))
+    raise ValueError(f"unknown data set {name!r}; accepted: {', '.join(names())}")

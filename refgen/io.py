@@ -1,0 +1,272 @@
+"""Files: checkpoints (.npz, never pickle), a PNG writer, image grids and 2D plots.
+
+Every writer is atomic: it writes a temporary file in the target's directory and renames
+it over the target (``os.replace``), so a crash never leaves a half-written file behind
+and an existing file is either the old one or the new one.
+
+Image conventions: uint8, or float in [0, 1] (clipped); (H, W) gray or (H, W, 3) RGB.
+2D plots map ``extent = (xmin, xmax, ymin, ymax)`` onto the image with y pointing up.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from refgen.backend import to_numpy
+
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "write_png", "png_bytes",
+           "to_uint8", "colormap", "image_grid", "scatter_image", "scatter_png", "heatmap_image", "heatmap_png",
+           "grid_points", "concat_images_horizontal", "atomic_write"]
+
+_META_KEY = "__meta__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that refgen will not read (not an .npz, or holding pickles)."""
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """``with atomic_write(path) as f:`` -> a binary file that becomes ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _json_default(o):
+    if isinstance(o, (np.generic, np.ndarray)):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"checkpoint meta holds a {type(o).__name__}, which JSON cannot store")
+
+
+def save_checkpoint(path, arrays: dict, meta: dict | None = None) -> None:
+    """Write ``arrays`` (name -> array, host or device) and JSON-able ``meta`` to an .npz.
+
+    ``meta`` is stored as its JSON text, UTF-8 bytes in a uint8 array under ``__meta__``.
+    """
+    out = {}
+    for k, v in arrays.items():
+        if k == _META_KEY:
+            raise ValueError(f"array name {_META_KEY!r} is reserved for the checkpoint meta")
+        a = np.asarray(to_numpy(v))
+        if a.dtype.hasobject:
+            raise TypeError(f"array {k!r} has dtype object; checkpoints hold numeric arrays only")
+        out[k] = a
+    text = json.dumps(meta or {}, default=_json_default, sort_keys=True)
+    out[_META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    with atomic_write(path) as f:
+        np.savez(f, **out)
+
+
+def load_checkpoint(path) -> tuple[dict, dict]:
+    """(arrays: name -> NumPy array, meta: dict) of a checkpoint; pickled objects refused."""
+    try:
+        with open(path, "rb") as f:  # our handle, closed even when np.load fails
+            z = np.load(f, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"{path}: a single .npy array, not an .npz checkpoint")
+            with z:
+                arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        if "pickle" in str(e).lower():
+            raise CheckpointError(f"{path}: holds pickled objects, which can run code when "
+                                  "loaded; refgen checkpoints are plain arrays, refusing it") from None
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({e})") from None
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({e})") from None
+    meta_bytes = arrays.pop(_META_KEY, None)
+    try:
+        meta = json.loads(meta_bytes.tobytes().decode("utf-8")) if meta_bytes is not None else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: its {_META_KEY} entry is not JSON text ({e})") from None
+    return arrays, meta
+
+
+# ----------------------------------------------------------------------------- PNG
+def to_uint8(img) -> np.ndarray:
+    """uint8 as is; floats in [0, 1] -> round(255 x), clipped (NaN -> 0)."""
+    img = np.asarray(to_numpy(img))
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.bool_:
+        return img.astype(np.uint8) * 255
+    img = np.nan_to_num(img.astype(np.float64), nan=0.0)
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def png_bytes(img) -> bytes:
+    """The PNG encoding (8-bit, filter 0 on every row) of a (H, W) or (H, W, 3|4) image."""
+    img = to_uint8(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    color = {2: 0, 3: {3: 2, 4: 6}.get(img.shape[-1])}.get(img.ndim)  # gray / RGB / RGBA
+    if color is None:
+        raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4); got shape {img.shape}")
+    h, w = img.shape[:2]
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, -1)], axis=1)  # filter byte
+    return (b"\x89PNG\r\n\x1a\n"
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + _chunk(b"IEND", b""))
+
+
+def write_png(path, img) -> None:
+    """Write an image (uint8, or float in [0, 1]; (H, W) or (H, W, 3)) as a PNG, atomically."""
+    data = png_bytes(img)
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+# ----------------------------------------------------------------------------- layouts
+def image_grid(images, nrow: int | None = None, pad: int = 2, pad_value: float = 0.5):
+    """Tile images (N, H, W) or (N, C, H, W), C in {1, 3}, floats in [0, 1], into one image.
+
+    ``nrow`` images per row (default ceil(sqrt(N))), filled row by row; ``pad`` pixels of
+    ``pad_value`` around and between them.  Returns (H', W') for gray, (H', W', 3) for RGB.
+    """
+    x = np.asarray(to_numpy(images), dtype=np.float64)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, H, W) or (N, C, H, W) with C 1 or 3; got {x.shape}")
+    n, c, h, w = x.shape
+    ncol = int(nrow or np.ceil(np.sqrt(n)))
+    nrows = -(-n // ncol)
+    x = np.pad(x, ((0, nrows * ncol - n), (0, 0), (0, pad), (0, pad)), constant_values=pad_value)
+    x = x.reshape(nrows, ncol, c, h + pad, w + pad).transpose(0, 3, 1, 4, 2)  # (r, H, col, W, C)
+    x = x.reshape(nrows * (h + pad), ncol * (w + pad), c)
+    x = np.pad(x, ((pad, 0), (pad, 0), (0, 0)), constant_values=pad_value)
+    return x[:, :, 0] if c == 1 else x
+
+
+def concat_images_horizontal(images, pad: int = 4, pad_value: int = 255) -> np.ndarray:
+    """Panels side by side -> uint8 (H, W, 3); shorter panels are padded at the bottom."""
+    imgs = [to_uint8(im) for im in images]
+    imgs = [np.repeat(im[:, :, None], 3, axis=2) if im.ndim == 2 else im[:, :, :3] for im in imgs]
+    h = max(im.shape[0] for im in imgs)
+    cols = []
+    for i, im in enumerate(imgs):
+        if i:
+            cols.append(np.full((h, pad, 3), pad_value, np.uint8))
+        cols.append(np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)), constant_values=pad_value))
+    return np.concatenate(cols, axis=1)
+
+
+# ----------------------------------------------------------------------------- 2D plots
+_DATA_RGB = np.array([0.55, 0.62, 0.75])   # reference data: grey-blue
+_MODEL_RGB = np.array([0.85, 0.33, 0.10])  # model samples: orange-red
+
+
+def _pixel_index(points, extent, size):
+    """Flat pixel index of each point inside extent (y up), as an int array."""
+    p = np.asarray(to_numpy(points), dtype=np.float64).reshape(-1, 2)
+    p = p[np.isfinite(p).all(axis=1)]
+    xmin, xmax, ymin, ymax = extent
+    col = np.floor((p[:, 0] - xmin) / (xmax - xmin) * size).astype(np.int64)
+    row = np.floor((ymax - p[:, 1]) / (ymax - ymin) * size).astype(np.int64)
+    ok = (col >= 0) & (col < size) & (row >= 0) & (row < size)
+    return row[ok] * size + col[ok]
+
+
+def _splat(canvas, points, extent, rgb, strength):
+    """Alpha-blend a point layer: alpha = 1 - exp(-strength * hits) over a 2x2 footprint."""
+    size = canvas.shape[0]
+    hits = np.bincount(_pixel_index(points, extent, size), minlength=size * size)
+    hits = hits.reshape(size, size).astype(np.float64)
+    hits[1:, :] += hits[:-1, :]  # widen each dot to 2x2 pixels so it stays visible
+    hits[:, 1:] += hits[:, :-1]
+    alpha = (1.0 - np.exp(-strength * hits))[:, :, None]
+    return canvas * (1.0 - alpha) + rgb * alpha
+
+
+def scatter_image(points, reference=None, extent=(-4, 4, -4, 4), size=512, strength=0.6):
+    """(size, size, 3) uint8: model ``points`` (n, 2) in orange over ``reference`` in blue."""
+    canvas = np.ones((size, size, 3))
+    if reference is not None:
+        canvas = _splat(canvas, reference, extent, _DATA_RGB, strength)
+    canvas = _splat(canvas, points, extent, _MODEL_RGB, strength)
+    return to_uint8(canvas)
+
+
+def scatter_png(path, points, reference=None, extent=(-4, 4, -4, 4), size=512) -> np.ndarray:
+    """Write scatter_image(...) as a PNG; returns the image."""
+    img = scatter_image(points, reference, extent, size)
+    write_png(path, img)
+    return img
+
+
+# viridis-like colour stops, from dark (low) to bright (high)
+_CMAP = np.array([[0.267, 0.005, 0.329], [0.229, 0.322, 0.546], [0.128, 0.567, 0.551],
+                  [0.369, 0.789, 0.383], [0.993, 0.906, 0.144]])
+
+
+def colormap(t) -> np.ndarray:
+    """Values in [0, 1], any shape S -> RGB floats, shape S + (3,)."""
+    t = np.clip(np.nan_to_num(np.asarray(t, dtype=np.float64)), 0.0, 1.0)
+    stops = np.linspace(0.0, 1.0, len(_CMAP))
+    return np.stack([np.interp(t, stops, _CMAP[:, i]) for i in range(3)], axis=-1)
+
+
+def grid_points(extent=(-4, 4, -4, 4), n: int = 200) -> np.ndarray:
+    """(n*n, 2) cell centres of an n x n grid over extent, in heatmap order:
+    ``heatmap_image(f(grid_points(e, n)).reshape(n, n), e)`` draws f."""
+    xmin, xmax, ymin, ymax = extent
+    xs = xmin + (np.arange(n) + 0.5) * (xmax - xmin) / n
+    ys = ymin + (np.arange(n) + 0.5) * (ymax - ymin) / n
+    gx, gy = np.meshgrid(xs, ys)  # gx[i, j] = xs[j], gy[i, j] = ys[i]
+    return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def heatmap_image(values, extent=(-4, 4, -4, 4), size=None, points=None, vmin=None, vmax=None):
+    """(S, S, 3) uint8 colour map of a (ny, nx) grid of values (row 0 at ymin, as from
+    grid_points), stretched to ``size`` pixels (nearest neighbour; default: grid size),
+    optionally with ``points`` (n, 2) splatted on top in white."""
+    v = np.asarray(to_numpy(values), dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"heatmap values must be a 2D grid; got shape {v.shape}")
+    finite = v[np.isfinite(v)]
+    lo = vmin if vmin is not None else (finite.min() if finite.size else 0.0)
+    hi = vmax if vmax is not None else (finite.max() if finite.size else 1.0)
+    t = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+    img = colormap(t)[::-1]  # image row 0 is the top, i.e. ymax
+    if size is not None:
+        rows = np.arange(size) * img.shape[0] // size
+        cols = np.arange(size) * img.shape[1] // size
+        img = img[rows[:, None], cols[None, :]]
+    if points is not None:
+        img = _splat(img, points, extent, np.ones(3), 0.6)
+    return to_uint8(img)
+
+
+def heatmap_png(path, values, extent=(-4, 4, -4, 4), size=None, points=None,
+                vmin=None, vmax=None) -> np.ndarray:
+    """Write heatmap_image(...) as a PNG (e.g. values = exp(log_prob) on a grid); returns it."""
+    img = heatmap_image(values, extent, size, points, vmin, vmax)
+    write_png(path, img)
+    return img

@@ -1,0 +1,38 @@
+"""Shared test setup: the backend default, hypothesis profiles and the MNIST fixture.
+
+Environment:
+  REFGEN_BACKEND       left alone when set; defaults to numpy for the tests.
+  HYPOTHESIS_PROFILE   'dev' (default) or 'ci' (derandomized, so CI runs are reproducible).
+  REFGEN_DATA_DIR      directory holding the four MNIST .gz files.
+  REFGEN_REQUIRE_DATA  '1' turns a missing MNIST directory from a skip into a failure (CI).
+"""
+import os
+
+os.environ.setdefault("REFGEN_BACKEND", "numpy")  # before anything imports refgen.backend
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("dev", max_examples=25, deadline=None)
+settings.register_profile("ci", derandomize=True, max_examples=25, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def require_mnist_dir():
+    """The MNIST directory (a Path), else skip the test (or fail it when REFGEN_REQUIRE_DATA=1)."""
+    from refgen.data.mnist import find_mnist_dir
+
+    found = find_mnist_dir()
+    if found is None:
+        msg = ("MNIST files not found: set REFGEN_DATA_DIR to a directory holding "
+               "train-images-idx3-ubyte.gz and the three other MNIST files")
+        if os.environ.get("REFGEN_REQUIRE_DATA") == "1":
+            pytest.fail(msg + " (REFGEN_REQUIRE_DATA=1 makes this a failure)", pytrace=False)
+        pytest.skip(msg)
+    return found
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """Path of the directory holding the real MNIST files (see require_mnist_dir)."""
+    return require_mnist_dir()
