@@ -99,7 +99,9 @@ class Tensor:
             if g is None:
                 continue
             if not create_graph:
-                g = g.detach()
+                # a private copy: backward may hand one array to several leaves (x + y), or
+                # return the caller's own gradient, and optimizers may scale .grad in place
+                g = Tensor(g.data.copy())
             leaf.grad = g if leaf.grad is None else leaf.grad + g  # out of place
 
     # --- operators (definitions live in refgen.functional) ------------------------------
