@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -42,6 +43,17 @@ def _load(which: str):
     raise BackendError(f"REFGEN_BACKEND={which!r} is not a backend; use 'numpy' or 'cupy'")
 
 
+def _one_line_hook(previous):
+    """Show an uncaught BackendError as one line, not a traceback (CLI and scripts alike)."""
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, BackendError):
+            sys.stderr.write(f"refgen: error: {exc}\n")
+        else:
+            previous(exc_type, exc, tb)
+    return hook
+
+
+sys.excepthook = _one_line_hook(sys.excepthook)
 _module = _load(os.environ.get("REFGEN_BACKEND", "numpy").strip().lower() or "numpy")
 
 

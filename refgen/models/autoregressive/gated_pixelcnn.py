@@ -1,0 +1,100 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN
+Decoders"): two stacks instead of one masked kernel, so there is no blind spot.
+
+- The vertical stack sees every row above: its (k//2 + 1) x k kernel covers rows i - k//2 .. i
+  (the current row too), and before it reaches the horizontal stack its output is shifted
+  down one row, so the horizontal stack at row i only receives rows < i, all columns.
+- The horizontal stack sees the current row to the left: a 1 x (k//2 + 1) kernel covering
+  columns j - k//2 .. j (the first layer drops column j: type A).
+Together they cover every pixel before (i, j) in raster order; the receptive field grows
+as a rectangle above plus a segment to the left, not as a left-leaning cone.
+
+Each layer is gated, with a residual connection on the horizontal stack:
+
+    v  = W_v * v_in                                 (B, 2h, H, W)
+    hh = W_h * h_in + W_vh shift_down(v)
+    v_out = tanh(v_1) . sigmoid(v_2)                (split along channels)
+    h_out = h_in + W_o (tanh(hh_1) . sigmoid(hh_2))
+
+Only one data channel (grey-scale images) is supported: splitting the gates into colour
+groups is left out.
+"""
+from __future__ import annotations
+
+import refgen.functional as F
+from refgen.autograd import as_tensor
+from refgen.backend import xp
+from refgen.models import register
+from refgen.models.autoregressive.pixelcnn import PixelModel
+from refgen.nn import Conv2d, Module, ModuleList, init
+
+__all__ = ["GatedLayer", "GatedPixelCNN"]
+
+
+def _gate(a):
+    """tanh(a_1) * sigmoid(a_2), the halves of (B, 2h, H, W) along channels -> (B, h, H, W)."""
+    h = a.shape[1] // 2
+    return F.tanh(a[:, :h]) * F.sigmoid(a[:, h:])
+
+
+def _shift_down(a):
+    """Row i gets row i - 1 (row 0 gets zeros): the vertical stack's view becomes rows < i."""
+    return F.pad(a, (0, 0, 1, 0))[:, :, :-1]
+
+
+class GatedLayer(Module):
+    """One layer of both stacks; ``first`` makes the horizontal kernel type A (no centre)."""
+
+    def __init__(self, in_channels: int, channels: int, kernel: int, first: bool, rng=None):
+        super().__init__()
+        self.first, self.r = first, kernel // 2
+        self.v_conv = Conv2d(in_channels, 2 * channels, (self.r + 1, kernel), rng=rng)
+        self.h_conv = Conv2d(in_channels, 2 * channels, (1, self.r + 1), rng=rng)
+        self.v_to_h = Conv2d(2 * channels, 2 * channels, 1, rng=rng)
+        self.h_out = Conv2d(channels, channels, 1, rng=rng)
+        mask = xp.ones(self.h_conv.weight.shape, dtype=self.h_conv.weight.dtype)
+        if first:
+            mask[..., -1] = 0  # the centre tap: x_i must not see itself
+        self.register_buffer("h_mask", mask)
+
+    def forward(self, v_in, h_in):
+        r = self.r
+        v = self.v_conv(F.pad(v_in, (r, r, r, 0)))                   # rows i-r..i, cols j-r..j+r
+        hh = F.conv2d(F.pad(h_in, (r, 0, 0, 0)), self.h_conv.weight * self.h_mask,
+                      self.h_conv.bias)                              # row i, cols j-r..j (A: ..j-1)
+        hh = hh + self.v_to_h(_shift_down(v))                        # + rows < i
+        h_out = self.h_out(_gate(hh))
+        return _gate(v), (h_out if self.first else h_in + h_out)
+
+
+@register("gated-pixelcnn")
+class GatedPixelCNN(PixelModel):
+    """``layers`` gated layers (the first with a ``first_kernel`` x ``first_kernel`` reach,
+    type A), then a ReLU / 1x1 / ReLU / 1x1 head on the horizontal stack."""
+
+    default_train = dict(steps=5000, batch_size=32, lr=1e-3)
+
+    def __init__(self, data_shape, *, seed=0, channels: int = 32, layers: int = 6,
+                 first_kernel: int = 7, kernel: int = 3, head_channels: int = 64,
+                 levels: int = 2):
+        super().__init__()
+        self._setup(data_shape, levels, seed)
+        c = self.data_shape[0]
+        if c != 1:
+            raise ValueError(f"gated-pixelcnn models one-channel images; got {c} channels")
+        g = init.get_rng(int(seed))
+        self.layers = ModuleList(
+            [GatedLayer(c, channels, first_kernel, True, rng=g)]
+            + [GatedLayer(channels, channels, kernel, False, rng=g) for _ in range(int(layers) - 1)])
+        self.head1 = Conv2d(channels, head_channels, 1, rng=g)
+        self.head2 = Conv2d(head_channels, c * self.k, 1, rng=g)
+
+    def logits(self, x):
+        """(B, 1, H, W) -> (B, 1, K, H, W); logits at pixel i depend on exactly x_<i."""
+        x = as_tensor(x)
+        b, c, h, w = x.shape
+        v, hs = x, x
+        for layer in self.layers:
+            v, hs = layer(v, hs)
+        y = self.head2(F.relu(self.head1(F.relu(hs))))
+        return F.reshape(y, (b, c, self.k, h, w))

@@ -1,0 +1,246 @@
+"""The training loop: learning, checkpoints, bit-for-bit resume, divergence, logs."""
+import json
+
+import numpy as np
+import pytest
+
+from refgen import data, io
+from refgen.backend import to_numpy
+from refgen.data import Dataset
+from refgen.models.baseline.gmm import GaussianMixture
+from refgen.train import Batcher, TrainingDiverged, lr_at, train
+
+
+def _small_noisy_data(n=100, seed=0):
+    """Few examples (so 40 steps cross epochs) with a per-batch transform drawing from the
+    loop's NumPy generator, as dynamic binarization does."""
+    x = np.random.default_rng(seed).normal(size=(n, 2)).astype(np.float32)
+    jitter = lambda xb, rng: xb + np.float32(0.05) * rng.standard_normal(xb.shape, dtype=np.float32)
+    return Dataset("toy", "train", x, None, "continuous", (2,), transform=jitter)
+
+
+class NoisyGMM(GaussianMixture):
+    """A GMM whose loss draws noise from ``self.rng``, the generator the loop owns."""
+
+    def loss(self, batch):
+        noise = self.rng.standard_normal(batch.x.shape, dtype=np.float32)
+        return -self.log_prob(batch.x + 0.1 * noise).mean()
+
+
+class NaNAt(GaussianMixture):
+    """A GMM whose loss is NaN from its ``nan_at``-th call on."""
+
+    def __init__(self, data_shape, *, seed=0, nan_at=13):
+        super().__init__(data_shape, seed=seed)
+        self.nan_at, self.calls = nan_at, 0
+
+    def loss(self, batch):
+        self.calls += 1
+        loss = super().loss(batch)
+        return loss * float("nan") if self.calls >= self.nan_at else loss
+
+
+def _run(model, ds, out, steps, **kw):
+    kw = dict(dict(batch_size=32, lr=1e-2, seed=3, log_every=5, ckpt_every=10, progress=False,
+                   samples=False), **kw)
+    return train(model, ds, steps=steps, out_dir=out, **kw)
+
+
+def test_loss_decreases_on_8gaussians(tmp_path):
+    ds, test = data.load("8gaussians", "train"), data.load("8gaussians", "test")
+    model = GaussianMixture((2,), seed=0)
+    nll = lambda m: float(-m.log_prob(test.x[:2000]).mean().item())
+    before = nll(model)
+    metrics = train(model, ds, steps=200, batch_size=256, lr=2e-2, seed=0, out_dir=tmp_path,
+                    log_every=20, progress=False, test_dataset=test,
+                    eval_fn=lambda m, t: {"test_nll_nats": nll(m)})
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(20, 201, 20))
+    assert set(log[0]) >= {"step", "loss", "lr", "steps_per_s", "wall_s"}
+    assert log[-1]["loss"] < log[0]["loss"] - 0.8
+    assert metrics["test_nll_nats"] < before - 1.0 and metrics["test_nll_nats"] < 3.0  # floor 2.83
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["steps"] == 200 and saved["backend"] == "numpy" and saved["wall_s"] > 0
+    assert saved["loss"] == log[-1]["loss"]
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_is_bit_for_bit(tmp_path, ema_decay):
+    ds = _small_noisy_data()
+    straight = NoisyGMM((2,), seed=1)
+    _run(straight, ds, tmp_path / "a", 40, ema_decay=ema_decay)
+    _run(NoisyGMM((2,), seed=1), ds, tmp_path / "b", 20, ema_decay=ema_decay)
+    resumed = NoisyGMM((2,), seed=99)  # weights come from the checkpoint, not the seed
+    _run(resumed, ds, tmp_path / "b", 40, ema_decay=ema_decay, resume=True)
+    for k, v in straight.state_dict().items():
+        assert np.array_equal(to_numpy(v), to_numpy(resumed.state_dict()[k])), k
+    a, meta_a = io.load_checkpoint(tmp_path / "a" / "checkpoint.npz")
+    b, meta_b = io.load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    assert sorted(a) == sorted(b) and any(k.startswith("opt/") for k in a)
+    assert any(k.startswith("ema/") for k in a) == (ema_decay is not None)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert meta_a["step"] == meta_b["step"] == 40
+    assert meta_a["batcher"] == meta_b["batcher"] and meta_a["model_rng"] == meta_b["model_rng"]
+    # the log of the resumed run reads as one run
+    la = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in la] == [(r["step"], r["loss"]) for r in lb]
+
+
+def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
+    ds = _small_noisy_data()
+    _run(GaussianMixture((2,)), ds, tmp_path, 20)  # checkpoint at step 20
+    with open(tmp_path / "log.jsonl", "a") as f:  # a run killed after logging steps 25 and 30
+        f.write(json.dumps({"step": 25, "loss": 0.0}) + "\n" + json.dumps({"step": 30, "loss": 0.0}) + "\n")
+    _run(GaussianMixture((2,)), ds, tmp_path, 30, resume=True)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
+    assert all(r["loss"] > 0 for r in log)
+
+
+def test_checkpoints_are_periodic_and_atomic(tmp_path, monkeypatch):
+    ds = _small_noisy_data()
+    model = GaussianMixture((2,))
+    _run(model, ds, tmp_path, 20)
+    path = tmp_path / "checkpoint.npz"
+    arrays, meta = io.load_checkpoint(path)
+    assert meta["step"] == 20 and meta["train"]["steps"] == 20
+    assert {"model/logits", "model/mu", "model/log_sigma"} <= set(arrays)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "log.jsonl", "metrics.json"]
+    before = path.read_bytes()
+
+    def broken_savez(f, **arrays):  # dies half way through writing
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        _run(GaussianMixture((2,)), ds, tmp_path, 40, resume=True)
+    assert path.read_bytes() == before  # the old checkpoint, whole
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    ds = _small_noisy_data()
+    model = NaNAt((2,), nan_at=13)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 13.*step 10\) is kept"):
+        _run(model, ds, tmp_path, 40)
+    arrays, meta = io.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert meta["step"] == 10
+    assert all(np.all(np.isfinite(v)) for v in arrays.values())
+    assert not (tmp_path / "metrics.json").exists()
+    # the parameters in memory are those after step 12: the NaN never reached them
+    assert all(np.all(np.isfinite(to_numpy(p.data))) for p in model.parameters())
+
+
+class TwoStep(GaussianMixture):
+    """A model with its own train_step and two optimizer groups."""
+
+    def param_groups(self):
+        return {"means": [self.mu], "rest": dict(params=[self.logits, self.log_sigma], lr=0.0)}
+
+    def train_step(self, batch, optimizers):
+        assert sorted(optimizers) == ["means", "rest"] and optimizers["rest"].lr == 0.0
+        loss = self.loss(batch)
+        for opt in optimizers.values():
+            opt.zero_grad()
+        loss.backward()
+        for opt in optimizers.values():
+            opt.step()
+        return {"loss": loss.item(), "extra": 1.5}
+
+
+def test_train_step_and_param_groups(tmp_path):
+    model = TwoStep((2,))
+    sigma0, mu0 = to_numpy(model.log_sigma.data).copy(), to_numpy(model.mu.data).copy()
+    _run(model, _small_noisy_data(), tmp_path, 10)
+    assert np.array_equal(to_numpy(model.log_sigma.data), sigma0)  # lr 0 group did not move
+    assert not np.array_equal(to_numpy(model.mu.data), mu0)
+    rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["extra"] == 1.5
+    arrays, _ = io.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert any(k.startswith("opt/means/") for k in arrays) and any(k.startswith("opt/rest/") for k in arrays)
+
+
+def test_schedules():
+    assert lr_at(0, 1.0, 100, warmup=10) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 100, warmup=10) == pytest.approx(1.0)
+    assert lr_at(50, 1.0, 100) == 1.0
+    assert lr_at(10, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(0.5)
+    assert lr_at(110, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_batcher_covers_each_epoch_and_restores():
+    b = Batcher(10, 3, seed=0)
+    epoch = np.concatenate([b.next() for _ in range(3)])
+    assert len(set(epoch.tolist())) == 9  # no repeats within an epoch; the tail is dropped
+    state = json.loads(json.dumps(b.state()))  # survives JSON, as in the checkpoint meta
+    ahead = [b.next() for _ in range(5)]
+    c = Batcher(10, 3, seed=0)
+    c.set_state(state)
+    assert all(np.array_equal(x, y) for x, y in zip(ahead, [c.next() for _ in range(5)]))
+    with pytest.raises(ValueError, match="larger than the data set"):
+        Batcher(2, 3, seed=0)
+
+
+def test_progress_lines_when_not_a_terminal(tmp_path, capsys):
+    _run(GaussianMixture((2,)), _small_noisy_data(), tmp_path, 10, progress=True)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x]
+    assert len(lines) == 2 and lines[-1].startswith("step 10/10  loss ")
+    assert "steps/s" in lines[-1] and "ETA" in lines[-1] and "\r" not in err
+
+
+def test_bad_arguments(tmp_path):
+    ds = _small_noisy_data()
+    with pytest.raises(ValueError, match="optimizer"):
+        _run(GaussianMixture((2,)), ds, tmp_path, 5, optimizer="rmsprop")
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        _run(GaussianMixture((2,)), ds, tmp_path / "none", 5, resume=True)
+
+
+def test_progress_line_updates_in_place_on_a_terminal(tmp_path, monkeypatch):
+    import io as _io
+    import sys
+
+    class Terminal(_io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    _run(GaussianMixture((2,)), _small_noisy_data(), tmp_path, 10, progress=True)
+    text = err.getvalue()
+    assert text.startswith("\rstep ") and text.endswith("\n") and text.count("\n") == 1
+    assert "step 10/10" in text.rsplit("\r", 1)[-1]
+
+
+def test_evaluation_does_not_move_the_training_generator(tmp_path):
+    ds = _small_noisy_data()
+    calls = []
+
+    def eval_fn(model, test):  # draws from model.rng, as a sampler-based metric would
+        calls.append(model.training)
+        return {"probe": float(model.rng.standard_normal())}
+
+    a, b = NoisyGMM((2,), seed=1), NoisyGMM((2,), seed=1)
+    _run(a, ds, tmp_path / "a", 30)
+    _run(b, ds, tmp_path / "b", 30, eval_every=10, eval_fn=eval_fn, test_dataset=ds, ema_decay=0.5)
+    assert calls == [False, False, False]  # steps 10, 20 and the end, in eval mode
+    assert b.training
+    log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "probe" in r] == [10, 20]
+    assert "probe" in json.loads((tmp_path / "b" / "metrics.json").read_text())
+    for k, v in a.state_dict().items():
+        assert np.array_equal(to_numpy(v), to_numpy(b.state_dict()[k])), k
+
+
+def test_samples_png_for_images(tmp_path):
+    from refgen.train import write_samples
+    model = GaussianMixture((16,))  # 16-vectors drawn as 1x4x4 images
+    path = write_samples(model, tmp_path / "s.png", shape=(1, 4, 4), n=9, value_range=(-1.0, 1.0))
+    assert path == tmp_path / "s.png" and path.read_bytes()[:4] == b"\x89PNG"
+    assert write_samples(model, tmp_path / "t.png", shape=(64,), kind="categorical") is None
