@@ -93,6 +93,8 @@ class Tensor:
 
     def backward(self, grad=None, create_graph: bool = False):
         """Accumulate d self / d leaf into ``leaf.grad`` for every leaf that requires grad."""
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (no graph leads to it)")
         leaves = [t for t in _toposort([self]) if t._fn is None and t.requires_grad]
         grads = _backprop([self], [grad], leaves, create_graph)
         for leaf, g in zip(leaves, grads):
@@ -174,7 +176,10 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if like is not None and isinstance(x, (int, float, bool)):
-        return Tensor(xp.asarray(x, dtype=like.dtype))
+        if like.dtype.kind in "fc" or isinstance(x, (int, bool)):
+            return Tensor(xp.asarray(x, dtype=like.dtype))
+        # a float with an integer tensor: promote as NumPy would, never truncate
+        return Tensor(xp.asarray(x, dtype=xp.result_type(like.dtype, xp.float64)))
     return Tensor(x)
 
 

@@ -21,16 +21,26 @@ class BackendError(ImportError):
     """Raised, with a one-line reason, when the requested backend cannot be used."""
 
 
+def _first_line(e) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
 def _load(which: str):
     if which == "numpy":
         return np
     if which == "cupy":
         try:
             import cupy
-        except ImportError:
+        except ModuleNotFoundError as e:
+            if e.name != "cupy":
+                raise BackendError(f"REFGEN_BACKEND=cupy but CuPy failed to import ({_first_line(e)}); "
+                                   "reinstall it with pip install 'refgen[gpu]'") from None
             raise BackendError(
                 "REFGEN_BACKEND=cupy but CuPy is not installed; install it with "
                 "pip install 'refgen[gpu]' or unset REFGEN_BACKEND to use NumPy") from None
+        except ImportError as e:  # installed, but a CUDA library or the driver is missing
+            raise BackendError(f"REFGEN_BACKEND=cupy but CuPy failed to import ({_first_line(e)}); "
+                               "check the CUDA installation or pip install 'refgen[gpu]'") from None
         try:
             n = cupy.cuda.runtime.getDeviceCount()
         except Exception as e:  # no driver, no device
@@ -162,7 +172,7 @@ def _erf_cody(m, x):
          6.05183413124413191e-2, 2.33520497626869185e-3)
     small = y <= 0.5
     mid = (y > 0.5) & (y <= 4.0)
-    big = y > 4.0
+    big = (y > 4.0) & m.isfinite(y)
     ys = y[small]
     z = ys * ys
     xnum, xden = a[4] * z, z
@@ -187,5 +197,6 @@ def _erf_cody(m, x):
     zz = m.floor(yb * 16.0) / 16.0
     erfc = m.exp(-zz * zz) * m.exp(-(yb - zz) * (yb + zz)) * r
     out[big] = 1.0 - erfc
+    out = m.where(m.isinf(y), 1.0, out)  # the tail formula gives inf*0 there
     out = m.where(x < 0, -out, out)
     return out.astype(dtype)

@@ -54,7 +54,7 @@ def var(x, dim=None, unbiased: bool = True, keepdim: bool = False, correction=No
         n *= x.shape[a]
     c = (1 if unbiased else 0) if correction is None else correction
     d = x - mean(x, axes, keepdim=True)
-    return sum(d * d, axes, keepdim) * (1.0 / (n - c))
+    return sum(d * d, axes, keepdim) * (1.0 / (n - c) if n > c else float("nan"))
 
 
 def std(x, dim=None, unbiased: bool = True, keepdim: bool = False):
@@ -105,8 +105,11 @@ def logsumexp(x, dim=None, keepdim: bool = False):
     x = as_tensor(x)
     axes = _axes(dim, x.ndim)
     m = xp.max(x.data, axis=axes, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0)  # all -inf rows give -inf, not nan
-    out = log(sum(exp(x - Tensor(m)), axes, keepdim=True)) + Tensor(m)
+    empty = m == -xp.inf  # rows with no mass: their sum is 0 and log 0 would send 0/0 back
+    m = xp.where(xp.isfinite(m), m, 0)
+    s = sum(exp(x - Tensor(m)), axes, keepdim=True)
+    # log(s + 1) = 0 on empty rows keeps the backward finite; -inf is then added as a constant
+    out = log(s + Tensor(empty.astype(x.dtype))) + Tensor(m + xp.where(empty, -xp.inf, 0).astype(x.dtype))
     if not keepdim:
         from refgen.functional.shape import squeeze
         out = squeeze(out, axes)

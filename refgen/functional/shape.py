@@ -97,6 +97,8 @@ def broadcast_to(x, shape):
     x = as_tensor(x)
     shape = tuple(shape)
     lead = len(shape) - x.ndim
+    if lead < 0 or builtins.any(n == -1 for n in shape[:lead]):
+        raise ValueError(f"cannot broadcast shape {x.shape} to {shape} (-1 only keeps an existing dimension)")
     shape = tuple(x.shape[i - lead] if n == -1 else n for i, n in enumerate(shape))
     if shape == x.shape:
         return x
@@ -135,8 +137,8 @@ def _norm_index(idx):
     for i in items:
         if isinstance(i, Tensor):
             i = i.data
-        if isinstance(i, list):
-            i = xp.asarray(i)
+        if isinstance(i, list) or (hasattr(i, "shape") and i.ndim > 0):
+            i = xp.asarray(i)  # NumPy index arrays move to the backend (CuPy needs its own)
         if hasattr(i, "shape") and not isinstance(i, (int, builtins.slice)):
             advanced = True
         out.append(i)

@@ -12,11 +12,13 @@ import refgen
 from refgen.autograd import Tensor
 from refgen.backend import use_backend
 
-__all__ = ["check_vjp", "check_double_backward", "check_grads", "GradcheckError"]
+__all__ = ["check_vjp", "check_double_backward", "check_grads", "check_forward",
+           "GradcheckError"]
 
 
 class GradcheckError(AssertionError):
-    """An analytic gradient disagrees with the numeric one."""
+    """A check failed: an analytic gradient disagrees with the numeric one, a forward value
+    with its reference, or an invariant does not hold."""
 
 
 def _outputs(y):
@@ -52,13 +54,15 @@ def check_vjp(f, xs, rng=None, eps=1e-6, atol=1e-5, rtol=1e-4, min_abs_u=0.0):
         analytic = sum(float(np.sum(g.data * u)) for g, u in zip(gs, us) if g is not None)
         for g, x in zip(gs, xs):
             if g is not None and (g.shape != x.shape or g.dtype != x.dtype):
-                raise GradcheckError(f"gradient of shape {g.shape} {g.dtype} for input {x.shape} {x.dtype}")
+                raise GradcheckError(f"gradient of shape {g.shape} {g.dtype} for input "
+                                     f"{x.shape} {x.dtype}")
         # inputs require grad here too, since f may itself take gradients (double backward)
         plus = _outputs(f(*[Tensor(x + eps * u, requires_grad=True) for x, u in zip(xs, us)]))
         minus = _outputs(f(*[Tensor(x - eps * u, requires_grad=True) for x, u in zip(xs, us)]))
         numeric = (_dot(vs, plus) - _dot(vs, minus)) / (2 * eps)
     if not abs(analytic - numeric) <= atol + rtol * abs(numeric):
-        raise GradcheckError(f"directional derivative: analytic {analytic!r} vs numeric {numeric!r}")
+        raise GradcheckError(f"directional derivative: analytic {analytic!r} vs "
+                             f"numeric {numeric!r}")
     return analytic, numeric
 
 
@@ -85,3 +89,24 @@ def check_grads(f, xs, order=2, rng=None, eps=1e-6, atol=1e-5, rtol=1e-4):
     check_vjp(f, xs, rng=rng, eps=eps, atol=atol, rtol=rtol)
     if order >= 2:
         check_double_backward(f, xs, rng=rng, eps=eps, atol=atol, rtol=rtol)
+
+
+def check_forward(f, ref, xs, rtol=1e-12, atol=1e-12):
+    """Check ``f``'s values against a plain NumPy formula ``ref``.
+
+    f: a function of Tensors (run on the active backend); ref: the same function of NumPy
+    arrays. xs: input arrays, passed to both unchanged (so float64 stays float64).
+    Outputs may be single or tuples; shapes must match exactly.
+    """
+    xs = [np.asarray(x) for x in xs]
+    got = _outputs(f(*[Tensor(refgen.backend.asarray(x.copy())) for x in xs]))
+    want = _outputs(ref(*[x.copy() for x in xs]))
+    if len(got) != len(want):
+        raise GradcheckError(f"{len(got)} outputs, the reference has {len(want)}")
+    for i, (g, w) in enumerate(zip(got, want)):
+        g, w = refgen.backend.to_numpy(g.data), np.asarray(w)
+        if g.shape != w.shape:
+            raise GradcheckError(f"output {i} has shape {g.shape}, the reference {w.shape}")
+        if not np.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
+            err = np.max(np.abs(g - w)) if g.size else 0.0
+            raise GradcheckError(f"output {i} differs from the reference by up to {err!r}")

@@ -1,0 +1,136 @@
+"""The backend switch, its error messages, and the helpers ops rely on (scatter_add, erf)."""
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refgen import Tensor, backend
+from refgen.backend import (BackendError, asarray, default_rng, erf, is_array, scatter_add,
+                            to_numpy, use_backend, xp)
+from refgen.testing import on_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+# an uncaught BackendError ends stderr with one line: refgen's own "refgen: error: ..." (its
+# excepthook) or, without the hook, Python's last traceback line
+ONE_LINE_PREFIXES = ("refgen: error: ", "refgen.backend.BackendError: ")
+
+
+def _import_refgen(env_backend, extra_path=None):
+    """Import refgen in a fresh interpreter with REFGEN_BACKEND set (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "REFGEN_BACKEND"}
+    if env_backend is not None:
+        env["REFGEN_BACKEND"] = env_backend
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, str(ROOT)) if p)
+    return subprocess.run([sys.executable, "-c", "import refgen; print(refgen.backend.name())"],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_numpy_is_the_default():
+    r = _import_refgen(None)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "numpy"
+
+
+@pytest.mark.parametrize("failure", [
+    "raise ModuleNotFoundError(\"No module named 'cupy'\")",
+    "raise ImportError('simulated failure deep in cupy internals\\nlibcudart.so: not found')",
+])
+def test_cupy_backend_without_cupy_fails_with_one_clear_line(tmp_path, failure):
+    # a stand-in 'cupy' package whose import fails, whether or not the real one is installed
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text(failure + "\n")
+    r = _import_refgen("cupy", str(tmp_path))
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith(ONE_LINE_PREFIXES), lines[-1]
+    assert "REFGEN_BACKEND=cupy" in lines[-1] and "pip install 'refgen[gpu]'" in lines[-1]
+    # the cause's first line may be quoted, but no inner traceback and nothing past that line
+    assert "cupy/__init__.py" not in r.stderr and "libcudart" not in r.stderr
+    assert "During handling of the above exception" not in r.stderr
+
+
+def test_bad_backend_names_are_rejected():
+    r = _import_refgen("tensorflow")
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(ONE_LINE_PREFIXES) and "'numpy' or 'cupy'" in last
+    with pytest.raises(BackendError, match="not a backend"):
+        with use_backend("torch"):
+            pass
+    with pytest.raises(BackendError, match="not a backend"), on_backend("jax"):
+        pass
+    assert issubclass(BackendError, ImportError)
+
+
+def test_use_backend_switches_and_restores(monkeypatch):
+    fake = types.SimpleNamespace(__name__="fakexp", marker="fake", ndarray=np.ndarray)
+    load = backend._load
+    monkeypatch.setattr(backend, "_load", lambda which: fake if which == "fake" else load(which))
+    before = backend.name()
+    with use_backend("fake") as m:
+        assert m is fake and xp.marker == "fake"  # the proxy follows the switch
+        with use_backend("numpy") as inner:
+            assert inner is np and xp.float32 is np.float32
+        assert xp.marker == "fake"
+    assert backend.name() == before
+    with pytest.raises(KeyError), use_backend("fake"):
+        raise KeyError("restored even when the block raises")
+    assert backend.name() == before and not hasattr(xp, "marker")
+
+
+def test_on_backend_runs_on_numpy():
+    with on_backend("numpy") as m:
+        assert m is np and backend.name() == "numpy"
+        assert isinstance(Tensor([1.0]).data, np.ndarray)
+
+
+def test_scatter_add_accumulates_repeated_indices():
+    a = np.zeros(4)
+    out = scatter_add(a, np.array([0, 0, 2, 0]), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert out is a
+    np.testing.assert_array_equal(a, [7.0, 0.0, 3.0, 0.0])
+    b = np.zeros((2, 3))
+    scatter_add(b, (np.array([1, 1, 0]), np.array([2, 2, 0])), np.array([1.0, 1.0, 5.0]))
+    np.testing.assert_array_equal(b, [[5, 0, 0], [0, 0, 2]])
+    c = xp.zeros((3, 2))
+    scatter_add(c, xp.asarray([2, 2]), xp.ones((2, 2)))  # on the active backend
+    np.testing.assert_array_equal(to_numpy(c), [[0, 0], [0, 0], [2, 2]])
+
+
+def test_erf_matches_math_erf_to_1e_15_relative():
+    x = np.concatenate([np.linspace(-7, 7, 4001), np.geomspace(1e-300, 30, 400),
+                        -np.geomspace(1e-300, 30, 400), [0.0, 0.5, np.nextafter(0.5, 0), 4.0,
+                                                         np.nextafter(4.0, 5), -4.0]])
+    want = np.array([math.erf(v) for v in x])
+    got = to_numpy(erf(asarray(x)))
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)
+    x32 = np.linspace(-3, 3, 7, dtype=np.float32)
+    assert erf(x32).dtype == np.float32
+
+
+def test_erf_at_infinity():
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(erf(np.array([np.inf, -np.inf])), [1.0, -1.0])
+
+
+def test_to_numpy_and_array_helpers():
+    a = np.arange(3.0)
+    assert to_numpy(a) is a
+    np.testing.assert_array_equal(to_numpy(Tensor(a)), a)
+    np.testing.assert_array_equal(to_numpy([1, 2]), [1, 2])
+    assert to_numpy(asarray(2.5)).shape == ()
+    assert isinstance(to_numpy(xp.ones(2)), np.ndarray)
+    assert asarray([1, 2], dtype=np.float32).dtype == np.float32
+    assert is_array(xp.ones(1)) and is_array(a) and not is_array([1.0])
+
+
+def test_default_rng_is_seeded_and_passes_generators_through():
+    a = to_numpy(default_rng(5).standard_normal(4))
+    np.testing.assert_array_equal(a, to_numpy(default_rng(5).standard_normal(4)))
+    g = np.random.default_rng(1)
+    assert default_rng(g) is g
