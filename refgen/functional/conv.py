@@ -1,2 +1,465 @@
-"""(being written)"""
-__all__ = []
+"""Convolutions, pooling and nearest-neighbour resizing on NCHW arrays, torch-style.
+
+Three linear maps share one geometry (stride, padding, dilation, groups) and are each
+other's adjoints, so every backward pass is made of the other two and gradients of any
+order come for free:
+
+    conv2d(x, w)            x (N, C, H, W), w (O, C/g, kh, kw) -> y (N, O, Ho, Wo)
+    conv_transpose2d(y, w)  y (N, O, Ho, Wo)                   -> x (N, C, H, W)   d<y', conv2d>/dx
+    _Conv2dWeight(x, y)     x, y                               -> w (O, C/g, kh, kw) d<y, conv2d>/dw
+
+conv2d is an im2col: a strided view of the padded input holding every kernel window,
+contracted with the weight by BLAS. conv_transpose2d is the reverse: one matmul to columns,
+then col2im adds each kernel offset's columns into a strided slice of the output (a loop of
+kh*kw steps, never over pixels); at stride 1 it is instead a conv2d with the kernel flipped,
+which needs no col2im and measured faster. The columns are materialised a batch chunk at a
+time (at most ``CHUNK_BYTES``), so memory stays a small multiple of input + output.
+"""
+from __future__ import annotations
+
+import math
+
+from refgen.autograd import Function, as_tensor
+from refgen.backend import xp, name as backend_name
+
+__all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
+
+# Upper bound on one chunk of im2col columns. On the CPU: big enough for BLAS to run at full
+# speed (hundreds of columns per GEMM), small enough to stay cache-warm and that the columns
+# of a large batch are never all held at once (4 MiB measured fastest of 1-64 MiB). On a GPU,
+# larger chunks mean fewer, fuller kernel launches.
+CHUNK_BYTES = 4 << 20
+GPU_CHUNK_BYTES = 256 << 20
+
+
+# --- geometry ------------------------------------------------------------------------------
+
+def _pair(v, what):
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{what} must be an int or a pair of ints, got {v}")
+    return v
+
+
+def _out_size(n, k, s, p, d):
+    """Number of windows along one axis: floor((n + 2p - d(k-1) - 1) / s) + 1."""
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _batch_chunks(n, bytes_per_item):
+    limit = CHUNK_BYTES if backend_name() == "numpy" else GPU_CHUNK_BYTES
+    step = max(1, limit // max(1, bytes_per_item))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _padded(x, ph, pw, value=0):
+    """(N, C, H, W) -> (N, C, H + 2ph, W + 2pw); ``x`` itself when there is no padding."""
+    return _padded4(x, (ph, ph, pw, pw), value)
+
+
+def _padded4(x, widths, value=0):
+    """Pad (top, bottom, left, right); a negative width crops instead."""
+    if not any(widths):
+        return x
+    n, c, h, w = x.shape
+    t, b, l, r = widths
+    out = xp.full((n, c, h + t + b, w + l + r), value, dtype=x.dtype)
+    out[:, :, max(t, 0):max(t, 0) + h + min(t, 0) + min(b, 0),
+        max(l, 0):max(l, 0) + w + min(l, 0) + min(r, 0)] = \
+        x[:, :, max(-t, 0):h - max(-b, 0), max(-l, 0):w - max(-r, 0)]
+    return out
+
+
+def _windows(xpad, kernel, stride, dilation, out_hw, groups):
+    """A strided VIEW (N, G, C/G, kh, kw, Ho, Wo) of every kernel window: no copy.
+
+    Element [n, g, c, i, j, h, w] is xpad[n, g*C/G + c, h*sh + i*dh, w*sw + j*dw].
+    """
+    n, c, _, _ = xpad.shape
+    sn, sc, sy, sx = xpad.strides
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    shape = (n, groups, c // groups, kh, kw, ho, wo)
+    strides = (sn, sc * (c // groups), sc, sy * dh, sx * dw, sy * sh, sx * sw)
+    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
+
+
+# --- the three raw kernels -----------------------------------------------------------------
+
+def _conv2d_raw(x, w, b, geom, out_hw, pads=None):
+    """y[n, o] = sum_{c,i,j} w[o, c, i, j] * xpad[n, c, h*s + i*d, w*s + j*d] (+ b[o]).
+
+    pads: (top, bottom, left, right) instead of geom's symmetric padding.
+    """
+    stride, padding, dilation, groups = geom
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    k, p = cg * kh * kw, out_hw[0] * out_hw[1]
+    xpad = _padded4(x, pads) if pads is not None else _padded(x, *padding)
+    cols = _windows(xpad, (kh, kw), stride, dilation, out_hw, groups)
+    wm = w.reshape(groups, o // groups, k)  # (G, O/G, K)
+    y = xp.empty((n, o) + tuple(out_hw), dtype=xp.result_type(x.dtype, w.dtype))
+    for sl in _batch_chunks(n, groups * k * p * x.itemsize):
+        c = xp.ascontiguousarray(cols[sl]).reshape(-1, groups, k, p)  # im2col: (n, G, K, P)
+        # (G, O/G, K) @ (n, G, K, P) -> (n, G, O/G, P), written straight into y's NCHW layout
+        xp.matmul(wm, c, out=y[sl].reshape(-1, groups, o // groups, p))
+    if b is not None:
+        y += b.reshape(1, o, 1, 1)
+    return y
+
+
+def _conv_transpose_flipped(y, w, b, geom, out_hw):
+    """Stride 1 only: the adjoint is itself a convolution, with the kernel flipped in space,
+    its two channel axes swapped, and padding d(k-1) - p (more at the bottom/right for
+    output_padding). One im2col + GEMM, and no col2im."""
+    _, (ph, pw), (dh, dw), groups = geom
+    o, cg, kh, kw = w.shape
+    # wf[g*Cg + c, o, i, j] = w[g*Og + o, c, kh-1-i, kw-1-j]: (C, O/G, kh, kw)
+    wf = w.reshape(groups, o // groups, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    wf = xp.ascontiguousarray(wf).reshape(groups * cg, o // groups, kh, kw)
+    top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    pads = (top, out_hw[0] - y.shape[2] + ph, left, out_hw[1] - y.shape[3] + pw)
+    return _conv2d_raw(y, wf, b, ((1, 1), (0, 0), (dh, dw), groups), out_hw, pads=pads)
+
+
+def _conv_transpose_raw(y, w, b, geom, out_hw):
+    """The adjoint of ``_conv2d_raw`` in x: (N, O, Ho, Wo) -> (N, C, H, W)."""
+    if geom[0] == (1, 1):  # measured: 1.6x faster than col2im at 32 -> 64 channels, 28x28
+        return _conv_transpose_flipped(y, w, b, geom, out_hw)
+    return _conv_transpose_col2im(y, w, b, geom, out_hw)
+
+
+def _conv_transpose_col2im(y, w, b, geom, out_hw):
+    """Columns w^T y, then col2im: each kernel offset's columns added into a strided slice."""
+    stride, (ph, pw), (dh, dw), groups = geom
+    n, o, ho, wo = y.shape
+    _, cg, kh, kw = w.shape
+    h, wd = out_hw
+    og, p = o // groups, ho * wo
+    dtype = xp.result_type(y.dtype, w.dtype)
+    xpad = xp.zeros((n, groups, cg, h + 2 * ph, wd + 2 * pw), dtype=dtype)
+    # (O, C/G, kh, kw) -> (G, kh*kw*C/G, O/G): rows ordered (i, j, c) so each offset is a block
+    wt = w.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(groups, kh * kw * cg, og)
+    rows = slice(0, (ho - 1) * stride[0] + 1, stride[0])
+    cols_ = slice(0, (wo - 1) * stride[1] + 1, stride[1])
+    for sl in _batch_chunks(n, groups * kh * kw * cg * p * y.itemsize):
+        cols = xp.matmul(wt, y[sl].reshape(-1, groups, og, p))  # (n, G, kh*kw*C/G, P)
+        cols = cols.reshape(-1, groups, kh, kw, cg, ho, wo)
+        for i in range(kh):  # col2im: kh*kw strided adds
+            for j in range(kw):
+                r = slice(i * dh + rows.start, i * dh + rows.stop, rows.step)
+                q = slice(j * dw + cols_.start, j * dw + cols_.stop, cols_.step)
+                xpad[sl, :, :, r, q] += cols[:, :, i, j]
+    x = xpad.reshape(n, groups * cg, h + 2 * ph, wd + 2 * pw)[:, :, ph:ph + h, pw:pw + wd]
+    if b is not None:
+        x += b.reshape(1, -1, 1, 1)
+    return x
+
+
+def _conv2d_weight_raw(x, gy, kernel, geom):
+    """gw[o, c, i, j] = sum_{n,h,w} gy[n, o, h, w] * xpad[n, c, h*s + i*d, w*s + j*d]."""
+    stride, padding, dilation, groups = geom
+    n = x.shape[0]
+    o, ho, wo = gy.shape[1:]
+    cg = x.shape[1] // groups
+    k, p = cg * kernel[0] * kernel[1], ho * wo
+    cols = _windows(_padded(x, *padding), kernel, stride, dilation, (ho, wo), groups)
+    gwt = xp.zeros((groups, k, o // groups), dtype=xp.result_type(x.dtype, gy.dtype))
+    for sl in _batch_chunks(n, groups * k * p * x.itemsize):
+        c = xp.ascontiguousarray(cols[sl]).reshape(-1, groups, k, p)  # (n, G, K, P)
+        g = gy[sl].reshape(-1, groups, o // groups, p)  # (n, G, O/G, P)
+        # sum over the batch of (K, P) @ (P, O/G); gy's transpose is a BLAS flag, not a copy.
+        # (Measured ~15% faster than (O/G, P) @ (P, K) with the columns transposed instead.)
+        gwt += xp.matmul(c, g.transpose(0, 1, 3, 2)).sum(axis=0)
+    gw = gwt.transpose(0, 2, 1)  # (G, O/G, K)
+    return gw.reshape(o, cg, *kernel)
+
+
+# --- the differentiable triple -------------------------------------------------------------
+
+def _bias_grad(g, b):
+    from refgen.functional.reduction import sum as _sum
+    return _sum(g, (0, 2, 3)) if b.requires_grad else None
+
+
+class _Conv2d(Function):
+    """(x, w[, b]) -> y, cropped to ``out_hw`` windows (the natural count or fewer)."""
+
+    def forward(self, x, w, *b, geom, out_hw):
+        self.geom = geom
+        return _conv2d_raw(x, w, b[0] if b else None, geom, out_hw)
+
+    def backward(self, gy):
+        x, w = self.inputs[:2]
+        gx = _ConvTranspose2d.apply(gy, w, geom=self.geom, out_hw=x.shape[2:]) if x.requires_grad else None
+        gw = _Conv2dWeight.apply(x, gy, geom=self.geom, kernel=w.shape[2:]) if w.requires_grad else None
+        if len(self.inputs) == 3:
+            return gx, gw, _bias_grad(gy, self.inputs[2])
+        return gx, gw
+
+
+class _ConvTranspose2d(Function):
+    """(y, w[, b]) -> x of spatial size ``out_hw``: the adjoint of conv2d in its input."""
+
+    def forward(self, y, w, *b, geom, out_hw):
+        self.geom = geom
+        return _conv_transpose_raw(y, w, b[0] if b else None, geom, out_hw)
+
+    def backward(self, gx):
+        y, w = self.inputs[:2]
+        # <gx, conv2d^T(y, w)> = <conv2d(gx, w), y>
+        gy = _Conv2d.apply(gx, w, geom=self.geom, out_hw=y.shape[2:]) if y.requires_grad else None
+        gw = _Conv2dWeight.apply(gx, y, geom=self.geom, kernel=w.shape[2:]) if w.requires_grad else None
+        if len(self.inputs) == 3:
+            return gy, gw, _bias_grad(gx, self.inputs[2])
+        return gy, gw
+
+
+class _Conv2dWeight(Function):
+    """(x, gy) -> d<gy, conv2d(x, w)>/dw, bilinear in (x, gy)."""
+
+    def forward(self, x, gy, geom, kernel):
+        self.geom = geom
+        return _conv2d_weight_raw(x, gy, tuple(kernel), geom)
+
+    def backward(self, ggw):
+        x, gy = self.inputs
+        # <ggw, conv2d_weight(x, gy)> = <gy, conv2d(x, ggw)>
+        gx = _ConvTranspose2d.apply(gy, ggw, geom=self.geom, out_hw=x.shape[2:]) if x.requires_grad else None
+        ggy = _Conv2d.apply(x, ggw, geom=self.geom, out_hw=gy.shape[2:]) if gy.requires_grad else None
+        return gx, ggy
+
+
+# --- public convolutions -------------------------------------------------------------------
+
+def _batched(x, name):
+    """Accept (C, H, W) like torch does; returns the 4-D tensor and whether to squeeze."""
+    if x.ndim == 3:
+        from refgen.functional.shape import unsqueeze
+        return unsqueeze(x, 0), True
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects input of shape (N, C, H, W) or (C, H, W), got {x.shape}")
+    return x, False
+
+
+def _unbatched(y, squeeze):
+    if squeeze:
+        from refgen.functional.shape import squeeze as _squeeze
+        return _squeeze(y, 0)
+    return y
+
+
+def _check_weight(x, w, b, groups, in_axis, name):
+    if w.ndim != 4:
+        raise ValueError(f"{name} expects a 4-D weight, got shape {w.shape}")
+    if groups < 1 or x.shape[1] % groups or (w.shape[0] % groups):
+        raise ValueError(f"{name}: groups={groups} must divide the input channels ({x.shape[1]}) "
+                         f"and the weight's first dimension ({w.shape[0]})")
+    want = x.shape[1] if in_axis == 0 else x.shape[1] // groups
+    if w.shape[in_axis] != want:
+        raise ValueError(f"{name}: weight {w.shape} does not fit input {x.shape} with groups={groups}")
+    out = w.shape[0] if in_axis == 1 else w.shape[1] * groups
+    if b is not None and b.shape != (out,):
+        raise ValueError(f"{name}: bias must have shape ({out},), got {b.shape}")
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, as torch.nn.functional.conv2d.
+
+    input (N, C, H, W) or (C, H, W); weight (O, C/groups, kh, kw); bias (O,) or None.
+    padding: an int, a pair, 'valid' (0) or 'same' (stride 1; an odd total pads the
+    bottom/right by one more, as torch does).
+    Returns (N, O, Ho, Wo) with Ho = floor((H + 2p - d(kh-1) - 1) / s) + 1.
+    """
+    from refgen.functional.shape import pad as _pad
+    x, squeeze = _batched(as_tensor(input), "conv2d")
+    w = as_tensor(weight)
+    b = None if bias is None else as_tensor(bias)
+    _check_weight(x, w, b, groups, 1, "conv2d")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    kernel = w.shape[2:]
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError("conv2d: padding='same' needs stride 1")
+            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            if total[0] % 2 or total[1] % 2:  # asymmetric: the extra row/column goes last
+                x = _pad(x, (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2))
+                padding = (0, 0)
+            else:
+                padding = (total[0] // 2, total[1] // 2)
+        else:
+            raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    padding = _pair(padding, "padding")
+    out_hw = tuple(_out_size(n, k, s, p, d) for n, k, s, p, d in
+                   zip(x.shape[2:], kernel, stride, padding, dilation))
+    if min(out_hw) < 1 or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"conv2d: kernel {kernel} (dilation {dilation}) does not fit input "
+                         f"{x.shape[2:]} with padding {padding}, stride {stride}")
+    geom = (stride, padding, dilation, groups)
+    ins = (x, w) if b is None else (x, w, b)
+    return _unbatched(_Conv2d.apply(*ins, geom=geom, out_hw=out_hw), squeeze)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    """2-D transposed convolution, as torch.nn.functional.conv_transpose2d.
+
+    input (N, C_in, H, W); weight (C_in, C_out/groups, kh, kw); bias (C_out,) or None.
+    Returns (N, C_out, Ho, Wo), Ho = (H - 1)s - 2p + d(kh-1) + output_padding + 1: the
+    gradient of conv2d(., weight) with respect to an input of that size.
+    """
+    x, squeeze = _batched(as_tensor(input), "conv_transpose2d")
+    w = as_tensor(weight)
+    b = None if bias is None else as_tensor(bias)
+    _check_weight(x, w, b, groups, 0, "conv_transpose2d")
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    dilation, output_padding = _pair(dilation, "dilation"), _pair(output_padding, "output_padding")
+    for op, s, d in zip(output_padding, stride, dilation):
+        if not 0 <= op < max(s, d):
+            raise ValueError(f"conv_transpose2d: output_padding {output_padding} must be smaller "
+                             f"than stride {stride} or dilation {dilation}")
+    out_hw = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, k, s, p, d, op in
+                   zip(x.shape[2:], w.shape[2:], stride, padding, dilation, output_padding))
+    if min(out_hw) < 1 or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"conv_transpose2d: input {x.shape[2:]} with kernel {w.shape[2:]}, stride "
+                         f"{stride}, padding {padding} gives output size {out_hw}")
+    geom = (stride, padding, dilation, groups)
+    ins = (x, w) if b is None else (x, w, b)
+    return _unbatched(_ConvTranspose2d.apply(*ins, geom=geom, out_hw=out_hw), squeeze)
+
+
+# --- pooling -------------------------------------------------------------------------------
+
+def _pool_geometry(x, kernel_size, stride, padding, name):
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else _pair(stride, "stride")
+    padding = _pair(padding, "padding")
+    if any(p > k // 2 for p, k in zip(padding, kernel)) or min(padding) < 0:
+        raise ValueError(f"{name}: padding {padding} must be at most half the kernel {kernel}")
+    out_hw = tuple(_out_size(n, k, s, p, 1) for n, k, s, p in zip(x.shape[2:], kernel, stride, padding))
+    if min(out_hw) < 1 or min(stride) < 1:
+        raise ValueError(f"{name}: kernel {kernel} does not fit input {x.shape[2:]} with "
+                         f"padding {padding}, stride {stride}")
+    return kernel, stride, padding, out_hw
+
+
+def _offsets(kernel, stride, out_hw):
+    """For each kernel offset (i, j): the strided slices of the padded input it reads."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    return [(slice(i, i + (ho - 1) * sh + 1, sh), slice(j, j + (wo - 1) * sw + 1, sw))
+            for i in range(kh) for j in range(kw)]
+
+
+class _AvgPool2d(Function):
+    """Mean over each window, zero padding counted (torch's count_include_pad=True)."""
+
+    def forward(self, x, geom, out_hw):
+        kernel, stride, padding = self.geom = geom
+        xpad = _padded(x, *padding)
+        y = xp.zeros(x.shape[:2] + tuple(out_hw), dtype=x.dtype)
+        for r, q in _offsets(kernel, stride, out_hw):
+            y += xpad[:, :, r, q]
+        y *= 1.0 / (kernel[0] * kernel[1])
+        return y
+
+    def backward(self, gy):
+        return _AvgPool2dAdjoint.apply(gy, geom=self.geom, in_hw=self.inputs[0].shape[2:])
+
+
+class _AvgPool2dAdjoint(Function):
+    """Spread each gradient evenly over its window (the transpose of _AvgPool2d)."""
+
+    def forward(self, gy, geom, in_hw):
+        kernel, stride, (ph, pw) = self.geom = geom
+        h, w = in_hw
+        gxpad = xp.zeros(gy.shape[:2] + (h + 2 * ph, w + 2 * pw), dtype=gy.dtype)
+        g = gy * (1.0 / (kernel[0] * kernel[1]))
+        for r, q in _offsets(kernel, stride, gy.shape[2:]):
+            gxpad[:, :, r, q] += g
+        return gxpad[:, :, ph:ph + h, pw:pw + w]
+
+    def backward(self, ggx):
+        return _AvgPool2d.apply(ggx, geom=self.geom, out_hw=self.inputs[0].shape[2:])
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0):
+    """Average over kernel windows, as torch's avg_pool2d (zero padding counts in the mean)."""
+    x, squeeze = _batched(as_tensor(input), "avg_pool2d")
+    kernel, stride, padding, out_hw = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
+    y = _AvgPool2d.apply(x, geom=(kernel, stride, padding), out_hw=out_hw)
+    return _unbatched(y, squeeze)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0):
+    """Maximum over kernel windows, as torch's max_pool2d (padding never wins: it is -inf).
+
+    The whole gradient of a window goes to its maximum; among tied maxima, to the first in
+    row-major window order. The pool is a gather of those positions, so it is written as
+    ``getitem`` (whose adjoint is the scatter-add ``index_add``) and differentiates to any order.
+    """
+    from refgen.functional.shape import getitem, pad, reshape
+    x, squeeze = _batched(as_tensor(input), "max_pool2d")
+    kernel, stride, (ph, pw), out_hw = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
+    if ph or pw:
+        x = pad(x, (pw, pw, ph, ph), value=-math.inf)
+    n, c, hp, wp = x.shape
+    # running max over the kh*kw offsets; strict '>' keeps the first maximum
+    best = xp.full((n, c) + out_hw, -xp.inf, dtype=x.dtype)
+    arg = xp.zeros((n, c) + out_hw, dtype=xp.int64)
+    for a, (r, q) in enumerate(_offsets(kernel, stride, out_hw)):
+        v = x.data[:, :, r, q]
+        better = v > best
+        best = xp.where(better, v, best)
+        arg = xp.where(better, a, arg)
+    # flat index into the padded (H+2ph)*(W+2pw) plane of each window's maximum
+    rows = xp.arange(out_hw[0]).reshape(-1, 1) * stride[0] + arg // kernel[1]
+    cols = xp.arange(out_hw[1]).reshape(1, -1) * stride[1] + arg % kernel[1]
+    flat = rows * wp + cols  # (N, C, Ho, Wo)
+    planes = reshape(x, (n, c, hp * wp))  # (N, C, Hp*Wp)
+    index = (xp.arange(n).reshape(-1, 1, 1, 1), xp.arange(c).reshape(1, -1, 1, 1), flat)
+    return _unbatched(getitem(planes, index), squeeze)
+
+
+# --- resizing ------------------------------------------------------------------------------
+
+def interpolate(input, size=None, scale_factor=None, mode="nearest"):
+    """Nearest-neighbour resizing of (N, C, *spatial), as torch's interpolate(mode='nearest').
+
+    Output element ``dst`` reads input ``floor(dst * in / out)`` (with ``size``) or
+    ``floor(dst / scale_factor)`` (with ``scale_factor``). Integer upsampling is a broadcast
+    (its gradient is sum-pooling, via sum_to); anything else is a gather (getitem).
+    """
+    from refgen.functional.shape import broadcast_to, getitem, reshape
+    if mode != "nearest":
+        raise ValueError(f"interpolate: mode {mode!r} is not supported; only 'nearest'")
+    x = as_tensor(input)
+    nd = x.ndim - 2
+    if nd < 1:
+        raise ValueError(f"interpolate expects (N, C, *spatial), got shape {x.shape}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: give exactly one of size and scale_factor")
+    spatial = x.shape[2:]
+    if size is not None:
+        size = (size,) * nd if isinstance(size, int) else tuple(int(s) for s in size)
+        srcs = [xp.arange(o) * n // o for n, o in zip(spatial, size)]
+    else:
+        sf = (scale_factor,) * nd if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
+        size = tuple(int(math.floor(n * f)) for n, f in zip(spatial, sf))
+        srcs = [xp.minimum(xp.floor(xp.arange(o) / f).astype(xp.int64), n - 1)
+                for n, o, f in zip(spatial, size, sf)]
+    if len(size) != nd or min(size) < 1:
+        raise ValueError(f"interpolate: output size {size} is not valid for input {x.shape}")
+    factors = [o // n if o % n == 0 else 0 for n, o in zip(spatial, size)]
+    if all(factors) and all(bool((s == xp.arange(o) // r).all()) for s, o, r in zip(srcs, size, factors)):
+        # (N, C, H, W) -> (N, C, H, 1, W, 1) -> (N, C, H, r, W, r) -> (N, C, H*r, W*r)
+        inter = x.shape[:2] + tuple(v for n in spatial for v in (n, 1))
+        tiled = x.shape[:2] + tuple(v for n, r in zip(spatial, factors) for v in (n, r))
+        return reshape(broadcast_to(reshape(x, inter), tiled), x.shape[:2] + size)
+    index = [slice(None), slice(None)]
+    for a, s in enumerate(srcs):  # an open mesh: one index array per spatial axis
+        index.append(s.reshape((-1,) + (1,) * (nd - 1 - a)))
+    return getitem(x, tuple(index))
