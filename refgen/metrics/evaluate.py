@@ -1,0 +1,183 @@
+"""``evaluate(model, test_dataset)``: every metric of DESIGN.md that applies to a model and
+its data, under the names metrics.json uses.
+
+What is computed, and when:
+
+  test_nll_nats     model has ``log_prob``: mean -log p(x) over the test set (nats/example)
+  test_bpd          with it, where the nats have a bits/dim reading (see below)
+  elbo_nats         model has ``elbo``: mean ELBO over the test set (nats; a lower bound on
+                    log p(x), so -elbo_nats bounds test_nll_nats from above)
+  iwae_nats         model has ``iwae``: mean IWAE bound L_k (k = ``iwae_k``, default 1000;
+                    log p(x) >= L_k >= ELBO)
+  fid_mnist         model samples MNIST-shaped images: FID of ``n_samples`` samples against
+                    the test images (refgen.metrics.fid), with fid_n_samples = that N
+  cond_accuracy     ... and is class-conditional (``num_classes`` set, ``sample(n, cond=y)``):
+                    the classifier's accuracy on samples drawn for balanced labels y
+  modes_covered, hq_fraction   toy2d data with known modes (refgen.data.toy2d.modes)
+  mmd               toy2d data: unbiased MMD^2 of up to 2,000 samples against the test set
+  entropy_gap_nats  toy2d data with an exact density: test_nll_nats - H(p_data) = KL(p||q)
+
+Likelihoods are scored on the test data exactly as the data set gives it (the model owns its
+conventions), and test_bpd is reported only where the nats have a bits/dim reading:
+
+  binary data       test_bpd = nll / (D ln 2).
+  discrete models   a model with an integer ``levels`` attribute (PixelCNN, GPT on pixels)
+                    gives log P of the pixels quantized to that many levels, a probability:
+                    test_bpd = nll / (D ln 2) as well.
+  mnist-dequantized a density on [0, 1]^D scored on the one fixed dequantization of the test
+                    set: test_bpd = (nll + D log 256) / (D ln 2), an upper bound on the
+                    bits/dim of the 8-bit pixels (refgen.metrics.likelihood, '[0,1]').
+  otherwise         no test_bpd: a density evaluated at the grid points k / 127.5 - 1 of
+                    'mnist' is not a probability of anything (train density models on
+                    mnist-dequantized for bits/dim), and toy data are not quantized at all.
+  text              not evaluated here.
+
+Samples of data in [0, 1] (dequantized, binary) are mapped to [-1, 1] with 2x - 1 and every
+sample is clipped to [-1, 1] before the classifier sees it; the FID reference is the test
+split of the same data set (for binary data its fixed binarization).
+
+Everything is evaluated in eval mode without a graph (a model whose ``log_prob`` needs
+gradients inside opens ``refgen.enable_grad()`` itself), with the model's noise drawn from
+one generator seeded by ``rng`` (default 0), so two evaluations of a model agree; the model's
+own ``rng`` and train/eval mode are restored afterwards. Models may set the attributes
+``eval_samples`` and ``eval_iwae_k`` to change the defaults for themselves (a sampler that
+takes seconds per image on a CPU).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from refgen import backend
+from refgen.autograd import Tensor, no_grad
+from refgen.metrics import fid as _fid
+from refgen.metrics.frechet import frechet_distance, gaussian_stats
+from refgen.metrics.likelihood import bits_per_dim, nll_to_bpd
+from refgen.metrics.two_d import entropy_gap_nats, mmd, mode_stats
+
+__all__ = ["evaluate", "EVAL_SEED", "DEFAULT_SAMPLES", "DEFAULT_IWAE_K"]
+
+EVAL_SEED = 0
+DEFAULT_SAMPLES = 10_000
+DEFAULT_IWAE_K = 1000
+_MMD_N = 2000          # samples per side of the MMD estimate (its cost is quadratic)
+# data set -> pixel range of its examples, for the MNIST family
+_MNIST_RANGE = {"mnist": (-1, 1), "mnist-14": (-1, 1), "mnist-dequantized": (0, 1),
+                "mnist-binary": (0, 1), "mnist-14-binary": (0, 1)}
+
+
+def _to_numpy(a):
+    return backend.to_numpy(a.data if isinstance(a, Tensor) else a)
+
+
+def _per_example(fn, x, batch_size):
+    """Concatenate fn(batch) -> (b,) over ``x`` in batches, as float64 NumPy."""
+    out = [_to_numpy(fn(Tensor(backend.asarray(x[i:i + batch_size]))))
+           .astype(np.float64).reshape(-1) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _bpd_rule(model, ds):
+    """How nats become bits/dim for this model and data (see the module docstring), or None."""
+    d = int(np.prod(ds.shape))
+    levels = getattr(model, "levels", None)
+    if ds.kind == "binary" or (isinstance(levels, int) and ds.name in _MNIST_RANGE):
+        return lambda nll: bits_per_dim(nll, d)
+    if ds.name == "mnist-dequantized":
+        return lambda nll: nll_to_bpd(nll, d, "[0,1]")
+    return None
+
+
+def _draw(model, n, cond, rng, chunk):
+    """n samples as a NumPy array, drawn ``chunk`` at a time from one generator."""
+    parts = []
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        if cond is None:
+            s = model.sample(m, rng=rng)
+        else:
+            s = model.sample(m, cond=backend.asarray(cond[i:i + m]), rng=rng)
+        parts.append(_to_numpy(s))
+    return np.concatenate(parts)
+
+
+def _is_conditional(model):
+    return getattr(model, "num_classes", None) is not None
+
+
+def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwae_k=None,
+             max_test=None, batch_size=500, sample_batch=500) -> dict:
+    """The metrics that apply to ``model`` on ``test_dataset`` (see the module docstring).
+
+    n_samples: samples drawn for FID / mode coverage / MMD (default: the model's
+    ``eval_samples`` or 10,000). iwae_k: k of the IWAE bound (default: the model's
+    ``eval_iwae_k`` or 1000; smaller is cheaper and looser). max_test: score only the first
+    this many test examples. rng: seed or backend generator for all of the model's noise.
+    run_dir is accepted for the CLI and not written to: the caller writes metrics.json.
+    Returns {metric name: float or int}.
+    """
+    from refgen.data import toy2d
+
+    ds = test_dataset
+    if ds.kind == "categorical":
+        return {}
+    x = ds.x if max_test is None else ds.x[:int(max_test)]
+    out = {}
+    gen = backend.default_rng(EVAL_SEED if rng is None else rng)
+    had_rng = "rng" in vars(model)
+    saved_rng, was_training = getattr(model, "rng", None), model.training
+    model.rng = gen  # elbo / iwae / log_prob draw their noise from model.rng
+    model.eval()
+    try:
+        with no_grad():
+            if hasattr(model, "log_prob"):
+                nll = float(-_per_example(model.log_prob, x, batch_size).mean())
+                to_bpd = _bpd_rule(model, ds)
+                out["test_nll_nats"] = nll
+                if to_bpd is not None:
+                    out["test_bpd"] = float(to_bpd(nll))
+                if ds.name in toy2d.DENSITIES:
+                    h = toy2d.entropy(ds.name)[0]
+                    out["entropy_gap_nats"] = float(entropy_gap_nats(nll, h))
+            if hasattr(model, "elbo"):
+                out["elbo_nats"] = float(_per_example(model.elbo, x, batch_size).mean())
+            if hasattr(model, "iwae"):
+                k = int(iwae_k if iwae_k is not None
+                        else getattr(model, "eval_iwae_k", DEFAULT_IWAE_K))
+                lk = _per_example(lambda xb: model.iwae(xb, k), x, max(1, batch_size // 5))
+                out["iwae_nats"] = float(lk.mean())
+            if hasattr(model, "sample"):
+                n = int(n_samples if n_samples is not None
+                        else getattr(model, "eval_samples", DEFAULT_SAMPLES))
+                if ds.name in _MNIST_RANGE and n >= 2:
+                    out.update(_image_metrics(model, ds, n, gen, sample_batch))
+                elif ds.name in toy2d.names() and n >= 2:
+                    s = _draw(model, n, None, gen, max(sample_batch, 10_000)).reshape(n, -1)
+                    if ds.name in toy2d.MODES:
+                        out.update(mode_stats(s, *toy2d.modes(ds.name)))
+                    m = min(_MMD_N, n, len(ds.x))
+                    out["mmd"] = float(mmd(s[:m], ds.x[:m]))
+    finally:
+        if had_rng:
+            model.rng = saved_rng
+        else:
+            vars(model).pop("rng", None)
+        model.train(was_training)
+    return out
+
+
+def _image_metrics(model, ds, n, gen, chunk):
+    """fid_mnist (and cond_accuracy for conditional models) of n samples of an MNIST model."""
+    labels = np.arange(n) % int(model.num_classes) if _is_conditional(model) else None
+    s = _draw(model, n, labels, gen, chunk).reshape((n,) + tuple(ds.shape)).astype(np.float32)
+    ref = ds.x
+    if _MNIST_RANGE[ds.name][0] == 0:  # [0, 1] -> [-1, 1]
+        s, ref = 2.0 * s - 1.0, 2.0 * ds.x - 1.0
+    if not np.isfinite(s).all():
+        return {"fid_mnist": float("nan"), "fid_n_samples": n}
+    feats, logits = _fid.mnist_features_and_logits(np.clip(s, -1.0, 1.0))
+    mu_r, sigma_r = _fid.reference_stats(images=ref, key=(ds.name, ds.split, len(ds.x)))
+    mu, sigma = gaussian_stats(feats)
+    out = {"fid_mnist": frechet_distance(mu, sigma, mu_r, sigma_r), "fid_n_samples": n}
+    if labels is not None and int(model.num_classes) == 10:
+        out["cond_accuracy"] = float((logits.argmax(axis=1) == labels).mean())
+    return out
