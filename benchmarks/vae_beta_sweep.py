@@ -1,0 +1,116 @@
+"""beta-VAE on binarized MNIST: the rate-distortion curve over several beta, and latent
+traversals.
+
+    python benchmarks/vae_beta_sweep.py --betas 0.5,1,2,4,8 --steps 3000
+
+For each beta a beta-VAE is trained (loss = distortion + beta * rate) and scored on the test
+set: rate R = KL(q(z | x) || p(z)) and distortion D = -E_q[log p(x | z)], both nats per image
+(the ELBO is -(D + R) whatever beta was). Raising beta trades distortion for rate: the curve
+D(R) is what the objective slides along. Writes benchmarks/results/vae_beta_sweep.json,
+vae_beta_sweep_rd.png (the curve: rate on the horizontal axis, distortion on the vertical,
+one dot per beta joined by straight segments, both axes from 0; the axis ranges are in the
+JSON) and vae_beta_sweep_traversal_b<beta>.png for --traverse-beta: one row per latent
+dimension (sorted by its mean KL, most informative first), columns z_j from -3 to 3 with the
+other coordinates at the posterior mean of a test digit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from made_mnist import RESULTS, command, machine, write_result  # noqa: E402  (sets BLAS threads)
+from vae_mnist import test_elbo_terms  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from refgen import backend, data, io, models  # noqa: E402
+from refgen.autograd import Tensor, no_grad  # noqa: E402
+from refgen.distributions import kl_normal_std  # noqa: E402
+from refgen.train import train  # noqa: E402
+
+
+def rd_plot(path, rates, distortions, size=400, margin=30):
+    """A bare line plot on a white canvas: axes from 0, a segment between consecutive betas."""
+    r_max, d_max = 1.1 * max(rates), 1.1 * max(distortions)
+    img = np.ones((size, size, 3))
+    inner = size - 2 * margin
+
+    def pix(r, d):
+        return (size - margin - d / d_max * inner, margin + r / r_max * inner)  # (row, col)
+
+    img[size - margin, margin:size - margin] = 0.0                      # rate axis
+    img[margin:size - margin + 1, margin] = 0.0                         # distortion axis
+    pts = [pix(r, d) for r, d in zip(rates, distortions)]
+    for (r0, c0), (r1, c1) in zip(pts, pts[1:]):
+        for t in np.linspace(0, 1, 400):
+            img[int(r0 + t * (r1 - r0)), int(c0 + t * (c1 - c0))] = (0.55, 0.62, 0.75)
+    for r, c in pts:
+        img[int(r) - 3:int(r) + 4, int(c) - 3:int(c) + 4] = (0.85, 0.33, 0.10)
+    io.write_png(path, img)
+    return {"rate_axis_nats": [0.0, r_max], "distortion_axis_nats": [0.0, d_max]}
+
+
+def traversal(model, x, path, span=3.0, n=9):
+    """Rows: latent dims by decreasing KL; columns: z_j over [-span, span], rest at mu(x)."""
+    with no_grad():
+        mu, logvar = model.encode(Tensor(backend.asarray(x[:200])))
+        kl = backend.to_numpy(kl_normal_std(mu, logvar).data).mean(0)           # (latent,)
+        order = np.argsort(-kl)
+        base = backend.to_numpy(mu.data[0])
+        z = np.repeat(base[None], len(order) * n, 0).reshape(len(order), n, -1)
+        for row, j in enumerate(order):
+            z[row, :, j] = np.linspace(-span, span, n)
+        imgs = backend.to_numpy(model.decode_latents(backend.asarray(z.reshape(-1, z.shape[-1]))))
+    io.write_png(path, io.image_grid(imgs, nrow=n))
+    return kl[order].tolist()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--betas", default="0.5,1,2,4,8")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--latent-dim", type=int, default=10)
+    ap.add_argument("--hidden", default="512,256")
+    ap.add_argument("--traverse-beta", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    betas = [float(b) for b in args.betas.split(",")]
+
+    t0 = time.perf_counter()
+    train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
+    runs = []
+    for beta in betas:
+        model = models.create("beta-vae", data_shape=train_ds.shape, seed=args.seed, beta=beta,
+                              latent_dim=args.latent_dim, hidden=args.hidden)
+        m = train(model, train_ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                  seed=args.seed, out_dir=f"/tmp/refgen_vae_beta_{beta:g}", schedule="cosine",
+                  log_every=max(args.steps // 20, 1), ckpt_every=args.steps, samples=False)
+        model.eval()
+        model.rng = backend.default_rng(0)
+        t = test_elbo_terms(model, test_ds.x)
+        run = {"beta": beta, "rate_nats": t["kl_nats"], "distortion_nats": -t["rec_nats"],
+               "elbo_nats": t["elbo_nats"], "train_wall_s": m["wall_s"]}
+        if beta == args.traverse_beta:
+            png = RESULTS / f"vae_beta_sweep_traversal_b{beta:g}.png"
+            run["kl_per_dim_sorted"] = traversal(model, test_ds.x, png)
+            run["traversal_png"] = str(png.relative_to(RESULTS.parent.parent))
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    axes = rd_plot(RESULTS / "vae_beta_sweep_rd.png", [r["rate_nats"] for r in runs],
+                   [r["distortion_nats"] for r in runs])
+    write_result("vae_beta_sweep", {
+        "model": "beta-vae", "data": "mnist-binary", "command": command(), "machine": machine(),
+        "config": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                   "latent_dim": args.latent_dim, "hidden": args.hidden, "seed": args.seed},
+        "runs": runs, "plot": dict(axes, png="benchmarks/results/vae_beta_sweep_rd.png"),
+        "total_wall_s": round(time.perf_counter() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""VQ-VAE: nearest-code quantisation, the straight-through gradient, where each loss term
+sends its gradient, the EMA codebook update, codebook perplexity and the PixelCNN prior."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import refgen
+import refgen.functional as F
+from refgen.autograd import Tensor, no_grad
+from refgen.backend import default_rng
+from refgen.models import create
+from refgen.models.base import Batch
+from refgen.models.vae import nearest_code, perplexity
+
+IMG = (1, 8, 8)  # -> a 2 x 2 code grid
+
+
+def _model(**kw):
+    kw.setdefault("num_codes", 6)
+    return create("vqvae", data_shape=IMG, seed=0, code_dim=3, channels="4,8",
+                  prior_channels=8, prior_blocks=1, **kw)
+
+
+def _x(n=4, seed=0):
+    return (np.random.default_rng(seed).random((n,) + IMG) < 0.4).astype(np.float32)
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 20), k=st.integers(1, 9))
+def test_quantisation_picks_the_nearest_code(seed, n, k):
+    rng = np.random.default_rng(seed)
+    z, book = rng.normal(size=(n, 3)), rng.normal(size=(k, 3))
+    brute = np.argmin(((z[:, None, :] - book[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(nearest_code(z, book), brute)
+
+
+def test_model_quantises_every_grid_cell_to_its_nearest_code():
+    m = _model()
+    with no_grad():
+        z_e = m.encode(Tensor(_x())).data                                   # (4, 3, 2, 2)
+    k = m.quantize(Tensor(z_e))
+    assert k.shape == (4, 2, 2)
+    cells = np.moveaxis(z_e, 1, -1)                                         # (4, 2, 2, 3)
+    d = ((cells[..., None, :] - m.codebook.data) ** 2).sum(-1)             # (4, 2, 2, K)
+    np.testing.assert_array_equal(k, d.argmin(-1))
+    np.testing.assert_array_equal(m.lookup(k).data, np.moveaxis(m.codebook.data[k], -1, 1))
+
+
+def test_straight_through_passes_the_decoder_gradient_to_the_encoder_unchanged():
+    m = _model()
+    x = Tensor(_x())
+    target = Tensor(np.random.default_rng(1).normal(size=(4,) + IMG).astype(np.float32))
+    z_e = m.encode(x)
+    z_q = m.lookup(m.quantize(z_e))
+    # dL/dz_q with z_q as a leaf...
+    leaf = Tensor(z_q.data, requires_grad=True)
+    (g_leaf,) = refgen.grad(((m.decode(leaf) - target) ** 2).sum(), [leaf])
+    # ...is exactly dL/dz_e through the straight-through input
+    (g_e,) = refgen.grad(((m.decode(F.straight_through(z_q, z_e)) - target) ** 2).sum(), [z_e])
+    np.testing.assert_array_equal(g_e.data, g_leaf.data)
+    # and the encoder's parameters receive that gradient by the chain rule
+    enc = list(m.encoder.parameters()) + list(m.to_code.parameters())
+    via_st = refgen.grad(((m.decode(F.straight_through(z_q, z_e)) - target) ** 2).sum(), enc)
+    via_chain = refgen.grad((z_e * g_leaf.detach()).sum(), enc)
+    for a, b in zip(via_st, via_chain):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+
+
+def test_codebook_and_commitment_terms_train_what_they_should():
+    """||sg[z_e] - e||^2 reaches only the codebook; ||z_e - sg[e]||^2 only the encoder."""
+    m = _model()
+    z_e = m.encode(Tensor(_x()))
+    z_q = m.lookup(m.quantize(z_e))
+    enc = list(m.encoder.parameters()) + list(m.to_code.parameters())
+    book = ((z_e.detach() - z_q) ** 2).sum()
+    commit = ((z_e - z_q.detach()) ** 2).sum()
+    g = refgen.grad(book, enc + [m.codebook], allow_unused=True)
+    assert all(t is None or not np.any(t.data) for t in g[:-1]) and np.any(g[-1].data)
+    g = refgen.grad(commit, enc + [m.codebook], allow_unused=True)
+    assert all(t is not None for t in g[:-1]) and (g[-1] is None or not np.any(g[-1].data))
+
+
+def test_loss_trains_autoencoder_codebook_and_prior():
+    m = _model()
+    loss = m.loss(Batch(Tensor(_x())))
+    loss.backward()
+    assert np.any(m.codebook.grad.data) and np.any(m.encoder.conv1.weight.grad.data)
+    assert np.any(m.prior.input_conv.weight.grad.data)
+    assert set(m.last_stats) == {"rec", "commit", "prior_nll", "perplexity"}
+    prior_only = _model(train_autoencoder=False)
+    prior_only.loss(Batch(Tensor(_x()))).backward()
+    assert prior_only.codebook.grad is None and prior_only.prior.head2.weight.grad is not None
+
+
+def test_ema_update_with_no_memory_is_a_k_means_step():
+    m = _model(ema=True, ema_decay=0.0)
+    assert not any(p is m.codebook for p in m.parameters())                 # a buffer
+    x = Tensor(_x(16))
+    with no_grad():
+        z_e = m.encode(x).data
+    k = m.quantize(Tensor(z_e)).reshape(-1)
+    cells = np.moveaxis(z_e, 1, -1).reshape(-1, 3)
+    m.loss(Batch(x))
+    for j in np.unique(k):                                                  # used codes -> means
+        np.testing.assert_allclose(m.codebook[j], cells[k == j].mean(0), rtol=1e-3, atol=1e-5)
+
+
+def test_perplexity_measures_codebook_usage():
+    assert perplexity(np.zeros(50, int), 8) == pytest.approx(1.0)
+    assert perplexity(np.arange(64) % 8, 8) == pytest.approx(8.0)
+    p = np.array([0.5, 0.25, 0.25])
+    idx = np.repeat(np.arange(3), (p * 400).astype(int))
+    assert perplexity(idx, 3) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+
+
+def test_prior_scores_and_samples_the_code_grid():
+    m = _model()
+    k = m.codes(Tensor(_x()))
+    lp = m.prior_log_prob(k)
+    assert lp.shape == (4,) and np.all(lp.data < 0)
+    # the PixelCNN's K-way softmax is normalised: the total over all 6^4 grids is 1
+    grids = np.stack(np.meshgrid(*[np.arange(6)] * 4, indexing="ij"), -1).reshape(-1, 2, 2)
+    with no_grad():
+        total = np.exp(m.prior_log_prob(grids).data.astype(np.float64)).sum()
+    assert total == pytest.approx(1.0, rel=1e-4)
+    s = m.sample(3, rng=default_rng(0))
+    assert s.shape == (3,) + IMG and 0 <= s.min() and s.max() <= 1
+    np.testing.assert_array_equal(s, m.sample(3, rng=default_rng(0)))
