@@ -181,9 +181,18 @@ def test_divergence_exits_1_keeping_the_checkpoint(nan_model, tmp_path, capsys):
 
 def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "30", "-q"]) == 0
+    assert main(["demo", "--out", str(out), "--steps", "30", "-q", "--models", "gmm"]) == 0
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "gmm-8gaussians" / "checkpoint.npz").exists()
     printed = capsys.readouterr().out
     assert str(out / "demo.png") in printed and "gmm" in printed
-    assert main(["demo", "--out", str(out), "--steps", "10", "-q", "--data", "moons"]) == 0  # reruns
+    assert main(["demo", "--out", str(out), "--steps", "10", "-q", "--data", "moons", "--models", "gmm"]) == 0  # reruns
+
+
+def test_mismatch_found_in_the_first_step_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    # vae's default Bernoulli decoder refuses real-valued 2D data only when it sees a batch
+    out = tmp_path / "r"
+    assert main(["train", "vae", "--data", "8gaussians", "--out", str(out), "--steps", "5", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("refgen: error: model 'vae' cannot train on '8gaussians'")
+    assert not out.exists()
