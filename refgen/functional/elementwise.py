@@ -195,7 +195,10 @@ class _Tanh(Function):
 
 class _Sigmoid(Function):
     def forward(self, x):
-        return xp.exp(-xp.logaddexp(0, -x))  # 1 / (1 + e^-x), exact in both tails
+        # 1 / (1 + e^-x), written with e = exp(-|x|) <= 1 so neither tail overflows or
+        # rounds to 0 early: x >= 0 gives 1 / (1 + e), x < 0 gives e / (1 + e)
+        e = xp.exp(-xp.abs(x))
+        return xp.where(x >= 0, 1.0, e) / (1.0 + e)
 
     def backward(self, gy):
         y = self.output

@@ -1,0 +1,300 @@
+"""DDPM with the U-Net on MNIST: step cost, training, sample grids, FID, bits/dim, DDIM vs DDPM,
+classifier-free guidance.
+
+    # cost of one training step (time, peak traced and resident memory) at batch 64
+    OPENBLAS_NUM_THREADS=1 python benchmarks/diffusion_mnist.py measure --data mnist
+    # train for a wall-clock budget (resumable, chunked), then evaluate
+    OPENBLAS_NUM_THREADS=1 python benchmarks/diffusion_mnist.py train --data mnist-14 \\
+        --budget-min 22 --out runs/diffusion_mnist14 --set channels=32 --set num_res_blocks=1
+    OPENBLAS_NUM_THREADS=1 python benchmarks/diffusion_mnist.py eval --run runs/diffusion_mnist14 \\
+        --grid-steps 50 --ddim 10,50,100 --fid-n 1000 --vlb-n 100 --vlb-k 20 --cfg 0,1,3
+
+MNIST is read from REFGEN_DATA_DIR (else refgen's cache). The run directory has the layout of
+``refgen train`` (config.json, checkpoint.npz, log.jsonl), so ``refgen sample DIR`` works on it.
+
+eval reports, with the EMA weights when the run has them:
+  - sample grids (64 images): DDPM over ``--grid-steps`` strided steps (all T with 0), and
+    DDIM (eta = 0) at each of ``--ddim`` steps;
+  - fid_mnist of ``--fid-n`` samples per sampler (or those in ``--fid-on``) against the test
+    set (refgen.metrics; biased upwards at small n, compare equal n only);
+  - bits/dim from L_VLB (eqs. 13-16) with the discretized decoder on ``--vlb-n`` test images,
+    ``--vlb-k`` stratified t per image (0: every t) - an upper bound on the 8-bit NLL;
+  - for a class-conditional run, cond_accuracy of classifier-free guided samples (eq. 26)
+    for each w in ``--cfg``.
+Results go to benchmarks/results/<tag>.json and <tag>_*.png (tag: diffusion_<data>).
+"""
+from __future__ import annotations
+
+import os
+
+# One BLAS thread: the machine these numbers come from has 2 cores shared by several jobs.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.diffusion_common import RESULTS, command, machine, write_json  # noqa: E402
+from refgen import backend, data, io, models  # noqa: E402
+from refgen.autograd import Tensor, no_grad  # noqa: E402
+from refgen.cli import load_run  # noqa: E402
+from refgen.models.base import Batch  # noqa: E402
+from refgen.optim import Adam  # noqa: E402
+from refgen.train import data_facts, train  # noqa: E402
+
+TRAIN = dict(batch_size=64, lr=2e-4, ema=0.999, warmup=500, optimizer="adam",
+             schedule="constant", grad_clip=1.0)
+
+
+def _sets(pairs):
+    out = {}
+    for p in pairs or ():
+        k, _, v = p.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------- measure
+def measure(args):
+    """Seconds and memory of one training step (forward, backward, Adam) at --batch-size."""
+    ds = data.load(args.data, "train")
+    settings = _sets(args.set)
+    model = models.create("ddpm", data_shape=ds.shape, num_classes=ds.num_classes, **settings)
+    opt = Adam(list(model.parameters()), lr=1e-4)
+    idx = np.arange(args.batch_size)
+    batch = Batch(Tensor(backend.asarray(ds.x[idx])), backend.asarray(ds.y[idx]))
+    rss0 = _rss_mib()
+
+    def step():
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.item())
+
+    step()  # warm up (Adam state, caches)
+    tracemalloc.start()
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(args.repeat):
+        step()
+    wall, cpu = (time.perf_counter() - t) / args.repeat, (time.process_time() - c) / args.repeat
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    with no_grad():
+        t = time.perf_counter()
+        model.net(batch.x, np.full(args.batch_size, 500), model._labels(batch.y, args.batch_size))
+        fwd = time.perf_counter() - t
+    out = {"data": args.data, "settings": settings, "batch_size": args.batch_size,
+           "parameters": model.num_parameters(), "step_wall_s": round(wall, 3),
+           "step_cpu_s": round(cpu, 3), "forward_nograd_wall_s": round(fwd, 3),
+           "peak_traced_mib": round(peak / 2 ** 20, 1), "max_rss_mib": round(_rss_mib(), 1),
+           "rss_before_steps_mib": round(rss0, 1), "command": command(), "machine": machine()}
+    print(json.dumps(out, indent=2))
+    if args.save:
+        write_json(RESULTS / f"diffusion_{args.data.replace('-', '')}_step_cost.json", out)
+    return out
+
+
+# ----------------------------------------------------------------------------- train
+def train_run(args):
+    """Train in chunks until --steps or --budget-min is reached; resumable (--resume)."""
+    out = Path(args.out)
+    settings = _sets(args.set)
+    train_ds = data.load(args.data, "train")
+    cfg_path = out / "config.json"
+    st = dict(TRAIN, batch_size=args.batch_size, lr=args.lr, steps=args.steps, seed=args.seed,
+              ema=args.ema, warmup=args.warmup,
+              eval_every=0, log_every=args.chunk // 4 or 1, ckpt_every=args.chunk)
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        settings, st = cfg["model_kwargs"], dict(cfg["train"], steps=args.steps)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = {"model": "ddpm", "data": args.data, "model_kwargs": settings,
+               "data_dir": os.environ.get("REFGEN_DATA_DIR"), "data_facts": data_facts(train_ds),
+               "num_classes": train_ds.num_classes, "vocab_size": None, "vocab": None,
+               "train": st, "backend": backend.name(), "command": command()}
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    model = models.create("ddpm", data_shape=train_ds.shape, num_classes=train_ds.num_classes,
+                          seed=st["seed"], **settings)
+    done = 0
+    if (out / "checkpoint.npz").exists():
+        done = int(io.load_checkpoint(out / "checkpoint.npz")[1]["step"])
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * args.budget_min if args.budget_min else math.inf
+    while done < args.steps and time.perf_counter() < deadline:
+        target = min(args.steps, done + args.chunk)
+        m = train(model, train_ds, steps=target, batch_size=st["batch_size"], lr=st["lr"],
+                  seed=st["seed"], out_dir=out, optimizer=st["optimizer"], ema_decay=st["ema"],
+                  grad_clip=st["grad_clip"], warmup=st["warmup"], schedule=st["schedule"],
+                  log_every=st["log_every"], ckpt_every=st["ckpt_every"], resume=done > 0,
+                  progress=False, config=cfg, samples=False)
+        done = m["steps"]
+        print(f"step {done}  loss {m['loss']:.4f}  wall {m['wall_s']:.0f}s  "
+              f"(this call {time.perf_counter() - t0:.0f}s)", flush=True)
+    cfg["train"]["steps"] = done  # what the checkpoint holds
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return done
+
+
+# ----------------------------------------------------------------------------- eval
+def _grid(x, path):
+    io.write_png(path, io.image_grid((np.clip(x, -1, 1) + 1) / 2))
+
+
+def _fid(samples, n_note):
+    try:
+        from refgen.metrics import fid_mnist
+        return {"fid_mnist": float(fid_mnist(np.clip(samples, -1, 1))), "fid_n": n_note}
+    except Exception as e:  # classifier weights missing or not yet verified
+        return {"fid_mnist": None, "fid_error": f"{type(e).__name__}: {e}"[:300]}
+
+
+def _draw(model, n, chunk, **kw):
+    parts, t = [], time.perf_counter()
+    rng = backend.default_rng(1234)
+    with no_grad():
+        for i in range(0, n, chunk):
+            parts.append(backend.to_numpy(model.sample(min(chunk, n - i), rng=rng, **kw)))
+    return np.concatenate(parts), time.perf_counter() - t
+
+
+def evaluate_run(args):
+    run = Path(args.run)
+    model, cfg = load_run(run)  # EMA weights when the checkpoint has them
+    name = cfg["data"]
+    tag = args.tag or f"diffusion_{name.replace('-', '')}"
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
+    res = {"command": command(), "train_command": cfg.get("command"), "run": str(run),
+           "data": name, "model_kwargs": cfg["model_kwargs"],
+           "train": cfg["train"], "steps": log[-1]["step"] if log else 0,
+           "train_wall_s": log[-1]["wall_s"] if log else None,
+           "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log],
+           "parameters": model.num_parameters(), "samplers": {}}
+    samplers = []
+    if args.grid_steps >= 0:
+        steps = args.grid_steps or None
+        samplers.append((f"ddpm{steps or model.T}", dict(sampler="ddpm", steps=steps)))
+    for s in [int(v) for v in args.ddim.split(",") if v]:
+        samplers.append((f"ddim{s}", dict(sampler="ddim", steps=s, eta=0.0)))
+    for label, kw in samplers:
+        x, took = _draw(model, 64, 64, **kw)
+        _grid(x, RESULTS / f"{tag}_{label}.png")
+        r = {"grid_wall_s": round(took, 1)}
+        if args.fid_n and (args.fid_on is None or label in args.fid_on.split(",")):
+            xs, took = _draw(model, args.fid_n, 250, **kw)
+            r.update(_fid(xs, args.fid_n), fid_sample_wall_s=round(took, 1))
+        res["samplers"][label] = r
+        print(label, r, flush=True)
+        _save(res, tag)
+    if args.vlb_n:
+        test = data.load(name, "test")
+        t = time.perf_counter()
+        parts = model.vlb_terms(test.x[:args.vlb_n], timesteps=args.vlb_k or None,
+                                rng=backend.default_rng(0))
+        d = int(np.prod(test.shape))
+        v = parts["vlb"] / (d * math.log(2))
+        res["vlb"] = {"bits_per_dim": float(v.mean()), "se": float(v.std() / math.sqrt(len(v))),
+                      "n_images": args.vlb_n, "t_strata": args.vlb_k or "all",
+                      "prior_LT_bpd": float(parts["prior"].mean() / (d * math.log(2))),
+                      "decoder_L0_bpd": float(parts["decoder"].mean() / (d * math.log(2))),
+                      "wall_s": round(time.perf_counter() - t, 1),
+                      "note": ("discrete 8-bit pixels" if name == "mnist" else
+                               "mnist-14 pixels are 2x2 means, not an 8-bit grid: the decoder "
+                               "scores the nearest of 256 levels")}
+        print("vlb", res["vlb"], flush=True)
+        _save(res, tag)
+    if model.num_classes and args.cfg:
+        res["cfg"] = {}
+        labels = np.arange(args.cfg_n) % model.num_classes
+        for w in [float(v) for v in args.cfg.split(",")]:
+            kw = dict(sampler="ddim", steps=args.cfg_steps, eta=0.0, guidance=w)
+            parts, t = [], time.perf_counter()
+            with no_grad():
+                rng = backend.default_rng(99)
+                for i in range(0, len(labels), 250):
+                    parts.append(backend.to_numpy(model.sample(len(labels[i:i + 250]),
+                                                               cond=labels[i:i + 250], rng=rng, **kw)))
+            x = np.concatenate(parts)
+            r = {"sampler": f"ddim{args.cfg_steps}", "wall_s": round(time.perf_counter() - t, 1)}
+            try:
+                from refgen.metrics import cond_accuracy
+                r["cond_accuracy"] = float(cond_accuracy(np.clip(x, -1, 1), labels))
+            except Exception as e:
+                r["cond_accuracy"] = None
+                r["error"] = f"{type(e).__name__}: {e}"[:300]
+            order = np.argsort(labels[:100], kind="stable")
+            _grid(x[:100][order], RESULTS / f"{tag}_cfg_w{w:g}.png")
+            res["cfg"][f"w={w:g}"] = r
+            print("cfg", w, r, flush=True)
+            _save(res, tag)
+    _save(res, tag)
+
+
+def _save(res, tag):
+    """Write what is known so far (a run stopped by its time limit keeps its numbers)."""
+    res["eval_wall_s"] = round(time.perf_counter() - T0, 1)
+    res["machine"] = machine()
+    write_json(RESULTS / f"{tag}.json", res)
+
+
+T0 = time.perf_counter()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--data", default="mnist")
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--repeat", type=int, default=3)
+    m.add_argument("--set", action="append", metavar="KEY=VALUE")
+    m.add_argument("--save", action="store_true", help="write the JSON to benchmarks/results")
+    t = sub.add_parser("train")
+    t.add_argument("--data", default="mnist-14")
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=1_000_000)
+    t.add_argument("--budget-min", type=float, default=0, help="stop after this many minutes")
+    t.add_argument("--chunk", type=int, default=200, help="steps between checkpoints")
+    t.add_argument("--batch-size", type=int, default=TRAIN["batch_size"])
+    t.add_argument("--lr", type=float, default=TRAIN["lr"])
+    t.add_argument("--ema", type=float, default=TRAIN["ema"])
+    t.add_argument("--warmup", type=int, default=TRAIN["warmup"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE")
+    e = sub.add_parser("eval")
+    e.add_argument("--run", required=True)
+    e.add_argument("--tag")
+    e.add_argument("--grid-steps", type=int, default=0, help="DDPM grid steps (0: all T; -1: none)")
+    e.add_argument("--ddim", default="10,50,100")
+    e.add_argument("--fid-n", type=int, default=0)
+    e.add_argument("--fid-on", help="comma list of sampler labels that get FID (default: all)")
+    e.add_argument("--vlb-n", type=int, default=0)
+    e.add_argument("--vlb-k", type=int, default=0)
+    e.add_argument("--cfg", default="")
+    e.add_argument("--cfg-n", type=int, default=1000)
+    e.add_argument("--cfg-steps", type=int, default=50)
+    args = p.parse_args()
+    with backend.use_backend(os.environ.get("REFGEN_BACKEND", "numpy")):
+        {"measure": measure, "train": train_run, "eval": evaluate_run}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

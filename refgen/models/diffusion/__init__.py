@@ -1,0 +1,18 @@
+"""Diffusion models (DDPM, improved DDPM, DDIM, guidance), read top to bottom:
+
+    schedule.py   beta_t, alpha_bar_t, beta_tilde_t: linear and cosine (22), strided
+    process.py    forward process (1), (3); posterior (7), (10)-(12); reverse p_theta (17), (23)
+    losses.py     L_VLB (13)-(16) with closed-form KLs and the decoder, (18), L_simple (19), L_hybrid
+    sampling.py   ancestral DDPM (17), DDIM (27)-(29), thresholding
+    guidance.py   classifier guidance (24)-(25), classifier-free guidance (26)
+    nets.py       time embedding, MLP denoiser (vectors)
+    unet.py       U-Net denoiser (images)
+    classifier.py the noisy-image classifier f_phi(y | x_t, t) of classifier guidance
+    ddpm.py       the registered model ``ddpm``
+
+Equation numbers refer to the diffusion derivation (shared/seeds/004); docs/diffusion.md
+walks through them.
+"""
+from refgen.models.diffusion.schedule import Schedule, make_schedule  # noqa: F401
+from refgen.models.diffusion.ddpm import DDPM  # noqa: F401
+from refgen.models.diffusion.classifier import NoisyClassifier  # noqa: F401

@@ -1,0 +1,258 @@
+"""The registered diffusion model: DDPM and its improvements in one class, ``ddpm``.
+
+    training   t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps  (3)
+               loss = L_simple (19), or L_hybrid with a learned variance (23)
+    sampling   ancestral (17) or DDIM (27)-(29), on the full or a strided schedule,
+               optionally thresholded, guided by a classifier (25) or classifier-free (26)
+    likelihood elbo(x) = -L_VLB (13)-(16), exact in t or stratified
+
+The network is an MLP for vectors (2D toys) and a U-Net for images, chosen from data_shape.
+Options (``--set key=value``):
+
+    schedule linear|cosine, T          the noise schedule (22)
+    parameterization eps|x0|v          what the network predicts
+    learn_sigma                        learn Sigma_theta by eq. (23) with L_hybrid (lambda hybrid_lambda)
+    variance beta|beta_tilde           the fixed sigma_t^2 when the variance is not learned
+    class_cond, p_uncond               with labels: a class-conditional model whose label is
+                                       dropped with probability p_uncond (classifier-free guidance)
+    sampler ddpm|ddim, sample_steps, eta, guidance, threshold auto|none|static|dynamic
+                                       how ``sample`` runs by default (each can be passed to it)
+    data_scale                         the model sees x / data_scale (the density is mapped back)
+    hidden, depth                      MLP width and number of residual blocks
+    channels, channel_mult, num_res_blocks, attn_res, heads, dropout, groups   U-Net
+    vlb_timesteps                      strata of t per example for elbo (100; None: every t,
+                                       exact in t, T network passes per example)
+"""
+from __future__ import annotations
+
+import math
+
+from refgen.autograd import Tensor, as_tensor, no_grad
+from refgen.backend import default_rng, xp
+from refgen.models import register
+from refgen.models.base import DataSpec
+from refgen.models.diffusion import guidance as G
+from refgen.models.diffusion.losses import hybrid_loss, l_simple, regression_target, vlb
+from refgen.models.diffusion.nets import MLPDenoiser
+from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sample,
+                                             score_from_eps, x0_from_eps)
+from refgen.models.diffusion.sampling import SAMPLERS, sample_loop
+from refgen.models.diffusion.schedule import make_schedule
+from refgen.models.diffusion.unet import UNet
+from refgen.nn import Module, init
+
+__all__ = ["DDPM"]
+
+
+def _as_labels(y, n):
+    """(n,) int64 labels from an array, a Tensor, or a single label repeated n times."""
+    y = xp.asarray(y.data if isinstance(y, Tensor) else y).astype(xp.int64).reshape(-1)
+    if y.shape[0] == 1 and n > 1:
+        y = xp.full((n,), int(y[0]), dtype=xp.int64)
+    if y.shape[0] != n:
+        raise ValueError(f"{y.shape[0]} labels for {n} samples")
+    return y
+
+
+@register("ddpm")
+class DDPM(Module):
+    """Denoising diffusion on vectors or images (see the module docstring for the options)."""
+
+    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3))
+    default_train = dict(steps=3000, batch_size=256, lr=2e-3, ema=0.995, warmup=100)
+    demo = True
+
+    def __init__(self, data_shape, *, seed=0, num_classes=None, schedule: str = "linear",
+                 T: int = 1000, parameterization: str = "eps", learn_sigma: bool = False,
+                 variance: str = "beta_tilde", hybrid_lambda: float = 0.001,
+                 class_cond: bool = True, p_uncond: float = 0.1, sampler: str = "ddpm",
+                 sample_steps=None, eta: float = 0.0, guidance: float = 0.0, threshold="auto",
+                 data_scale: float = 1.0, hidden: int = 128, depth: int = 3,
+                 channels: int = 32, channel_mult=None, num_res_blocks: int = 2, attn_res=None,
+                 heads: int = 1, dropout: float = 0.0, groups: int = 8, vlb_timesteps=100):
+        super().__init__()
+        self.data_shape = tuple(int(d) for d in data_shape)
+        if len(self.data_shape) not in (1, 3):
+            raise ValueError(f"ddpm models vectors (D,) or images (C, H, W); got {self.data_shape}")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, "
+                             f"got {parameterization!r}")
+        if variance not in ("beta", "beta_tilde"):
+            raise ValueError(f"variance must be 'beta' or 'beta_tilde' (or learn_sigma=true), "
+                             f"got {variance!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if threshold == "auto":  # images live in [-1, 1]: keep the predicted x_0 there
+            threshold = "static" if len(self.data_shape) == 3 else None
+        if threshold in ("none", "None"):
+            threshold = None
+        if threshold not in (None, "static", "dynamic"):
+            raise ValueError(f"threshold must be auto, none, static or dynamic, got {threshold!r}")
+        if not 0.0 <= p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
+        self.schedule = make_schedule(schedule, T)
+        self.T = int(T)
+        self.parameterization = parameterization
+        self.learn_sigma = bool(learn_sigma)
+        self.variance = "learned" if self.learn_sigma else variance
+        self.hybrid_lambda = float(hybrid_lambda)
+        self.num_classes = int(num_classes) if (num_classes and class_cond) else None
+        self.p_uncond = float(p_uncond)
+        self.sampler, self.sample_steps, self.eta = sampler, sample_steps, float(eta)
+        self.guidance, self.threshold = float(guidance), threshold
+        self.data_scale = float(data_scale)
+        self.vlb_timesteps = vlb_timesteps
+        self.image = len(self.data_shape) == 3
+        # L_0: the 8-bit image decoder (eq. (16)) for images, a Gaussian density for vectors
+        self.discrete = self.image
+        if self.discrete and self.data_scale != 1.0:
+            raise ValueError("images are modelled in [-1, 1] (data_scale=1): the discretized "
+                             "decoder's 256 bins live there")
+        c = self.data_shape[0]
+        out = 2 * c if self.learn_sigma else c                            # (23): mean and v
+        g = init.get_rng(int(seed))
+        if self.image:
+            self.net = UNet(c, out, self.data_shape[-1], channels, channel_mult, num_res_blocks,
+                            attn_res, heads, groups, dropout, self.num_classes, rng=g)
+        else:
+            self.net = MLPDenoiser(c, out, hidden, depth, self.num_classes, rng=g)
+        self.dtype = xp.float32
+        self.rng = default_rng(seed)
+        self.last = {}  # the parts of the last loss, for logging
+        # evaluation defaults read by refgen.metrics.evaluate: a thousand-step sampler on a CPU
+        self.eval_samples = 1000 if self.image else 2000
+
+    def extra_repr(self):
+        return (f"data_shape={self.data_shape}, T={self.T}, parameterization={self.parameterization}, "
+                f"variance={self.variance}, num_classes={self.num_classes}")
+
+    # ------------------------------------------------------------------------- the network
+    def _labels(self, y, n):
+        """Labels for the network: y, or the null label (unconditional) when y is None."""
+        if self.num_classes is None:
+            return None
+        if y is None:
+            return xp.full((n,), self.num_classes, dtype=xp.int64)
+        return _as_labels(y, n)
+
+    def _net(self, xt, t_net, y):
+        return self.net(xt, t_net, y, rng=self.rng)
+
+    # ------------------------------------------------------------------------- training
+    def loss(self, batch):
+        """L_simple (19), or L_hybrid (with learn_sigma), at one t ~ U{1..T} per example."""
+        x0 = as_tensor(batch.x) * (1.0 / self.data_scale)
+        b = x0.shape[0]
+        sch = self.schedule
+        t = self.rng.integers(1, self.T + 1, size=b)                     # t ~ U{1, ..., T}
+        eps = Tensor(self.rng.standard_normal(x0.shape, dtype=x0.dtype))  # eps ~ N(0, I)
+        xt = q_sample(sch, x0, t, eps)                                    # (3)
+        y = None
+        if self.num_classes is not None:
+            if batch.y is None:
+                raise ValueError("ddpm with class_cond needs labels; use --set class_cond=false")
+            y = G.drop_labels(self._labels(batch.y, b), self.p_uncond, self.num_classes, self.rng)
+        out = self._net(xt, sch.net_t[t], y)
+        if self.learn_sigma:
+            loss, simple, l_vlb = hybrid_loss(sch, x0, t, eps, out, self.parameterization,
+                                              self.discrete, self.hybrid_lambda)
+            self.last = {"l_simple": float(simple.item()), "l_vlb": float(l_vlb.item())}
+            return loss
+        return l_simple(regression_target(sch, x0, t, eps, self.parameterization), out)  # (19)
+
+    # ------------------------------------------------------------------------- prediction
+    def predictor(self, sch, n, cond=None, guidance=None, classifier=None,
+                  classifier_scale: float = 1.0):
+        """predict(x_t, t) -> Prediction at step t of schedule ``sch``, for n samples, with
+        classifier-free guidance (26) when the model is conditional, ``cond`` is given and
+        the guidance w != 0, and classifier guidance (25) when ``classifier(x, t) -> logits``
+        is given (with cond the target labels)."""
+        w = self.guidance if guidance is None else float(guidance)
+        y = self._labels(cond, n)
+        cfg = self.num_classes is not None and cond is not None and w != 0.0
+        if classifier is not None and cond is None:
+            raise ValueError("classifier guidance needs the target labels: pass cond")
+        if cond is not None and classifier is None and self.num_classes is None:
+            raise ValueError("this ddpm is unconditional: cond needs class_cond with labelled "
+                             "data, or a classifier for classifier guidance")
+        y_target = None if cond is None else _as_labels(cond, n)
+
+        def predict(x, t):
+            t_net = xp.full((n,), int(sch.net_t[t]), dtype=xp.int64)
+            if cfg:  # conditional and unconditional in one batch: (2n, ...)
+                null = xp.full((n,), self.num_classes, dtype=xp.int64)
+                both = self._net(Tensor(xp.concatenate([x, x])), xp.concatenate([t_net, t_net]),
+                                 xp.concatenate([y, null])).data
+                p_c = interpret(both[:n], x, t, sch, self.parameterization, self.variance)
+                p_u = interpret(both[n:], x, t, sch, self.parameterization, self.variance)
+                eps = G.cfg_eps(p_c.eps, p_u.eps, w)                      # (26)
+                pred = p_c._replace(eps=eps, x0=x0_from_eps(sch, x, t, eps))  # (11)
+            else:
+                out = self._net(Tensor(x), t_net, y).data
+                pred = interpret(out, x, t, sch, self.parameterization, self.variance)
+            if classifier is not None:
+                g = G.log_prob_grad(lambda xx: classifier(xx, t_net), x, y_target)
+                eps = G.classifier_guided_eps(sch, x, t, pred.eps, g, classifier_scale)  # (25)
+                pred = pred._replace(eps=eps, x0=x0_from_eps(sch, x, t, eps))  # (11)
+            return pred
+        return predict
+
+    # ------------------------------------------------------------------------- sampling
+    def sample(self, n, cond=None, rng=None, *, steps=None, sampler=None, eta=None,
+               guidance=None, threshold="default", classifier=None, classifier_scale: float = 1.0,
+               x_T=None):
+        """n samples in data space, (n, *data_shape) xp array.
+
+        cond: labels (n,) (or one label) for a conditional model or for classifier guidance;
+        None samples unconditionally (the null label). steps: a strided schedule of that many
+        steps (default: the model's sample_steps, else all T). Other arguments default to
+        the model's options of the same name."""
+        if rng is None:
+            rng = getattr(self, "rng", None)
+        rng = default_rng(rng)
+        steps = self.sample_steps if steps is None else steps
+        sch = self.schedule.strided(steps)
+        predict = self.predictor(sch, n, cond, guidance, classifier, classifier_scale)
+        with no_grad():
+            x = sample_loop(predict, sch, (n,) + self.data_shape, rng,
+                            sampler=sampler or self.sampler,
+                            eta=self.eta if eta is None else float(eta),
+                            threshold=self.threshold if threshold == "default" else threshold,
+                            x_T=x_T, dtype=self.dtype)
+        return x * self.data_scale
+
+    # ------------------------------------------------------------------------- likelihood
+    def vlb_terms(self, x, timesteps="default", rng=None, cond=None):
+        """L_VLB of each example of x in nats (data space) and its parts; see losses.vlb."""
+        x = as_tensor(x)
+        n = x.shape[0]
+        x0 = x * (1.0 / self.data_scale)
+        y = self._labels(cond, n)
+
+        def predict(xt, t):
+            out = self._net(xt, self.schedule.net_t[t], y)
+            return interpret(out, xt, t, self.schedule, self.parameterization, self.variance)
+
+        rng = default_rng(getattr(self, "rng", None) if rng is None else rng)
+        k = self.vlb_timesteps if timesteps == "default" else timesteps
+        parts = vlb(predict, self.schedule, x0, rng, self.discrete, k)
+        # p(x) = p_z(x / s) / s^D: the bound moves by D log s in data space
+        parts["vlb"] = parts["vlb"] + math.prod(self.data_shape) * math.log(self.data_scale)
+        return parts
+
+    def elbo(self, x):
+        """-L_VLB per example (nats): a lower bound on log p_theta(x) (of the 8-bit pixels'
+        probability for images, of the density for vectors)."""
+        return -self.vlb_terms(x)["vlb"]
+
+    def score(self, x, t):
+        """s_theta(x, t) = -eps_theta(x, t) / sqrt(1 - alpha_bar_t), eq. (21), in data space;
+        t: an int or (B,) ints in 1..T (unconditional for a conditional model)."""
+        x = as_tensor(x)
+        n = x.shape[0]
+        t = xp.broadcast_to(xp.asarray(t, dtype=xp.int64), (n,))
+        z = x * (1.0 / self.data_scale)
+        out = self._net(z, t, self._labels(None, n))
+        pred = interpret(out, z, t, self.schedule, self.parameterization, self.variance)
+        return score_from_eps(self.schedule, z, t, pred.eps) * (1.0 / self.data_scale)  # (21)
+
