@@ -1,0 +1,161 @@
+"""Flows on dequantized MNIST: test bits/dim beside the papers, a sample grid, the wall time.
+
+    REFGEN_DATA_DIR=DIR python benchmarks/flows_mnist.py --model glow --steps 3000
+    REFGEN_DATA_DIR=DIR python benchmarks/flows_mnist.py --model maf --measure 20   # speed only
+
+Trains with refgen.train.train on 'mnist-dequantized' (x = (k + u) / 256, fresh u every
+batch) and scores the fixed dequantization of the 10,000 test images:
+
+    test_bpd = (nll + D log 256) / (D ln 2),  D = 784     (refgen.metrics.nll_to_bpd, '[0,1]')
+
+The flows see [0, 1] data through their own logit (or shift) layer, whose log-determinant
+is part of log p(x), so the number is a bound on the bits/dim of the 8-bit pixels, the
+same quantity the papers report. Writes benchmarks/results/flows_mnist_<model>.json and
+flows_mnist_<model>_samples.png (64 samples at temperature 1) and ..._samples_t07.png (at
+temperature 0.7, as Glow's paper shows them).
+
+--measure N trains N steps only and reports steps/s and the projected time of --steps,
+without evaluating (benchmarks/results/flows_mnist_speed.json collects these).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: see benchmarks/made_mnist.py
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flows_common import RESULTS, command, log_probs, machine, write_result  # noqa: E402
+
+from refgen import backend, data, io  # noqa: E402
+from refgen.autograd import no_grad  # noqa: E402
+from refgen.metrics import nll_to_bpd  # noqa: E402
+from refgen.models.flows import MAF, NICE, Glow, RealNVP  # noqa: E402
+from refgen.train import CHECKPOINT, load_run_state, train  # noqa: E402
+
+MODELS = {"nice": NICE, "realnvp": RealNVP, "glow": Glow, "maf": MAF}
+# CPU-sized versions of the papers' models (the papers' are 10-100x larger).
+CONFIGS = {
+    "nice": dict(kwargs=dict(couplings=4, hidden=32), batch_size=64, lr=1e-3),
+    "realnvp": dict(kwargs=dict(scales=2, hidden=32), batch_size=64, lr=1e-3),
+    "glow": dict(kwargs=dict(depth=8, levels=2, hidden=32), batch_size=64, lr=1e-3),
+    "maf": dict(kwargs=dict(layers=5, hidden=[1024]), batch_size=100, lr=1e-4),
+}
+PAPERS = {"nice": 4.36, "maf": 1.89, "realnvp": 1.06, "glow": 1.05}   # test bits/dim
+TARGETS = {"nice": 4.5, "maf": 2.1, "realnvp": 1.6, "glow": 1.5}
+D = 784
+
+
+def _sets(pairs):
+    out = {}
+    for pair in pairs or ():
+        k, _, v = pair.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def sample_grid(model, path, n=64, temperature=1.0, seed=1234):
+    model.eval()
+    t = time.perf_counter()
+    with no_grad():
+        x = backend.to_numpy(model.sample(n, rng=backend.default_rng(seed), temperature=temperature))
+    model.train()
+    io.write_png(path, io.image_grid(np.clip(x, 0.0, 1.0)))
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), required=True)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--measure", type=int, default=0, metavar="N",
+                    help="train N steps only and report the speed")
+    ap.add_argument("--max-test", type=int, default=None, help="score only this many test images")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_flows_mnist_<model>)")
+    ap.add_argument("--from-checkpoint", action="store_true",
+                    help="skip training: evaluate and sample the run directory's checkpoint "
+                         "(the training figures are kept from the existing results JSON)")
+    args = ap.parse_args(argv)
+
+    cfg = CONFIGS[args.model]
+    kwargs = dict(cfg["kwargs"], **_sets(args.set))
+    batch_size = args.batch_size or cfg["batch_size"]
+    lr = args.lr or cfg["lr"]
+    out = Path(args.out or f"/tmp/refgen_flows_mnist_{args.model}")
+    train_ds = data.load("mnist-dequantized", "train", data_dir=args.data_dir)
+    test_ds = data.load("mnist-dequantized", "test", data_dir=args.data_dir)
+    model = MODELS[args.model](train_ds.shape, seed=args.seed, **kwargs)
+    steps = args.measure or args.steps
+
+    base = {"model": args.model, "model_kwargs": kwargs, "num_parameters": model.num_parameters(),
+            "batch_size": batch_size, "lr": lr, "command": command(), "machine": machine()}
+    if args.from_checkpoint:
+        arrays, meta = io.load_checkpoint(out / CHECKPOINT)
+        load_run_state(model, arrays)
+        old = json.loads((RESULTS / f"flows_mnist_{args.model}.json").read_text())
+        steps, wall, metrics = int(meta["step"]), old["train_wall_s"], {"loss": old.get("final_train_loss_nats")}
+        base.update(command=old["command"], machine=old["machine"], batch_size=old["batch_size"],
+                    lr=old["lr"], eval_command=command())
+    else:
+        t0 = time.perf_counter()
+        metrics = train(model, train_ds, steps=steps, batch_size=batch_size, lr=lr, seed=args.seed,
+                        out_dir=out, schedule="cosine" if not args.measure else "constant",
+                        warmup=0 if args.measure else min(200, steps // 10), grad_clip=100.0,
+                        log_every=max(1, min(100, steps // 20)), ckpt_every=max(1, min(500, steps)),
+                        progress=True, samples=False)
+        wall = time.perf_counter() - t0
+
+    if args.measure:
+        rate = steps / wall
+        entry = dict(base, steps=steps, wall_s=round(wall, 1), steps_per_s=round(rate, 3),
+                     projected_s_for=[{"steps": s, "hours": round(s / rate / 3600, 2)}
+                                      for s in (1000, 3000, 10000, 30000)])
+        path = RESULTS / "flows_mnist_speed.json"
+        table = json.loads(path.read_text()) if path.exists() else {}
+        table[args.model] = entry
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+        print(f"{args.model}: {rate:.3f} steps/s at batch {batch_size}; wrote {path}")
+        return
+
+    t1 = time.perf_counter()
+    x = test_ds.x if args.max_test is None else test_ds.x[:args.max_test]
+    nll = float(-log_probs(model, x, chunk=250).mean())
+    bpd = float(nll_to_bpd(nll, D, "[0,1]"))
+    eval_s = time.perf_counter() - t1
+    png = RESULTS / f"flows_mnist_{args.model}_samples.png"
+    sample_s = sample_grid(model, png)
+    png_cold = RESULTS / f"flows_mnist_{args.model}_samples_t07.png"
+    sample_grid(model, png_cold, temperature=0.7)
+    result = dict(base, steps=steps, train_wall_s=round(wall, 1),
+                  steps_per_s=round(steps / wall, 3), epochs=round(steps * batch_size / len(train_ds), 2),
+                  final_train_loss_nats=metrics.get("loss"), test_examples=len(x),
+                  test_nll_nats=nll, test_bpd=bpd, paper_bpd=PAPERS[args.model],
+                  target_bpd=TARGETS[args.model], eval_wall_s=round(eval_s, 1),
+                  sample_wall_s=round(sample_s, 1), samples_png=str(png.relative_to(RESULTS.parent.parent)),
+                  samples_t07_png=str(png_cold.relative_to(RESULTS.parent.parent)))
+    print(f"{args.model}: test {bpd:.3f} bits/dim (paper {PAPERS[args.model]}, target "
+          f"{TARGETS[args.model]}) after {steps} steps, {wall / 60:.1f} min")
+    write_result(f"flows_mnist_{args.model}", result)
+
+
+if __name__ == "__main__":
+    main()
