@@ -103,6 +103,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--hidden", default="2000", help="hidden sizes, e.g. 2000 or 1000,1000")
     ap.add_argument("--num-masks", type=int, default=1)
+    ap.add_argument("--natural-order", action="store_true",
+                    help="every mask in the natural (raster) order, only the hidden degrees differ")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default=None, help="results name (default made_mnist[_masksM])")
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
@@ -116,7 +118,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
     model = models.create("made", data_shape=train_ds.shape, seed=args.seed, hidden=args.hidden,
-                          num_masks=args.num_masks)
+                          num_masks=args.num_masks, random_order=not args.natural_order)
 
     def evaluate(m, ds):
         if m.net.num_masks == 1:
@@ -133,7 +135,8 @@ def main(argv=None):
     wall = time.perf_counter() - t0
     result = {
         "model": "made", "data": "mnist-binary", "command": command(), "machine": machine(),
-        "config": {"hidden": args.hidden, "num_masks": args.num_masks, "steps": args.steps,
+        "config": {"hidden": args.hidden, "num_masks": args.num_masks,
+                   "random_order": not args.natural_order, "steps": args.steps,
                    "batch_size": args.batch_size, "lr": args.lr, "schedule": "cosine",
                    "seed": args.seed, "params": model.num_parameters()},
         "test_nll_nats": metrics["test_nll_nats"],

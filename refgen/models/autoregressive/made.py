@@ -115,8 +115,9 @@ class MADEDensity(Module):
 
     likelihood: 'bernoulli' (binary data; one logit per dimension) or 'gaussian' (a mixture
     of ``components`` Gaussians per conditional); None picks 'bernoulli' for images and
-    'gaussian' for vectors. num_masks > 1 trains order-agnostically and evaluates the
-    ensemble (log-mean-exp of the per-mask likelihoods).
+    'gaussian' for vectors. num_masks > 1 trains order-agnostically (``random_order=False``:
+    connectivity-agnostically, every mask in the natural order with its own hidden degrees)
+    and evaluates the ensemble (log-mean-exp of the per-mask likelihoods).
     """
 
     data_spec = DataSpec(kinds=("binary", "continuous"), ndims=(1, 3))
@@ -124,7 +125,7 @@ class MADEDensity(Module):
     default_train = dict(steps=28000, batch_size=100, lr=1e-3, schedule="cosine")
 
     def __init__(self, data_shape, *, seed=0, hidden=(2000,), num_masks: int = 1,
-                 likelihood: str | None = None, components: int = 5):
+                 random_order: bool = True, likelihood: str | None = None, components: int = 5):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         self.dim = math.prod(self.data_shape)
@@ -135,7 +136,7 @@ class MADEDensity(Module):
         self.likelihood, self.components = likelihood, int(components)
         k = 1 if likelihood == "bernoulli" else 3 * self.components  # (logit, mu, log sigma) x K
         self.net = MADE(self.dim, hidden, out_per_dim=k, num_masks=num_masks,
-                        rng=init.get_rng(int(seed)))
+                        random_order=bool(random_order), rng=init.get_rng(int(seed)))
         self.rng = default_rng(seed)
 
     def extra_repr(self):

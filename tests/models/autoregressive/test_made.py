@@ -135,3 +135,12 @@ def test_masks_never_connect_a_dimension_to_itself_or_later(d, hidden, seed, k):
     rank[order] = np.arange(d)
     later = np.repeat(rank, k)[:, None] <= rank[None, :]
     assert np.all(paths[later] == 0)
+
+
+def test_connectivity_agnostic_masks_share_the_natural_order(ar):
+    model = create("made", data_shape=(1, 3, 3), seed=0, hidden=(32,), num_masks=3,
+                   random_order=False)
+    np.testing.assert_array_equal(model.net.orders, np.tile(np.arange(9), (3, 1)))
+    first = model.net.layers[0].mask
+    assert not np.array_equal(first[0], first[1])          # different hidden degrees
+    assert abs(np.exp(ar.log_probs(model, ar.all_binary((1, 3, 3)))).sum() - 1.0) < 1e-5
