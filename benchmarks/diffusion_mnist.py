@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.diffusion_common import RESULTS, command, machine, write_json  # noqa: E402
+from common import RESULTS, command, machine, write_json  # noqa: E402
 from refgen import backend, data, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.cli import load_run  # noqa: E402

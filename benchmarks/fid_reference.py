@@ -25,7 +25,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see train_mnist_classifier
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,24 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
-from refgen import backend, data  # noqa: E402
+from common import machine  # noqa: E402
+from refgen import data  # noqa: E402
 from refgen.metrics import classifier as C  # noqa: E402
 from refgen.metrics.fid import mnist_features  # noqa: E402
 from refgen.metrics.frechet import frechet_distance, gaussian_stats  # noqa: E402
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "backend": backend.name(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
 
 
 def box_blur(x, k):

@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flows_common import RESULTS, command, log_probs, machine, write_result  # noqa: E402
+from common import RESULTS, command, machine, write_result  # noqa: E402
+from flows_common import log_probs  # noqa: E402
 
 from refgen import backend, data, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402

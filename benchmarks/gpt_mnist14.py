@@ -23,7 +23,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from made_mnist import RESULTS, command, machine, sample_grid, test_nll, write_result  # noqa: E402
+from common import RESULTS, command, machine, write_result  # noqa: E402
+from made_mnist import sample_grid, test_nll  # noqa: E402
 
 
 def main(argv=None):

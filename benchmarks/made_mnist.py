@@ -22,42 +22,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
 
+from common import RESULTS, command, machine, write_result  # noqa: E402
 from refgen import backend, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def machine() -> dict:
-    """nproc, CPU model, backend and BLAS threads: what a reader needs to compare timings."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "backend": backend.name(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "load_avg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
-def command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
-
-
 def test_nll(log_prob, x, chunk=500) -> float:
     """Mean -log p(x) in nats over the rows of host array ``x``, in chunks, without a graph."""
     total = 0.0
@@ -79,13 +57,6 @@ def sample_grid(model, path, n=64, seed=1234, value_range=(0.0, 1.0)) -> float:
     io.write_png(path, io.image_grid((x - lo) / (hi - lo)))
     model.train()
     return took
-
-
-def write_result(tag: str, result: dict):
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{tag}.json"
-    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {path}")
 
 
 # ----------------------------------------------------------------------------- MADE

@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 import tracemalloc
@@ -56,6 +55,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(ROOT))
 import refgen  # noqa: E402
 import refgen.functional as F  # noqa: E402
+from common import machine  # noqa: E402
 from refgen import backend  # noqa: E402
 
 
@@ -187,20 +187,6 @@ def attention_workload(rng):
 
 
 # --- reporting ------------------------------------------------------------------------------
-
-def machine():
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "numpy": np.__version__, "backend": backend.name(),
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
-
 
 def markdown(res):
     m = res["machine"]

@@ -20,7 +20,8 @@ import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from made_mnist import PAPERS, RESULTS, command, machine, sample_grid, test_nll, write_result  # noqa: E402
+from common import RESULTS, command, machine, write_result  # noqa: E402
+from made_mnist import PAPERS, sample_grid, test_nll  # noqa: E402
 
 
 def main(argv=None):

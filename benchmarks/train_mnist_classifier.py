@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -36,25 +35,11 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 import refgen.functional as F  # noqa: E402
+from common import machine  # noqa: E402
 from refgen import backend, data  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.metrics import classifier as C  # noqa: E402
 from refgen.optim import Adam, cosine_schedule  # noqa: E402
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "backend": backend.name(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "load_avg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def low_res(x):

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from made_mnist import RESULTS, command, machine, write_result  # noqa: E402  (sets BLAS threads)
+from common import RESULTS, command, machine, write_result  # noqa: E402
 from vae_mnist import test_elbo_terms  # noqa: E402
 
 import numpy as np  # noqa: E402
