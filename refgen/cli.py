@@ -96,7 +96,8 @@ def _describe(name):
 
 def _check_fit(cls, name, kind, shape):
     try:
-        check_data(cls, argparse.Namespace(name=name, kind=kind, shape=shape))
+        check_data(cls, argparse.Namespace(name=name, kind=kind, shape=shape,
+                                           value_range=data.datasets.value_range(name)))
     except ValueError as e:
         raise UsageError(str(e)) from None
 

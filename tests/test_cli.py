@@ -98,6 +98,10 @@ BAD = [  # (argv, where R is the existing run and N a path that must stay absent
     (["eval", "N"], "does not exist"),
     (["demo", "--out", "R"], "not a refgen demo directory"),
     (["demo", "--out", "N", "--data", "mnist"], "not a toy 2D data set"),
+    (["train", "ddpm", "--data", "mnist-dequantized", "--out", "N"],
+     "takes images in [-1, 1], but dataset 'mnist-dequantized' is in [0, 1]"),
+    (["train", "glow", "--data", "mnist", "--out", "N"],
+     "takes images in [0, 1], but dataset 'mnist' is in [-1, 1]"),
     (["frobnicate"], "invalid choice"),
 ]
 

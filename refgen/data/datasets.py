@@ -60,6 +60,7 @@ class Dataset:
     vocab: list | None = None
     block_size: int | None = None
     transform: Callable | None = field(default=None, repr=False)  # (x_batch, rng) -> x_batch
+    value_range: tuple | None = None  # the interval every value lies in, where it is fixed
 
     def __len__(self) -> int:
         if self.kind == "categorical":
@@ -94,6 +95,16 @@ def _dequantize(lower, rng):  # lower = k / 256
     return lower + rng.random(lower.shape, dtype=np.float32) / np.float32(256)
 
 
+def value_range(name: str) -> tuple | None:
+    """The interval the values of data set ``name`` lie in: (-1, 1) for mnist and mnist-14,
+    (0, 1) for the dequantized and binary variants, None where it is not fixed (toy 2D, text)."""
+    if name in ("mnist", "mnist-14"):
+        return (-1.0, 1.0)
+    if name in _MNIST_NAMES:
+        return (0.0, 1.0)
+    return None
+
+
 def _load_mnist(name, split, data_dir, download):
     images, labels = _mnist.load_mnist(split, data_dir=data_dir, download=download)
     k = images[:, None].astype(np.float32)  # (N, 1, 28, 28), values 0..255
@@ -111,7 +122,8 @@ def _load_mnist(name, split, data_dir, download):
         x, kind, transform = k / np.float32(255), "binary", _binarize
         if split == "test":
             x, transform = _binarize(x, np.random.default_rng(_TEST_SEED)), None
-    return Dataset(name, split, x, labels, kind, x.shape[1:], num_classes=10, transform=transform)
+    return Dataset(name, split, x, labels, kind, x.shape[1:], num_classes=10, transform=transform,
+                   value_range=value_range(name))
 
 
 def load(name: str, split: str = "train", data_dir=None, seed: int = 0,

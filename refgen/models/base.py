@@ -53,10 +53,13 @@ class Batch(NamedTuple):
 
 
 class DataSpec(NamedTuple):
-    """What a model accepts: data kinds ('continuous', 'binary', 'categorical') and the
-    number of dimensions of one example (1 for vectors such as toy 2D data, 3 for images)."""
+    """What a model accepts: data kinds ('continuous', 'binary', 'categorical'), the
+    number of dimensions of one example (1 for vectors such as toy 2D data, 3 for images),
+    and, for models whose math fixes it, the interval images must lie in: (-1, 1) for
+    diffusion (its discretized decoder's bins), (0, 1) for the flows (their logit layer)."""
     kinds: tuple
     ndims: tuple
+    image_range: tuple | None = None
 
 
 def check_data(model_cls, dataset):
@@ -73,6 +76,12 @@ def check_data(model_cls, dataset):
                            for d in spec.ndims)
         raise ValueError(f"model {name!r} takes {want}, but dataset {dataset.name!r} has "
                          f"examples of shape {tuple(dataset.shape)}")
+    have = getattr(dataset, "value_range", None)
+    if (spec.image_range is not None and len(dataset.shape) == 3 and have is not None
+            and tuple(float(v) for v in have) != tuple(float(v) for v in spec.image_range)):
+        lo, hi = spec.image_range
+        raise ValueError(f"model {name!r} takes images in [{lo:g}, {hi:g}], but dataset "
+                         f"{dataset.name!r} is in [{have[0]:g}, {have[1]:g}]")
 
 
 _DATA_ARGS = ("data_shape", "num_classes", "vocab_size", "seed")

@@ -149,3 +149,15 @@ def test_real_binary_sets(mnist_dir):
     assert set(np.unique(x1)) == {0.0, 1.0}
     assert not np.array_equal(x1, x2)  # dynamic binarization: fresh draws every batch
     assert abs(x1.mean() - train.x[:64].mean()) < 0.01
+
+
+@pytest.mark.parametrize("name", ["mnist", "mnist-14", "mnist-dequantized", "mnist-binary",
+                                  "mnist-14-binary"])
+def test_mnist_batches_lie_in_the_declared_value_range(fake_mnist, name):
+    d, _ = fake_mnist
+    for split in ("train", "test"):
+        ds = data.load(name, split, data_dir=d, download=False)
+        lo, hi = ds.value_range
+        xb, _ = ds.batch(np.arange(len(ds)), np.random.default_rng(3))
+        assert lo <= xb.min() and xb.max() <= hi
+        assert xb.min() < lo + 0.5 * (hi - lo) < xb.max()  # the range is the data's, not wider

@@ -58,7 +58,7 @@ def _as_labels(y, n):
 class DDPM(Module):
     """Denoising diffusion on vectors or images (see the module docstring for the options)."""
 
-    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3))
+    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3), image_range=(-1.0, 1.0))
     default_train = dict(steps=3000, batch_size=256, lr=2e-3, ema=0.995, warmup=100)
     demo = True
 

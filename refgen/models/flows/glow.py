@@ -65,7 +65,7 @@ class Glow(Flow):
     x - 1/2, Glow's own preprocessing).
     """
 
-    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3))
+    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3), image_range=(0.0, 1.0))
     default_train = dict(steps=2000, batch_size=256, lr=1e-3, schedule="cosine")  # 2D: ~30 s idle
 
     def __init__(self, data_shape, *, seed=0, depth: int = 8, levels: int = 2, hidden=None,

@@ -85,7 +85,7 @@ class MAF(Flow):
     transform of images (MAF's paper uses 1e-6).
     """
 
-    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3))
+    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3), image_range=(0.0, 1.0))
     default_train = dict(steps=2500, batch_size=256, lr=1e-3, schedule="cosine")  # 2D: ~15 s idle
     demo = True
 

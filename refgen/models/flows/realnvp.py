@@ -56,7 +56,7 @@ class RealNVP(Flow):
     [0, 1] -> R transform of images.
     """
 
-    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3))
+    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3), image_range=(0.0, 1.0))
     default_train = dict(steps=1500, batch_size=256, lr=1e-3, schedule="cosine")  # 2D: ~15 s idle
     demo = True
 
