@@ -8,7 +8,7 @@ from refgen.metrics.likelihood import (bits_per_dim, discrete_nll_from_continuou
 from refgen.metrics.two_d import entropy_gap_nats, mmd, mode_stats
 from refgen.metrics.classifier import load_classifier
 from refgen.metrics.fid import cond_accuracy, fid_mnist, mnist_features
-from refgen.metrics.evaluate import evaluate
+from refgen.metrics.evaluation import evaluate
 
 __all__ = ["bits_per_dim", "discrete_nll_from_continuous", "nll_to_bpd", "iwae_bound", "iwae",
            "frechet_distance", "gaussian_stats", "frechet_distance_from_features",
