@@ -27,6 +27,10 @@ conventions), and test_bpd is reported only where the nats have a bits/dim readi
   mnist-dequantized a density on [0, 1]^D scored on the one fixed dequantization of the test
                     set: test_bpd = (nll + D log 256) / (D ln 2), an upper bound on the
                     bits/dim of the 8-bit pixels (refgen.metrics.likelihood, '[0,1]').
+  discrete ELBO     a model without ``log_prob`` whose ELBO bounds the probability of the
+                    8-bit pixels of 'mnist' / 'mnist-14' (``discrete = True``: ddpm's
+                    discretized decoder, eq. (16) of seed 004): test_bpd = -elbo / (D ln 2),
+                    an upper bound on the bits/dim.
   otherwise         no test_bpd: a density evaluated at the grid points k / 127.5 - 1 of
                     'mnist' is not a probability of anything (train density models on
                     mnist-dequantized for bits/dim), and toy data are not quantized at all.
@@ -49,6 +53,7 @@ import numpy as np
 
 from refgen import backend
 from refgen.autograd import Tensor, no_grad
+from refgen.data.datasets import value_range
 from refgen.metrics import fid as _fid
 from refgen.metrics.frechet import frechet_distance, gaussian_stats
 from refgen.metrics.likelihood import bits_per_dim, nll_to_bpd
@@ -60,9 +65,11 @@ EVAL_SEED = 0
 DEFAULT_SAMPLES = 10_000
 DEFAULT_IWAE_K = 1000
 _MMD_N = 2000          # samples per side of the MMD estimate (its cost is quadratic)
-# data set -> pixel range of its examples, for the MNIST family
-_MNIST_RANGE = {"mnist": (-1, 1), "mnist-14": (-1, 1), "mnist-dequantized": (0, 1),
-                "mnist-binary": (0, 1), "mnist-14-binary": (0, 1)}
+
+
+def _mnist_range(name):
+    """The pixel range of an MNIST data set, None for any other data."""
+    return value_range(name) if name.startswith("mnist") else None
 
 
 def _to_numpy(a):
@@ -80,7 +87,7 @@ def _bpd_rule(model, ds):
     """How nats become bits/dim for this model and data (see the module docstring), or None."""
     d = int(np.prod(ds.shape))
     levels = getattr(model, "levels", None)
-    if ds.kind == "binary" or (isinstance(levels, int) and ds.name in _MNIST_RANGE):
+    if ds.kind == "binary" or (isinstance(levels, int) and _mnist_range(ds.name)):
         return lambda nll: bits_per_dim(nll, d)
     if ds.name == "mnist-dequantized":
         return lambda nll: nll_to_bpd(nll, d, "[0,1]")
@@ -140,6 +147,9 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
                     out["entropy_gap_nats"] = float(entropy_gap_nats(nll, h))
             if hasattr(model, "elbo"):
                 out["elbo_nats"] = float(_per_example(model.elbo, x, batch_size).mean())
+                if ("test_bpd" not in out and getattr(model, "discrete", False) is True
+                        and _mnist_range(ds.name) == (-1.0, 1.0)):
+                    out["test_bpd"] = float(bits_per_dim(-out["elbo_nats"], int(np.prod(ds.shape))))
             if hasattr(model, "iwae"):
                 k = int(iwae_k if iwae_k is not None
                         else getattr(model, "eval_iwae_k", DEFAULT_IWAE_K))
@@ -148,7 +158,7 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
             if hasattr(model, "sample"):
                 n = int(n_samples if n_samples is not None
                         else getattr(model, "eval_samples", DEFAULT_SAMPLES))
-                if ds.name in _MNIST_RANGE and n >= 2:
+                if _mnist_range(ds.name) and n >= 2:
                     out.update(_image_metrics(model, ds, n, gen, sample_batch))
                 elif ds.name in toy2d.names() and n >= 2:
                     s = _draw(model, n, None, gen, max(sample_batch, 10_000)).reshape(n, -1)
@@ -170,7 +180,7 @@ def _image_metrics(model, ds, n, gen, chunk):
     labels = np.arange(n) % int(model.num_classes) if _is_conditional(model) else None
     s = _draw(model, n, labels, gen, chunk).reshape((n,) + tuple(ds.shape)).astype(np.float32)
     ref = ds.x
-    if _MNIST_RANGE[ds.name][0] == 0:  # [0, 1] -> [-1, 1]
+    if _mnist_range(ds.name)[0] == 0:  # [0, 1] -> [-1, 1]
         s, ref = 2.0 * s - 1.0, 2.0 * ds.x - 1.0
     if not np.isfinite(s).all():
         return {"fid_mnist": float("nan"), "fid_n_samples": n}

@@ -182,3 +182,32 @@ def test_conditional_image_model_gets_fid_and_cond_accuracy(mnist_dir):
     # 1,000 vs 1,000 real digits sit at the small-sample floor (~30); noise adds ~140
     assert m["fid_mnist"] < 0.35 * bad["fid_mnist"], (m, bad)
     assert bad["cond_accuracy"] < m["cond_accuracy"]
+
+
+class DiscreteELBO(Module):
+    """elbo only, as ddpm on images gives it: a bound on the log-probability of the 8-bit
+    pixels, here exactly 256 levels per pixel and one nat of slack per image."""
+    discrete = True
+
+    def elbo(self, x):
+        x = to_numpy(x)
+        return Tensor(np.full(len(x), -x[0].size * math.log(256) - 1.0))
+
+
+@pytest.mark.parametrize("name,bpd", [("mnist", 8.0 + 1.0 / (784 * math.log(2))),
+                                      ("mnist-dequantized", None)])
+def test_discrete_elbo_gives_bits_per_dim_on_8bit_pixels_only(mnist_dir, name, bpd):
+    ds = data.load(name, "test", data_dir=mnist_dir)
+    m = evaluate(DiscreteELBO(), ds, max_test=20)
+    if bpd is None:   # a [0, 1] density bound is not a probability of the 8-bit pixels
+        assert set(m) == {"elbo_nats"}
+    else:
+        assert set(m) == {"elbo_nats", "test_bpd"}
+        assert m["test_bpd"] == pytest.approx(bpd, rel=1e-12)
+
+
+def test_ddpm_on_images_declares_its_elbo_discrete():
+    from refgen import models
+    assert models.create("ddpm", data_shape=(1, 8, 8), channels=8, channel_mult=(1,),
+                         num_res_blocks=1, groups=4).discrete is True
+    assert models.create("ddpm", data_shape=(2,)).discrete is False
