@@ -8,8 +8,8 @@ set: rate R = KL(q(z | x) || p(z)) and distortion D = -E_q[log p(x | z)], both n
 (the ELBO is -(D + R) whatever beta was). Raising beta trades distortion for rate: the curve
 D(R) is what the objective slides along. Writes benchmarks/results/vae_beta_sweep.json,
 vae_beta_sweep_rd.png (the curve: rate on the horizontal axis, distortion on the vertical,
-one dot per beta joined by straight segments, both axes from 0; the axis ranges are in the
-JSON) and vae_beta_sweep_traversal_b<beta>.png for --traverse-beta: one row per latent
+one labelled dot per beta joined by straight segments, both axes from 0; --plot-only redraws
+it from the JSON) and vae_beta_sweep_traversal_b<beta>.png for --traverse-beta: one row per latent
 dimension (sorted by its mean KL, most informative first), columns z_j from -3 to 3 with the
 other coordinates at the posterior mean of a test digit.
 """
@@ -33,25 +33,16 @@ from refgen.distributions import kl_normal_std  # noqa: E402
 from refgen.train import train  # noqa: E402
 
 
-def rd_plot(path, rates, distortions, size=400, margin=30):
-    """A bare line plot on a white canvas: axes from 0, a segment between consecutive betas."""
-    r_max, d_max = 1.1 * max(rates), 1.1 * max(distortions)
-    img = np.ones((size, size, 3))
-    inner = size - 2 * margin
-
-    def pix(r, d):
-        return (size - margin - d / d_max * inner, margin + r / r_max * inner)  # (row, col)
-
-    img[size - margin, margin:size - margin] = 0.0                      # rate axis
-    img[margin:size - margin + 1, margin] = 0.0                         # distortion axis
-    pts = [pix(r, d) for r, d in zip(rates, distortions)]
-    for (r0, c0), (r1, c1) in zip(pts, pts[1:]):
-        for t in np.linspace(0, 1, 400):
-            img[int(r0 + t * (r1 - r0)), int(c0 + t * (c1 - c0))] = (0.55, 0.62, 0.75)
-    for r, c in pts:
-        img[int(r) - 3:int(r) + 4, int(c) - 3:int(c) + 4] = (0.85, 0.33, 0.10)
+def rd_plot(path, runs):
+    """The rate-distortion curve: rate on the horizontal axis, distortion on the vertical,
+    one labelled dot per beta (b = beta), both axes from 0 (refgen.io.line_plot)."""
+    img, (r_max, d_max) = io.line_plot([r["rate_nats"] for r in runs],
+                                       [r["distortion_nats"] for r in runs],
+                                       xlabel="rate (nats)", ylabel="distortion (nats)",
+                                       point_labels=[f"b={r['beta']:g}" for r in runs])
     io.write_png(path, img)
-    return {"rate_axis_nats": [0.0, r_max], "distortion_axis_nats": [0.0, d_max]}
+    return {"png": str(Path(path).relative_to(RESULTS.parent.parent)),
+            "rate_axis_nats": [0.0, r_max], "distortion_axis_nats": [0.0, d_max]}
 
 
 def traversal(model, x, path, span=3.0, n=9):
@@ -79,7 +70,15 @@ def main(argv=None):
     ap.add_argument("--hidden", default="512,256")
     ap.add_argument("--traverse-beta", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot-only", action="store_true",
+                    help="redraw vae_beta_sweep_rd.png from the saved JSON, training nothing")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        result = json.loads((RESULTS / "vae_beta_sweep.json").read_text())
+        result["plot"] = dict(rd_plot(RESULTS / "vae_beta_sweep_rd.png", result["runs"]),
+                              command=command())
+        write_result("vae_beta_sweep", result)
+        return
     betas = [float(b) for b in args.betas.split(",")]
 
     t0 = time.perf_counter()
@@ -102,13 +101,12 @@ def main(argv=None):
             run["traversal_png"] = str(png.relative_to(RESULTS.parent.parent))
         runs.append(run)
         print(json.dumps(run), flush=True)
-    axes = rd_plot(RESULTS / "vae_beta_sweep_rd.png", [r["rate_nats"] for r in runs],
-                   [r["distortion_nats"] for r in runs])
+    plot = rd_plot(RESULTS / "vae_beta_sweep_rd.png", runs)
     write_result("vae_beta_sweep", {
         "model": "beta-vae", "data": "mnist-binary", "command": command(), "machine": machine(),
         "config": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                    "latent_dim": args.latent_dim, "hidden": args.hidden, "seed": args.seed},
-        "runs": runs, "plot": dict(axes, png="benchmarks/results/vae_beta_sweep_rd.png"),
+        "runs": runs, "plot": plot,
         "total_wall_s": round(time.perf_counter() - t0, 1)})
 
 

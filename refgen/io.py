@@ -1,4 +1,5 @@
-"""Files: checkpoints (.npz, never pickle), a PNG writer, image grids and 2D plots.
+"""Files: checkpoints (.npz, never pickle), a PNG writer, image grids, 2D plots, and line
+plots with their axes labelled in a built-in 3x5 bitmap font.
 
 Every writer is atomic: it writes a temporary file in the target's directory and renames
 it over the target (``os.replace``), so a crash never leaves a half-written file behind
@@ -24,7 +25,8 @@ from refgen.backend import to_numpy
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "write_png", "png_bytes",
            "to_uint8", "colormap", "image_grid", "scatter_image", "scatter_png", "heatmap_image", "heatmap_png",
-           "grid_points", "concat_images_horizontal", "atomic_write"]
+           "grid_points", "concat_images_horizontal", "atomic_write", "draw_text", "text_width",
+           "line_plot"]
 
 _META_KEY = "__meta__"
 
@@ -270,3 +272,86 @@ def heatmap_png(path, values, extent=(-4, 4, -4, 4), size=None, points=None,
     img = heatmap_image(values, extent, size, points, vmin, vmax)
     write_png(path, img)
     return img
+
+
+# ----------------------------------------------------------------------------- text and line plots
+# A 3x5 bitmap font (upper case, digits and a little punctuation): enough to label axes
+# without a font library. Each glyph is five rows of three pixels, '#' = ink.
+_FONT = dict(zip(
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ.-=()/:, +",
+    [g.split("|") for g in (
+        "###|#.#|#.#|#.#|###", ".#.|##.|.#.|.#.|###", "###|..#|###|#..|###", "###|..#|###|..#|###",
+        "#.#|#.#|###|..#|..#", "###|#..|###|..#|###", "###|#..|###|#.#|###", "###|..#|..#|..#|..#",
+        "###|#.#|###|#.#|###", "###|#.#|###|..#|###", ".#.|#.#|###|#.#|#.#", "##.|#.#|##.|#.#|##.",
+        "###|#..|#..|#..|###", "##.|#.#|#.#|#.#|##.", "###|#..|##.|#..|###", "###|#..|##.|#..|#..",
+        "###|#..|#.#|#.#|###", "#.#|#.#|###|#.#|#.#", "###|.#.|.#.|.#.|###", "..#|..#|..#|#.#|###",
+        "#.#|#.#|##.|#.#|#.#", "#..|#..|#..|#..|###", "#.#|###|###|#.#|#.#", "##.|#.#|#.#|#.#|#.#",
+        "###|#.#|#.#|#.#|###", "###|#.#|###|#..|#..", "###|#.#|#.#|###|..#", "##.|#.#|##.|#.#|#.#",
+        "###|#..|###|..#|###", "###|.#.|.#.|.#.|.#.", "#.#|#.#|#.#|#.#|###", "#.#|#.#|#.#|#.#|.#.",
+        "#.#|#.#|###|###|#.#", "#.#|#.#|.#.|#.#|#.#", "#.#|#.#|.#.|.#.|.#.", "###|..#|.#.|#..|###",
+        "...|...|...|...|.#.", "...|...|###|...|...", "...|###|...|###|...", ".#.|#..|#..|#..|.#.",
+        ".#.|..#|..#|..#|.#.", "..#|..#|.#.|#..|#..", "...|.#.|...|.#.|...", "...|...|...|.#.|#..",
+        "...|...|...|...|...", "...|.#.|###|.#.|...")]))
+
+
+def text_width(text: str, scale: int = 2) -> int:
+    """Width in pixels of ``text`` drawn by draw_text (4 * scale per character, less the last gap)."""
+    return max(0, 4 * scale * len(text) - scale)
+
+
+def draw_text(img, text: str, row: int, col: int, scale: int = 2, color=0.0):
+    """Draw ``text`` into the float image ``img`` (H, W[, 3]) in place, its top-left corner at
+    (row, col), each font pixel a ``scale`` x ``scale`` block; ink outside the image is
+    dropped. Lower case is drawn as upper case; raises ValueError for a character the font
+    lacks. Returns img."""
+    for ch in text.upper():
+        if ch not in _FONT:
+            raise ValueError(f"draw_text has no glyph for {ch!r}; it draws "
+                             f"{''.join(sorted(_FONT)).strip()} and space")
+    h, w = img.shape[:2]
+    for i, ch in enumerate(text.upper()):
+        glyph = np.array([[c == "#" for c in line] for line in _FONT[ch]])       # (5, 3)
+        ink = np.kron(glyph, np.ones((scale, scale), dtype=bool))               # (5s, 3s)
+        r0, c0 = row, col + 4 * scale * i
+        rr, cc = np.nonzero(ink)
+        rr, cc = rr + r0, cc + c0
+        keep = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        img[rr[keep], cc[keep]] = color
+    return img
+
+
+def _tick(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def line_plot(xs, ys, *, xlabel: str, ylabel: str, point_labels=None, size: int = 420,
+              margin: int = 48):
+    """(size, size, 3) float RGB image: the points (xs[i], ys[i]) joined in order by straight
+    segments, both axes starting at 0 and ending 10% above the largest value, with the axis
+    names and the tick values 0 and max written on them, and ``point_labels[i]`` beside
+    point i. Returns (image, (x_max, y_max))."""
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1 or len(xs) == 0:
+        raise ValueError(f"line_plot needs two 1-d arrays of one length; got {xs.shape} and {ys.shape}")
+    if np.any(xs < 0) or np.any(ys < 0) or not np.all(np.isfinite(xs) & np.isfinite(ys)):
+        raise ValueError("line_plot draws finite non-negative values (its axes start at 0)")
+    x_max, y_max = 1.1 * max(xs.max(), 1e-12), 1.1 * max(ys.max(), 1e-12)
+    img = np.ones((size, size, 3))
+    inner = size - 2 * margin
+    rows = size - margin - ys / y_max * inner                       # y up
+    cols = margin + xs / x_max * inner
+    img[size - margin, margin:size - margin] = 0.0                  # x axis
+    img[margin:size - margin + 1, margin] = 0.0                     # y axis
+    for (r0, c0), (r1, c1) in zip(zip(rows, cols), zip(rows[1:], cols[1:])):
+        t = np.linspace(0.0, 1.0, 4 * inner)
+        img[(r0 + t * (r1 - r0)).astype(int), (c0 + t * (c1 - c0)).astype(int)] = (0.55, 0.62, 0.75)
+    for i, (r, c) in enumerate(zip(rows.astype(int), cols.astype(int))):
+        img[r - 3:r + 4, c - 3:c + 4] = (0.85, 0.33, 0.10)
+        if point_labels is not None:
+            draw_text(img, str(point_labels[i]), r - 14, c + 6)
+    draw_text(img, "0", size - margin + 6, margin - 3)
+    draw_text(img, _tick(x_max), size - margin + 6, size - margin - text_width(_tick(x_max)))
+    draw_text(img, _tick(y_max), margin - 5, margin - 6 - text_width(_tick(y_max)))
+    draw_text(img, xlabel, size - margin + 22, (size - text_width(xlabel)) // 2)
+    draw_text(img, ylabel, margin - 30, margin)
+    return img, (float(x_max), float(y_max))

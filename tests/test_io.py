@@ -177,3 +177,38 @@ def test_concat_images_horizontal():
     c = io.concat_images_horizontal([a, b], pad=1)
     assert c.shape == (6, 3 + 1 + 2, 3) and c.dtype == np.uint8
     assert np.all(c[:4, :3] == 0) and np.all(c[4:, :3] == 255) and np.all(c[:, 4:] == 255)
+
+
+def test_draw_text_glyphs_scale_and_refusals():
+    img = np.ones((20, 40))
+    io.draw_text(img, "1", 2, 3, scale=2)
+    ink = np.argwhere(img == 0.0)
+    # '1' is .#./##./.#./.#./###: at scale 2 it spans 10 rows and 6 columns from (2, 3)
+    assert ink[:, 0].min() == 2 and ink[:, 0].max() == 11
+    assert ink[:, 1].min() == 3 and ink[:, 1].max() == 8
+    assert len(ink) == 4 * (1 + 2 + 1 + 1 + 3)          # 8 font pixels of 2 x 2
+    a, b = np.ones((12, 40)), np.ones((12, 40))
+    io.draw_text(a, "rate", 0, 0)
+    io.draw_text(b, "RATE", 0, 0)
+    np.testing.assert_array_equal(a, b)                  # lower case drawn as upper case
+    assert io.text_width("RATE") == 4 * 2 * 4 - 2
+    edge = np.ones((5, 5))
+    io.draw_text(edge, "88", 3, 3)                       # ink off the image is dropped
+    with pytest.raises(ValueError, match="no glyph"):
+        io.draw_text(np.ones((10, 10)), "é", 0, 0)
+
+
+def test_line_plot_puts_points_where_their_values_say():
+    xs, ys = [1.0, 4.0, 10.0], [20.0, 5.0, 0.0]
+    img, (x_max, y_max) = io.line_plot(xs, ys, xlabel="x", ylabel="y", size=300, margin=40)
+    assert (x_max, y_max) == pytest.approx((11.0, 22.0))
+    orange = np.all(np.isclose(img, (0.85, 0.33, 0.10)), axis=-1)
+    inner = 300 - 2 * 40
+    for x, y in zip(xs, ys):
+        r, c = int(300 - 40 - y / y_max * inner), int(40 + x / x_max * inner)
+        assert orange[r, c]
+    assert orange.sum() == 3 * 49                        # three 7 x 7 markers, nothing else
+    with pytest.raises(ValueError, match="non-negative"):
+        io.line_plot([-1.0], [1.0], xlabel="x", ylabel="y")
+    with pytest.raises(ValueError, match="one length"):
+        io.line_plot([1.0, 2.0], [1.0], xlabel="x", ylabel="y")
