@@ -153,21 +153,28 @@ class PixelCNN(PixelModel):
     channels: feature maps (2h in the paper's residual block); first_kernel: the type A
     kernel; kernel: the type B kernel inside the blocks; levels: 2 (Bernoulli) or 256.
     Colour images work too: channel groups in every mask order R, G, B within a pixel.
+    one_hot (levels > 2): the network reads each sub-pixel as a one-hot vector of its level
+    instead of one number, for values that are categories rather than intensities (the code
+    indices of the VQ-VAE prior, where code 3 is no nearer code 4 than code 20).
     """
 
     default_train = dict(steps=3000, batch_size=16, lr=1e-3, schedule="cosine")
 
     def __init__(self, data_shape, *, seed=0, channels: int = 64, blocks: int = 6,
                  first_kernel: int = 7, kernel: int = 3, head_channels: int = 64,
-                 levels: int = 2):
+                 levels: int = 2, one_hot: bool = False):
         super().__init__()
         self._setup(data_shape, levels, seed)
         c = self.data_shape[0]
+        self.one_hot = bool(one_hot)
+        if self.one_hot and self.levels == 2:
+            raise ValueError("one_hot needs levels > 2 (a binary pixel is its own one-hot code)")
         if channels % (2 * c) or head_channels % c:
             raise ValueError(f"channels ({channels}) must be a multiple of 2 x data channels "
                              f"({c}) and head_channels ({head_channels}) of {c}")
         g = init.get_rng(int(seed))
-        self.input_conv = MaskedConv2d(c, channels, first_kernel, "A", c, rng=g)
+        c_in = c * self.levels if self.one_hot else c
+        self.input_conv = MaskedConv2d(c_in, channels, first_kernel, "A", c, rng=g)
         self.blocks = ModuleList(_ResidualBlock(channels, kernel, c, g) for _ in range(int(blocks)))
         self.head1 = MaskedConv2d(channels, head_channels, 1, "B", c, rng=g)
         self.head2 = MaskedConv2d(head_channels, c * self.k, 1, "B", c, rng=g)
@@ -176,6 +183,9 @@ class PixelCNN(PixelModel):
         """(B, C, H, W) -> (B, C, K, H, W); logits at pixel i depend on x_<i only."""
         x = as_tensor(x)
         b, c, h, w = x.shape
+        if self.one_hot:  # levels k (B, C, H, W) -> one-hot (B, C*L, H, W), channel-major groups
+            onehot = xp.eye(self.levels, dtype=x.dtype)[self._targets(x.data)]   # (B, C, H, W, L)
+            x = Tensor(xp.moveaxis(onehot, -1, 2).reshape(b, c * self.levels, h, w))
         y = self.input_conv(x)
         for block in self.blocks:
             y = block(y)

@@ -24,9 +24,11 @@ unused code does not divide by zero). Squared errors are summed over D and the g
 the reconstruction over pixels, so every term is per image.
 
 Prior: the codes k (B, h, w) are a small image of K categories; a PixelCNN with ``levels=K``
-(refgen.models.autoregressive.pixelcnn) models p(k) = prod_i p(k_i | k_<i). It sees code j
-as the value 2 j / (K - 1) - 1 in [-1, 1], its convention for L-level pixels, and predicts a
-K-way softmax per cell. Its loss, -log p(k) of the (detached) codes of the batch, is added
+(refgen.models.autoregressive.pixelcnn) models p(k) = prod_i p(k_i | k_<i). Code j is handed
+to it as the value 2 j / (K - 1) - 1 in [-1, 1], its convention for L-level pixels, and with
+``prior_one_hot`` (the default) it reads that as a one-hot vector of K entries: codes are
+categories, and a network reading them as intensities would treat code 3 as nearer to 4
+than to 20. It predicts a K-way softmax per cell. Its loss, -log p(k) of the (detached) codes of the batch, is added
 to (Q2); no gradient crosses between the two since k is discrete, so this is the usual
 two-stage training run as one loop: the prior keeps chasing the codes while they settle.
 Sampling: k ~ p(k) by the PixelCNN, then x = Dec(e_k).
@@ -76,8 +78,10 @@ class VQVAE(Module):
 
     commitment: beta of (Q2). ema: update the codebook by (Q3) instead of its loss term.
     likelihood: 'bernoulli' (data in [0, 1]) or 'gaussian' (the squared error, for [-1, 1]).
-    prior_channels / prior_blocks: the PixelCNN's width and depth. train_autoencoder=False
-    trains the prior alone (the second stage of the usual two-stage recipe).
+    prior_channels / prior_blocks: the PixelCNN's width and depth. prior_one_hot: the prior
+    reads each code as a one-hot vector (True) or as the number 2 j / (K - 1) - 1 (False).
+    train_autoencoder=False trains the prior alone (the second stage of the usual two-stage
+    recipe).
     """
 
     data_spec = DataSpec(kinds=("binary", "continuous"), ndims=(3,))
@@ -87,7 +91,8 @@ class VQVAE(Module):
     def __init__(self, data_shape, *, seed=0, num_codes: int = 64, code_dim: int = 16,
                  channels="32,64", activation: str = "relu", commitment: float = 0.25,
                  ema: bool = False, ema_decay: float = 0.99, likelihood: str = "bernoulli",
-                 prior_channels: int = 64, prior_blocks: int = 4, train_autoencoder: bool = True):
+                 prior_channels: int = 64, prior_blocks: int = 4, prior_one_hot: bool = True,
+                 train_autoencoder: bool = True):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         if len(self.data_shape) != 3:
@@ -122,7 +127,7 @@ class VQVAE(Module):
             self.codebook = book
         self.prior = PixelCNN((1,) + self.grid, seed=int(seed) + 1, channels=prior_channels,
                               blocks=prior_blocks, kernel=3, head_channels=prior_channels,
-                              levels=self.num_codes)
+                              levels=self.num_codes, one_hot=bool(prior_one_hot))
         self.rng = default_rng(seed)
 
     def extra_repr(self):

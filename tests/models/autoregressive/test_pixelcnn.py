@@ -150,3 +150,51 @@ def test_layers_vjp_float64():
         layer = GatedLayer(4, 4, 3, first=first, rng=0).double()
         check_vjp(lambda v, h: F.stack(layer(v, h), 0),
                   [rng.standard_normal((2, 4, 4, 4)), rng.standard_normal((2, 4, 4, 4))])
+
+
+def _levels4_all():
+    k = np.stack(np.meshgrid(*[np.arange(4)] * 4, indexing="ij"), -1).reshape(-1, 1, 2, 2)
+    return (k * (2.0 / 3) - 1).astype(np.float32)
+
+
+def test_one_hot_input_normalises_and_samples_its_levels(ar):
+    model = create("pixelcnn", data_shape=(1, 2, 2), seed=0, levels=4, one_hot=True,
+                   **SMALL["pixelcnn"])
+    assert model.input_conv.weight.shape[1] == 4            # one input channel per level
+    x = _levels4_all()
+    assert abs(np.exp(ar.log_probs(model, x)).sum() - 1.0) < 1e-5
+    ar.train_briefly(model, np.repeat(x[:3], 30, 0), steps=25)
+    p = np.exp(ar.log_probs(model, x))
+    assert abs(p.sum() - 1.0) < 1e-5 and p[:3].sum() > 10 * 3 / 256   # it learned something
+    s = model.sample(50, rng=np.random.default_rng(0))
+    assert set(np.round((s + 1) * 1.5, 5).ravel()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_one_hot_logits_see_only_earlier_cells():
+    """With one-hot input the gradient path to the data is cut, so check the autoregressive
+    property by perturbation: changing cell j moves the logits of cell i only when j < i."""
+    model = create("pixelcnn", data_shape=(1, 3, 3), seed=1, levels=5, one_hot=True,
+                   **SMALL["pixelcnn"])
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 5, (1, 1, 3, 3)) * 0.5 - 1).astype(np.float32)
+    base = model.logits(Tensor(x)).data.reshape(5, 9)          # (K, cells)
+    for j in range(9):
+        y = x.copy().reshape(9)
+        y[j] = -1.0 if y[j] != -1.0 else 1.0                    # another level at cell j
+        moved = np.abs(model.logits(Tensor(y.reshape(1, 1, 3, 3))).data.reshape(5, 9) - base).max(0)
+        assert np.all(moved[:j + 1] == 0.0), (j, moved)         # cells i <= j do not see j
+        if j < 8:
+            assert moved[j + 1:].max() > 0, j                   # and later cells do
+
+
+def test_one_hot_reads_levels_as_categories_not_numbers():
+    a = create("pixelcnn", data_shape=(1, 2, 2), seed=0, levels=4, one_hot=True, **SMALL["pixelcnn"])
+    with pytest.raises(ValueError, match="levels > 2"):
+        create("pixelcnn", data_shape=(1, 2, 2), levels=2, one_hot=True)
+    # a one-hot first layer is linear in the indicator, not in the value: the logits at a
+    # later cell for levels 0, 1, 2 of the first cell are not on a line
+    x = np.full((3, 1, 2, 2), -1.0, np.float32)
+    x[:, 0, 0, 0] = [-1.0, -1.0 / 3, 1.0 / 3]
+    first = a.input_conv(Tensor(np.moveaxis(np.eye(4, dtype=np.float32)[
+        np.rint((x + 1) * 1.5).astype(int)], -1, 2).reshape(3, 4, 2, 2))).data[:, :, 0, 1]
+    assert not np.allclose(first[1] - first[0], first[2] - first[1], atol=1e-6)
