@@ -62,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--code-dim", type=int, default=16)
     ap.add_argument("--channels", default="32,64")
     ap.add_argument("--ema", action="store_true")
+    ap.add_argument("--prior-ordinal", action="store_true",
+                    help="the prior reads code j as the number 2j/(K-1)-1, not as a one-hot vector")
     ap.add_argument("--prior-channels", type=int, default=64)
     ap.add_argument("--prior-blocks", type=int, default=4)
     ap.add_argument("--fid-samples", type=int, default=2000)
@@ -74,7 +76,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
     cfg = dict(num_codes=args.num_codes, code_dim=args.code_dim, channels=args.channels,
-               ema=args.ema, prior_channels=args.prior_channels, prior_blocks=args.prior_blocks)
+               ema=args.ema, prior_channels=args.prior_channels, prior_blocks=args.prior_blocks,
+               prior_one_hot=not args.prior_ordinal)
     model = models.create("vqvae", data_shape=train_ds.shape, seed=args.seed, **cfg)
     common = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, schedule="cosine",
                   test_dataset=test_ds, samples=False,
