@@ -38,21 +38,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import RESULTS, command, machine, write_json  # noqa: E402
+from refgen.cli import parse_sets  # noqa: E402
 from refgen import backend, data, io, metrics, models  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.optim import EMA  # noqa: E402
 from refgen.train import CHECKPOINT, load_run_state, train  # noqa: E402
 
-
-def _sets(pairs):
-    out = {}
-    for p in pairs or ():
-        k, _, v = p.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def panel(points, reference=None):
@@ -128,7 +119,7 @@ def main():
     p.add_argument("--variant", default="simple", help="a name for this configuration")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
-    settings = _sets(args.set)
+    settings = parse_sets(args.set)
     args.tag = "diffusion_2d" + ("" if args.variant == "simple" else f"_{args.variant}")
     t0 = time.perf_counter()
     results = {"command": command(), "variant": args.variant, "runs": []}

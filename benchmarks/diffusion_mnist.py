@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import RESULTS, command, machine, write_json  # noqa: E402
+from refgen.cli import parse_sets  # noqa: E402
 from refgen import backend, data, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.cli import load_run  # noqa: E402
@@ -56,16 +57,6 @@ TRAIN = dict(batch_size=64, lr=2e-4, ema=0.999, warmup=500, optimizer="adam",
              schedule="constant", grad_clip=1.0)
 
 
-def _sets(pairs):
-    out = {}
-    for p in pairs or ():
-        k, _, v = p.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
 
 def _rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -75,7 +66,7 @@ def _rss_mib():
 def measure(args):
     """Seconds and memory of one training step (forward, backward, Adam) at --batch-size."""
     ds = data.load(args.data, "train")
-    settings = _sets(args.set)
+    settings = parse_sets(args.set)
     model = models.create("ddpm", data_shape=ds.shape, num_classes=ds.num_classes, **settings)
     opt = Adam(list(model.parameters()), lr=1e-4)
     idx = np.arange(args.batch_size)
@@ -116,7 +107,7 @@ def measure(args):
 def train_run(args):
     """Train in chunks until --steps or --budget-min is reached; resumable (--resume)."""
     out = Path(args.out)
-    settings = _sets(args.set)
+    settings = parse_sets(args.set)
     train_ds = data.load(args.data, "train")
     cfg_path = out / "config.json"
     st = dict(TRAIN, batch_size=args.batch_size, lr=args.lr, steps=args.steps, seed=args.seed,

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, command, machine, write_result  # noqa: E402
 from flows_common import log_probs  # noqa: E402
 
+from refgen.cli import parse_sets  # noqa: E402
 from refgen import backend, data, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.metrics import nll_to_bpd  # noqa: E402
@@ -56,16 +57,6 @@ PAPERS = {"nice": 4.36, "maf": 1.89, "realnvp": 1.06, "glow": 1.05}   # test bit
 TARGETS = {"nice": 4.5, "maf": 2.1, "realnvp": 1.6, "glow": 1.5}
 D = 784
 
-
-def _sets(pairs):
-    out = {}
-    for pair in pairs or ():
-        k, _, v = pair.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def sample_grid(model, path, n=64, temperature=1.0, seed=1234):
@@ -97,7 +88,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     cfg = CONFIGS[args.model]
-    kwargs = dict(cfg["kwargs"], **_sets(args.set))
+    kwargs = dict(cfg["kwargs"], **parse_sets(args.set))
     batch_size = args.batch_size or cfg["batch_size"]
     lr = args.lr or cfg["lr"]
     out = Path(args.out or f"/tmp/refgen_flows_mnist_{args.model}")
@@ -153,6 +144,11 @@ def main(argv=None):
                   target_bpd=TARGETS[args.model], eval_wall_s=round(eval_s, 1),
                   sample_wall_s=round(sample_s, 1), samples_png=str(png.relative_to(RESULTS.parent.parent)),
                   samples_t07_png=str(png_cold.relative_to(RESULTS.parent.parent)))
+    log = out / "log.jsonl"
+    if log.exists():  # the learning curve: training loss (nats) and its bits/dim reading
+        result["log"] = [dict(step=r["step"], loss_nats=r["loss"], wall_s=r["wall_s"],
+                              train_bpd=float(nll_to_bpd(r["loss"], D, "[0,1]")))
+                         for r in map(json.loads, log.read_text().splitlines()) if "loss" in r]
     print(f"{args.model}: test {bpd:.3f} bits/dim (paper {PAPERS[args.model]}, target "
           f"{TARGETS[args.model]}) after {steps} steps, {wall / 60:.1f} min")
     write_result(f"flows_mnist_{args.model}", result)

@@ -30,7 +30,7 @@ from refgen.models.base import check_data, constructor_kwargs, hyperparameters
 from refgen.train import (CHECKPOINT, OPTIMIZERS, SCHEDULES, TrainingDiverged, data_facts,
                           load_run_state, train, write_samples)
 
-__all__ = ["main", "UsageError", "build_model", "load_run", "evaluate", "METRIC_NAMES",
+__all__ = ["main", "UsageError", "parse_sets", "build_model", "load_run", "evaluate", "METRIC_NAMES",
            "DEMO_DATASETS"]
 
 METRIC_NAMES = ("test_nll_nats", "test_bpd", "elbo_nats", "iwae_nats", "fid_mnist",
@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _parse_sets(pairs) -> dict:
+def parse_sets(pairs) -> dict:
     """--set key=value ...: values are JSON literals (3, 0.5, true, [1, 2]) or else strings."""
     out = {}
     for pair in pairs or ():
@@ -279,7 +279,7 @@ def _train_settings(args, cls, cfg_train=None):
 
 
 def cmd_train(args):
-    sets = _parse_sets(args.set)
+    sets = parse_sets(args.set)
     cls = _model_class(args.model)
     out = Path(args.out) if args.out else _default_out(args.model, args.data)
     cfg_old = None

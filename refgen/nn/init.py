@@ -17,7 +17,7 @@ import numpy as np  # host RNG only: see the module docstring
 from refgen import backend
 
 __all__ = ["calculate_gain", "calculate_fan_in_and_fan_out", "manual_seed", "get_rng",
-           "uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_",
+           "uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "zero_module",
            "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_"]
 
 _default = np.random.default_rng(0)
@@ -112,6 +112,15 @@ def zeros_(tensor):
 
 def ones_(tensor):
     return constant_(tensor, 1.0)
+
+
+def zero_module(layer):
+    """Set a layer's weight and bias (if any) to 0, in place; returns the layer. Used where a
+    block must start as the identity (a residual branch, a coupling's scale and shift)."""
+    zeros_(layer.weight)
+    if getattr(layer, "bias", None) is not None:
+        zeros_(layer.bias)
+    return layer
 
 
 def xavier_uniform_(tensor, gain: float = 1.0, rng=None):

@@ -14,12 +14,7 @@ from refgen.nn import Conv2d, Linear, Module, ModuleList, init
 __all__ = ["MLP", "ConvNet", "conditioner", "zero_init"]
 
 
-def zero_init(layer):
-    """Set a Linear / Conv2d layer's weight and bias to 0 (in place); returns it."""
-    init.zeros_(layer.weight)
-    if layer.bias is not None:
-        init.zeros_(layer.bias)
-    return layer
+zero_init = init.zero_module  # the name the flow modules use
 
 
 class MLP(Module):
