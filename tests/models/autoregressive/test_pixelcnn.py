@@ -188,13 +188,20 @@ def test_one_hot_logits_see_only_earlier_cells():
 
 
 def test_one_hot_reads_levels_as_categories_not_numbers():
-    a = create("pixelcnn", data_shape=(1, 2, 2), seed=0, levels=4, one_hot=True, **SMALL["pixelcnn"])
+    """Keep only the first layer's weights from level 2's input channel: through the model's
+    own logits, a later cell then tells 'cell 0 is level 2' apart from every other level,
+    and cannot tell levels 0, 1 and 3 apart. Read as intensities, 0, 1 and 3 would differ."""
     with pytest.raises(ValueError, match="levels > 2"):
         create("pixelcnn", data_shape=(1, 2, 2), levels=2, one_hot=True)
-    # a one-hot first layer is linear in the indicator, not in the value: the logits at a
-    # later cell for levels 0, 1, 2 of the first cell are not on a line
-    x = np.full((3, 1, 2, 2), -1.0, np.float32)
-    x[:, 0, 0, 0] = [-1.0, -1.0 / 3, 1.0 / 3]
-    first = a.input_conv(Tensor(np.moveaxis(np.eye(4, dtype=np.float32)[
-        np.rint((x + 1) * 1.5).astype(int)], -1, 2).reshape(3, 4, 2, 2))).data[:, :, 0, 1]
-    assert not np.allclose(first[1] - first[0], first[2] - first[1], atol=1e-6)
+    model = create("pixelcnn", data_shape=(1, 2, 2), seed=0, levels=4, one_hot=True,
+                   **SMALL["pixelcnn"])
+    w = model.input_conv.weight.data
+    keep = np.zeros_like(w)
+    keep[:, 2] = w[:, 2]
+    model.input_conv.weight.data = keep
+    x = np.full((4, 1, 2, 2), -1.0, np.float32)
+    x[:, 0, 0, 0] = np.arange(4) * (2.0 / 3) - 1                    # cell 0 at levels 0..3
+    later = model.logits(Tensor(x)).data[:, 0, :, 0, 1]             # (4 levels, K) at cell 1
+    np.testing.assert_array_equal(later[0], later[1])
+    np.testing.assert_array_equal(later[0], later[3])
+    assert np.abs(later[2] - later[0]).max() > 1e-4
