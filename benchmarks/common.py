@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +23,10 @@ if str(ROOT) not in sys.path:
 
 
 def machine() -> dict:
-    """nproc, CPU model, backend, library versions, BLAS threads and the load average when
-    called (at the end of a run): what a reader needs to compare timings."""
+    """nproc, CPU model, backend, library versions, BLAS threads, the load average and the
+    CPU seconds this process has used when called (at the end of a run): what a reader needs
+    to compare timings. On a shared machine the CPU seconds, not the wall time, say what the
+    run cost."""
     import numpy as np
 
     from refgen import backend
@@ -39,7 +42,8 @@ def machine() -> dict:
             "python": platform.python_version(), "numpy": np.__version__,
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
             "load_avg_at_end": ([round(v, 2) for v in os.getloadavg()]
-                                if hasattr(os, "getloadavg") else None)}
+                                if hasattr(os, "getloadavg") else None),
+            "process_cpu_s": round(time.process_time(), 1)}
 
 
 def command() -> str:

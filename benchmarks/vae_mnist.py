@@ -135,12 +135,13 @@ def main(argv=None):
     def evaluate(m, ds):
         return test_elbo_terms(m, ds.x, y_test)
 
+    cpu0 = time.process_time()
     metrics = train(model, train_ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     seed=args.seed, out_dir=out, schedule=args.schedule, eval_fn=evaluate,
                     test_dataset=test_ds, eval_every=max(args.steps // 10, 1),
                     log_every=max(args.steps // 100, 1), ckpt_every=max(args.steps // 20, 1),
                     samples=False, resume=args.resume)
-    train_wall = metrics["wall_s"]
+    train_wall, train_cpu = metrics["wall_s"], time.process_time() - cpu0
     model.eval()
     model.rng = backend.default_rng(0)  # evaluation noise: its own fixed generator
     previous = RESULTS / f"{tag}.json"
@@ -153,7 +154,7 @@ def main(argv=None):
         "train_command": train_command, "machine": machine(),
         "config": dict(cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        schedule=args.schedule, seed=args.seed, params=model.num_parameters()),
-        "train_wall_s": train_wall,
+        "train_wall_s": train_wall, "train_cpu_s": round(train_cpu, 1),
         "test_elbo_nats": metrics["elbo_nats"], "test_rec_nats": metrics["rec_nats"],
         "test_kl_nats": metrics["kl_nats"],
         "log": [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()
