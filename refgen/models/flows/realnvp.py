@@ -11,11 +11,21 @@ Images, each scale but the last (RealNVP's recipe):
 
 and the last scale is 4 checkerboard couplings. On MNIST, 2 scales: 1x28x28, then
 2x14x14; 3 scales add 4x7x7. Images are first taken to logit space (preprocess.py).
+
+Each image coupling is followed by an ActNorm (actnorm.py), a per-channel affine map. The
+paper puts a batch normalisation layer, used as a bijection, in that place; ActNorm is
+Glow's replacement for it, with the same diagonal Jacobian and no batch statistics at test
+time. It matters: the couplings' log-scales are bounded (s = scale * tanh(.)), and without a
+free per-channel scale the flow cannot stretch the narrow peak of the background pixels
+(logit(0.05 + 0.9 u / 256) spans 0.035 for u in [0, 1)) to the width of N(0, 1). A run
+without it reached a good bits/dim while its samples were specks of ink on black
+(docs/flows.md). ``actnorm=False`` drops it.
 """
 from __future__ import annotations
 
 from refgen.models import register
 from refgen.models.base import DataSpec
+from refgen.models.flows.actnorm import ActNorm
 from refgen.models.flows.base import Flow, FlowSequence
 from refgen.models.flows.coupling import AffineCoupling
 from refgen.models.flows.masks import channel_mask, checkerboard_mask
@@ -28,22 +38,28 @@ from refgen.nn import init
 __all__ = ["RealNVP", "realnvp_scales"]
 
 
-def _couplings(shape, mask_fn, n, hidden, rng):
-    return [AffineCoupling(mask_fn(shape, i % 2), conditioner(shape, 2, hidden, rng))
-            for i in range(n)]
+def _couplings(shape, mask_fn, n, hidden, rng, actnorm=False):
+    """n affine couplings with alternating masks, each followed by an ActNorm if asked."""
+    layers = []
+    for i in range(n):
+        layers.append(AffineCoupling(mask_fn(shape, i % 2), conditioner(shape, 2, hidden, rng)))
+        if actnorm:
+            layers.append(ActNorm(shape))
+    return layers
 
 
-def realnvp_scales(shape, scales: int, hidden, rng):
+def realnvp_scales(shape, scales: int, hidden, rng, actnorm: bool = True):
     """The multi-scale RealNVP flow of images of ``shape`` (C, H, W), ending in a flat z."""
     c, h, w = shape
     if scales == 1:
-        return FlowSequence(_couplings(shape, checkerboard_mask, 4, hidden, rng) + [Flatten(shape)])
+        return FlowSequence(_couplings(shape, checkerboard_mask, 4, hidden, rng, actnorm)
+                            + [Flatten(shape)])
     if h % 2 or w % 2:
         raise ValueError(f"cannot squeeze {h}x{w} images: use fewer scales")
     squeezed = (4 * c, h // 2, w // 2)
-    steps = FlowSequence(_couplings(shape, checkerboard_mask, 3, hidden, rng) + [Squeeze()]
-                         + _couplings(squeezed, channel_mask, 3, hidden, rng))
-    rest = realnvp_scales((2 * c, h // 2, w // 2), scales - 1, hidden, rng)
+    steps = FlowSequence(_couplings(shape, checkerboard_mask, 3, hidden, rng, actnorm) + [Squeeze()]
+                         + _couplings(squeezed, channel_mask, 3, hidden, rng, actnorm))
+    rest = realnvp_scales((2 * c, h // 2, w // 2), scales - 1, hidden, rng, actnorm)
     return MultiScale(steps, rest, squeezed)
 
 
@@ -53,7 +69,8 @@ class RealNVP(Flow):
 
     couplings: number of couplings for vectors. hidden: MLP sizes (default [128, 128]) or
     CNN channels (default 32). scales: number of scales for images. logit_alpha: the
-    [0, 1] -> R transform of images.
+    [0, 1] -> R transform of images. actnorm: an ActNorm after each image coupling (the
+    paper's batch normalisation layer; see the module docstring).
     """
 
     data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3), image_range=(0.0, 1.0))
@@ -61,7 +78,7 @@ class RealNVP(Flow):
     demo = True
 
     def __init__(self, data_shape, *, seed=0, couplings: int = 8, hidden=None, scales: int = 2,
-                 logit_alpha: float = 0.05):
+                 logit_alpha: float = 0.05, actnorm: bool = True):
         shape = tuple(int(s) for s in data_shape)
         g = init.get_rng(int(seed))
         if len(shape) == 1:
@@ -69,5 +86,5 @@ class RealNVP(Flow):
             layers = _couplings(shape, checkerboard_mask, int(couplings), hidden, g)
         else:
             hidden = hidden if hidden is not None else 32
-            layers = [LogitTransform(logit_alpha), realnvp_scales(shape, int(scales), hidden, g)]
+            layers = [LogitTransform(logit_alpha), realnvp_scales(shape, int(scales), hidden, g, bool(actnorm))]
         super().__init__(layers, shape)

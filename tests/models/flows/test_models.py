@@ -24,6 +24,7 @@ SMALL_IMAGE = {  # 1x4x4 images: two squeezes' worth of multi-scale
     "glow-plain": lambda: Glow((1, 4, 4), depth=2, levels=2, hidden=4, lu=False),
     "glow-shift": lambda: Glow((1, 4, 4), depth=1, levels=1, hidden=4, logit_alpha=0),
     "realnvp-3scales": lambda: RealNVP((1, 4, 4), scales=3, hidden=4),
+    "realnvp-no-actnorm": lambda: RealNVP((1, 4, 4), scales=2, hidden=4, actnorm=False),
     "maf": lambda: MAF((1, 4, 4), layers=2, hidden=[16]),
 }
 CLASSES = {"nice": NICE, "realnvp": RealNVP, "glow": Glow, "maf": MAF}
@@ -57,6 +58,26 @@ def test_2d_density_integrates_to_one_untrained_and_trained(name, fl):
     after = fl.train_briefly(model, x, steps=50)
     assert math.isfinite(after) and after < before - 0.3           # it did learn something
     assert abs(fl.grid_integral(model) - 1.0) < 0.01
+
+
+def test_realnvp_puts_an_actnorm_after_each_image_coupling():
+    from refgen.models.flows.actnorm import ActNorm
+    from refgen.models.flows.coupling import AffineCoupling
+
+    def count(model, cls):
+        return sum(isinstance(m, cls) for m in model.modules())
+
+    img = RealNVP((1, 4, 4), scales=2, hidden=4)
+    assert count(img, AffineCoupling) == 3 + 3 + 4 == count(img, ActNorm)
+    assert count(RealNVP((1, 4, 4), scales=2, hidden=4, actnorm=False), ActNorm) == 0
+    assert count(RealNVP((2,), couplings=4, hidden=[8]), ActNorm) == 0   # vectors: as before
+    # the first training batch sets every ActNorm, and the flow still inverts exactly after it
+    x = np.random.default_rng(0).uniform(0.02, 0.98, (16, 1, 4, 4))
+    img = img.double().train()
+    with no_grad():
+        z, _ = img.forward(Tensor(x))
+        assert all(bool(m.initialized) for m in img.modules() if isinstance(m, ActNorm))
+        np.testing.assert_allclose(to_numpy(img.inverse(z).data), x, rtol=0, atol=1e-9)
 
 
 def test_image_models_at_mnist_size_score_and_sample():
