@@ -17,9 +17,10 @@ paper puts a batch normalisation layer, used as a bijection, in that place; ActN
 Glow's replacement for it, with the same diagonal Jacobian and no batch statistics at test
 time. It matters: the couplings' log-scales are bounded (s = scale * tanh(.)), and without a
 free per-channel scale the flow cannot stretch the narrow peak of the background pixels
-(logit(0.05 + 0.9 u / 256) spans 0.035 for u in [0, 1)) to the width of N(0, 1). A run
-without it reached a good bits/dim while its samples were specks of ink on black
-(docs/flows.md). ``actnorm=False`` drops it.
+(logit(0.05 + 0.9 u / 256) spans 0.035 for u in [0, 1)) to the width of N(0, 1); on MNIST
+it took an 800-step probe from 2.227 to 1.931 bits/dim (docs/flows.md). ``actnorm=False``
+drops it. (The number of scales matters for samples: with 2 on MNIST the last couplings see
+5x5 of a 14x14 grid and samples are specks; 3 scales give strokes.)
 """
 from __future__ import annotations
 
