@@ -231,12 +231,42 @@ def evaluate_run(args):
             except Exception as e:
                 r["cond_accuracy"] = None
                 r["error"] = f"{type(e).__name__}: {e}"[:300]
+            if args.fid_n:  # FID of the same guided samples (cfg_n of them): the trade-off
+                r.update(_fid(x, args.cfg_n))
             order = np.argsort(labels[:100], kind="stable")
             _grid(x[:100][order], RESULTS / f"{tag}_cfg_w{w:g}.png")
             res["cfg"][f"w={w:g}"] = r
             print("cfg", w, r, flush=True)
             _save(res, tag)
+        _tradeoff_plot(res["cfg"], RESULTS / f"{tag}_cfg_tradeoff.png")
+    if args.fid_n:  # the floor at the same N: real images of the same resolution
+        res["fid_real_floor"] = _fid_floor(name, sorted({args.fid_n, args.cfg_n}))
+        print("fid floor", res["fid_real_floor"], flush=True)
     _save(res, tag)
+
+
+def _tradeoff_plot(cfg, path):
+    """FID (y) against guidance weight w (x), each point labelled with its cond_accuracy."""
+    pts = [(float(k[2:]), v["fid_mnist"], v.get("cond_accuracy")) for k, v in cfg.items()
+           if v.get("fid_mnist") is not None]
+    if len(pts) < 2:
+        return
+    img, _ = io.line_plot([p[0] for p in pts], [p[1] for p in pts], xlabel="guidance w",
+                          ylabel="FID", point_labels=[
+                              f"acc {p[2]:.2f}" if p[2] is not None else "" for p in pts])
+    io.write_png(path, img)
+
+
+def _fid_floor(name, sizes):
+    """FID of N random real training images of data set ``name`` against the test
+    statistics, for each N: what a perfect sampler would score at that sample size."""
+    train_x = data.load(name, "train").x
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in sizes:
+        r = _fid(train_x[rng.choice(len(train_x), n, replace=False)], n)
+        out[str(n)] = r.get("fid_mnist")
+    return out
 
 
 def _save(res, tag):

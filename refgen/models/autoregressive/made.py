@@ -14,6 +14,8 @@ the mixture
     p(x) = 1/M sum_m p_m(x),   log p(x) = logsumexp_m log p_m(x) - log M
 
 (averaging likelihoods, not logits: a mixture of normalised models is normalised).
+``ensemble_log_prob`` forms the same mixture from separately trained models, each with its
+own ordering and weights, rather than the masks of one network.
 
 ``MADE`` is the reusable network ((B, D) -> (B, D, K) parameters per dimension; MAF in the
 flows family builds on it). ``MADEDensity`` (registered as ``made``) is the density model:
@@ -32,7 +34,7 @@ from refgen.models.autoregressive.masks import made_degrees, made_masks
 from refgen.models.base import DataSpec
 from refgen.nn import Linear, Module, ModuleList, init
 
-__all__ = ["MaskedLinear", "MADE", "MADEDensity"]
+__all__ = ["MaskedLinear", "MADE", "MADEDensity", "ensemble_log_prob"]
 
 
 class MaskedLinear(Linear):
@@ -118,6 +120,9 @@ class MADEDensity(Module):
     'gaussian' for vectors. num_masks > 1 trains order-agnostically (``random_order=False``:
     connectivity-agnostically, every mask in the natural order with its own hidden degrees)
     and evaluates the ensemble (log-mean-exp of the per-mask likelihoods).
+    order: the ordering of mask set 0, 'natural' (raster for images), 'reverse' (the last
+    pixel first) or 'random' (a permutation drawn from ``seed``); separately trained models
+    with different orders combine through ``ensemble_log_prob``.
     """
 
     data_spec = DataSpec(kinds=("binary", "continuous"), ndims=(1, 3))
@@ -125,22 +130,28 @@ class MADEDensity(Module):
     default_train = dict(steps=28000, batch_size=100, lr=1e-3, schedule="cosine")
 
     def __init__(self, data_shape, *, seed=0, hidden=(2000,), num_masks: int = 1,
-                 random_order: bool = True, likelihood: str | None = None, components: int = 5):
+                 random_order: bool = True, likelihood: str | None = None, components: int = 5,
+                 order: str = "natural"):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         self.dim = math.prod(self.data_shape)
+        orders = {"natural": None, "reverse": list(range(self.dim))[::-1],
+                  "random": init.get_rng(int(seed) + 1).permutation(self.dim)}
+        if order not in orders:
+            raise ValueError(f"order must be one of {sorted(orders)}, got {order!r}")
+        self.order = order
         if likelihood is None:
             likelihood = "bernoulli" if len(self.data_shape) > 1 else "gaussian"
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         self.likelihood, self.components = likelihood, int(components)
         k = 1 if likelihood == "bernoulli" else 3 * self.components  # (logit, mu, log sigma) x K
-        self.net = MADE(self.dim, hidden, out_per_dim=k, num_masks=num_masks,
+        self.net = MADE(self.dim, hidden, out_per_dim=k, num_masks=num_masks, order=orders[order],
                         random_order=bool(random_order), rng=init.get_rng(int(seed)))
         self.rng = default_rng(seed)
 
     def extra_repr(self):
-        return f"data_shape={self.data_shape}, likelihood={self.likelihood!r}"
+        return f"data_shape={self.data_shape}, likelihood={self.likelihood!r}, order={self.order!r}"
 
     # --- the conditionals ----------------------------------------------------------------
     def _log_cond(self, x, params):
@@ -216,3 +227,18 @@ class MADEDensity(Module):
                     xm[:, d] = self._draw(params, rng)
                 x[rows] = xm
         return x.reshape((int(n),) + self.data_shape)
+
+
+def ensemble_log_prob(models, x):
+    """log p(x) of the uniform mixture of separately trained density models, (B, ...) -> (B,):
+
+        p(x) = 1/J sum_j p_j(x),   log p(x) = logsumexp_j log p_j(x) - log J
+
+    the same mixture as a multi-mask MADE's ensemble, with each member free to have its own
+    ordering and weights. By Jensen's inequality its NLL is at most the members' mean NLL.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("ensemble_log_prob needs at least one model")
+    per_model = F.stack([as_tensor(m.log_prob(x)) for m in models], dim=0)   # (J, B)
+    return F.logsumexp(per_model, dim=0) - math.log(len(models))

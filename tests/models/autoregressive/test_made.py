@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 import refgen.functional as F
 from refgen.autograd import Tensor, no_grad
 from refgen.models import create, get
-from refgen.models.autoregressive import MADE, made_degrees, made_masks
+from refgen.models.autoregressive import MADE, ensemble_log_prob, made_degrees, made_masks
 from refgen.testing import check_vjp
 
 
@@ -83,6 +83,29 @@ def test_ensemble_is_log_mean_exp_of_masks(ar):
     assert np.max(np.abs(avg_logit - want)) > 1e-3
 
 
+def test_ensemble_of_separate_models_is_a_normalised_mixture(ar):
+    """Two MADEs trained apart (raster and reverse raster order): their log-mean-exp
+    sums to 1 over the 512 configurations, lies between the members' mean and max log p
+    (Jensen), and a model ensembled with itself is that model."""
+    a = create("made", data_shape=(1, 3, 3), seed=3, hidden=(32,))
+    b = create("made", data_shape=(1, 3, 3), seed=4, hidden=(32,), order="reverse")
+    np.testing.assert_array_equal(b.net.orders[0], np.arange(9)[::-1])
+    for m in (a, b):
+        ar.train_briefly(m, ar.target_data(), steps=40)
+    x = ar.all_binary((1, 3, 3))
+    with no_grad():
+        ens = ensemble_log_prob([a, b], x).data.astype(np.float64)
+        self_ens = ensemble_log_prob([a, a], x).data.astype(np.float64)
+    la, lb = ar.log_probs(a, x), ar.log_probs(b, x)
+    assert abs(np.exp(ens).sum() - 1.0) < 1e-5
+    np.testing.assert_allclose(ens, np.log(0.5 * (np.exp(la) + np.exp(lb))), rtol=1e-5, atol=1e-5)
+    assert np.all(ens >= 0.5 * (la + lb) - 1e-5) and np.all(ens <= np.maximum(la, lb) + 1e-5)
+    assert np.max(np.abs(ens - la)) > 1e-2  # the second member changes the model
+    np.testing.assert_allclose(self_ens, la, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one"):
+        ensemble_log_prob([], x)
+
+
 @pytest.mark.parametrize("num_masks", [1, 3])
 def test_samples_follow_log_prob(ar, num_masks):
     """Chi-square test of 20,000 samples against p(x) over the 512 configurations."""
@@ -144,3 +167,16 @@ def test_connectivity_agnostic_masks_share_the_natural_order(ar):
     first = model.net.layers[0].mask
     assert not np.array_equal(first[0], first[1])          # different hidden degrees
     assert abs(np.exp(ar.log_probs(model, ar.all_binary((1, 3, 3)))).sum() - 1.0) < 1e-5
+
+
+def test_order_option():
+    """'random' is a permutation fixed by the seed and mask set 0 follows it; an unknown
+    name is refused."""
+    a, b = (create("made", data_shape=(1, 3, 3), seed=s, hidden=(16,), order="random")
+            for s in (5, 5))
+    c = create("made", data_shape=(1, 3, 3), seed=6, hidden=(16,), order="random")
+    np.testing.assert_array_equal(a.net.orders[0], b.net.orders[0])
+    assert sorted(a.net.orders[0].tolist()) == list(range(9))
+    assert not np.array_equal(a.net.orders[0], c.net.orders[0])
+    with pytest.raises(ValueError, match="order must be"):
+        create("made", data_shape=(1, 3, 3), order="spiral")
