@@ -181,7 +181,7 @@ class Adam(Optimizer):
         bc1, sbc2 = 1 - b1 ** t, math.sqrt(1 - b2 ** t)
         step = xp.sqrt(v)
         step += self.eps * sbc2
-        step = xp.divide(m, step, out=step)
+        step = m / step  # (not out=: a 0-d parameter's sqrt is a scalar, not an array)
         step *= self.lr * sbc2 / bc1
         p.data = p.data - step
 
