@@ -141,10 +141,8 @@ def main(argv=None):
 
 def ensemble(args):
     """Score the uniform mixture of finished single-mask runs on the binarized test set."""
-    import numpy as np
-
     from refgen import data, io as rio, models
-    from refgen.models.autoregressive import ensemble_log_prob
+    from refgen.models.autoregressive import ensemble_log_prob, ensemble_sample
     from refgen.train import load_run_state
 
     tags = args.ensemble.split(",")
@@ -176,7 +174,7 @@ def ensemble(args):
         print(f"{tag}: {member_info[-1]['test_nll_nats']:.3f} nats", flush=True)
     nll = test_nll(lambda x: ensemble_log_prob(members, x), test_ds.x)
 
-    class _Mixture:  # sampling from the mixture: a member per sample, then that member's draw
+    class _Mixture:  # what sample_grid needs: eval/train switches and sample(n, rng)
         def eval(self):
             pass
 
@@ -184,13 +182,7 @@ def ensemble(args):
             pass
 
         def sample(self, n, rng):
-            pick = backend.to_numpy(rng.integers(len(members), size=n))
-            out = np.zeros((n,) + test_ds.shape, dtype=np.float32)
-            for j, m in enumerate(members):
-                rows = np.nonzero(pick == j)[0]
-                if rows.size:
-                    out[rows] = backend.to_numpy(m.sample(rows.size, rng=rng))
-            return backend.asarray(out)
+            return ensemble_sample(members, n, rng=rng)
 
     tag = args.tag or "made_mnist_ensemble"
     sample_s = sample_grid(_Mixture(), RESULTS / f"{tag}_samples.png")

@@ -6,9 +6,11 @@
 - ``gpt``: a decoder-only transformer with causal self-attention and a key/value cache.
 """
 from refgen.models.autoregressive.masks import causal_mask, made_degrees, made_masks, pixelcnn_mask
-from refgen.models.autoregressive.made import MADE, MADEDensity, MaskedLinear, ensemble_log_prob
+from refgen.models.autoregressive.made import MADE, MADEDensity, MaskedLinear, ensemble_log_prob, \
+    ensemble_sample
 
-__all__ = ["MADE", "MADEDensity", "MaskedLinear", "ensemble_log_prob", "made_degrees",
+__all__ = ["MADE", "MADEDensity", "MaskedLinear", "ensemble_log_prob", "ensemble_sample",
+           "made_degrees",
            "made_masks", "pixelcnn_mask", "causal_mask"]
 from refgen.models.autoregressive.pixelcnn import MaskedConv2d, PixelCNN, PixelModel
 from refgen.models.autoregressive.gated_pixelcnn import GatedLayer, GatedPixelCNN

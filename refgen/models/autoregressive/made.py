@@ -34,7 +34,7 @@ from refgen.models.autoregressive.masks import made_degrees, made_masks
 from refgen.models.base import DataSpec
 from refgen.nn import Linear, Module, ModuleList, init
 
-__all__ = ["MaskedLinear", "MADE", "MADEDensity", "ensemble_log_prob"]
+__all__ = ["MaskedLinear", "MADE", "MADEDensity", "ensemble_log_prob", "ensemble_sample"]
 
 
 class MaskedLinear(Linear):
@@ -135,18 +135,18 @@ class MADEDensity(Module):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         self.dim = math.prod(self.data_shape)
-        orders = {"natural": None, "reverse": list(range(self.dim))[::-1],
-                  "random": init.get_rng(int(seed) + 1).permutation(self.dim)}
-        if order not in orders:
-            raise ValueError(f"order must be one of {sorted(orders)}, got {order!r}")
+        if order not in ("natural", "reverse", "random"):
+            raise ValueError(f"order must be one of ['natural', 'random', 'reverse'], got {order!r}")
         self.order = order
+        o = None if order == "natural" else list(range(self.dim))[::-1] if order == "reverse" \
+            else init.get_rng(int(seed) + 1).permutation(self.dim)
         if likelihood is None:
             likelihood = "bernoulli" if len(self.data_shape) > 1 else "gaussian"
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         self.likelihood, self.components = likelihood, int(components)
         k = 1 if likelihood == "bernoulli" else 3 * self.components  # (logit, mu, log sigma) x K
-        self.net = MADE(self.dim, hidden, out_per_dim=k, num_masks=num_masks, order=orders[order],
+        self.net = MADE(self.dim, hidden, out_per_dim=k, num_masks=num_masks, order=o,
                         random_order=bool(random_order), rng=init.get_rng(int(seed)))
         self.rng = default_rng(seed)
 
@@ -242,3 +242,22 @@ def ensemble_log_prob(models, x):
         raise ValueError("ensemble_log_prob needs at least one model")
     per_model = F.stack([as_tensor(m.log_prob(x)) for m in models], dim=0)   # (J, B)
     return F.logsumexp(per_model, dim=0) - math.log(len(models))
+
+
+def ensemble_sample(models, n, rng=None):
+    """n samples (n, ...) from the uniform mixture of ``ensemble_log_prob``: a member j ~ U{1..J}
+    per sample, then that member's own draw."""
+    models = list(models)
+    if not models:
+        raise ValueError("ensemble_sample needs at least one model")
+    rng = default_rng(rng)
+    pick = rng.integers(len(models), size=int(n))
+    out = None
+    for j, m in enumerate(models):
+        rows = xp.nonzero(pick == j)[0]
+        if rows.size == 0:
+            continue
+        x = m.sample(int(rows.size), rng=rng)
+        out = xp.zeros((int(n),) + tuple(x.shape[1:]), dtype=x.dtype) if out is None else out
+        out[rows] = x
+    return out

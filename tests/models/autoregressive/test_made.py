@@ -8,7 +8,8 @@ from hypothesis import given, strategies as st
 import refgen.functional as F
 from refgen.autograd import Tensor, no_grad
 from refgen.models import create, get
-from refgen.models.autoregressive import MADE, ensemble_log_prob, made_degrees, made_masks
+from refgen.models.autoregressive import (MADE, ensemble_log_prob, ensemble_sample,
+                                          made_degrees, made_masks)
 from refgen.testing import check_vjp
 
 
@@ -180,3 +181,18 @@ def test_order_option():
     assert not np.array_equal(a.net.orders[0], c.net.orders[0])
     with pytest.raises(ValueError, match="order must be"):
         create("made", data_shape=(1, 3, 3), order="spiral")
+
+
+def test_ensemble_samples_follow_the_mixture(ar):
+    """Chi-square test of 20,000 mixture samples against exp(ensemble_log_prob)."""
+    a = create("made", data_shape=(1, 3, 3), seed=3, hidden=(32,))
+    b = create("made", data_shape=(1, 3, 3), seed=4, hidden=(32,), order="reverse")
+    ar.train_briefly(a, ar.target_data(), steps=40)
+    ar.train_briefly(b, ar.target_data(seed=1), steps=40)  # a different target: a real mixture
+    with no_grad():
+        p = np.exp(ensemble_log_prob([a, b], ar.all_binary((1, 3, 3))).data.astype(np.float64))
+    s = ensemble_sample([a, b], 20000, rng=np.random.default_rng(5))
+    assert s.shape == (20000, 1, 3, 3)
+    counts = np.bincount(ar.config_index(s), minlength=512)
+    pval, dof = ar.chi_square_pvalue(counts, p / p.sum())
+    assert dof > 20 and pval > 1e-3, (pval, dof)
