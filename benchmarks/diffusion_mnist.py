@@ -13,8 +13,10 @@ MNIST is read from REFGEN_DATA_DIR (else refgen's cache). The run directory has 
 ``refgen train`` (config.json, checkpoint.npz, log.jsonl), so ``refgen sample DIR`` works on it.
 
 eval reports, with the EMA weights when the run has them:
-  - sample grids (64 images): DDPM over ``--grid-steps`` strided steps (all T with 0), and
-    DDIM (eta = 0) at each of ``--ddim`` steps;
+  - sample grids (64 images): DDPM over ``--grid-steps`` strided steps (all T with 0), DDPM
+    at each of ``--ddpm`` strided steps (with each fixed sigma^2 of ``--variances`` too), and
+    DDIM (eta = 0) at each of ``--ddim`` steps; null-label samples, or class-balanced
+    conditional ones with ``--labels``;
   - fid_mnist of ``--fid-n`` samples per sampler (or those in ``--fid-on``) against the test
     set (refgen.metrics; biased upwards at small n, compare equal n only);
   - bits/dim from L_VLB (eqs. 13-16) with the discretized decoder on ``--vlb-n`` test images,
@@ -158,12 +160,24 @@ def _fid(samples, n_note):
         return {"fid_mnist": None, "fid_error": f"{type(e).__name__}: {e}"[:300]}
 
 
-def _draw(model, n, chunk, **kw):
+def _draw(model, n, chunk, labels=False, variance=None, **kw):
+    """n samples, ``chunk`` at a time; labels: class-balanced conditional draws (label i mod
+    K, no guidance); variance: the fixed sigma^2 of eq. (17) to sample with ('beta' or
+    'beta_tilde') instead of the one the model was trained with."""
     parts, t = [], time.perf_counter()
     rng = backend.default_rng(1234)
-    with no_grad():
-        for i in range(0, n, chunk):
-            parts.append(backend.to_numpy(model.sample(min(chunk, n - i), rng=rng, **kw)))
+    trained = model.variance
+    if variance is not None:
+        model.variance = variance
+    try:
+        with no_grad():
+            for i in range(0, n, chunk):
+                m = min(chunk, n - i)
+                cond = (np.arange(i, i + m) % model.num_classes) if labels else None
+                parts.append(backend.to_numpy(model.sample(m, cond=cond, rng=rng, guidance=0.0,
+                                                           **kw)))
+    finally:
+        model.variance = trained
     return np.concatenate(parts), time.perf_counter() - t
 
 
@@ -183,14 +197,24 @@ def evaluate_run(args):
     if args.grid_steps >= 0:
         steps = args.grid_steps or None
         samplers.append((f"ddpm{steps or model.T}", dict(sampler="ddpm", steps=steps)))
+    variances = [v for v in args.variances.split(",") if v]
+    if variances and model.variance == "learned":
+        print(f"--variances {args.variances} ignored: this run learns its variance", flush=True)
+        variances = []
+    for s in [int(v) for v in args.ddpm.split(",") if v]:
+        samplers.append((f"ddpm{s}", dict(sampler="ddpm", steps=s)))
+        samplers += [(f"ddpm{s}_{v}", dict(sampler="ddpm", steps=s, variance=v))
+                     for v in variances if v != model.variance]
     for s in [int(v) for v in args.ddim.split(",") if v]:
         samplers.append((f"ddim{s}", dict(sampler="ddim", steps=s, eta=0.0)))
+    res["sampler_labels"] = "class-balanced conditional (w = 0)" if args.labels else "null label"
+    res["variance"] = model.variance
     for label, kw in samplers:
-        x, took = _draw(model, 64, 64, **kw)
+        x, took = _draw(model, 64, 64, labels=args.labels, **kw)
         _grid(x, RESULTS / f"{tag}_{label}.png")
         r = {"grid_wall_s": round(took, 1)}
         if args.fid_n and (args.fid_on is None or label in args.fid_on.split(",")):
-            xs, took = _draw(model, args.fid_n, 250, **kw)
+            xs, took = _draw(model, args.fid_n, 250, labels=args.labels, **kw)
             r.update(_fid(xs, args.fid_n), fid_sample_wall_s=round(took, 1))
         res["samplers"][label] = r
         print(label, r, flush=True)
@@ -240,18 +264,20 @@ def evaluate_run(args):
             _save(res, tag)
         _tradeoff_plot(res["cfg"], RESULTS / f"{tag}_cfg_tradeoff.png")
     if args.fid_n:  # the floor at the same N: real images of the same resolution
-        res["fid_real_floor"] = _fid_floor(name, sorted({args.fid_n, args.cfg_n}))
+        sizes = {args.fid_n} | ({args.cfg_n} if res.get("cfg") else set())
+        res["fid_real_floor"] = _fid_floor(name, sorted(sizes))
         print("fid floor", res["fid_real_floor"], flush=True)
     _save(res, tag)
 
 
-def _tradeoff_plot(cfg, path):
-    """FID (y) against guidance weight w (x), each point labelled with its cond_accuracy."""
+def _tradeoff_plot(cfg, path, xlabel="guidance w"):
+    """FID (y) against the guidance strength (x; keys "w=2" or "s=2"), each point labelled
+    with its cond_accuracy."""
     pts = [(float(k[2:]), v["fid_mnist"], v.get("cond_accuracy")) for k, v in cfg.items()
            if v.get("fid_mnist") is not None]
     if len(pts) < 2:
         return
-    img, _ = io.line_plot([p[0] for p in pts], [p[1] for p in pts], xlabel="guidance w",
+    img, _ = io.line_plot([p[0] for p in pts], [p[1] for p in pts], xlabel=xlabel,
                           ylabel="FID", point_labels=[
                               f"acc {p[2]:.2f}" if p[2] is not None else "" for p in pts])
     io.write_png(path, img)
@@ -305,6 +331,12 @@ def main():
     e.add_argument("--tag")
     e.add_argument("--grid-steps", type=int, default=0, help="DDPM grid steps (0: all T; -1: none)")
     e.add_argument("--ddim", default="10,50,100")
+    e.add_argument("--ddpm", default="", help="comma list of strided ancestral step counts, "
+                   "each a sampler of its own (eq. 17 on the strided schedule)")
+    e.add_argument("--variances", default="", help="fixed-variance run: also draw each --ddpm "
+                   "sampler with these sigma^2 (beta, beta_tilde)")
+    e.add_argument("--labels", action="store_true", help="samplers draw class-balanced "
+                   "conditional samples (label i mod K, w = 0) instead of the null label")
     e.add_argument("--fid-n", type=int, default=0)
     e.add_argument("--fid-on", help="comma list of sampler labels that get FID (default: all)")
     e.add_argument("--vlb-n", type=int, default=0)

@@ -162,14 +162,17 @@ class DDPM(Module):
 
     # ------------------------------------------------------------------------- prediction
     def predictor(self, sch, n, cond=None, guidance=None, classifier=None,
-                  classifier_scale: float = 1.0):
+                  classifier_scale: float = 1.0, unconditional: bool = False):
         """predict(x_t, t) -> Prediction at step t of schedule ``sch``, for n samples, with
         classifier-free guidance (26) when the model is conditional, ``cond`` is given and
         the guidance w != 0, and classifier guidance (25) when ``classifier(x, t) -> logits``
-        is given (with cond the target labels)."""
+        is given (with cond the target labels). unconditional: the network sees the null
+        label even though cond is given (classifier guidance of the unconditional model)."""
         w = self.guidance if guidance is None else float(guidance)
-        y = self._labels(cond, n)
-        cfg = self.num_classes is not None and cond is not None and w != 0.0
+        if unconditional and classifier is None:
+            raise ValueError("unconditional=True keeps cond for the classifier only: pass one")
+        y = self._labels(None if unconditional else cond, n)
+        cfg = self.num_classes is not None and cond is not None and w != 0.0 and not unconditional
         if classifier is not None and cond is None:
             raise ValueError("classifier guidance needs the target labels: pass cond")
         if cond is not None and classifier is None and self.num_classes is None:
@@ -200,19 +203,21 @@ class DDPM(Module):
     # ------------------------------------------------------------------------- sampling
     def sample(self, n, cond=None, rng=None, *, steps=None, sampler=None, eta=None,
                guidance=None, threshold="default", classifier=None, classifier_scale: float = 1.0,
-               x_T=None):
+               unconditional: bool = False, x_T=None):
         """n samples in data space, (n, *data_shape) xp array.
 
         cond: labels (n,) (or one label) for a conditional model or for classifier guidance;
-        None samples unconditionally (the null label). steps: a strided schedule of that many
-        steps (default: the model's sample_steps, else all T). Other arguments default to
-        the model's options of the same name."""
+        None samples unconditionally (the null label). unconditional: with a classifier, give
+        the network the null label and leave cond to the classifier alone. steps: a strided
+        schedule of that many steps (default: the model's sample_steps, else all T). Other
+        arguments default to the model's options of the same name."""
         if rng is None:
             rng = getattr(self, "rng", None)
         rng = default_rng(rng)
         steps = self.sample_steps if steps is None else steps
         sch = self.schedule.strided(steps)
-        predict = self.predictor(sch, n, cond, guidance, classifier, classifier_scale)
+        predict = self.predictor(sch, n, cond, guidance, classifier, classifier_scale,
+                                 unconditional)
         with no_grad():
             x = sample_loop(predict, sch, (n,) + self.data_shape, rng,
                             sampler=sampler or self.sampler,

@@ -65,6 +65,28 @@ def test_image_model_guidance_and_likelihood():
     assert elbo.shape == (2,) and np.all(elbo < 0)                       # log P(pixels) < 0
 
 
+def test_classifier_guidance_of_the_unconditional_mode():
+    """unconditional=True: the network sees the null label and only the classifier sees cond.
+    At scale 0 the guided sampler is then exactly the unconditional one (and without the flag,
+    exactly the conditional one); at scale > 0 the classifier moves the samples."""
+    m = DDPM((1, 8, 8), num_classes=3, T=30, channels=8, num_res_blocks=1)
+    for p in m.parameters():  # a non-zero output head, so that labels change eps
+        p.data += 0.05 * np.random.default_rng(1).standard_normal(p.data.shape).astype(p.data.dtype)
+    clf = NoisyClassifier((1, 8, 8), 3, T=30, channels=8)
+    y = np.array([0, 1, 2])
+    kw = dict(rng=5, steps=4, threshold=None)
+    uncond, cond = m.sample(3, **kw), m.sample(3, cond=y, guidance=0.0, **kw)
+    assert np.abs(uncond - cond).max() > 1e-4                            # the label matters
+    g0 = m.sample(3, cond=y, classifier=clf, classifier_scale=0.0, unconditional=True, **kw)
+    np.testing.assert_array_equal(g0, uncond)
+    c0 = m.sample(3, cond=y, guidance=0.0, classifier=clf, classifier_scale=0.0, **kw)
+    np.testing.assert_array_equal(c0, cond)
+    g = m.sample(3, cond=y, classifier=clf, classifier_scale=50.0, unconditional=True, **kw)
+    assert np.abs(g - uncond).max() > 1e-4
+    with pytest.raises(ValueError, match="classifier"):
+        m.sample(3, cond=y, unconditional=True, **kw)
+
+
 def test_thresholding():
     x0 = np.array([[0.5, -0.2, 0.1], [3.0, -1.5, 0.2]])
     np.testing.assert_array_equal(threshold_x0(x0, "static"), np.clip(x0, -1, 1))
