@@ -24,6 +24,9 @@ eval reports, with the EMA weights when the run has them:
   - for a class-conditional run, cond_accuracy of classifier-free guided samples (eq. 26)
     for each w in ``--cfg``.
 Results go to benchmarks/results/<tag>.json and <tag>_*.png (tag: diffusion_<data>).
+
+    # how noisy FID is at N: 8 draws of N real images (benchmarks/results/fid_noise_*.json)
+    python benchmarks/diffusion_mnist.py fid-noise --data mnist-14 --n 500
 """
 from __future__ import annotations
 
@@ -295,6 +298,21 @@ def _fid_floor(name, sizes):
     return out
 
 
+def fid_noise(args):
+    """FID of --draws independently seeded random draws of --n real training images against the
+    test statistics: the floor a perfect sampler scores at that N, and its spread, which is how
+    far apart two FIDs at that N must be before they differ."""
+    x = data.load(args.data, "train").x
+    vals = []
+    for s in range(args.draws):
+        pick = np.random.default_rng(100 + s).choice(len(x), args.n, replace=False)
+        vals.append(_fid(x[pick], args.n)["fid_mnist"])
+    out = {"data": args.data, "n": args.n, "fid_real": vals, "mean": float(np.mean(vals)),
+           "sd": float(np.std(vals, ddof=1)), "command": command(), "machine": machine()}
+    print(json.dumps({k: out[k] for k in ("mean", "sd")}))
+    write_json(RESULTS / f"fid_noise_{args.data.replace('-', '')}_n{args.n}.json", out)
+
+
 def _save(res, tag):
     """Write what is known so far (a run stopped by its time limit keeps its numbers)."""
     res["eval_wall_s"] = round(time.perf_counter() - T0, 1)
@@ -344,9 +362,14 @@ def main():
     e.add_argument("--cfg", default="")
     e.add_argument("--cfg-n", type=int, default=1000)
     e.add_argument("--cfg-steps", type=int, default=50)
+    f = sub.add_parser("fid-noise", help="the real-data FID floor at N and its spread")
+    f.add_argument("--data", default="mnist-14")
+    f.add_argument("--n", type=int, default=500)
+    f.add_argument("--draws", type=int, default=8)
     args = p.parse_args()
     with backend.use_backend(os.environ.get("REFGEN_BACKEND", "numpy")):
-        {"measure": measure, "train": train_run, "eval": evaluate_run}[args.cmd](args)
+        {"measure": measure, "train": train_run, "eval": evaluate_run,
+         "fid-noise": fid_noise}[args.cmd](args)
 
 
 if __name__ == "__main__":
