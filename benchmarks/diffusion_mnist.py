@@ -163,24 +163,16 @@ def _fid(samples, n_note):
         return {"fid_mnist": None, "fid_error": f"{type(e).__name__}: {e}"[:300]}
 
 
-def _draw(model, n, chunk, labels=False, variance=None, **kw):
+def _draw(model, n, chunk, labels=False, **kw):
     """n samples, ``chunk`` at a time; labels: class-balanced conditional draws (label i mod
-    K, no guidance); variance: the fixed sigma^2 of eq. (17) to sample with ('beta' or
-    'beta_tilde') instead of the one the model was trained with."""
+    K, no guidance); kw goes to DDPM.sample (sampler, steps, eta, variance)."""
     parts, t = [], time.perf_counter()
     rng = backend.default_rng(1234)
-    trained = model.variance
-    if variance is not None:
-        model.variance = variance
-    try:
-        with no_grad():
-            for i in range(0, n, chunk):
-                m = min(chunk, n - i)
-                cond = (np.arange(i, i + m) % model.num_classes) if labels else None
-                parts.append(backend.to_numpy(model.sample(m, cond=cond, rng=rng, guidance=0.0,
-                                                           **kw)))
-    finally:
-        model.variance = trained
+    with no_grad():
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            cond = (np.arange(i, i + m) % model.num_classes) if labels else None
+            parts.append(backend.to_numpy(model.sample(m, cond=cond, rng=rng, guidance=0.0, **kw)))
     return np.concatenate(parts), time.perf_counter() - t
 
 

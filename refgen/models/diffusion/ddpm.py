@@ -162,13 +162,19 @@ class DDPM(Module):
 
     # ------------------------------------------------------------------------- prediction
     def predictor(self, sch, n, cond=None, guidance=None, classifier=None,
-                  classifier_scale: float = 1.0, unconditional: bool = False):
+                  classifier_scale: float = 1.0, unconditional: bool = False, variance=None):
         """predict(x_t, t) -> Prediction at step t of schedule ``sch``, for n samples, with
         classifier-free guidance (26) when the model is conditional, ``cond`` is given and
         the guidance w != 0, and classifier guidance (25) when ``classifier(x, t) -> logits``
         is given (with cond the target labels). unconditional: the network sees the null
-        label even though cond is given (classifier guidance of the unconditional model)."""
+        label even though cond is given (classifier guidance of the unconditional model).
+        variance: the fixed sigma^2 of eq. (17) ('beta' or 'beta_tilde') to sample a
+        fixed-variance model with, instead of the one it was built with."""
         w = self.guidance if guidance is None else float(guidance)
+        var = self.variance if variance is None else variance
+        if var != self.variance and (self.variance == "learned" or var not in ("beta", "beta_tilde")):
+            raise ValueError(f"variance={variance!r}: a fixed-variance model samples with 'beta' or "
+                             f"'beta_tilde'; this one has variance={self.variance}")
         if unconditional and classifier is None:
             raise ValueError("unconditional=True keeps cond for the classifier only: pass one")
         y = self._labels(None if unconditional else cond, n)
@@ -186,13 +192,13 @@ class DDPM(Module):
                 null = xp.full((n,), self.num_classes, dtype=xp.int64)
                 both = self._net(Tensor(xp.concatenate([x, x])), xp.concatenate([t_net, t_net]),
                                  xp.concatenate([y, null])).data
-                p_c = interpret(both[:n], x, t, sch, self.parameterization, self.variance)
-                p_u = interpret(both[n:], x, t, sch, self.parameterization, self.variance)
+                p_c = interpret(both[:n], x, t, sch, self.parameterization, var)
+                p_u = interpret(both[n:], x, t, sch, self.parameterization, var)
                 eps = G.cfg_eps(p_c.eps, p_u.eps, w)                      # (26)
                 pred = p_c._replace(eps=eps, x0=x0_from_eps(sch, x, t, eps))  # (11)
             else:
                 out = self._net(Tensor(x), t_net, y).data
-                pred = interpret(out, x, t, sch, self.parameterization, self.variance)
+                pred = interpret(out, x, t, sch, self.parameterization, var)
             if classifier is not None:
                 g = G.log_prob_grad(lambda xx: classifier(xx, t_net), x, y_target)
                 eps = G.classifier_guided_eps(sch, x, t, pred.eps, g, classifier_scale)  # (25)
@@ -203,12 +209,13 @@ class DDPM(Module):
     # ------------------------------------------------------------------------- sampling
     def sample(self, n, cond=None, rng=None, *, steps=None, sampler=None, eta=None,
                guidance=None, threshold="default", classifier=None, classifier_scale: float = 1.0,
-               unconditional: bool = False, x_T=None):
+               unconditional: bool = False, variance=None, x_T=None):
         """n samples in data space, (n, *data_shape) xp array.
 
         cond: labels (n,) (or one label) for a conditional model or for classifier guidance;
         None samples unconditionally (the null label). unconditional: with a classifier, give
-        the network the null label and leave cond to the classifier alone. steps: a strided
+        the network the null label and leave cond to the classifier alone. variance: sample a
+        fixed-variance model with the other fixed sigma^2 ('beta' or 'beta_tilde'). steps: a strided
         schedule of that many steps (default: the model's sample_steps, else all T). Other
         arguments default to the model's options of the same name."""
         if rng is None:
@@ -217,7 +224,7 @@ class DDPM(Module):
         steps = self.sample_steps if steps is None else steps
         sch = self.schedule.strided(steps)
         predict = self.predictor(sch, n, cond, guidance, classifier, classifier_scale,
-                                 unconditional)
+                                 unconditional, variance)
         with no_grad():
             x = sample_loop(predict, sch, (n,) + self.data_shape, rng,
                             sampler=sampler or self.sampler,

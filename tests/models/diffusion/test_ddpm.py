@@ -87,6 +87,19 @@ def test_classifier_guidance_of_the_unconditional_mode():
         m.sample(3, cond=y, unconditional=True, **kw)
 
 
+def test_sampling_variance_override_equals_a_model_built_with_it():
+    """sample(variance='beta') on a beta_tilde model draws exactly what the same weights built
+    with variance='beta' draw; a learned-variance model refuses the override."""
+    a = DDPM((2,), T=40, hidden=16, depth=1, variance="beta_tilde")
+    b = DDPM((2,), T=40, hidden=16, depth=1, variance="beta")
+    b.load_state_dict(a.state_dict())
+    kw = dict(rng=3, steps=5, sampler="ddpm")
+    np.testing.assert_array_equal(a.sample(6, variance="beta", **kw), b.sample(6, **kw))
+    assert np.abs(a.sample(6, **kw) - b.sample(6, **kw)).max() > 1e-4  # the choice matters
+    with pytest.raises(ValueError, match="variance"):
+        DDPM((2,), T=40, hidden=16, depth=1, learn_sigma=True).sample(2, variance="beta", **kw)
+
+
 def test_thresholding():
     x0 = np.array([[0.5, -0.2, 0.1], [3.0, -1.5, 0.2]])
     np.testing.assert_array_equal(threshold_x0(x0, "static"), np.clip(x0, -1, 1))
