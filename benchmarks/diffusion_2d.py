@@ -41,8 +41,7 @@ from common import RESULTS, command, machine, write_json  # noqa: E402
 from refgen.cli import parse_sets  # noqa: E402
 from refgen import backend, data, io, metrics, models  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
-from refgen.optim import EMA  # noqa: E402
-from refgen.train import CHECKPOINT, load_run_state, train  # noqa: E402
+from refgen.train import CHECKPOINT, load_weights, train  # noqa: E402
 
 
 
@@ -67,10 +66,7 @@ def run(name, args, settings):
                   progress=not args.quiet, samples=False, log_every=max(1, steps // 10))
         log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl"))]
         # evaluate with the EMA weights (as refgen's own samples.png is drawn)
-        arrays, _ = io.load_checkpoint(os.path.join(tmp, CHECKPOINT))
-        ema = EMA(model, 0.0)
-        load_run_state(model, arrays, ema)
-        ema.copy_to(model)
+        load_weights(model, io.load_checkpoint(os.path.join(tmp, CHECKPOINT))[0])
     out["train_wall_s"] = round(time.perf_counter() - t0, 1)
     out["final_loss"] = m["loss"]
     out["loss_curve"] = [(r["step"], round(r["loss"], 4)) for r in log]

@@ -41,8 +41,7 @@ from refgen.autograd import no_grad  # noqa: E402
 from refgen.cli import load_run, parse_sets  # noqa: E402
 from refgen.models.diffusion import NoisyClassifier  # noqa: E402
 from refgen.models.diffusion.process import q_sample  # noqa: E402
-from refgen.optim import EMA  # noqa: E402
-from refgen.train import load_run_state, train  # noqa: E402
+from refgen.train import load_weights, train  # noqa: E402
 
 
 def _diffusion_config(run):
@@ -62,11 +61,7 @@ def load_classifier(path):
     path = Path(path)
     cfg_c = json.loads((path / "config.json").read_text())
     clf = _build(cfg_c)
-    arrays, _ = io.load_checkpoint(path / "checkpoint.npz")
-    ema = EMA(clf, 0.0) if any(k.startswith("ema/") for k in arrays) else None
-    load_run_state(clf, arrays, ema)
-    if ema is not None:
-        ema.copy_to(clf)
+    load_weights(clf, io.load_checkpoint(path / "checkpoint.npz")[0])
     clf.eval()
     return clf, cfg_c
 
@@ -112,7 +107,7 @@ def noisy_accuracy(clf, test, ts, n, seed=0):
     with no_grad():
         for t in ts:
             eps = backend.asarray(rng.standard_normal(x0.shape).astype(x0.dtype))
-            tt = np.full(n, t)
+            tt = backend.asarray(np.full(n, t))
             xt = q_sample(clf.schedule, x0, tt, eps)                      # (3)
             logits = backend.to_numpy(clf(xt, tt).data)
             out[str(t)] = float((logits.argmax(-1) == y).mean())

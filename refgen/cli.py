@@ -28,7 +28,7 @@ from refgen import backend, data, io, models
 from refgen.autograd import Tensor, no_grad
 from refgen.models.base import check_data, constructor_kwargs, hyperparameters
 from refgen.train import (CHECKPOINT, OPTIMIZERS, SCHEDULES, TrainingDiverged, data_facts,
-                          load_run_state, train, write_samples)
+                          load_weights, train, write_samples)
 
 __all__ = ["main", "UsageError", "parse_sets", "build_model", "load_run", "evaluate", "METRIC_NAMES",
            "DEMO_DATASETS"]
@@ -153,13 +153,7 @@ def load_run(run_dir, use_ema=True):
         raise UsageError(f"{d}/config.json lacks the entry {e}") from None
     try:
         arrays, _ = io.load_checkpoint(d / CHECKPOINT)
-        ema = None
-        if use_ema and any(k.startswith("ema/") for k in arrays):
-            from refgen.optim import EMA
-            ema = EMA(model, 0.0)
-        load_run_state(model, arrays, ema)
-        if ema is not None:
-            ema.copy_to(model)
+        load_weights(model, arrays, use_ema)
     except (ValueError, KeyError) as e:
         raise UsageError(f"cannot load {d / CHECKPOINT}: {e}".replace("\n", " ")) from None
     model.eval()

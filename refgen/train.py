@@ -160,6 +160,17 @@ def load_run_state(model, arrays: dict, ema=None):
         ema.load_state_dict({k: backend.asarray(v) for k, v in _strip("ema", arrays).items()})
 
 
+def load_weights(model, arrays: dict, use_ema: bool = True) -> bool:
+    """Put a checkpoint's weights into ``model``: its EMA averages when it holds them and
+    ``use_ema``, else the trained weights. Returns whether the averages were used."""
+    from refgen.optim import EMA
+    ema = EMA(model, 0.0) if use_ema and any(k.startswith("ema/") for k in arrays) else None
+    load_run_state(model, arrays, ema)
+    if ema is not None:
+        ema.copy_to(model)
+    return ema is not None
+
+
 def ema_weights(model, ema):
     """Context: inside it the model holds the EMA weights (when there is an EMA)."""
     return ema.swapped(model) if ema is not None else contextlib.nullcontext(model)
