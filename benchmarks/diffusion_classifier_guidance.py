@@ -25,7 +25,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -35,13 +34,13 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import RESULTS, command, machine, write_json  # noqa: E402
-from diffusion_mnist import _fid, _fid_floor, _grid, _tradeoff_plot  # noqa: E402
+from diffusion_mnist import _fid, _fid_floor, _grid, _tradeoff_plot, train_in_chunks  # noqa: E402
 from refgen import backend, data, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.cli import load_run, parse_sets  # noqa: E402
 from refgen.models.diffusion import NoisyClassifier  # noqa: E402
 from refgen.models.diffusion.process import q_sample  # noqa: E402
-from refgen.train import load_weights, train  # noqa: E402
+from refgen.train import load_weights  # noqa: E402
 
 
 def _diffusion_config(run):
@@ -82,19 +81,10 @@ def train_classifier(args):
                  "ema": args.ema, "command": command()}
         cfg_path.write_text(json.dumps(cfg_c, indent=2) + "\n")
     clf = _build(cfg_c)
-    done = 0
-    if (out / "checkpoint.npz").exists():
-        done = int(io.load_checkpoint(out / "checkpoint.npz")[1]["step"])
-    t0 = time.perf_counter()
-    deadline = t0 + 60 * args.budget_min if args.budget_min else math.inf
-    while done < args.steps and time.perf_counter() < deadline:
-        target = min(args.steps, done + args.chunk)
-        m = train(clf, ds, steps=target, batch_size=cfg_c["batch_size"], lr=cfg_c["lr"],
-                  seed=cfg_c["seed"], out_dir=out, ema_decay=cfg_c["ema"], grad_clip=1.0,
-                  warmup=200, log_every=max(1, args.chunk // 4), ckpt_every=args.chunk,
-                  resume=done > 0, progress=False, config=cfg_c, samples=False)
-        done = m["steps"]
-        print(f"step {done}  loss {m['loss']:.4f}  wall {m['wall_s']:.0f}s", flush=True)
+    train_in_chunks(clf, ds, out, steps=args.steps, budget_min=args.budget_min, chunk=args.chunk,
+                    batch_size=cfg_c["batch_size"], lr=cfg_c["lr"], seed=cfg_c["seed"],
+                    ema_decay=cfg_c["ema"], grad_clip=1.0, warmup=200,
+                    log_every=max(1, args.chunk // 4), config=cfg_c)
 
 
 # ----------------------------------------------------------------------------- eval

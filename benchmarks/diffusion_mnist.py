@@ -109,6 +109,24 @@ def measure(args):
 
 
 # ----------------------------------------------------------------------------- train
+def train_in_chunks(model, ds, out, *, steps, budget_min, chunk, **train_kw):
+    """refgen.train.train in calls of ``chunk`` steps, each resuming the checkpoint in
+    ``out`` (so a stopped run loses at most one chunk), until ``steps`` or ``budget_min``
+    minutes (checked between chunks). Returns the step the checkpoint holds."""
+    done = 0
+    if (out / "checkpoint.npz").exists():
+        done = int(io.load_checkpoint(out / "checkpoint.npz")[1]["step"])
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * budget_min if budget_min else math.inf
+    while done < steps and time.perf_counter() < deadline:
+        m = train(model, ds, steps=min(steps, done + chunk), out_dir=out, ckpt_every=chunk,
+                  resume=done > 0, progress=False, samples=False, **train_kw)
+        done = m["steps"]
+        print(f"step {done}  loss {m['loss']:.4f}  wall {m['wall_s']:.0f}s  "
+              f"(this call {time.perf_counter() - t0:.0f}s)", flush=True)
+    return done
+
+
 def train_run(args):
     """Train in chunks until --steps or --budget-min is reached; resumable (--resume)."""
     out = Path(args.out)
@@ -130,21 +148,11 @@ def train_run(args):
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     model = models.create("ddpm", data_shape=train_ds.shape, num_classes=train_ds.num_classes,
                           seed=st["seed"], **settings)
-    done = 0
-    if (out / "checkpoint.npz").exists():
-        done = int(io.load_checkpoint(out / "checkpoint.npz")[1]["step"])
-    t0 = time.perf_counter()
-    deadline = t0 + 60 * args.budget_min if args.budget_min else math.inf
-    while done < args.steps and time.perf_counter() < deadline:
-        target = min(args.steps, done + args.chunk)
-        m = train(model, train_ds, steps=target, batch_size=st["batch_size"], lr=st["lr"],
-                  seed=st["seed"], out_dir=out, optimizer=st["optimizer"], ema_decay=st["ema"],
-                  grad_clip=st["grad_clip"], warmup=st["warmup"], schedule=st["schedule"],
-                  log_every=st["log_every"], ckpt_every=st["ckpt_every"], resume=done > 0,
-                  progress=False, config=cfg, samples=False)
-        done = m["steps"]
-        print(f"step {done}  loss {m['loss']:.4f}  wall {m['wall_s']:.0f}s  "
-              f"(this call {time.perf_counter() - t0:.0f}s)", flush=True)
+    done = train_in_chunks(model, train_ds, out, steps=args.steps, budget_min=args.budget_min,
+                           chunk=args.chunk, batch_size=st["batch_size"], lr=st["lr"],
+                           seed=st["seed"], optimizer=st["optimizer"], ema_decay=st["ema"],
+                           grad_clip=st["grad_clip"], warmup=st["warmup"],
+                           schedule=st["schedule"], log_every=st["log_every"], config=cfg)
     cfg["train"]["steps"] = done  # what the checkpoint holds
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return done
