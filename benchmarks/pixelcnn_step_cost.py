@@ -2,14 +2,15 @@
 
     python benchmarks/pixelcnn_step_cost.py        # writes results/gated_pixelcnn_step_cost.json
 
-Reports, on one BLAS thread at batch 16 on 28x28 binarized MNIST:
+Reports, for the model's defaults (or the flags) on one BLAS thread at batch 16 on 28x28
+binarized MNIST:
   - the seconds of one training step (forward, backward, Adam), median of --repeat;
   - the convolutions' multiply-adds per pixel (every conv here keeps the image size, so a
     conv's weight count is its multiply-adds per output pixel), and the GFLOP/s that makes
     over a step (forward, input gradient and weight gradient: three times the forward);
   - the share of the step spent in the raw convolution kernels (cProfile);
   - a float32 matmul's GFLOP/s on the same core, the ceiling BLAS reaches here;
-  - the same multiply-add count for the papers' size (15 layers, 128 channels).
+  - the same multiply-add count for the papers' size (15 layers, 128 channels, 7x7 first layer).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import RESULTS, command, machine, write_json  # noqa: E402
+from pixelcnn_mnist import architecture  # noqa: E402
 from refgen import models  # noqa: E402
 from refgen.autograd import Tensor  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
@@ -55,13 +57,16 @@ def matmul_gflops(n=1024, repeat=5):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--channels", type=int, default=32)
-    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--channels", type=int, default=None, help="default: the model's")
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--first-kernel", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()
     shape = (1, 28, 28)
-    model = models.create("gated-pixelcnn", data_shape=shape, channels=args.channels,
-                          layers=args.layers)
+    given = {"channels": args.channels, "layers": args.layers, "first_kernel": args.first_kernel}
+    model = models.create("gated-pixelcnn", data_shape=shape,
+                          **{k: v for k, v in given.items() if v is not None})
+    arch = architecture(model)
     opt = Adam(list(model.parameters()), lr=1e-3)
     x = (np.random.default_rng(0).random((args.batch_size,) + shape) < 0.2).astype(np.float32)
     batch = Batch(Tensor(x), None)
@@ -92,10 +97,11 @@ def main():
 
     macs = conv_macs_per_pixel(model)
     paper = conv_macs_per_pixel(models.create("gated-pixelcnn", data_shape=shape, channels=128,
-                                              layers=15))
+                                              layers=15, first_kernel=7))
     step_s = statistics.median(times)
     flops = 3 * 2 * macs * 28 * 28 * args.batch_size
-    out = {"model": f"gated-pixelcnn, {args.layers} layers, {args.channels} channels",
+    out = {"model": (f"gated-pixelcnn, {arch['depth']} layers, {arch['channels']} channels, "
+                     f"{arch['first_kernel']}x{arch['first_kernel']} first layer"),
            "parameters": model.num_parameters(), "batch_size": args.batch_size,
            "step_s_median": round(step_s, 4), "conv_macs_per_pixel": macs,
            "conv_gflop_per_step": round(flops / 1e9, 2),

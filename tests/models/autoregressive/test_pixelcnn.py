@@ -10,7 +10,7 @@ from refgen.models.autoregressive import pixelcnn_mask
 from refgen.testing import check_vjp
 
 SMALL = {"pixelcnn": dict(channels=8, blocks=2, head_channels=8),
-         "gated-pixelcnn": dict(channels=8, layers=3, head_channels=8)}
+         "gated-pixelcnn": dict(channels=8, layers=3, first_kernel=7, head_channels=8)}
 
 
 def _logit_jacobian(ar, model, shape):
@@ -81,6 +81,30 @@ def test_gated_pixelcnn_sees_every_earlier_pixel(ar):
     earlier = np.arange(25)[None, :] < np.arange(25)[:, None]
     assert np.all(jac[~earlier] == 0.0)   # j >= i: exactly zero
     assert np.all(jac[earlier] > 0.0)     # j < i: every one reaches i (no blind spot)
+
+
+@pytest.mark.parametrize("k,layers,size", [(3, 1, 5), (11, 1, 5), (3, 2, 7), (5, 3, 9)])
+def test_gated_receptive_field(ar, k, layers, size):
+    """A k x k first layer (r = k//2) and then L - 1 3x3 layers see exactly r + L rows above,
+    r + L - 1 columns either side of them, and r + L - 1 pixels to the left: one layer sees
+    r + 1 rows (the vertical kernel's r and its own, shifted down one), and each 3x3 layer
+    adds a row, a column each side and a pixel to the left. So the reach of a shallow stack is
+    set by its first layer: the benchmark's 27 on 28x28 sees 14 rows above from layer one.
+    A first kernel wider than the image (11 on 5x5) is still exactly autoregressive, and then
+    one layer alone sees every earlier pixel."""
+    n = size * size
+    model = create("gated-pixelcnn", data_shape=(1, size, size), seed=0, channels=8,
+                   layers=layers, first_kernel=k, head_channels=16)
+    jac = _logit_jacobian(ar, model, (1, size, size))                 # (n out, n in)
+    rows, cols = np.divmod(np.arange(n), size)
+    dr, dc = rows[None, :] - rows[:, None], cols[None, :] - cols[:, None]
+    r, grow = k // 2, layers - 1
+    reach = (((dr < 0) & (-dr <= r + 1 + grow) & (np.abs(dc) <= r + grow))
+             | ((dr == 0) & (dc < 0) & (-dc <= r + grow)))
+    earlier = np.arange(n)[None, :] < np.arange(n)[:, None]
+    assert np.all(jac[~earlier] == 0.0)
+    np.testing.assert_array_equal(jac > 0, reach)
+    assert np.array_equal(reach, earlier) == (k == 11)   # only 11 on 5x5 covers the whole past
 
 
 def test_colour_channels_are_ordered_within_a_pixel(ar):
