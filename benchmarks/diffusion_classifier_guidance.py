@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import RESULTS, command, machine, write_json  # noqa: E402
-from diffusion_mnist import _fid, _fid_floor, _grid, _tradeoff_plot, train_in_chunks  # noqa: E402
+from common import RESULTS, command  # noqa: E402
+from diffusion_mnist import _fid, _fid_floor, _grid, _save, _tradeoff_plot, train_in_chunks  # noqa: E402
 from refgen import backend, data, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.cli import load_run, parse_sets  # noqa: E402
@@ -148,15 +148,6 @@ def evaluate(args):
     _tradeoff_plot(res["scales"], RESULTS / f"{tag}_tradeoff.png", xlabel="classifier scale s")
     res["fid_real_floor"] = _fid_floor(name, [args.n])
     _save(res, tag)
-
-
-def _save(res, tag):
-    res["eval_wall_s"] = round(time.perf_counter() - T0, 1)
-    res["machine"] = machine()
-    write_json(RESULTS / f"{tag}.json", res)
-
-
-T0 = time.perf_counter()
 
 
 def main():
