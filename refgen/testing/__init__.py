@@ -25,7 +25,9 @@ active and so test the GPU path too. To pin a block of a test to one backend use
         ...
 
 Inside pytest, ``on_backend("cupy")`` skips the test (with the reason) where CuPy or a GPU
-is missing instead of failing it.
+is missing instead of failing it. Without a GPU, ``refgen.testing.strict_device.strict_device()``
+runs a block on a stand-in device backend that raises where CuPy would on host/device
+mixing (see its docstring).
 """
 import contextlib
 import sys
