@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["xp", "name", "to_numpy", "asarray", "default_rng", "scatter_add",
+__all__ = ["xp", "name", "to_numpy", "asarray", "copy_to_active", "default_rng", "scatter_add",
            "use_backend", "BackendError", "is_array", "erf"]
 
 
@@ -105,6 +105,14 @@ def is_array(a) -> bool:
 def asarray(a, dtype=None):
     """An array on the active backend."""
     return _module.asarray(a, dtype=dtype)
+
+
+def copy_to_active(a, dtype=None):
+    """A copy of array ``a`` (host or device) on the active backend, never sharing memory
+    with ``a``: what ``load_state_dict`` (modules, optimizers, EMA) and ``Module.to`` store."""
+    if _module is np:
+        a = to_numpy(a)
+    return _module.array(a, dtype=dtype, copy=True)
 
 
 def to_numpy(a) -> np.ndarray:

@@ -26,12 +26,6 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm_", "EMA", "linea
            "cosine_schedule", "LRScheduler"]
 
 
-def _copy_to_active(a, dtype=None):
-    if backend.name() == "numpy":
-        a = backend.to_numpy(a)
-    return xp.array(a, dtype=dtype, copy=True)
-
-
 class Optimizer:
     """Holds the parameter list, the learning rate ``lr`` (schedules set it) and per-parameter
     state; subclasses implement ``_update(p, g, state)`` for one parameter."""
@@ -101,7 +95,7 @@ class Optimizer:
             if tuple(v.shape) != tuple(p.shape):
                 raise ValueError(f"optimizer state {key!r} has shape {tuple(v.shape)} but "
                                  f"parameter {i} has shape {tuple(p.shape)}")
-            new[i][name] = _copy_to_active(v, dtype=p.dtype)
+            new[i][name] = backend.copy_to_active(v, dtype=p.dtype)
         self.state = new
         if "step" in state:
             self.step_count = int(backend.to_numpy(state["step"]))
@@ -284,7 +278,7 @@ class EMA:
             if tuple(v.shape) != tuple(self.shadow[k].shape):
                 raise ValueError(f"EMA state for {k!r} has shape {tuple(v.shape)}, "
                                  f"expected {tuple(self.shadow[k].shape)}")
-            self.shadow[k] = _copy_to_active(v, dtype=self.shadow[k].dtype)
+            self.shadow[k] = backend.copy_to_active(v, dtype=self.shadow[k].dtype)
         if "num_updates" in state:
             self.num_updates = int(backend.to_numpy(state["num_updates"]))
         if "decay" in state:

@@ -37,13 +37,6 @@ class LoadResult(NamedTuple):
     unexpected_keys: list
 
 
-def _to_active(a, dtype=None):
-    """A copy of array ``a`` on the active backend (host <-> device as needed)."""
-    if backend.name() == "numpy":
-        a = backend.to_numpy(a)
-    return xp.array(a, dtype=dtype, copy=True)
-
-
 class Module:
     """Base class of layers and models; subclasses define ``forward``."""
 
@@ -264,7 +257,7 @@ class Module:
             value = state[name]
             value = value.data if isinstance(value, Tensor) else value
             cur = current(m, store, k)
-            new = _to_active(value, dtype=None if cur is None else cur.dtype)
+            new = backend.copy_to_active(value, dtype=None if cur is None else cur.dtype)
             if store == "_parameters":
                 m._parameters[k].data = new
             else:
@@ -276,7 +269,7 @@ class Module:
         active backend), casting floating arrays to ``dtype`` when given."""
         def move(a):
             want = dtype if (dtype is not None and a.dtype.kind == "f") else a.dtype
-            return _to_active(a, dtype=want)
+            return backend.copy_to_active(a, dtype=want)
 
         def run():
             for m in self.modules():
