@@ -229,3 +229,15 @@ def test_one_hot_reads_levels_as_categories_not_numbers():
     np.testing.assert_array_equal(later[0], later[1])
     np.testing.assert_array_equal(later[0], later[3])
     assert np.abs(later[2] - later[0]).max() > 1e-4
+
+
+def test_evaluation_draws_few_samples():
+    """Sampling costs H * W passes: evaluate() must not draw its default 10,000 (hours on a
+    28x28 model); the pixel models ask for 100, and the FID is computed from them."""
+    from refgen.data import Dataset
+    from refgen.metrics import evaluate
+    x = (np.random.default_rng(0).random((8, 1, 14, 14)) < 0.3).astype(np.float32)
+    ds = Dataset("mnist-binary", "test", x, None, "binary", (1, 14, 14), value_range=(0.0, 1.0))
+    model = create("gated-pixelcnn", data_shape=ds.shape, seed=0, **SMALL["gated-pixelcnn"])
+    out = evaluate(model, ds)
+    assert out["fid_n_samples"] == 100 and np.isfinite(out["fid_mnist"])
