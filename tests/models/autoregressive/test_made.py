@@ -196,3 +196,15 @@ def test_ensemble_samples_follow_the_mixture(ar):
     counts = np.bincount(ar.config_index(s), minlength=512)
     pval, dof = ar.chi_square_pvalue(counts, p / p.sum())
     assert dof > 20 and pval > 1e-3, (pval, dof)
+
+
+def test_image_evaluation_draws_1000_samples():
+    """One pass per pixel: evaluate() draws 1,000 samples of an image MADE for its FID, not
+    its default 10,000; 2D data keeps the default."""
+    from refgen.data import Dataset
+    from refgen.metrics import evaluate
+    x = (np.random.default_rng(0).random((8, 1, 14, 14)) < 0.3).astype(np.float32)
+    ds = Dataset("mnist-binary", "test", x, None, "binary", (1, 14, 14), value_range=(0.0, 1.0))
+    out = evaluate(create("made", data_shape=ds.shape, seed=0, hidden=(16,)), ds)
+    assert out["fid_n_samples"] == 1000 and np.isfinite(out["fid_mnist"])
+    assert not hasattr(create("made", data_shape=(2,), seed=0, hidden=(8,)), "eval_samples")
