@@ -240,6 +240,18 @@ class _Progress:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
+    @contextlib.contextmanager
+    def stage(self, what: str):
+        """One line for work after the last step (evaluation, samples): what, then its time."""
+        if self.enabled:
+            sys.stderr.write(f"{what} ...")
+            sys.stderr.flush()
+        t = time.perf_counter()
+        yield
+        if self.enabled:
+            sys.stderr.write(f" {time.perf_counter() - t:.1f} s\n")
+            sys.stderr.flush()
+
 
 def _truncate_log(path: Path, step: int):
     """Drop log lines past ``step`` (written after the checkpoint we resume from)."""
@@ -385,12 +397,16 @@ def train(model, dataset, *, steps: int, batch_size: int, lr: float, seed: int =
         final_loss = lines[-1]["loss"] if lines else None
     metrics = {"steps": step, "wall_s": round(wall, 3), "backend": backend.name(),
                "loss": final_loss}
-    metrics.update(evaluate())
+    if eval_fn is not None and test_dataset is not None:
+        with bar.stage("evaluating on the test set"):
+            metrics.update(evaluate())
     _write_json(out / "metrics.json", metrics)
     if samples:
         saved_rng = model.rng
         try:
-            with ema_weights(model, ema):
+            drawing = (bar.stage(f"drawing samples -> {out / 'samples.png'}")
+                       if dataset.kind != "categorical" else contextlib.nullcontext())  # text: none
+            with ema_weights(model, ema), drawing:
                 ref = dataset.x[:2000] if tuple(dataset.shape) == (2,) else None
                 write_samples(model, out / "samples.png", reference=ref, **data_facts(dataset))
         finally:

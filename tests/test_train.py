@@ -194,6 +194,18 @@ def test_progress_lines_when_not_a_terminal(tmp_path, capsys):
     assert "steps/s" in lines[-1] and "ETA" in lines[-1] and "\r" not in err
 
 
+def test_work_after_the_last_step_gets_a_line_each(tmp_path, capsys):
+    ds = _small_noisy_data()
+    _run(GaussianMixture((2,)), ds, tmp_path, 10, progress=True, samples=True, test_dataset=ds,
+         eval_fn=lambda m, t: {"test_nll_nats": 1.0})
+    lines = [x for x in capsys.readouterr().err.splitlines() if x]
+    assert lines[-2].startswith("evaluating on the test set ... ") and lines[-2].endswith(" s")
+    assert lines[-1].startswith(f"drawing samples -> {tmp_path / 'samples.png'} ... ")
+    _run(GaussianMixture((2,)), ds, tmp_path, 10, progress=False, samples=True, test_dataset=ds,
+         eval_fn=lambda m, t: {})
+    assert capsys.readouterr().err == ""
+
+
 def test_bad_arguments(tmp_path):
     ds = _small_noisy_data()
     with pytest.raises(ValueError, match="optimizer"):
