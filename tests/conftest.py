@@ -6,6 +6,8 @@ Environment:
   REFGEN_DATA_DIR      directory holding the four MNIST .gz files.
   REFGEN_REQUIRE_DATA  '1' turns a missing MNIST directory from a skip into a failure (CI).
   OPENBLAS_NUM_THREADS defaults to 1 for the tests (small arrays).
+  REFGEN_STRICT_DEVICE '1' runs the whole suite on refgen.testing.strict_device's stand-in
+                       GPU backend, which raises where CuPy would on host/device mixing.
 """
 import os
 
@@ -16,6 +18,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
+
+
+def pytest_configure(config):
+    if os.environ.get("REFGEN_STRICT_DEVICE") == "1":
+        from refgen import backend
+        from refgen.testing.strict_device import make_module
+        backend._module = make_module()
+
 
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.register_profile("ci", derandomize=True, max_examples=25, deadline=None, print_blob=True)

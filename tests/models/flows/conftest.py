@@ -11,7 +11,7 @@ import pytest
 import refgen
 from refgen import optim
 from refgen.autograd import Tensor, no_grad
-from refgen.backend import to_numpy
+from refgen.backend import asarray, to_numpy
 from refgen.models.base import Batch
 
 
@@ -21,7 +21,7 @@ def randomize(module, seed=0, scale=0.3):
     mark ActNorm layers initialised; returns the module."""
     rng = np.random.default_rng(seed)
     for p in module.parameters():
-        p.data = p.data + scale * rng.standard_normal(p.shape).astype(p.dtype)
+        p.data = p.data + asarray(scale * rng.standard_normal(p.shape).astype(p.dtype))
     for m in module.modules():
         if "initialized" in m._buffers:
             m.initialized = np.ones((), dtype=np.int8)
