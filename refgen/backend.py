@@ -128,11 +128,14 @@ def default_rng(seed=None):
     """A random generator of the active backend (``numpy.random.Generator`` on NumPy).
 
     Parameters are always initialised from a NumPy generator (so CPU and GPU start
-    identical); this one is for noise drawn inside training and sampling.
+    identical); this one is for noise drawn inside training and sampling. A generator of
+    the active backend passes through. A NumPy generator passes through on NumPy; on a GPU
+    it seeds a device generator with one draw (its noise would be host arrays there).
     """
-    if isinstance(seed, (np.random.Generator,)) or (
-            _module is not np and isinstance(seed, _module.random.Generator)):
+    if _module is not np and isinstance(seed, _module.random.Generator):
         return seed
+    if isinstance(seed, np.random.Generator):
+        return seed if _module is np else _module.random.default_rng(int(seed.integers(2 ** 63)))
     return _module.random.default_rng(seed)
 
 

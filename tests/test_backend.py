@@ -129,6 +129,22 @@ def test_to_numpy_and_array_helpers():
     assert is_array(xp.ones(1)) and is_array(a) and not is_array([1.0])
 
 
+def test_a_numpy_generator_seeds_a_device_generator():
+    """sample(rng=np.random.default_rng(0)) must not hand host noise to a GPU model: on a
+    device backend a NumPy generator seeds a device one with one draw."""
+    from refgen.testing.strict_device import DeviceArray, strict_device
+    with strict_device():
+        host = np.random.default_rng(3)
+        g = default_rng(host)
+        assert isinstance(g.standard_normal(4), DeviceArray) and default_rng(g) is g
+        assert host.integers(2 ** 63) == np.random.default_rng(3).integers(2 ** 63, size=2)[1]
+        a = to_numpy(default_rng(np.random.default_rng(3)).standard_normal(4))
+        np.testing.assert_array_equal(a, to_numpy(default_rng(np.random.default_rng(3)).standard_normal(4)))
+    with use_backend("numpy"):
+        host = np.random.default_rng(3)
+        assert default_rng(host) is host
+
+
 def test_copy_to_active_copies_onto_the_active_backend():
     from refgen.backend import copy_to_active
     from refgen.testing.strict_device import DeviceArray, strict_device
@@ -149,5 +165,5 @@ def test_copy_to_active_copies_onto_the_active_backend():
 def test_default_rng_is_seeded_and_passes_generators_through():
     a = to_numpy(default_rng(5).standard_normal(4))
     np.testing.assert_array_equal(a, to_numpy(default_rng(5).standard_normal(4)))
-    g = np.random.default_rng(1)
-    assert default_rng(g) is g
+    g = default_rng(1)
+    assert default_rng(g) is g                      # a generator of the active backend

@@ -10,6 +10,7 @@ from refgen.autograd import Tensor, no_grad
 from refgen.models import create, get
 from refgen.models.autoregressive import (MADE, ensemble_log_prob, ensemble_sample,
                                           made_degrees, made_masks)
+from refgen.backend import to_numpy, use_backend
 from refgen.testing import check_vjp
 
 
@@ -18,11 +19,12 @@ def test_registered():
 
 
 def test_degree_rule():
-    deg = made_degrees(5, [7, 6], order=[2, 0, 4, 1, 3], rng=np.random.default_rng(1))
+    raw = made_degrees(5, [7, 6], order=[2, 0, 4, 1, 3], rng=np.random.default_rng(1))
+    deg = [to_numpy(d) for d in raw]
     np.testing.assert_array_equal(deg[0], [2, 4, 1, 5, 3])  # order[r] gets degree r + 1
     for lower, upper in zip(deg[:-1], deg[1:]):
         assert upper.min() >= min(lower.min(), 4) and upper.max() <= 4  # in [min below, D-1]
-    masks = made_masks(deg, out_per_dim=2)
+    masks = [to_numpy(m) for m in made_masks(raw, out_per_dim=2)]
     assert [m.shape for m in masks] == [(7, 5), (6, 7), (10, 6)]
     # the product of the masks counts paths; input j reaches output d only if m(j) < m(d)
     paths = masks[2] @ masks[1] @ masks[0]                      # (D*K, D)
@@ -48,12 +50,13 @@ def test_autoregressive_property_through_autograd(ar, num_masks):
 
 
 def test_made_vjp_float64():
-    net = MADE(4, (8,), out_per_dim=3, num_masks=2, rng=3, dtype=np.float64)
-    ctx = MADE(4, (8,), out_per_dim=1, cond_features=2, rng=3, dtype=np.float64)
-    x = np.random.default_rng(1).standard_normal((3, 4))
-    c = np.random.default_rng(2).standard_normal((3, 2))
-    check_vjp(lambda t: net(t, mask=1), [x])
-    check_vjp(lambda t, u: ctx(t, context=u), [x, c])
+    with use_backend("numpy"):  # the finite differences run on NumPy: build the nets there
+        net = MADE(4, (8,), out_per_dim=3, num_masks=2, rng=3, dtype=np.float64)
+        ctx = MADE(4, (8,), out_per_dim=1, cond_features=2, rng=3, dtype=np.float64)
+        x = np.random.default_rng(1).standard_normal((3, 4))
+        c = np.random.default_rng(2).standard_normal((3, 2))
+        check_vjp(lambda t: net(t, mask=1), [x])
+        check_vjp(lambda t, u: ctx(t, context=u), [x, c])
 
 
 @pytest.mark.parametrize("num_masks", [1, 4])
@@ -73,12 +76,12 @@ def test_ensemble_is_log_mean_exp_of_masks(ar):
     ar.train_briefly(model, ar.target_data(), steps=20)
     x = ar.all_binary((1, 3, 3))[::7]
     with no_grad():
-        per = np.stack([model.log_prob_mask(x, m).data for m in range(3)]).astype(np.float64)
-        ens = model.log_prob(x).data
+        per = np.stack([to_numpy(model.log_prob_mask(x, m)) for m in range(3)]).astype(np.float64)
+        ens = to_numpy(model.log_prob(x))
     want = np.log(np.exp(per).mean(0))
     np.testing.assert_allclose(ens, want, rtol=1e-5, atol=1e-5)
     with no_grad():  # averaging logits instead would give a different (unnormalised) model
-        logits = np.mean([model.net(F.reshape(Tensor(x), (len(x), 9)), mask=m).data[..., 0]
+        logits = np.mean([to_numpy(model.net(F.reshape(Tensor(x), (len(x), 9)), mask=m))[..., 0]
                           for m in range(3)], axis=0)
     avg_logit = -np.sum(np.logaddexp(0, -np.where(x.reshape(len(x), 9) > 0, logits, -logits)), 1)
     assert np.max(np.abs(avg_logit - want)) > 1e-3
@@ -90,13 +93,13 @@ def test_ensemble_of_separate_models_is_a_normalised_mixture(ar):
     (Jensen), and a model ensembled with itself is that model."""
     a = create("made", data_shape=(1, 3, 3), seed=3, hidden=(32,))
     b = create("made", data_shape=(1, 3, 3), seed=4, hidden=(32,), order="reverse")
-    np.testing.assert_array_equal(b.net.orders[0], np.arange(9)[::-1])
+    np.testing.assert_array_equal(to_numpy(b.net.orders[0]), np.arange(9)[::-1])
     for m in (a, b):
         ar.train_briefly(m, ar.target_data(), steps=40)
     x = ar.all_binary((1, 3, 3))
     with no_grad():
-        ens = ensemble_log_prob([a, b], x).data.astype(np.float64)
-        self_ens = ensemble_log_prob([a, a], x).data.astype(np.float64)
+        ens = to_numpy(ensemble_log_prob([a, b], x)).astype(np.float64)
+        self_ens = to_numpy(ensemble_log_prob([a, a], x)).astype(np.float64)
     la, lb = ar.log_probs(a, x), ar.log_probs(b, x)
     assert abs(np.exp(ens).sum() - 1.0) < 1e-5
     np.testing.assert_allclose(ens, np.log(0.5 * (np.exp(la) + np.exp(lb))), rtol=1e-5, atol=1e-5)
@@ -154,7 +157,7 @@ def test_masks_never_connect_a_dimension_to_itself_or_later(d, hidden, seed, k):
     deg = made_degrees(d, hidden, order=order, rng=rng)
     paths = np.eye(d)
     for m in made_masks(deg, out_per_dim=k):
-        paths = m @ paths                                           # (D*K, D) at the end
+        paths = to_numpy(m) @ paths                                 # (D*K, D) at the end
     rank = np.empty(d, dtype=int)
     rank[order] = np.arange(d)
     later = np.repeat(rank, k)[:, None] <= rank[None, :]
@@ -164,8 +167,8 @@ def test_masks_never_connect_a_dimension_to_itself_or_later(d, hidden, seed, k):
 def test_connectivity_agnostic_masks_share_the_natural_order(ar):
     model = create("made", data_shape=(1, 3, 3), seed=0, hidden=(32,), num_masks=3,
                    random_order=False)
-    np.testing.assert_array_equal(model.net.orders, np.tile(np.arange(9), (3, 1)))
-    first = model.net.layers[0].mask
+    np.testing.assert_array_equal(to_numpy(model.net.orders), np.tile(np.arange(9), (3, 1)))
+    first = to_numpy(model.net.layers[0].mask)
     assert not np.array_equal(first[0], first[1])          # different hidden degrees
     assert abs(np.exp(ar.log_probs(model, ar.all_binary((1, 3, 3)))).sum() - 1.0) < 1e-5
 
@@ -190,8 +193,8 @@ def test_ensemble_samples_follow_the_mixture(ar):
     ar.train_briefly(a, ar.target_data(), steps=40)
     ar.train_briefly(b, ar.target_data(seed=1), steps=40)  # a different target: a real mixture
     with no_grad():
-        p = np.exp(ensemble_log_prob([a, b], ar.all_binary((1, 3, 3))).data.astype(np.float64))
-    s = ensemble_sample([a, b], 20000, rng=np.random.default_rng(5))
+        p = np.exp(to_numpy(ensemble_log_prob([a, b], ar.all_binary((1, 3, 3)))).astype(np.float64))
+    s = to_numpy(ensemble_sample([a, b], 20000, rng=np.random.default_rng(5)))
     assert s.shape == (20000, 1, 3, 3)
     counts = np.bincount(ar.config_index(s), minlength=512)
     pval, dof = ar.chi_square_pvalue(counts, p / p.sum())
