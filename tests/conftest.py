@@ -50,3 +50,14 @@ def require_mnist_dir():
 def mnist_dir():
     """Path of the directory holding the real MNIST files (see require_mnist_dir)."""
     return require_mnist_dir()
+
+
+@pytest.fixture(scope="module")
+def numpy_backend():
+    """Pin a module to NumPy (``pytestmark = pytest.mark.usefixtures("numpy_backend")``): for
+    the closed-form oracles of the math, which compare against NumPy results in float64, as
+    the finite-difference checks do. The models themselves are checked on the device by
+    tests/test_strict_device.py."""
+    from refgen.backend import use_backend
+    with use_backend("numpy"):
+        yield

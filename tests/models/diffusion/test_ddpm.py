@@ -7,6 +7,7 @@ import pytest
 
 from refgen import models
 from refgen.autograd import Tensor
+from refgen.backend import asarray, to_numpy
 from refgen.models.base import Batch, constructor_kwargs
 from refgen.models.diffusion import DDPM, NoisyClassifier
 from refgen.models.diffusion.process import interpret, score_from_eps
@@ -71,7 +72,7 @@ def test_classifier_guidance_of_the_unconditional_mode():
     exactly the conditional one); at scale > 0 the classifier moves the samples."""
     m = DDPM((1, 8, 8), num_classes=3, T=30, channels=8, num_res_blocks=1)
     for p in m.parameters():  # a non-zero output head, so that labels change eps
-        p.data += 0.05 * np.random.default_rng(1).standard_normal(p.data.shape).astype(p.data.dtype)
+        p.data += asarray(0.05 * np.random.default_rng(1).standard_normal(p.data.shape).astype(p.data.dtype))
     clf = NoisyClassifier((1, 8, 8), 3, T=30, channels=8)
     y = np.array([0, 1, 2])
     kw = dict(rng=5, steps=4, threshold=None)
@@ -101,24 +102,25 @@ def test_sampling_variance_override_equals_a_model_built_with_it():
 
 
 def test_thresholding():
-    x0 = np.array([[0.5, -0.2, 0.1], [3.0, -1.5, 0.2]])
-    np.testing.assert_array_equal(threshold_x0(x0, "static"), np.clip(x0, -1, 1))
-    d = threshold_x0(x0, "dynamic", percentile=1.0)
-    np.testing.assert_allclose(d[0], x0[0])                              # |x0| <= 1: unchanged
-    np.testing.assert_allclose(d[1], x0[1] / 3.0)                        # s = 3: rescaled
+    host = np.array([[0.5, -0.2, 0.1], [3.0, -1.5, 0.2]])
+    x0 = asarray(host)
+    np.testing.assert_array_equal(to_numpy(threshold_x0(x0, "static")), np.clip(host, -1, 1))
+    d = to_numpy(threshold_x0(x0, "dynamic", percentile=1.0))
+    np.testing.assert_allclose(d[0], host[0])                            # |x0| <= 1: unchanged
+    np.testing.assert_allclose(d[1], host[1] / 3.0)                      # s = 3: rescaled
     assert threshold_x0(x0, None) is x0
 
 
 def test_score_is_eq21_in_data_space():
     m = DDPM((2,), T=100, data_scale=2.0, hidden=8, depth=1)
     for p in m.parameters():
-        p.data = np.random.default_rng(0).normal(0, 0.3, p.shape).astype(np.float32)
-    x = np.random.default_rng(1).standard_normal((5, 2)).astype(np.float32)
+        p.data = asarray(np.random.default_rng(0).normal(0, 0.3, p.shape).astype(np.float32))
+    x = asarray(np.random.default_rng(1).standard_normal((5, 2)).astype(np.float32))
     z = x / 2.0
-    out = m.net(Tensor(z), np.full(5, 40)).data
+    out = m.net(Tensor(z), asarray(np.full(5, 40))).data
     pred = interpret(out, z, 40, m.schedule)
-    np.testing.assert_allclose(m.score(x, 40).data, score_from_eps(m.schedule, z, 40, pred.eps) / 2,
-                               rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(m.score(x, 40)),
+                               to_numpy(score_from_eps(m.schedule, z, 40, pred.eps) / 2), rtol=1e-5)
 
 
 def test_short_training_learns_the_noise(tmp_path):

@@ -6,13 +6,16 @@ import pytest
 from hypothesis import given, strategies as st
 
 import refgen
+from refgen.backend import use_backend
 from refgen.autograd import Tensor
 from refgen.distributions import DiscretizedGaussian, kl_normal_logvar
 from refgen.models.diffusion.losses import (eps_weight, hybrid_loss, prior_kl, vlb, vlb_term)
 from refgen.models.diffusion.process import Prediction, interpret, q_sample
 from refgen.models.diffusion.schedule import make_schedule
 
-SCH = make_schedule("linear", 1000)
+with use_backend("numpy"):
+    SCH = make_schedule("linear", 1000)
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed-form oracles: float64 NumPy
 
 
 @given(t=st.integers(2, 1000), variance=st.sampled_from(["beta", "beta_tilde"]),

@@ -12,15 +12,19 @@ r_k the posterior responsibilities; the exact classifier is p(k | x_t) = r_k(x_t
 import math
 
 import numpy as np
+import pytest
 
 import refgen.functional as F
+from refgen.backend import use_backend
 from refgen.autograd import Tensor
 from refgen.models.diffusion.guidance import (cfg_eps, classifier_guided_eps, log_prob_grad)
 from refgen.models.diffusion.process import interpret, score_from_eps
 from refgen.models.diffusion.sampling import sample_loop
 from refgen.models.diffusion.schedule import make_schedule
 
-SCH = make_schedule("linear", 1000)
+with use_backend("numpy"):
+    SCH = make_schedule("linear", 1000)
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed-form oracles: float64 NumPy
 MU = np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]])
 S = np.array([0.3, 0.3, 0.3])
 PI = np.array([0.5, 0.3, 0.2])

@@ -1,14 +1,18 @@
 """The forward process and its posterior, eqs. (1), (3), (9)-(12), checked against results
 computed independently (composition and products of Gaussians, simulation)."""
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 
+from refgen.backend import use_backend
 from refgen.models.diffusion.process import (eps_from_x0, interpret, mean_from_eps, q_posterior,
                                              q_sample, q_step, v_from, x0_eps_from_v,
                                              x0_from_eps)
 from refgen.models.diffusion.schedule import make_schedule
 
-SCH = {k: make_schedule(k, 1000) for k in ("linear", "cosine")}
+with use_backend("numpy"):
+    SCH = {k: make_schedule(k, 1000) for k in ("linear", "cosine")}
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed-form oracles: float64 NumPy
 
 
 @given(kind=st.sampled_from(["linear", "cosine"]), t=st.integers(1, 999))

@@ -9,6 +9,8 @@ from hypothesis import given, strategies as st
 from refgen.models.diffusion.schedule import (Schedule, cosine_betas, linear_betas,
                                               make_schedule, strided_timesteps)
 
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed-form oracles: float64 NumPy
+
 
 def test_linear_alpha_bar_T():
     sch = make_schedule("linear", 1000)
