@@ -12,6 +12,9 @@ from refgen.functional import conv as conv_module
 from refgen.testing import check_grads
 
 
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
+
+
 # --- direct definitions (loops over output positions and kernel offsets) -------------------
 
 def ref_conv2d(x, w, b, stride, padding, dilation, groups):

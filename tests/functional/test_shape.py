@@ -329,7 +329,10 @@ def _bind(case, kw):
 def test_forward_matches_numpy(case, data):
     xs, kw = data.draw(case.inputs)
     f, ref = _bind(case, kw)
-    check_forward(f, ref, xs, rtol=0, atol=0)  # data movement and sums of few terms: exact
+    # data movement is exact; sum_to adds its terms in another order than the reference
+    # (found by hypothesis: 6 equal terms, 1.8e-15 apart), so it gets a rounding tolerance
+    tol = 1e-13 if case.name == "sum_to" else 0.0
+    check_forward(f, ref, xs, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

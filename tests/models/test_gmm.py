@@ -13,6 +13,9 @@ from refgen.models.baseline.gmm import GaussianMixture
 from refgen.testing import check_grads
 
 
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
+
+
 def _set(model, logits, mu, log_sigma):
     model.load_state_dict({"logits": logits, "mu": mu, "log_sigma": log_sigma})
 

@@ -9,6 +9,9 @@ from refgen import nn
 from refgen.autograd import Tensor, no_grad
 from refgen.testing import check_grads
 
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
+
 f64 = np.float64
 
 

@@ -8,6 +8,9 @@ from refgen.models.flows import (AdditiveCoupling, AffineCoupling, DiagonalScali
 from refgen.models.flows.nets import ConvNet, MLP
 
 
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
+
+
 def test_masks():
     np.testing.assert_array_equal(checkerboard_mask((4,)), [0, 1, 0, 1])
     np.testing.assert_array_equal(checkerboard_mask((4,), 1), [1, 0, 1, 0])

@@ -16,6 +16,9 @@ from refgen.models.flows.nets import ConvNet, MLP
 from refgen.testing import check_vjp
 
 
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
+
+
 def _multiscale():
     # (1, 4, 4) -> squeeze (4, 2, 2) -> coupling -> split: (2, 2, 2) out with the learned
     # prior, (2, 2, 2) on through a checkerboard coupling, then flat: 16 in all

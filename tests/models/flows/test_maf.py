@@ -1,9 +1,13 @@
 """MAF: density in one MADE pass, sampling in D passes, and the two agree."""
 import numpy as np
+import pytest
 
 from refgen.autograd import Tensor
 from refgen.backend import default_rng, to_numpy
 from refgen.models.flows import MAF, AutoregressiveAffine
+
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
 
 def test_samples_pushed_back_through_the_density_pass_give_the_base_noise(fl):

@@ -4,6 +4,7 @@ ELBO identity, the tightness of the ELBO and the IWAE limit can be checked to th
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 
 from refgen import optim
@@ -12,6 +13,9 @@ from refgen.backend import default_rng
 from refgen.models import create
 from refgen.models.base import Batch
 from refgen.models.vae import LinearAutoencoder, LinearGaussianVAE, ppca_mle
+
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
 D, d = 5, 2
 

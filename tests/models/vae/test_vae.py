@@ -18,6 +18,9 @@ from refgen.models.base import Batch, constructor_kwargs, hyperparameters
 from refgen.models.vae import VAE, LinearGaussianVAE
 from refgen.testing import check_grads
 
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
+
 IMG = (1, 6, 6)
 
 

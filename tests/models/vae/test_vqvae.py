@@ -14,6 +14,9 @@ from refgen.models import create
 from refgen.models.base import Batch
 from refgen.models.vae import nearest_code, perplexity
 
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
+
 IMG = (1, 8, 8)  # -> a 2 x 2 code grid
 
 
