@@ -247,10 +247,12 @@ class _Progress:
             sys.stderr.write(f"{what} ...")
             sys.stderr.flush()
         t = time.perf_counter()
-        yield
-        if self.enabled:
-            sys.stderr.write(f" {time.perf_counter() - t:.1f} s\n")
-            sys.stderr.flush()
+        try:
+            yield
+        finally:  # ends the line even when the work fails, so the traceback starts clean
+            if self.enabled:
+                sys.stderr.write(f" {time.perf_counter() - t:.1f} s\n")
+                sys.stderr.flush()
 
 
 def _truncate_log(path: Path, step: int):

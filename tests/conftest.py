@@ -54,10 +54,10 @@ def mnist_dir():
 
 @pytest.fixture(scope="module")
 def numpy_backend():
-    """Pin a module to NumPy (``pytestmark = pytest.mark.usefixtures("numpy_backend")``): for
-    the closed-form oracles of the math, which compare against NumPy results in float64, as
-    the finite-difference checks do. The models themselves are checked on the device by
-    tests/test_strict_device.py."""
+    """Pin a module to NumPy (``pytestmark = pytest.mark.usefixtures("numpy_backend")``), for
+    modules made only of closed-form oracles compared with NumPy in float64; a single such
+    test in a mixed module takes ``@refgen.testing.on_backend("numpy")`` instead. The models
+    themselves are checked on the device by tests/test_strict_device.py."""
     from refgen.backend import use_backend
     with use_backend("numpy"):
         yield

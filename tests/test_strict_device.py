@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from refgen import backend, models
-from refgen.backend import use_backend
 from refgen.autograd import Tensor, no_grad
+from refgen.backend import use_backend
 from refgen.data import Dataset
 from refgen.data.datasets import value_range
 from refgen.testing.strict_device import DeviceArray, HostDeviceMix, strict_device

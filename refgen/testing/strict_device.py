@@ -147,10 +147,11 @@ class _Namespace(types.ModuleType):
             return self._overrides[attr]
         value = getattr(self._target, attr)
         if isinstance(value, types.ModuleType):
-            return _Namespace(f"{self.__name__}.{attr}", value)
-        if isinstance(value, type) or not callable(value):
-            return value
-        return _device_function(value, attr)
+            value = _Namespace(f"{self.__name__}.{attr}", value)
+        elif callable(value) and not isinstance(value, type):
+            value = _device_function(value, attr)
+        setattr(self, attr, value)  # wrapped once: later lookups skip __getattr__
+        return value
 
 
 class _Generator:

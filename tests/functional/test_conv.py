@@ -9,10 +9,8 @@ from hypothesis import given, strategies as st
 import refgen
 import refgen.functional as F
 from refgen.functional import conv as conv_module
-from refgen.testing import check_grads
+from refgen.testing import check_grads, on_backend
 
-
-pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
 
 # --- direct definitions (loops over output positions and kernel offsets) -------------------
@@ -178,6 +176,7 @@ def test_conv2d_float32_stays_float32():
         assert f(x).dtype == np.float32
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_chunked_columns_give_the_same_result(monkeypatch):
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((5, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2))
@@ -195,6 +194,7 @@ def test_chunked_columns_give_the_same_result(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 @pytest.mark.parametrize("pad,dil,out_extra", [((0, 0), (1, 1), (0, 0)), ((1, 2), (1, 1), (0, 0)),
                                                ((2, 3), (2, 1), (1, 0)), ((0, 1), (2, 2), (1, 1))])
 def test_stride1_transpose_as_flipped_convolution_equals_col2im(pad, dil, out_extra):

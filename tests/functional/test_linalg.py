@@ -6,16 +6,12 @@ from hypothesis import given, settings, strategies as st
 import refgen
 import refgen.functional as F
 from refgen import Tensor
-from refgen.backend import use_backend
 from refgen.testing import check_grads
 
 seeds = st.integers(0, 2**32 - 1)
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # NumPy in float64, as the references
 
 
 @given(seed=seeds, shapes=st.sampled_from([((3,), (3,)), ((2, 3), (3,)), ((3,), (3, 2)),

@@ -6,17 +6,13 @@ from hypothesis import given, strategies as st
 import refgen
 import refgen.functional as F
 from refgen import Tensor
-from refgen.backend import use_backend
 from refgen.testing import check_grads
 
 seeds = st.integers(0, 2**32 - 1)
 reductions = st.sampled_from(["mean", "sum", "none"])
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # NumPy in float64, as the references
 
 
 def _reduce(a, reduction):

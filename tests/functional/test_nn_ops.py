@@ -8,16 +8,13 @@ from hypothesis import given, settings, strategies as st
 import refgen
 import refgen.functional as F
 from refgen import Tensor
-from refgen.backend import default_rng, use_backend
+from refgen.backend import default_rng
 from refgen.testing import check_grads
 
 seeds = st.integers(0, 2**32 - 1)
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # NumPy in float64, as the references
 
 
 def _np_softmax(x, axis):

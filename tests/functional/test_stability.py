@@ -9,15 +9,11 @@ import pytest
 import refgen
 import refgen.functional as F
 from refgen import Tensor
-from refgen.backend import use_backend
 
 RTOL, ATOL = 2e-6, 1e-6  # a few float32 ulps; ATOL in nats, for results near 0
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # NumPy in float64, as the references
 
 
 def _points():

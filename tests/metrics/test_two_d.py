@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 
-from refgen.backend import use_backend
 from refgen.metrics import entropy_gap_nats, mmd, mode_stats
 
 K, RADIUS, STD = 8, 2.0, 0.1
@@ -13,10 +12,7 @@ CENTRES = RADIUS * np.stack([np.cos(2 * np.pi * np.arange(K) / K),
 P_HQ_2D = 1.0 - math.exp(-4.5)   # P(chi^2_2 <= 9): a 2D Gaussian sample within 3 std
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    with use_backend("numpy"):
-        yield
+pytestmark = pytest.mark.usefixtures("numpy_backend")  # NumPy in float64, as the references
 
 
 def _mixture(rng, n, weights=None, shift=0.0):

@@ -10,10 +10,8 @@ from refgen.autograd import Tensor
 from refgen.backend import to_numpy
 from refgen.models.base import Batch, constructor_kwargs
 from refgen.models.baseline.gmm import GaussianMixture
-from refgen.testing import check_grads
+from refgen.testing import check_grads, on_backend
 
-
-pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
 
 def _set(model, logits, mu, log_sigma):
@@ -64,6 +62,7 @@ def test_log_prob_is_the_mixture_formula(k, d, b, seed):
     assert float(m.loss(Batch(Tensor(x))).item()) == pytest.approx(-got.mean(), rel=1e-12)
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 @given(k=st.integers(1, 3), d=st.integers(1, 2), seed=st.integers(0, 999))
 def test_log_prob_gradients_in_x(k, d, seed):
     # d log p / dx is the model's score: first and second order checked by finite differences

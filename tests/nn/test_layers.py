@@ -7,10 +7,8 @@ from hypothesis import given, strategies as st
 
 from refgen import nn
 from refgen.autograd import Tensor, no_grad
-from refgen.testing import check_grads
+from refgen.testing import check_grads, on_backend
 
-
-pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
 f64 = np.float64
 
@@ -100,6 +98,7 @@ def test_embedding():
     assert w.std() == pytest.approx(1.0, rel=0.02)  # N(0, 1) as torch
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_layer_norm_and_group_norm():
     x = _x((3, 5, 8)) * 3 + 1
     ln = nn.LayerNorm(8, dtype=f64)
@@ -259,12 +258,14 @@ def test_attention_gradients_reach_every_parameter():
         assert np.abs(_np(p.grad)).sum() > 0, name
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 @given(n=st.integers(1, 4), causal=st.booleans(), seed=st.integers(0, 2 ** 16))
 def test_self_attention_gradcheck(n, causal, seed):
     m = nn.MultiheadAttention(4, 2, rng=seed, dtype=f64)
     check_grads(lambda x: m(x, is_causal=causal), [_x((1, n, 4), seed)], order=2)
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 @given(seed=st.integers(0, 2 ** 16))
 def test_cross_attention_gradcheck(seed):
     m = nn.MultiheadAttention(4, 2, kdim=3, rng=seed, dtype=f64)
@@ -272,6 +273,7 @@ def test_cross_attention_gradcheck(seed):
                 order=2)
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 @given(seed=st.integers(0, 2 ** 16))
 def test_layer_stack_gradcheck(seed):
     # double backward through a stack of layers, as a gradient penalty needs

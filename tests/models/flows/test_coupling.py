@@ -6,11 +6,11 @@ import pytest
 from refgen.models.flows import (AdditiveCoupling, AffineCoupling, DiagonalScaling,
                                  channel_mask, checkerboard_mask)
 from refgen.models.flows.nets import ConvNet, MLP
+from refgen.testing import on_backend
 
 
-pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
-
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_masks():
     np.testing.assert_array_equal(checkerboard_mask((4,)), [0, 1, 0, 1])
     np.testing.assert_array_equal(checkerboard_mask((4,), 1), [1, 0, 1, 0])
@@ -38,6 +38,7 @@ def test_additive_coupling_preserves_volume(shape, net, fl):
     assert not np.allclose(y[:, ~m], x[:, ~m])
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_affine_coupling_logdet_is_the_sum_of_log_scales_on_the_changed_half(fl):
     layer = fl.randomize(AffineCoupling(channel_mask((4, 2, 2)), ConvNet(4, 8, 4, rng=0)).double())
     x = np.random.default_rng(1).standard_normal((3, 4, 2, 2))
@@ -49,6 +50,7 @@ def test_affine_coupling_logdet_is_the_sum_of_log_scales_on_the_changed_half(fl)
     assert np.all(log_s.data[:, :2] == 0)
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_a_fresh_coupling_is_the_identity():
     # zero-initialised last layer: s = t = 0, the flow starts at its base density
     layer = AffineCoupling(checkerboard_mask((2,)), MLP(2, 4, (8,), rng=0)).double()

@@ -13,10 +13,8 @@ from refgen.models.flows import (ActNorm, AdditiveCoupling, AffineCoupling, Auto
                                  InvConv1x1, InvConv1x1LU, LogitTransform, MultiScale, Reverse,
                                  Shift, Squeeze, channel_mask, checkerboard_mask)
 from refgen.models.flows.nets import ConvNet, MLP
-from refgen.testing import check_vjp
+from refgen.testing import check_vjp, on_backend
 
-
-pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
 
 def _multiscale():
@@ -93,6 +91,7 @@ def test_random_parameters_round_trip(seed, name, fl):
     np.testing.assert_allclose(logdet[:1], fl.brute_logdet(layer, x[:1]), rtol=1e-8, atol=1e-8)
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_coupling_gradients_match_finite_differences(fl):
     # the training signal: d(y, logdet)/dx through the conditioner network and the tanh scale
     layer, x = _build("affine-img-checker", fl, seed=2)

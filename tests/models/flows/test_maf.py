@@ -1,15 +1,14 @@
 """MAF: density in one MADE pass, sampling in D passes, and the two agree."""
 import numpy as np
-import pytest
 
 from refgen.autograd import Tensor
 from refgen.backend import default_rng, to_numpy
 from refgen.models.flows import MAF, AutoregressiveAffine
+from refgen.testing import on_backend
 
 
-pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
-
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_samples_pushed_back_through_the_density_pass_give_the_base_noise(fl):
     model = fl.randomize(MAF((3,), layers=3, hidden=[16, 16]).double(), seed=4)
     x = model.sample(50, rng=default_rng(11))

@@ -16,10 +16,8 @@ from refgen.metrics.likelihood import iwae_bound
 from refgen.models import create, get, names
 from refgen.models.base import Batch, constructor_kwargs, hyperparameters
 from refgen.models.vae import VAE, LinearGaussianVAE
-from refgen.testing import check_grads
+from refgen.testing import check_grads, on_backend
 
-
-pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
 IMG = (1, 6, 6)
 
@@ -79,6 +77,7 @@ def _encoder_grads(m, fn):
     return np.concatenate([g.data.ravel() for g in refgen.grad(fn(), params)])
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_reparameterized_gradient_equals_score_function_gradient():
     """d/dphi E_q[log p(x | z)] two ways, each unbiased (statistical test, fixed seed):
     reparameterized, grad of f(mu + sigma eps) (V4); and score-function,
@@ -121,6 +120,7 @@ def test_reparameterized_gradient_equals_score_function_gradient():
     assert np.all(se_r <= se_s + 1e-12)          # and the reason for the trick: lower variance
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_elbo_gradients_pass_the_oracle():
     """x -> ELBO(x) with the noise fixed is a smooth function: first and second derivatives
     against finite differences (refgen.testing), through encoder, sampling and decoder."""
@@ -190,6 +190,7 @@ def test_conditional_vae_uses_labels_and_marginalises_without_them():
 
 
 # --------------------------------------------------------------------- likelihoods
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_likelihood_formulas():
     rng = np.random.default_rng(0)
     out, x = rng.normal(size=(2, 5, 3)), (rng.random((5, 3)) < 0.5).astype(float)
@@ -245,6 +246,7 @@ def test_trains_in_the_loop_and_writes_a_run(tmp_path):
 
 
 # --------------------------------------------------------------------- the autoencoder
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 def test_autoencoder_loss_is_the_squared_reconstruction_error():
     m = create("autoencoder", data_shape=IMG, seed=0, hidden="8", latent_dim=2)
     x = _binary(4)

@@ -13,9 +13,8 @@ from refgen.backend import default_rng
 from refgen.models import create
 from refgen.models.base import Batch
 from refgen.models.vae import nearest_code, perplexity
+from refgen.testing import on_backend
 
-
-pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed forms and finite differences: float64 NumPy
 
 IMG = (1, 8, 8)  # -> a 2 x 2 code grid
 
@@ -30,6 +29,7 @@ def _x(n=4, seed=0):
     return (np.random.default_rng(seed).random((n,) + IMG) < 0.4).astype(np.float32)
 
 
+@on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 20), k=st.integers(1, 9))
 def test_quantisation_picks_the_nearest_code(seed, n, k):
     rng = np.random.default_rng(seed)
