@@ -1,4 +1,4 @@
-"""Optimizers (SGD, Adam, AdamW), gradient clipping, weight EMA and learning-rate schedules.
+"""Optimizers (SGD, RMSprop, Adam, AdamW), gradient clipping, weight EMA and learning-rate schedules.
 
 Optimizers read ``p.grad`` and write ``p.data`` directly: a step is not differentiated, so no
 graph is recorded. Update rules follow torch's documented algorithms, with g_t the gradient,
@@ -9,6 +9,8 @@ theta the parameters, gamma the learning rate and lambda the weight decay:
     Adam:  g <- g + lambda theta;  m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2
            theta <- theta - gamma (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
     AdamW: theta <- theta - gamma lambda theta first (decoupled decay), then Adam with lambda = 0.
+    RMSprop: g <- g + lambda theta;  v <- alpha v + (1 - alpha) g^2;
+           theta <- theta - gamma g / (sqrt(v) + eps)
 
 ``state_dict()`` is flat ({name: array}) so that it goes straight into an ``.npz`` checkpoint.
 """
@@ -22,7 +24,7 @@ from refgen import backend
 from refgen.autograd import Tensor
 from refgen.backend import xp
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm_", "EMA", "linear_warmup",
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "clip_grad_norm_", "EMA", "linear_warmup",
            "cosine_schedule", "LRScheduler"]
 
 
@@ -128,6 +130,30 @@ class SGD(Optimizer):
                 b += (1 - self.dampening) * g
             g = g + self.momentum * b if self.nesterov else b
         p.data = p.data - self.lr * g  # theta <- theta - gamma g
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Tieleman & Hinton) as torch writes it: eps outside the square root, no
+    momentum, no centring. WGAN's critic and generator use it (Arjovsky et al. 2017)."""
+
+    state_keys = ("square_avg",)
+
+    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        self.alpha, self.eps, self.weight_decay = float(alpha), float(eps), float(weight_decay)
+
+    def _update(self, p, g, st):
+        if self.weight_decay:
+            g = g + self.weight_decay * p.data  # g <- g + lambda theta
+        if "square_avg" not in st:
+            st["square_avg"] = xp.zeros_like(p.data)
+        v = st["square_avg"]
+        v *= self.alpha  # v <- alpha v + (1 - alpha) g^2
+        v += (1 - self.alpha) * (g * g)
+        p.data = p.data - self.lr * g / (xp.sqrt(v) + self.eps)
 
 
 class Adam(Optimizer):

@@ -34,7 +34,7 @@ __all__ = ["train", "TrainingDiverged", "Batcher", "lr_at", "write_samples", "da
 
 CHECKPOINT = "checkpoint.npz"
 SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SAMPLE_SEED = 1234  # samples.png is drawn with its own generator, not the training one
 
 
@@ -101,20 +101,29 @@ def lr_at(step: int, lr: float, total: int, warmup: int = 0, schedule: str = "co
 
 # ----------------------------------------------------------------------------- optimizers
 def _make_optimizers(model, kind: str, lr: float) -> tuple[dict, dict]:
-    """{group: optimizer} and {group: base lr}; see refgen.models.base (several optimizers)."""
+    """{group: optimizer} and {group: base lr}; see refgen.models.base (several optimizers).
+
+    A group given as a dict may name its own ``optimizer`` (one of OPTIMIZERS) and pass
+    constructor keywords in ``options`` (WGAN: RMSprop; WGAN-GP: Adam with betas (0, 0.9)).
+    """
     from refgen import optim
-    cls = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD}[kind]
+    classes = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "rmsprop": optim.RMSprop}
     groups = model.param_groups() if hasattr(model, "param_groups") else {"model": None}
     opts, base_lr = {}, {}
     for name, g in groups.items():
+        gkind, options = kind, {}
         if g is None:
             params, glr = list(model.parameters()), lr
         elif isinstance(g, dict):
             params, glr = list(g["params"]), float(g.get("lr", lr))
+            gkind, options = g.get("optimizer", kind), dict(g.get("options", {}))
         else:
             params, glr = list(g), lr
+        if gkind not in classes:
+            raise ValueError(f"parameter group {name!r} asks for optimizer {gkind!r}; "
+                             f"accepted: {', '.join(classes)}")
         params = [p for p in params if p.requires_grad]
-        opts[name], base_lr[name] = cls(params, lr=glr), glr
+        opts[name], base_lr[name] = classes[gkind](params, lr=glr, **options), glr
     return opts, base_lr
 
 

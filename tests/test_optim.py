@@ -92,6 +92,32 @@ def test_sgd_matches_torch_formulas(kw):
     np.testing.assert_allclose(path, ref, rtol=0, atol=1e-12)
 
 
+def rmsprop_ref(lr, alpha, eps, wd=0.0, steps=STEPS):
+    """torch.optim.RMSprop's documented algorithm (no momentum, not centred)."""
+    x, v, path = X0.copy(), np.zeros(4), []
+    for _ in range(steps):
+        g = quad_grad(x) + wd * x
+        v = alpha * v + (1 - alpha) * g ** 2
+        x = x - lr * g / (np.sqrt(v) + eps)
+        path.append(x)
+    return np.array(path)
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.15])
+def test_rmsprop_matches_torch_formulas(wd):
+    path, opt, _ = run_refgen(lambda ps: optim.RMSprop(ps, lr=0.02, alpha=0.9, eps=1e-3,
+                                                       weight_decay=wd))
+    np.testing.assert_allclose(path, rmsprop_ref(0.02, 0.9, 1e-3, wd), rtol=0, atol=1e-12)
+    # the defaults are torch's: alpha 0.99, eps 1e-8
+    d = optim.RMSprop([nn.Parameter(np.zeros(2))])
+    assert (d.lr, d.alpha, d.eps, d.weight_decay) == (1e-2, 0.99, 1e-8, 0.0)
+    # the state round-trips through state_dict
+    fresh = optim.RMSprop([nn.Parameter(np.zeros(4))], lr=0.02, alpha=0.9, eps=1e-3)
+    fresh.load_state_dict(opt.state_dict())
+    np.testing.assert_array_equal(to_numpy(fresh.state[0]["square_avg"]),
+                                  to_numpy(opt.state[0]["square_avg"]))
+
+
 def test_sgd_rejects_bad_nesterov_and_empty_params():
     p = nn.Parameter(np.zeros(2))
     with pytest.raises(ValueError):

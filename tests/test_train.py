@@ -164,6 +164,33 @@ def test_train_step_and_param_groups(tmp_path):
     assert any(k.startswith("opt/means/") for k in arrays) and any(k.startswith("opt/rest/") for k in arrays)
 
 
+class PerGroupOptimizer(TwoStep):
+    """Each group names its own optimizer and its keywords, as WGAN and WGAN-GP do."""
+
+    def param_groups(self):
+        return {"means": dict(params=[self.mu], optimizer="rmsprop", options=dict(alpha=0.5)),
+                "rest": dict(params=[self.logits, self.log_sigma], lr=0.0, optimizer="adam",
+                             options=dict(betas=(0.0, 0.9)))}
+
+
+def test_param_groups_choose_their_optimizer(tmp_path):
+    from refgen import optim
+    from refgen.train import _make_optimizers
+    opts, lrs = _make_optimizers(PerGroupOptimizer((2,)), "sgd", 0.01)
+    assert type(opts["means"]) is optim.RMSprop and opts["means"].alpha == 0.5
+    assert type(opts["rest"]) is optim.Adam and opts["rest"].betas == (0.0, 0.9)
+    assert lrs == {"means": 0.01, "rest": 0.0}
+    _run(PerGroupOptimizer((2,)), _small_noisy_data(), tmp_path, 5)
+    arrays, _ = io.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert any(k.startswith("opt/means/") and k.endswith("square_avg") for k in arrays)
+
+    class Bad(TwoStep):
+        def param_groups(self):
+            return {"means": dict(params=[self.mu], optimizer="lbfgs")}
+    with pytest.raises(ValueError, match="optimizer 'lbfgs'; accepted: adam, adamw, sgd, rmsprop"):
+        _make_optimizers(Bad((2,)), "adam", 0.01)
+
+
 def test_schedules():
     assert lr_at(0, 1.0, 100, warmup=10) == pytest.approx(0.1)
     assert lr_at(9, 1.0, 100, warmup=10) == pytest.approx(1.0)
@@ -209,7 +236,7 @@ def test_work_after_the_last_step_gets_a_line_each(tmp_path, capsys):
 def test_bad_arguments(tmp_path):
     ds = _small_noisy_data()
     with pytest.raises(ValueError, match="optimizer"):
-        _run(GaussianMixture((2,)), ds, tmp_path, 5, optimizer="rmsprop")
+        _run(GaussianMixture((2,)), ds, tmp_path, 5, optimizer="lbfgs")
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         _run(GaussianMixture((2,)), ds, tmp_path / "none", 5, resume=True)
 

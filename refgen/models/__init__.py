@@ -11,7 +11,8 @@ import importlib
 __all__ = ["register", "create", "names", "get", "FAMILIES"]
 
 # Family packages (refgen.models.<family>) whose modules call @register on import.
-FAMILIES = ["autoregressive", "flows", "vae", "gan", "ebm", "score", "diffusion", "baseline"]
+FAMILIES = ["autoregressive", "flows", "vae", "gan", "energy", "score", "diffusion", "text_to_image",
+            "baseline"]
 
 _REGISTRY: dict[str, type] = {}
 _loaded = False

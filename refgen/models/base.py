@@ -33,8 +33,9 @@ resumed run on NumPy end bit-for-bit equal to an uninterrupted one. ``sample(n, 
 uses ``rng`` when given, else ``self.rng`` (else a fresh generator).
 
 Several optimizers. A model with ``train_step`` may define ``param_groups() -> dict`` mapping
-a name to a list of parameters, or to ``dict(params=[...], lr=...)`` for a group with its own
-learning rate (e.g. a GAN's generator and discriminator); the loop builds one optimizer per
+a name to a list of parameters, or to ``dict(params=[...], lr=..., optimizer='rmsprop',
+options=dict(...))`` for a group with its own learning rate, optimizer or optimizer keywords
+(e.g. a GAN's generator and discriminator, WGAN's RMSprop, WGAN-GP's Adam betas); the loop builds one optimizer per
 group and passes ``{name: optimizer}`` to ``train_step``. Without it the dict holds a single
 optimizer, ``'model'``, over all parameters. ``train_step`` returns a dict of floats that
 includes ``'loss'``.
