@@ -26,28 +26,17 @@ from refgen.autograd import Tensor, no_grad
 from refgen.backend import default_rng, xp
 from refgen.models import register
 from refgen.models.base import DataSpec
-from refgen.nn import (GELU, Embedding, LayerNorm, Linear, Module, ModuleList, MultiheadAttention,
-                       Parameter, Sequential, init)
+from refgen.nn import (Embedding, LayerNorm, Linear, Module, ModuleList, Parameter,
+                       TransformerBlock, init)
 
 __all__ = ["Block", "GPT", "GPTModel", "filter_logits"]
 
 
-class Block(Module):
-    """h + Attn(LN(h)); then h + MLP(LN(h)). (B, T, E) -> (B, T, E)."""
+class Block(TransformerBlock):
+    """GPT's block: refgen.nn.TransformerBlock, causal. (B, T, E) -> (B, T, E)."""
 
     def __init__(self, n_embd: int, n_head: int, rng=None, dtype=xp.float32):
-        super().__init__()
-        self.ln1 = LayerNorm(n_embd, dtype=dtype)
-        self.attn = MultiheadAttention(n_embd, n_head, rng=rng, dtype=dtype)
-        self.ln2 = LayerNorm(n_embd, dtype=dtype)
-        # GELU in GPT-2's tanh form (as trained there; also cheaper than erf on NumPy)
-        self.mlp = Sequential(Linear(n_embd, 4 * n_embd, rng=rng, dtype=dtype),
-                              GELU(approximate="tanh"),
-                              Linear(4 * n_embd, n_embd, rng=rng, dtype=dtype))
-
-    def forward(self, h, cache=None):
-        h = h + self.attn(self.ln1(h), is_causal=True, cache=cache)
-        return h + self.mlp(self.ln2(h))
+        super().__init__(n_embd, n_head, causal=True, rng=rng, dtype=dtype)
 
 
 class GPT(Module):

@@ -38,8 +38,7 @@ from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sam
                                              score_from_eps, x0_from_eps)
 from refgen.models.diffusion.sampling import SAMPLERS, sample_loop
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.models.diffusion.unet import UNet
-from refgen.nn import Module, init
+from refgen.nn import Module, UNet, init
 
 __all__ = ["DDPM"]
 
