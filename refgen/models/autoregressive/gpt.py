@@ -117,8 +117,7 @@ def _sample_logits(logits, rng, temperature=1.0, top_k=None, top_p=None):
     if temperature == 0:
         return xp.argmax(logits, axis=-1)
     lg = filter_logits(logits / float(temperature), top_k, top_p)
-    u = rng.random(lg.shape, dtype=xp.float64)
-    return xp.argmax(lg - xp.log(-xp.log(u + 1e-300) + 1e-300), axis=-1)  # Gumbel-max
+    return F.gumbel_max(lg, rng)
 
 
 @register("gpt")
@@ -168,11 +167,10 @@ class GPTModel(Module):
                 raise ValueError("gpt with levels=2 needs binary {0, 1} images; use --set levels=256 "
                                  "for 8-bit images in [-1, 1]")
             return x.astype(xp.int64)
-        return xp.rint((x + 1.0) * 0.5 * (self.levels - 1)).astype(xp.int64)
+        return F.to_levels(x, self.levels)
 
     def _values(self, ids):
-        v = ids.astype(xp.float32)
-        return v if self.levels == 2 else v * (2.0 / (self.levels - 1)) - 1.0
+        return ids.astype(xp.float32) if self.levels == 2 else F.from_levels(ids, self.levels)
 
     def _shifted(self, ids):
         """[BOS, x_1, ..., x_{D-1}]: position t predicts x_{t+1}."""
