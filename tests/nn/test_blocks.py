@@ -303,3 +303,17 @@ def test_unet_gradient_reaches_the_context():
                              groups=2, context_dim=2, rng=0, dtype=f64), 12, scale=0.3)
     t = np.array([5])
     check_vjp(lambda x, c: net(x, t, context=c), [_x((1, 1, 4, 4)), _x((1, 2, 2), 1)])
+
+
+def test_unet_routes_the_context_to_every_cross_attention_block():
+    net = _randomize(nn.UNet(1, 1, 4, channels=4, channel_mult=(1, 2), num_res_blocks=1,
+                             groups=2, context_dim=3, rng=0, dtype=f64), 13, scale=0.3)
+    cross = [m for m in net.modules() if isinstance(m, nn.CrossAttnBlock)]
+    saved = [m.attn.out_proj.weight.data.copy() for m in cross]
+    x, t, c1, c2 = Tensor(_x((1, 1, 4, 4))), np.array([9]), _x((1, 2, 3), 1), _x((1, 2, 3), 2)
+    for i, block in enumerate(cross):                  # only block i passes its context on
+        for m, w in zip(cross, saved):
+            m.attn.out_proj.weight.data = w if m is block else np.zeros_like(w)
+            m.attn.out_proj.bias.data[...] = 0.0
+        a, b = _np(net(x, t, context=Tensor(c1))), _np(net(x, t, context=Tensor(c2)))
+        assert not np.allclose(a, b), f"cross-attention block {i} does not see the context"
