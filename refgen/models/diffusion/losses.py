@@ -102,9 +102,9 @@ def hybrid_loss(sch, x0, t, eps, out, parameterization: str, discrete: bool, lam
     """L_hybrid = L_simple + lam L_VLB, L_VLB estimated as T L_{t-1} per dimension.
 
     out: the network's output (B, 2C, ...) at x_t = q_sample(x0, t, eps). Returns the
-    Tensors (loss, l_simple, l_vlb); l_vlb's graph reaches only the v half of ``out``."""
+    Tensors (loss, l_simple, l_vlb); l_vlb's graph reaches only the var_frac half of ``out``."""
     xt = q_sample(sch, x0, t, eps)                                        # (3)
-    c = out.shape[1] // 2                                                 # (B, 2C, ...): mean part, v
+    c = out.shape[1] // 2                                                 # (B, 2C, ...): mean part, var_frac
     simple = l_simple(regression_target(sch, x0, t, eps, parameterization), out[:, :c])  # (19)
     frozen = interpret(out, xt, t, sch, parameterization, "learned", stop_mean_grad=True)
     d = math.prod(x0.shape[1:])
