@@ -7,6 +7,7 @@
     guidance.py   classifier guidance (24)-(25), classifier-free guidance (26)
     nets.py       MLP denoiser (vectors); images use refgen.nn.UNet
     classifier.py the noisy-image classifier f_phi(y | x_t, t) of classifier guidance
+    config.py     ddpm's option groups (process, network, sampling)
     ddpm.py       the registered model ``ddpm``
 
 Equation numbers refer to the diffusion derivation (shared/seeds/004); docs/diffusion.md
