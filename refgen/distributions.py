@@ -223,9 +223,8 @@ class DiscretizedGaussian:
     def _bin(self, x):
         """Index and center of the bin containing each x (x is data: not differentiated)."""
         x = x.data if isinstance(x, Tensor) else xp.asarray(x)
-        n = self.num_bins - 1
-        k = xp.clip(xp.rint((x + 1.0) * (n / 2.0)), 0, n)
-        return k, (k * (2.0 / n) - 1.0).astype(self.mean.dtype)
+        k = F.to_levels(x, self.num_bins)
+        return k, F.from_levels(k, self.num_bins, self.mean.dtype)
 
     def log_prob(self, x):
         """log P(bin containing x), elementwise; clamped at log(1e-12) like DDPM's decoder."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 from refgen.autograd import Function, Tensor, as_tensor
 from refgen.backend import xp
 
-__all__ = ["sum", "mean", "var", "std", "max", "min", "logsumexp", "amax", "amin"]
+__all__ = ["sum", "mean", "var", "std", "max", "min", "logsumexp", "amax", "amin",
+           "sum_except_batch"]
 
 
 def _axes(dim, ndim):
@@ -34,6 +35,12 @@ class _Sum(Function):
 def sum(x, dim=None, keepdim: bool = False):
     x = as_tensor(x)
     return _Sum.apply(x, axes=_axes(dim, x.ndim), keepdim=keepdim)
+
+
+def sum_except_batch(x):
+    """(B, ...) -> (B,): the sum over every dimension but the first (a (B,) input as is)."""
+    x = as_tensor(x)
+    return sum(x, tuple(range(1, x.ndim)))
 
 
 def mean(x, dim=None, keepdim: bool = False):

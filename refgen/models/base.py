@@ -42,6 +42,7 @@ includes ``'loss'``.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import NamedTuple
 
@@ -89,11 +90,20 @@ _DATA_ARGS = ("data_shape", "num_classes", "vocab_size", "seed")
 
 
 def hyperparameters(model_cls) -> dict:
-    """name -> default of the constructor's keyword hyperparameters (data arguments left out)."""
+    """name -> default of the constructor's keyword hyperparameters (data arguments left out).
+
+    A keyword whose default is a dataclass (a group of options, such as DDPM's) stands for its
+    fields, each a hyperparameter of its own name (the constructor then takes them by name)."""
     sig = inspect.signature(model_cls.__init__)
-    return {k: p.default for k, p in sig.parameters.items()
-            if k != "self" and k not in _DATA_ARGS
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    out = {}
+    for k, p in sig.parameters.items():
+        if k == "self" or k in _DATA_ARGS or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        if dataclasses.is_dataclass(p.default):
+            out.update({f.name: getattr(p.default, f.name) for f in dataclasses.fields(p.default)})
+        else:
+            out[k] = p.default
+    return out
 
 
 def constructor_kwargs(model_cls, *, data_shape, num_classes=None, vocab_size=None, seed=0,

@@ -4,3 +4,10 @@ from refgen.nn.module import (Parameter, Module, Sequential, ModuleList, ModuleD
 from refgen.nn import init  # noqa: F401
 from refgen.nn.layers import *  # noqa: F401,F403
 from refgen.nn.attention import MultiheadAttention  # noqa: F401
+from refgen.nn.attention import key_padding_mask  # noqa: F401
+from refgen.nn.embeddings import timestep_embedding, TimeEmbedding  # noqa: F401
+from refgen.nn.blocks import (group_count, MLPBlock, ResBlock, AttnBlock, CrossAttnBlock,  # noqa: F401
+                              Downsample, Upsample, apply_blocks)
+from refgen.nn.transformer import TransformerBlock  # noqa: F401
+from refgen.nn.unet import UNet, default_channel_mult  # noqa: F401
+from refgen.nn.sizes import parse_hidden  # noqa: F401

@@ -14,7 +14,7 @@ from refgen.nn import init
 from refgen.nn.layers import Linear
 from refgen.nn.module import Module
 
-__all__ = ["MultiheadAttention"]
+__all__ = ["MultiheadAttention", "key_padding_mask"]
 
 
 class MultiheadAttention(Module):
@@ -90,6 +90,14 @@ class MultiheadAttention(Module):
 
     def extra_repr(self):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kdim={self.kdim}"
+
+
+def key_padding_mask(mask):
+    """A (B, S) boolean mask over a context's tokens (True: may be attended to) as an
+    attention mask broadcastable to (B, H, L, S); None stays None."""
+    if mask is None:
+        return None
+    return xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(bool)[:, None, None, :]
 
 
 def _combine(mask, allowed):

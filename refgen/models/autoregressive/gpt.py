@@ -26,28 +26,17 @@ from refgen.autograd import Tensor, no_grad
 from refgen.backend import default_rng, xp
 from refgen.models import register
 from refgen.models.base import DataSpec
-from refgen.nn import (GELU, Embedding, LayerNorm, Linear, Module, ModuleList, MultiheadAttention,
-                       Parameter, Sequential, init)
+from refgen.nn import (Embedding, LayerNorm, Linear, Module, ModuleList, Parameter,
+                       TransformerBlock, init)
 
 __all__ = ["Block", "GPT", "GPTModel", "filter_logits"]
 
 
-class Block(Module):
-    """h + Attn(LN(h)); then h + MLP(LN(h)). (B, T, E) -> (B, T, E)."""
+class Block(TransformerBlock):
+    """GPT's block: refgen.nn.TransformerBlock, causal. (B, T, E) -> (B, T, E)."""
 
     def __init__(self, n_embd: int, n_head: int, rng=None, dtype=xp.float32):
-        super().__init__()
-        self.ln1 = LayerNorm(n_embd, dtype=dtype)
-        self.attn = MultiheadAttention(n_embd, n_head, rng=rng, dtype=dtype)
-        self.ln2 = LayerNorm(n_embd, dtype=dtype)
-        # GELU in GPT-2's tanh form (as trained there; also cheaper than erf on NumPy)
-        self.mlp = Sequential(Linear(n_embd, 4 * n_embd, rng=rng, dtype=dtype),
-                              GELU(approximate="tanh"),
-                              Linear(4 * n_embd, n_embd, rng=rng, dtype=dtype))
-
-    def forward(self, h, cache=None):
-        h = h + self.attn(self.ln1(h), is_causal=True, cache=cache)
-        return h + self.mlp(self.ln2(h))
+        super().__init__(n_embd, n_head, causal=True, rng=rng, dtype=dtype)
 
 
 class GPT(Module):
@@ -128,8 +117,7 @@ def _sample_logits(logits, rng, temperature=1.0, top_k=None, top_p=None):
     if temperature == 0:
         return xp.argmax(logits, axis=-1)
     lg = filter_logits(logits / float(temperature), top_k, top_p)
-    u = rng.random(lg.shape, dtype=xp.float64)
-    return xp.argmax(lg - xp.log(-xp.log(u + 1e-300) + 1e-300), axis=-1)  # Gumbel-max
+    return F.gumbel_max(lg, rng)
 
 
 @register("gpt")
@@ -179,11 +167,10 @@ class GPTModel(Module):
                 raise ValueError("gpt with levels=2 needs binary {0, 1} images; use --set levels=256 "
                                  "for 8-bit images in [-1, 1]")
             return x.astype(xp.int64)
-        return xp.rint((x + 1.0) * 0.5 * (self.levels - 1)).astype(xp.int64)
+        return F.to_levels(x, self.levels)
 
     def _values(self, ids):
-        v = ids.astype(xp.float32)
-        return v if self.levels == 2 else v * (2.0 / (self.levels - 1)) - 1.0
+        return ids.astype(xp.float32) if self.levels == 2 else F.from_levels(ids, self.levels)
 
     def _shifted(self, ids):
         """[BOS, x_1, ..., x_{D-1}]: position t predicts x_{t+1}."""

@@ -32,7 +32,7 @@ from refgen.backend import default_rng, xp
 from refgen.models import register
 from refgen.models.autoregressive.masks import made_degrees, made_masks
 from refgen.models.base import DataSpec
-from refgen.nn import Linear, Module, ModuleList, init
+from refgen.nn import Linear, Module, ModuleList, init, parse_hidden
 
 __all__ = ["MaskedLinear", "MADE", "MADEDensity", "ensemble_log_prob", "ensemble_sample"]
 
@@ -46,15 +46,6 @@ class MaskedLinear(Linear):
 
     def forward(self, x, m: int = 0):
         return F.linear(x, self.weight * self.mask[m], self.bias)
-
-
-def _sizes(v) -> tuple:
-    """Hidden sizes from an int, a sequence, or a string such as '500,500' (from --set)."""
-    if isinstance(v, str):
-        v = [s for s in v.replace("(", "").replace(")", "").replace(" ", "").split(",") if s]
-    if isinstance(v, (int, float)):
-        v = [v]
-    return tuple(int(h) for h in v)
 
 
 class MADE(Module):
@@ -72,7 +63,7 @@ class MADE(Module):
                  num_masks: int = 1, order=None, random_order: bool = True,
                  cond_features: int = 0, rng=None, dtype=xp.float32):
         super().__init__()
-        hidden = _sizes(hidden_features)
+        hidden = parse_hidden(hidden_features)
         if int(num_masks) < 1:
             raise ValueError(f"num_masks must be at least 1, got {num_masks}")
         d, k = int(in_features), int(out_per_dim)
@@ -199,12 +190,10 @@ class MADEDensity(Module):
     def _draw(self, params, rng):
         """One value per row from the conditional with parameters params (n, K) -> (n,)."""
         if self.likelihood == "bernoulli":
-            p = 0.5 + 0.5 * xp.tanh(0.5 * params[:, 0].astype(xp.float64))   # sigmoid, no overflow
-            return (rng.random(p.shape, dtype=xp.float64) < p).astype(params.dtype)
+            return F.bernoulli_logits(params[:, 0], rng, params.dtype)
         c = self.components
         logits, mu, log_sigma = params[:, :c], params[:, c:2 * c], xp.clip(params[:, 2 * c:], -7, 7)
-        gumbel = -xp.log(-xp.log(rng.random(logits.shape, dtype=xp.float64) + 1e-300) + 1e-300)
-        k = xp.argmax(logits + gumbel, axis=1)[:, None]                      # k ~ Cat(softmax(logits))
+        k = F.gumbel_max(logits, rng, axis=1)[:, None]                       # k ~ Cat(softmax(logits))
         eps = rng.standard_normal((params.shape[0], 1), dtype=xp.float64)
         mu_k = xp.take_along_axis(mu, k, 1)
         sigma_k = xp.exp(xp.take_along_axis(log_sigma, k, 1))

@@ -83,12 +83,12 @@ class PixelModel(Module):
                              + ("; use --set levels=256 for 8-bit images" if self.levels == 2 else ""))
         if self.levels == 2:
             return x
-        return xp.rint((x + 1.0) * 0.5 * (self.levels - 1)).astype(xp.int64)
+        return F.to_levels(x, self.levels)
 
     def _values(self, k, dtype):
         if self.levels == 2:
             return k.astype(dtype)
-        return (k * (2.0 / (self.levels - 1)) - 1.0).astype(dtype)
+        return F.from_levels(k, self.levels, dtype)
 
     def logits(self, x):
         raise NotImplementedError
@@ -102,7 +102,7 @@ class PixelModel(Module):
             lp = -F.binary_cross_entropy_with_logits(logits[:, :, 0], t, reduction="none")
         else:             # log softmax(l)_k; cross_entropy wants the classes in dim 1
             lp = -F.cross_entropy(F.transpose(logits, 1, 2), t, reduction="none")  # (B, C, H, W)
-        return lp.sum((1, 2, 3))
+        return F.sum_except_batch(lp)
 
     def loss(self, batch):
         """Mean NLL, nats per image."""
@@ -129,10 +129,8 @@ class PixelModel(Module):
 def _draw(logits, rng):
     """One level per row of logits (n, K): Bernoulli(sigmoid) for K = 1, else Gumbel-max."""
     if logits.shape[1] == 1:
-        p = 0.5 + 0.5 * xp.tanh(0.5 * logits[:, 0].astype(xp.float64))  # sigmoid, no overflow
-        return (rng.random(p.shape, dtype=xp.float64) < p).astype(xp.int64)
-    u = rng.random(logits.shape, dtype=xp.float64)
-    return xp.argmax(logits - xp.log(-xp.log(u + 1e-300) + 1e-300), axis=1)  # k ~ Cat(softmax)
+        return F.bernoulli_logits(logits[:, 0], rng)
+    return F.gumbel_max(logits, rng, axis=1)                              # k ~ Cat(softmax)
 
 
 class _ResidualBlock(Module):

@@ -5,7 +5,7 @@
 
 Its gradient grad_{x_t} log f_phi(y | x_t, t) steers a diffusion model's eps, eq. (25)
 (refgen.models.diffusion.guidance). Vectors: an MLP with the time embedding in each block;
-images: the U-Net's down path (ResBlocks, downsampling, attention at the lowest resolution),
+images: a U-Net's down path (ResBlocks, downsampling, attention at the lowest resolution),
 then global average pooling and a linear layer. Not registered as a generative model: train it
 with refgen.train.train(..., samples=False) and pass it to DDPM.sample(classifier=...).
 """
@@ -14,12 +14,11 @@ from __future__ import annotations
 import refgen.functional as F
 from refgen.autograd import as_tensor
 from refgen.backend import default_rng, xp
-from refgen.models.diffusion.nets import MLPBlock, TimeEmbedding
 from refgen.models.diffusion.process import q_sample
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.models.diffusion.unet import (AttnBlock, Downsample, ResBlock, _groups,
-                                          default_channel_mult)
-from refgen.nn import Conv2d, GroupNorm, Linear, Module, ModuleList, init
+from refgen.nn import (AttnBlock, Conv2d, Downsample, GroupNorm, Linear, MLPBlock, Module,
+                       ModuleList, ResBlock, TimeEmbedding, apply_blocks, default_channel_mult,
+                       group_count, init)
 
 __all__ = ["NoisyClassifier"]
 
@@ -50,7 +49,7 @@ class NoisyClassifier(Module):
                 if level < len(mult) - 1:
                     self.blocks.append(Downsample(c, rng=g))
             self.blocks.append(AttnBlock(c, 1, groups, rng=g))
-            self.norm = GroupNorm(_groups(c, groups), c)
+            self.norm = GroupNorm(group_count(c, groups), c)
             self.head = Linear(c, self.num_classes, rng=g)
         else:
             self.embed = TimeEmbedding(hidden, hidden, rng=g)
@@ -64,8 +63,7 @@ class NoisyClassifier(Module):
         e = self.embed(t)
         if self.image:
             h = self.conv_in(x)                                           # (B, ch, H, W)
-            for b in self.blocks:
-                h = b(h, e) if isinstance(b, ResBlock) else b(h)
+            h = apply_blocks(self.blocks, h, e)
             h = F.mean(F.silu(self.norm(h)), (2, 3))                      # (B, c, h, w) -> (B, c)
         else:
             h = self.inp(x)                                               # (B, hidden)

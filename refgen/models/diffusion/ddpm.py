@@ -7,7 +7,8 @@
     likelihood elbo(x) = -L_VLB (13)-(16), exact in t or stratified
 
 The network is an MLP for vectors (2D toys) and a U-Net for images, chosen from data_shape.
-Options (``--set key=value``):
+Options (``--set key=value``, or ``DDPM(shape, key=value)``), in three groups
+(refgen.models.diffusion.config: ProcessConfig, NetworkConfig, SamplingConfig; None = not set):
 
     schedule linear|cosine, T          the noise schedule (22)
     parameterization eps|x0|v          what the network predicts
@@ -15,8 +16,9 @@ Options (``--set key=value``):
     variance beta|beta_tilde           the fixed sigma_t^2 when the variance is not learned
     class_cond, p_uncond               with labels: a class-conditional model whose label is
                                        dropped with probability p_uncond (classifier-free guidance)
-    sampler ddpm|ddim, sample_steps, eta, guidance, threshold auto|none|static|dynamic
-                                       how ``sample`` runs by default (each can be passed to it)
+    sampler ddpm|ddim, sample_steps, eta, guidance, threshold none|static|dynamic
+                                       how ``sample`` runs by default (each can be passed to it;
+                                       threshold not set: static for images, none for vectors)
     data_scale                         the model sees x / data_scale (the density is mapped back)
     hidden, depth                      MLP width and number of residual blocks
     channels, channel_mult, num_res_blocks, attn_res, heads, dropout, groups   U-Net
@@ -32,16 +34,25 @@ from refgen.backend import default_rng, xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion import guidance as G
+from refgen.models.diffusion.config import (NetworkConfig, ProcessConfig, SamplingConfig,
+                                            split_options)
 from refgen.models.diffusion.losses import hybrid_loss, l_simple, regression_target, vlb
 from refgen.models.diffusion.nets import MLPDenoiser
 from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sample,
                                              score_from_eps, x0_from_eps)
 from refgen.models.diffusion.sampling import SAMPLERS, sample_loop
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.models.diffusion.unet import UNet
-from refgen.nn import Module, init
+from refgen.nn import Module, UNet, init
 
 __all__ = ["DDPM"]
+
+
+def _threshold(kind):
+    """A threshold option for sample_loop: 'none' -> None; 'static' and 'dynamic' as they are."""
+    if kind not in ("none", "static", "dynamic"):
+        raise ValueError(f"threshold must be none, static or dynamic (or not set: static for "
+                         f"images, none for vectors), got {kind!r}")
+    return None if kind == "none" else kind
 
 
 def _as_labels(y, n):
@@ -62,60 +73,59 @@ class DDPM(Module):
     default_train = dict(steps=3000, batch_size=256, lr=2e-3, ema=0.995, warmup=100)
     demo = True
 
-    def __init__(self, data_shape, *, seed=0, num_classes=None, schedule: str = "linear",
-                 T: int = 1000, parameterization: str = "eps", learn_sigma: bool = False,
-                 variance: str = "beta_tilde", hybrid_lambda: float = 0.001,
-                 class_cond: bool = True, p_uncond: float = 0.1, sampler: str = "ddpm",
-                 sample_steps=None, eta: float = 0.0, guidance: float = 0.0, threshold="auto",
-                 data_scale: float = 1.0, hidden: int = 128, depth: int = 3,
-                 channels: int = 32, channel_mult=None, num_res_blocks: int = 2, attn_res=None,
-                 heads: int = 1, dropout: float = 0.0, groups: int = 8, vlb_timesteps=100):
+    def __init__(self, data_shape, *, seed=0, num_classes=None,
+                 process: ProcessConfig = ProcessConfig(), network: NetworkConfig = NetworkConfig(),
+                 sampling: SamplingConfig = SamplingConfig(), **options):
+        """process, network, sampling: the option groups (refgen.models.diffusion.config);
+        ``options``: any of their fields by name (T=100, channels=16, ...), which override
+        the groups' values. The chosen groups are kept as attributes of the same names."""
         super().__init__()
+        groups = split_options(dict(process=process, network=network, sampling=sampling), options)
+        pr, net, sa = groups["process"], groups["network"], groups["sampling"]
+        self.process, self.network, self.sampling = pr, net, sa
         self.data_shape = tuple(int(d) for d in data_shape)
         if len(self.data_shape) not in (1, 3):
             raise ValueError(f"ddpm models vectors (D,) or images (C, H, W); got {self.data_shape}")
-        if parameterization not in PARAMETERIZATIONS:
+        if pr.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, "
-                             f"got {parameterization!r}")
-        if variance not in ("beta", "beta_tilde"):
+                             f"got {pr.parameterization!r}")
+        if pr.variance not in ("beta", "beta_tilde"):
             raise ValueError(f"variance must be 'beta' or 'beta_tilde' (or learn_sigma=true), "
-                             f"got {variance!r}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        if threshold == "auto":  # images live in [-1, 1]: keep the predicted x_0 there
-            threshold = "static" if len(self.data_shape) == 3 else None
-        if threshold in ("none", "None"):
-            threshold = None
-        if threshold not in (None, "static", "dynamic"):
-            raise ValueError(f"threshold must be auto, none, static or dynamic, got {threshold!r}")
-        if not 0.0 <= p_uncond < 1.0:
-            raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
-        self.schedule = make_schedule(schedule, T)
-        self.T = int(T)
-        self.parameterization = parameterization
-        self.learn_sigma = bool(learn_sigma)
-        self.variance = "learned" if self.learn_sigma else variance
-        self.hybrid_lambda = float(hybrid_lambda)
-        self.num_classes = int(num_classes) if (num_classes and class_cond) else None
-        self.p_uncond = float(p_uncond)
-        self.sampler, self.sample_steps, self.eta = sampler, sample_steps, float(eta)
-        self.guidance, self.threshold = float(guidance), threshold
-        self.data_scale = float(data_scale)
-        self.vlb_timesteps = vlb_timesteps
+                             f"got {pr.variance!r}")
+        if sa.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sa.sampler!r}")
+        if not 0.0 <= pr.p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1), got {pr.p_uncond}")
+        self.schedule = make_schedule(pr.schedule, pr.T)
+        self.T = int(pr.T)
+        self.parameterization = pr.parameterization
+        self.learn_sigma = bool(pr.learn_sigma)
+        self.variance = "learned" if self.learn_sigma else pr.variance
+        self.hybrid_lambda = float(pr.hybrid_lambda)
+        self.num_classes = int(num_classes) if (num_classes and pr.class_cond) else None
+        self.p_uncond = float(pr.p_uncond)
+        self.sampler, self.sample_steps, self.eta = sa.sampler, sa.sample_steps, float(sa.eta)
         self.image = len(self.data_shape) == 3
+        self.guidance = float(sa.guidance)
+        # threshold not set: images live in [-1, 1], so keep the predicted x_0 there
+        self.threshold = _threshold(("static" if self.image else "none") if sa.threshold is None
+                                    else sa.threshold)
+        self.data_scale = float(pr.data_scale)
+        self.vlb_timesteps = pr.vlb_timesteps
         # L_0: the 8-bit image decoder (eq. (16)) for images, a Gaussian density for vectors
         self.discrete = self.image
         if self.discrete and self.data_scale != 1.0:
             raise ValueError("images are modelled in [-1, 1] (data_scale=1): the discretized "
                              "decoder's 256 bins live there")
         c = self.data_shape[0]
-        out = 2 * c if self.learn_sigma else c                            # (23): mean and v
+        out = 2 * c if self.learn_sigma else c                            # (23): mean and var_frac
         g = init.get_rng(int(seed))
         if self.image:
-            self.net = UNet(c, out, self.data_shape[-1], channels, channel_mult, num_res_blocks,
-                            attn_res, heads, groups, dropout, self.num_classes, rng=g)
+            self.net = UNet(c, out, self.data_shape[-1], net.channels, net.channel_mult,
+                            net.num_res_blocks, net.attn_res, net.heads, net.groups, net.dropout,
+                            self.num_classes, rng=g)
         else:
-            self.net = MLPDenoiser(c, out, hidden, depth, self.num_classes, rng=g)
+            self.net = MLPDenoiser(c, out, net.hidden, net.depth, self.num_classes, rng=g)
         self.dtype = xp.float32
         self.rng = default_rng(seed)
         self.last = {}  # the parts of the last loss, for logging
@@ -208,7 +218,7 @@ class DDPM(Module):
 
     # ------------------------------------------------------------------------- sampling
     def sample(self, n, cond=None, rng=None, *, steps=None, sampler=None, eta=None,
-               guidance=None, threshold="default", classifier=None, classifier_scale: float = 1.0,
+               guidance=None, threshold=None, classifier=None, classifier_scale: float = 1.0,
                unconditional: bool = False, variance=None, x_T=None):
         """n samples in data space, (n, *data_shape) xp array.
 
@@ -216,8 +226,9 @@ class DDPM(Module):
         None samples unconditionally (the null label). unconditional: with a classifier, give
         the network the null label and leave cond to the classifier alone. variance: sample a
         fixed-variance model with the other fixed sigma^2 ('beta' or 'beta_tilde'). steps: a strided
-        schedule of that many steps (default: the model's sample_steps, else all T). Other
-        arguments default to the model's options of the same name."""
+        schedule of that many steps (default: the model's sample_steps, else all T). threshold:
+        'none', 'static' or 'dynamic'. Other arguments default to the model's options of the
+        same name; None (not set) means that default."""
         if rng is None:
             rng = getattr(self, "rng", None)
         rng = default_rng(rng)
@@ -229,7 +240,7 @@ class DDPM(Module):
             x = sample_loop(predict, sch, (n,) + self.data_shape, rng,
                             sampler=sampler or self.sampler,
                             eta=self.eta if eta is None else float(eta),
-                            threshold=self.threshold if threshold == "default" else threshold,
+                            threshold=self.threshold if threshold is None else _threshold(threshold),
                             x_T=x_T, dtype=self.dtype)
         return x * self.data_scale
 

@@ -42,11 +42,6 @@ __all__ = ["regression_target", "l_simple", "eps_weight", "prior_kl", "decoder_n
            "hybrid_loss", "vlb"]
 
 
-def _sum_dims(x):
-    """(B, ...) -> (B,): the sum over every axis but the batch."""
-    return F.sum(x, tuple(range(1, x.ndim))) if x.ndim > 1 else x
-
-
 def regression_target(sch, x0, t, eps, parameterization: str = "eps"):
     """What the network regresses at x_t = q_sample(x0, t, eps): eps, x_0, or v."""
     if parameterization == "eps":
@@ -74,7 +69,7 @@ def prior_kl(sch, x0):
     T = sch.T
     mean, var = q_mean_var(sch, x0, T)                                   # (3) at t = T
     kl = kl_normal_logvar(mean, as_tensor(xp.log(var)), 0.0, 0.0)       # (16)
-    return _sum_dims(kl)
+    return F.sum_except_batch(kl)
 
 
 def decoder_nll(x0, mean, log_var, discrete: bool):
@@ -84,7 +79,7 @@ def decoder_nll(x0, mean, log_var, discrete: bool):
         lp = DiscretizedGaussian(mean, 0.5 * as_tensor(log_var, like=x0)).log_prob(x0)
     else:
         lp = Normal.from_logvar(mean, as_tensor(log_var, like=x0)).log_prob(x0)
-    return -_sum_dims(lp)                                                # (16)
+    return -F.sum_except_batch(lp)                                                # (16)
 
 
 def vlb_term(sch, x0, xt, t, pred, discrete: bool):
@@ -95,7 +90,7 @@ def vlb_term(sch, x0, xt, t, pred, discrete: bool):
     mu_q, _ = q_posterior(sch, x0, xt, t)                                 # (10)
     mu_p = mean_from_eps(sch, xt, t, pred.eps)                            # (17)
     log_var_q = coef(sch.log_beta_tilde_clipped, t, xt)                  # log beta_tilde_t, t >= 2
-    kl = _sum_dims(kl_normal_logvar(mu_q, as_tensor(log_var_q), mu_p, pred.log_var))  # (16)
+    kl = F.sum_except_batch(kl_normal_logvar(mu_q, as_tensor(log_var_q), mu_p, pred.log_var))  # (16)
     first = xp.asarray(t) == 1
     if not bool(first.any()):
         return kl
@@ -107,9 +102,9 @@ def hybrid_loss(sch, x0, t, eps, out, parameterization: str, discrete: bool, lam
     """L_hybrid = L_simple + lam L_VLB, L_VLB estimated as T L_{t-1} per dimension.
 
     out: the network's output (B, 2C, ...) at x_t = q_sample(x0, t, eps). Returns the
-    Tensors (loss, l_simple, l_vlb); l_vlb's graph reaches only the v half of ``out``."""
+    Tensors (loss, l_simple, l_vlb); l_vlb's graph reaches only the var_frac half of ``out``."""
     xt = q_sample(sch, x0, t, eps)                                        # (3)
-    c = out.shape[1] // 2                                                 # (B, 2C, ...): mean part, v
+    c = out.shape[1] // 2                                                 # (B, 2C, ...): mean part, var_frac
     simple = l_simple(regression_target(sch, x0, t, eps, parameterization), out[:, :c])  # (19)
     frozen = interpret(out, xt, t, sch, parameterization, "learned", stop_mean_grad=True)
     d = math.prod(x0.shape[1:])

@@ -17,8 +17,9 @@ Reverse (learned): p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), Sigma_theta(x_t,
 with mu_theta from eq. (12) with eps_theta in place of eps                                 (17)
 and Sigma_theta fixed to beta_t or beta_tilde_t, or learned by interpolation               (23)
 
-    Sigma_theta = exp(v log beta_t + (1 - v) log beta_tilde_t).
+    Sigma_theta = exp(var_frac log beta_t + (1 - var_frac) log beta_tilde_t)
 
+(the paper's v, named var_frac here so that v names only the v-prediction target below).
 The network may predict eps, x_0 or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0;
 each converts to the others through eq. (11). Its score estimate is eq. (21):
 s_theta(x_t, t) = -eps_theta(x_t, t) / sqrt(1 - alpha_bar_t).
@@ -45,10 +46,10 @@ VARIANCES = ("beta", "beta_tilde", "learned")
 def coef(a, t, x):
     """a[t] for steps t, shaped (B, 1, ..., 1) (or a scalar) to broadcast against x, in x's dtype."""
     arr = x.data if isinstance(x, Tensor) else x
-    v = a[t]
-    if getattr(v, "ndim", 0):
-        v = v.reshape(v.shape + (1,) * (arr.ndim - v.ndim))
-    return xp.asarray(v, dtype=arr.dtype)
+    a_t = a[t]
+    if getattr(a_t, "ndim", 0):
+        a_t = a_t.reshape(a_t.shape + (1,) * (arr.ndim - a_t.ndim))
+    return xp.asarray(a_t, dtype=arr.dtype)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -113,25 +114,26 @@ def score_from_eps(sch, xt, t, eps):
 
 
 # ----------------------------------------------------------------------------- reverse
-def model_log_variance(sch, t, x, variance: str, v=None):
+def model_log_variance(sch, t, x, variance: str, var_frac=None):
     """log Sigma_theta(x_t, t): log beta_t, log beta_tilde_t (beta_tilde_1 -> beta_tilde_2, see
-    Schedule), or the learned interpolation of eq. (23) with mixing weights ``v`` (like x)."""
+    Schedule), or the learned interpolation of eq. (23) with mixing weights ``var_frac`` (like x)."""
     if variance == "beta":
         return coef(sch.log_beta, t, x)
     if variance == "beta_tilde":
         return coef(sch.log_beta_tilde_clipped, t, x)
     if variance == "learned":
-        return v * coef(sch.log_beta, t, x) + (1.0 - v) * coef(sch.log_beta_tilde_clipped, t, x)  # (23)
+        return (var_frac * coef(sch.log_beta, t, x)
+                + (1.0 - var_frac) * coef(sch.log_beta_tilde_clipped, t, x))  # (23)
     raise ValueError(f"unknown variance {variance!r}; accepted: {', '.join(VARIANCES)}")
 
 
 class Prediction(NamedTuple):
     """What the reverse process needs at (x_t, t): eps_theta, the implied x_0, log Sigma_theta,
-    and (learned variance only) the interpolation weights v."""
+    and (learned variance only) the interpolation weights var_frac of eq. (23)."""
     eps: object
     x0: object
     log_var: object
-    v: object = None
+    var_frac: object = None
 
 
 def interpret(out, xt, t, sch, parameterization: str = "eps", variance: str = "beta_tilde",
@@ -139,17 +141,17 @@ def interpret(out, xt, t, sch, parameterization: str = "eps", variance: str = "b
     """A network's raw output at (x_t, t) as a Prediction.
 
     out: (B, C', ...) with C' = C (fixed variance) or 2 C (learned: the second half is the raw
-    v in [-1, 1], mapped to v = (raw + 1) / 2, so a zero output sits halfway between the two
-    variances in log space).
+    mixing weight in [-1, 1], mapped to var_frac = (raw + 1) / 2, so a zero output sits halfway
+    between the two variances in log space).
     stop_mean_grad: cut the graph of the mean part (eps / x_0 / v), so that a loss of this
     Prediction trains only the variance (L_hybrid's VLB term).
     """
     if variance == "learned":
         c = out.shape[1] // 2
         out, raw = out[:, :c], out[:, c:]
-        v = (raw + 1.0) * 0.5
+        var_frac = (raw + 1.0) * 0.5
     else:
-        v = None
+        var_frac = None
     if stop_mean_grad and isinstance(out, Tensor):
         out = out.detach()
     if parameterization == "eps":
@@ -163,4 +165,4 @@ def interpret(out, xt, t, sch, parameterization: str = "eps", variance: str = "b
     else:
         raise ValueError(f"unknown parameterization {parameterization!r}; accepted: "
                          f"{', '.join(PARAMETERIZATIONS)}")
-    return Prediction(eps, x0, model_log_variance(sch, t, xt, variance, v), v)  # (6)
+    return Prediction(eps, x0, model_log_variance(sch, t, xt, variance, var_frac), var_frac)  # (6)

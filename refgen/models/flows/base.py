@@ -28,12 +28,7 @@ from refgen.backend import default_rng, xp
 from refgen.nn import Module, ModuleList
 
 __all__ = ["FlowLayer", "FlowSequence", "StandardNormal", "StandardLogistic", "Flow",
-           "sum_except_batch", "zero_logdet", "constant_logdet"]
-
-
-def sum_except_batch(t):
-    """(B, ...) -> (B,): the sum over every dimension but the first."""
-    return F.reshape(t, (t.shape[0], -1)).sum(1)
+           "zero_logdet", "constant_logdet"]
 
 
 def zero_logdet(x):
@@ -92,7 +87,7 @@ class StandardNormal:
     def log_prob(self, z):
         z = as_tensor(z)
         d = math.prod(z.shape[1:])
-        return -0.5 * sum_except_batch(z * z) - 0.5 * d * math.log(2.0 * math.pi)
+        return -0.5 * F.sum_except_batch(z * z) - 0.5 * d * math.log(2.0 * math.pi)
 
     def sample(self, shape, rng, dtype):
         return rng.standard_normal(shape, dtype=xp.float64).astype(dtype)
@@ -106,7 +101,7 @@ class StandardLogistic:
 
     def log_prob(self, z):
         z = as_tensor(z)
-        return -sum_except_batch(F.softplus(z) + F.softplus(-z))
+        return -F.sum_except_batch(F.softplus(z) + F.softplus(-z))
 
     def sample(self, shape, rng, dtype):
         u = rng.random(shape, dtype=xp.float64)

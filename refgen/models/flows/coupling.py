@@ -29,7 +29,7 @@ from __future__ import annotations
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor
 from refgen.backend import xp
-from refgen.models.flows.base import FlowLayer, sum_except_batch, zero_logdet
+from refgen.models.flows.base import FlowLayer, zero_logdet
 from refgen.nn import Parameter
 
 __all__ = ["AdditiveCoupling", "AffineCoupling"]
@@ -85,7 +85,7 @@ class AffineCoupling(_Coupling):
         m, _ = self._masks()
         log_s, t = self._scale_shift(x * m)
         y = x * F.exp(log_s) + t                    # kept half: x * 1 + 0
-        return y, sum_except_batch(log_s)
+        return y, F.sum_except_batch(log_s)
 
     def inverse(self, y):
         y = as_tensor(y)

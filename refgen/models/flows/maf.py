@@ -33,11 +33,11 @@ from refgen.backend import xp
 from refgen.models import register
 from refgen.models.autoregressive.made import MADE
 from refgen.models.base import DataSpec
-from refgen.models.flows.base import Flow, FlowLayer, sum_except_batch
+from refgen.models.flows.base import Flow, FlowLayer
 from refgen.models.flows.nets import zero_init
 from refgen.models.flows.preprocess import LogitTransform
 from refgen.models.flows.reshape import Flatten, Reverse
-from refgen.nn import Parameter, init
+from refgen.nn import Parameter, init, parse_hidden
 
 __all__ = ["AutoregressiveAffine", "MAF"]
 
@@ -64,7 +64,7 @@ class AutoregressiveAffine(FlowLayer):
         """The density pass: one MADE evaluation."""
         x = as_tensor(x)
         mu, alpha = self._mu_alpha(x)
-        return (x - mu) * F.exp(-alpha), -sum_except_batch(alpha)
+        return (x - mu) * F.exp(-alpha), -F.sum_except_batch(alpha)
 
     def inverse(self, z):
         """The sampling pass: D MADE evaluations, x_i fixed after pass i."""
@@ -96,7 +96,7 @@ class MAF(Flow):
         d = math.prod(shape)
         g = init.get_rng(int(seed))
         hidden = hidden if hidden is not None else ([1024] if image else [128, 128])
-        hidden = [int(hidden)] if isinstance(hidden, (int, float)) else [int(h) for h in hidden]
+        hidden = parse_hidden(hidden)
         flow = [LogitTransform(logit_alpha), Flatten(shape)] if image else []
         for k in range(int(layers)):
             if k:

@@ -29,7 +29,7 @@ import math
 import refgen.functional as F
 from refgen.autograd import as_tensor
 from refgen.backend import xp
-from refgen.models.flows.base import FlowLayer, sum_except_batch
+from refgen.models.flows.base import FlowLayer
 from refgen.models.flows.nets import zero_init
 from refgen.nn import Conv2d, Linear, Module, init
 
@@ -58,7 +58,7 @@ class ConditionalPrior(Module):
     def forward(self, z, h):
         """(z_i, h) -> (eps, log|det d eps / d z_i|) with the (B,) log-determinant."""
         mu, log_sigma = self._mu_log_sigma(as_tensor(h))
-        return (as_tensor(z) - mu) * F.exp(-log_sigma), -sum_except_batch(log_sigma)
+        return (as_tensor(z) - mu) * F.exp(-log_sigma), -F.sum_except_batch(log_sigma)
 
     def inverse(self, eps, h):
         mu, log_sigma = self._mu_log_sigma(as_tensor(h))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import refgen.functional as F
 from refgen.backend import xp
-from refgen.nn import Conv2d, Linear, Module, ModuleList, init
+from refgen.nn import Conv2d, Linear, Module, ModuleList, init, parse_hidden
 
 __all__ = ["MLP", "ConvNet", "conditioner", "zero_init"]
 
@@ -64,10 +64,12 @@ class ConvNet(Module):
 def conditioner(shape, out_multiplier: int, hidden, rng=None):
     """The net for one example shape: shape (D,) -> MLP(D, m*D); (C, H, W) -> ConvNet(C, m*C).
 
-    ``hidden``: a list of layer sizes for the MLP, one channel count for the CNN.
+    ``hidden``: layer sizes for the MLP (a single int h means two layers (h, h)), one channel
+    count for the CNN (the first size given).
     """
+    sizes = parse_hidden(hidden)
     if len(shape) == 1:
-        sizes = hidden if isinstance(hidden, (list, tuple)) else (int(hidden),) * 2
+        sizes = sizes * 2 if isinstance(hidden, (int, float)) else sizes
         return MLP(shape[0], out_multiplier * shape[0], sizes, rng=rng)
-    width = hidden[0] if isinstance(hidden, (list, tuple)) else int(hidden)
+    width = sizes[0]
     return ConvNet(shape[0], out_multiplier * shape[0], width, rng=rng)

@@ -17,7 +17,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import as_tensor
-from refgen.models.flows.base import FlowLayer, sum_except_batch, zero_logdet
+from refgen.models.flows.base import FlowLayer, zero_logdet
 
 __all__ = ["LogitTransform", "Shift"]
 
@@ -38,7 +38,7 @@ class LogitTransform(FlowLayer):
         x = as_tensor(x)
         s = self.alpha + (1.0 - 2.0 * self.alpha) * x
         log_s, log_1ms = F.log(s), F.log(1.0 - s)
-        logdet = sum_except_batch(math.log(1.0 - 2.0 * self.alpha) - log_s - log_1ms)
+        logdet = F.sum_except_batch(math.log(1.0 - 2.0 * self.alpha) - log_s - log_1ms)
         return log_s - log_1ms, logdet
 
     def inverse(self, y):

@@ -18,8 +18,8 @@ from refgen.autograd import Tensor, as_tensor, no_grad
 from refgen.backend import default_rng, xp
 from refgen.models import register
 from refgen.models.base import DataSpec
-from refgen.models.vae.nets import Decoder, Encoder, parse_hidden
-from refgen.nn import Module, Parameter, init
+from refgen.models.vae.nets import Decoder, Encoder
+from refgen.nn import Module, Parameter, init, parse_hidden
 
 __all__ = ["Autoencoder", "LinearAutoencoder"]
 
@@ -97,10 +97,9 @@ class Autoencoder(_CodeMoments):
         z = self.encode(x)
         self._track(z)
         out = self.decode(z)
-        dims = tuple(range(1, x.ndim))
         if self.reconstruction == "bce":
-            return F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(dims).mean()
-        return F.mse_loss(out, x, reduction="none").sum(dims).mean()
+            return F.sum_except_batch(F.binary_cross_entropy_with_logits(out, x, reduction="none")).mean()
+        return F.sum_except_batch(F.mse_loss(out, x, reduction="none")).mean()
 
 
 @register("linear-autoencoder")
@@ -146,7 +145,7 @@ class LinearAutoencoder(_CodeMoments):
         z = self.encode(x)
         self._track(z)
         d = self.decode(z) - x
-        return (d * d).sum(tuple(range(1, x.ndim))).mean()              # (A1)
+        return F.sum_except_batch(d * d).mean()                           # (A1)
 
     def principal_subspace(self):
         """An orthonormal basis (D, d) of the row space of W (QR of W^T)."""

@@ -19,9 +19,9 @@ import math
 import refgen.functional as F
 from refgen.autograd import as_tensor
 from refgen.backend import xp
-from refgen.nn import Conv2d, ConvTranspose2d, Linear, Module, ModuleList, Parameter
+from refgen.nn import Conv2d, ConvTranspose2d, Linear, Module, ModuleList, Parameter, parse_hidden
 
-__all__ = ["parse_hidden", "activation", "Encoder", "Decoder", "LinearEncoder", "ConvTrunk",
+__all__ = ["activation", "Encoder", "Decoder", "LinearEncoder", "ConvTrunk",
            "ConvHead", "conv_shapes", "one_hot"]
 
 _ACTIVATIONS = {"relu": F.relu, "tanh": F.tanh, "softplus": F.softplus, "elu": F.elu,
@@ -32,18 +32,6 @@ def activation(name: str):
     if name not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; accepted: {', '.join(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]
-
-
-def parse_hidden(hidden) -> tuple:
-    """Hidden sizes from an int, a list, or a string such as '512,256' (for --set)."""
-    if isinstance(hidden, str):
-        hidden = [h for h in hidden.replace(" ", "").split(",") if h]
-    if isinstance(hidden, (int, float)):
-        hidden = [hidden]
-    sizes = tuple(int(h) for h in hidden)
-    if any(h < 1 for h in sizes):
-        raise ValueError(f"hidden sizes must be positive, got {hidden!r}")
-    return sizes
 
 
 def one_hot(y, num_classes, dtype):

@@ -38,8 +38,8 @@ from refgen.metrics.likelihood import iwae as iwae_estimator
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.vae.likelihoods import make_likelihood
-from refgen.models.vae.nets import Decoder, Encoder, parse_hidden
-from refgen.nn import Module, init
+from refgen.models.vae.nets import Decoder, Encoder
+from refgen.nn import Module, init, parse_hidden
 
 __all__ = ["VAE", "BetaVAE", "ConditionalVAE", "IWAE"]
 

@@ -45,9 +45,9 @@ from refgen.models import register
 from refgen.models.autoregressive.pixelcnn import PixelCNN
 from refgen.models.base import DataSpec
 from refgen.models.vae.likelihoods import make_likelihood
-from refgen.models.vae.nets import ConvHead, ConvTrunk, conv_shapes, parse_hidden
+from refgen.models.vae.nets import ConvHead, ConvTrunk, conv_shapes
 from refgen.models.vae.nets import activation as _activation
-from refgen.nn import Conv2d, Module, Parameter, init
+from refgen.nn import Conv2d, Module, Parameter, init, parse_hidden
 
 __all__ = ["VQVAE", "nearest_code", "perplexity"]
 
@@ -218,5 +218,5 @@ class VQVAE(Module):
         rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         with no_grad():
             v = self.prior.sample(int(n), rng=rng)                                  # (n, 1, h, w)
-            k = xp.rint((v[:, 0] + 1.0) * 0.5 * (self.num_codes - 1)).astype(xp.int64)
+            k = F.to_levels(v[:, 0], self.num_codes)                                # (n, h, w) code ids
             return self.likelihood.mean(self.decode(self.lookup(k))).data

@@ -75,7 +75,7 @@ def test_classifier_guidance_of_the_unconditional_mode():
         p.data += asarray(0.05 * np.random.default_rng(1).standard_normal(p.data.shape).astype(p.data.dtype))
     clf = NoisyClassifier((1, 8, 8), 3, T=30, channels=8)
     y = np.array([0, 1, 2])
-    kw = dict(rng=5, steps=4, threshold=None)
+    kw = dict(rng=5, steps=4, threshold="none")
     uncond, cond = m.sample(3, **kw), m.sample(3, cond=y, guidance=0.0, **kw)
     assert np.abs(uncond - cond).max() > 1e-4                            # the label matters
     g0 = m.sample(3, cond=y, classifier=clf, classifier_scale=0.0, unconditional=True, **kw)

@@ -86,8 +86,8 @@ def test_vlb_of_the_oracle_is_tight_with_sigma_beta():
 
 
 def test_hybrid_vlb_term_sends_no_gradient_to_the_mean():
-    """The L_VLB part of L_hybrid trains only the variance (through v): its gradient with
-    respect to the network's mean output is exactly zero, that w.r.t. v is not."""
+    """The L_VLB part of L_hybrid trains only the variance (through var_frac): its gradient
+    with respect to the network's mean output is exactly zero, that w.r.t. var_frac is not."""
     rng = np.random.default_rng(0)
     x0 = Tensor(rng.uniform(-1, 1, (4, 3)))
     t = np.array([1, 2, 500, 1000])

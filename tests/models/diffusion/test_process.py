@@ -79,7 +79,8 @@ def test_parameterizations_agree(t, param):
 
 
 def test_learned_variance_interpolates():
-    """eq. (23): v = 1 gives beta_t, v = 0 gives beta_tilde_t, in between a geometric mean."""
+    """eq. (23): var_frac = 1 gives beta_t, var_frac = 0 gives beta_tilde_t, in between a
+    geometric mean."""
     sch = SCH["linear"]
     xt, t = np.zeros((3, 1)), np.array([5, 500, 1000])
     for raw, want in ((1.0, sch.log_beta[t]), (-1.0, sch.log_beta_tilde_clipped[t]),

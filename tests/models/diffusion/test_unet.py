@@ -6,8 +6,8 @@ from hypothesis import given, settings, strategies as st
 
 from refgen.autograd import Tensor
 from refgen.backend import to_numpy
-from refgen.models.diffusion.nets import MLPDenoiser, timestep_embedding
-from refgen.models.diffusion.unet import UNet, default_channel_mult
+from refgen.models.diffusion.nets import MLPDenoiser
+from refgen.nn import UNet, default_channel_mult, timestep_embedding
 from refgen.testing import check_vjp
 
 
