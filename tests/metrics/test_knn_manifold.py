@@ -92,3 +92,12 @@ def test_bad_input():
         precision_recall(x, np.zeros((5, 4)))
     with pytest.raises(ValueError, match="NaN"):
         precision_recall(np.full((5, 3), np.inf), x)
+
+
+def test_default_k_is_three_as_in_the_paper():
+    rng = np.random.default_rng(4)
+    real = np.concatenate([rng.normal(size=(40, 3)), rng.normal(-3.0, 0.5, size=(10, 3))])
+    gen = np.concatenate([rng.normal(0.3, 1.2, size=(40, 3)), rng.normal(3.0, 0.5, size=(10, 3))])
+    by_k = {k: precision_recall(gen, real, k=k) for k in (2, 3, 4)}
+    assert len(set(by_k.values())) == 3               # k matters for these sets
+    assert precision_recall(gen, real) == by_k[3]
