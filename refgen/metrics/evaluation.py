@@ -16,7 +16,8 @@ What is computed, and when:
                     kid_n_samples = N
   precision, recall ... k-NN manifold precision and recall, k = 3 (refgen.metrics.knn_manifold),
                     of min(N, test size) samples against as many test images (a fixed
-                    random choice); pr_n_samples = that number
+                    random choice); pr_n_samples = that number. KID needs N >= 3 and
+                    precision / recall N >= 4; with fewer samples they are left out
   class_kl          ... KL of the classifier's class histogram of the samples to uniform
                     (nats, refgen.metrics.histogram); class_kl_n_samples = N
   cond_accuracy     ... and is class-conditional (``num_classes`` set, ``sample(n, cond=y)``):
@@ -66,7 +67,7 @@ from refgen.metrics import fid as _fid
 from refgen.metrics.frechet import frechet_distance, gaussian_stats
 from refgen.metrics.histogram import class_kl
 from refgen.metrics.kernel_distance import kid
-from refgen.metrics.knn_manifold import precision_recall
+from refgen.metrics.knn_manifold import DEFAULT_K, precision_recall
 from refgen.metrics.likelihood import bits_per_dim, nll_to_bpd
 from refgen.metrics.two_d import entropy_gap_nats, mmd, mode_stats
 
@@ -200,22 +201,26 @@ def _image_metrics(model, ds, n, gen, chunk):
     if _mnist_range(ds.name)[0] == 0:  # [0, 1] -> [-1, 1]
         s, ref = 2.0 * s - 1.0, 2.0 * ds.x - 1.0
     m = min(n, len(ref))  # precision / recall compare equally many real and generated
-    counts = {"fid_n_samples": n, "kid_n_samples": n, "pr_n_samples": m, "class_kl_n_samples": n}
+    with_kid, with_pr = n >= 3 and len(ref) >= 3, m > DEFAULT_K  # what n can support
+    out = {"fid_n_samples": n, "class_kl_n_samples": n}
+    out.update({"kid_n_samples": n} if with_kid else {})
+    out.update({"pr_n_samples": m} if with_pr else {})
     if not np.isfinite(s).all():
-        nan = float("nan")
-        return {"fid_mnist": nan, "kid_mnist": nan, "kid_mnist_se": nan, "precision": nan,
-                "recall": nan, "class_kl": nan, **counts}
+        names = ("fid_mnist", "class_kl") + ("kid_mnist", "kid_mnist_se") * with_kid \
+            + ("precision", "recall") * with_pr
+        return {**out, **dict.fromkeys(names, float("nan"))}
     feats, logits = _fid.mnist_features_and_logits(np.clip(s, -1.0, 1.0))
     key = (ds.name, ds.split, len(ds.x))
     f_ref = _fid.reference_features(ref, key)                      # (len(ref), 128)
     mu_r, sigma_r = _fid.reference_stats(images=ref, key=key)
     mu, sigma = gaussian_stats(feats)
-    k, k_se = kid(feats, f_ref, rng=EVAL_SEED)
-    pr_ref = f_ref[np.random.default_rng(EVAL_SEED).permutation(len(f_ref))[:m]]
-    precision, recall = precision_recall(feats[:m], pr_ref)
-    out = {"fid_mnist": frechet_distance(mu, sigma, mu_r, sigma_r), "kid_mnist": k,
-           "kid_mnist_se": k_se, "precision": precision, "recall": recall,
-           "class_kl": class_kl(logits.argmax(axis=1), logits.shape[1]), **counts}
+    out["fid_mnist"] = frechet_distance(mu, sigma, mu_r, sigma_r)
+    out["class_kl"] = class_kl(logits.argmax(axis=1), logits.shape[1])
+    if with_kid:
+        out["kid_mnist"], out["kid_mnist_se"] = kid(feats, f_ref, rng=EVAL_SEED)
+    if with_pr:
+        pr_ref = f_ref[np.random.default_rng(EVAL_SEED).permutation(len(f_ref))[:m]]
+        out["precision"], out["recall"] = precision_recall(feats[:m], pr_ref)
     if labels is not None and int(model.num_classes) == 10:
         out["cond_accuracy"] = float((logits.argmax(axis=1) == labels).mean())
     return out

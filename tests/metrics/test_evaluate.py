@@ -248,3 +248,23 @@ def test_ddpm_on_images_declares_its_elbo_discrete():
     assert models.create("ddpm", data_shape=(1, 8, 8), channels=8, channel_mult=(1,),
                          num_res_blocks=1, groups=4).discrete is True
     assert models.create("ddpm", data_shape=(2,)).discrete is False
+
+
+def test_few_or_non_finite_samples(mnist_dir):
+    test = data.load("mnist", "test", data_dir=mnist_dir)
+    small_test = dataclasses.replace(test, x=test.x[:50], y=test.y[:50])
+    model = FirstFiveDigits(test.x[50:200])
+    three = evaluate(model, small_test, n_samples=3)        # KID needs 3, precision/recall 4
+    assert {"kid_mnist", "kid_mnist_se", "class_kl"} <= set(three)
+    assert "precision" not in three and "pr_n_samples" not in three
+    four = evaluate(model, small_test, n_samples=4)
+    assert four["pr_n_samples"] == 4 and 0.0 <= four["precision"] <= 1.0
+
+    class Broken(FirstFiveDigits):
+        def sample(self, n, cond=None, rng=None):
+            return np.full((n, 1, 28, 28), np.nan, dtype=np.float32)
+
+    m = evaluate(Broken(test.x[:10]), small_test, n_samples=20)
+    assert m["kid_n_samples"] == m["pr_n_samples"] == 20
+    assert all(math.isnan(m[k]) for k in ("fid_mnist", "kid_mnist", "kid_mnist_se", "precision",
+                                          "recall", "class_kl"))
