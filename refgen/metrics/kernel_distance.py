@@ -5,7 +5,7 @@ KID is the squared maximum mean discrepancy between the feature distributions of
 
     k(a, b) = (a . b / d + 1)^3,                    d = the feature dimension,
 
-estimated without bias (Gretton et al. 2012's U-statistic, Binkowski et al. 2018, eq. 2):
+estimated without bias (the U-statistic of Gretton et al. 2012, "A Kernel Two-Sample Test"):
 
     KID = 1/(m(m-1)) sum_{i!=j} k(x_i, x_j) + 1/(n(n-1)) sum_{i!=j} k(y_i, y_j)
           - 2/(mn) sum_{i,j} k(x_i, y_j).
