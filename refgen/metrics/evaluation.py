@@ -11,6 +11,15 @@ What is computed, and when:
                     log p(x) >= L_k >= ELBO)
   fid_mnist         model samples MNIST-shaped images: FID of ``n_samples`` samples against
                     the test images (refgen.metrics.fid), with fid_n_samples = that N
+  kid_mnist, kid_mnist_se   ... the same samples: unbiased KID against the test images in
+                    the same features, with its standard error (refgen.metrics.kernel_distance);
+                    kid_n_samples = N
+  precision, recall ... k-NN manifold precision and recall, k = 3 (refgen.metrics.knn_manifold),
+                    of min(N, test size) samples against as many test images (a fixed
+                    random choice); pr_n_samples = that number. KID needs N >= 3 and
+                    precision / recall N >= 4; with fewer samples they are left out
+  class_kl          ... KL of the classifier's class histogram of the samples to uniform
+                    (nats, refgen.metrics.histogram); class_kl_n_samples = N
   cond_accuracy     ... and is class-conditional (``num_classes`` set, ``sample(n, cond=y)``):
                     the classifier's accuracy on samples drawn for balanced labels y
   modes_covered, hq_fraction   toy2d data with known modes (refgen.data.toy2d.modes)
@@ -56,10 +65,18 @@ from refgen.autograd import Tensor, no_grad
 from refgen.data.datasets import value_range
 from refgen.metrics import fid as _fid
 from refgen.metrics.frechet import frechet_distance, gaussian_stats
+from refgen.metrics.histogram import class_kl
+from refgen.metrics.kernel_distance import kid
+from refgen.metrics.knn_manifold import DEFAULT_K, precision_recall
 from refgen.metrics.likelihood import bits_per_dim, nll_to_bpd
 from refgen.metrics.two_d import entropy_gap_nats, mmd, mode_stats
 
-__all__ = ["evaluate", "EVAL_SEED", "DEFAULT_SAMPLES", "DEFAULT_IWAE_K"]
+__all__ = ["evaluate", "EVAL_SEED", "DEFAULT_SAMPLES", "DEFAULT_IWAE_K", "METRIC_NAMES"]
+
+# every metric evaluate can report, in the order `refgen list` shows them
+METRIC_NAMES = ("test_nll_nats", "test_bpd", "elbo_nats", "iwae_nats", "fid_mnist", "kid_mnist",
+                "kid_mnist_se", "precision", "recall", "class_kl", "cond_accuracy",
+                "modes_covered", "hq_fraction", "mmd", "entropy_gap_nats")
 
 EVAL_SEED = 0
 DEFAULT_SAMPLES = 10_000
@@ -176,18 +193,34 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
 
 
 def _image_metrics(model, ds, n, gen, chunk):
-    """fid_mnist (and cond_accuracy for conditional models) of n samples of an MNIST model."""
+    """fid_mnist, kid_mnist, precision, recall, class_kl (and cond_accuracy for conditional
+    models) of n samples of an MNIST model."""
     labels = np.arange(n) % int(model.num_classes) if _is_conditional(model) else None
     s = _draw(model, n, labels, gen, chunk).reshape((n,) + tuple(ds.shape)).astype(np.float32)
     ref = ds.x
     if _mnist_range(ds.name)[0] == 0:  # [0, 1] -> [-1, 1]
         s, ref = 2.0 * s - 1.0, 2.0 * ds.x - 1.0
+    m = min(n, len(ref))  # precision / recall compare equally many real and generated
+    with_kid, with_pr = n >= 3 and len(ref) >= 3, m > DEFAULT_K  # what n can support
+    out = {"fid_n_samples": n, "class_kl_n_samples": n}
+    out.update({"kid_n_samples": n} if with_kid else {})
+    out.update({"pr_n_samples": m} if with_pr else {})
     if not np.isfinite(s).all():
-        return {"fid_mnist": float("nan"), "fid_n_samples": n}
+        names = ("fid_mnist", "class_kl") + ("kid_mnist", "kid_mnist_se") * with_kid \
+            + ("precision", "recall") * with_pr
+        return {**out, **dict.fromkeys(names, float("nan"))}
     feats, logits = _fid.mnist_features_and_logits(np.clip(s, -1.0, 1.0))
-    mu_r, sigma_r = _fid.reference_stats(images=ref, key=(ds.name, ds.split, len(ds.x)))
+    key = (ds.name, ds.split, len(ds.x))
+    f_ref = _fid.reference_features(ref, key)                      # (len(ref), 128)
+    mu_r, sigma_r = _fid.reference_stats(images=ref, key=key)
     mu, sigma = gaussian_stats(feats)
-    out = {"fid_mnist": frechet_distance(mu, sigma, mu_r, sigma_r), "fid_n_samples": n}
+    out["fid_mnist"] = frechet_distance(mu, sigma, mu_r, sigma_r)
+    out["class_kl"] = class_kl(logits.argmax(axis=1), logits.shape[1])
+    if with_kid:
+        out["kid_mnist"], out["kid_mnist_se"] = kid(feats, f_ref, rng=EVAL_SEED)
+    if with_pr:
+        pr_ref = f_ref[np.random.default_rng(EVAL_SEED).permutation(len(f_ref))[:m]]
+        out["precision"], out["recall"] = precision_recall(feats[:m], pr_ref)
     if labels is not None and int(model.num_classes) == 10:
         out["cond_accuracy"] = float((logits.argmax(axis=1) == labels).mean())
     return out

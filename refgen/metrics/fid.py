@@ -24,10 +24,11 @@ from refgen.backend import xp
 from refgen.metrics.classifier import load_classifier
 from refgen.metrics.frechet import frechet_distance, gaussian_stats
 
-__all__ = ["mnist_features", "mnist_features_and_logits", "reference_stats", "fid_mnist",
-           "cond_accuracy"]
+__all__ = ["mnist_features", "mnist_features_and_logits", "reference_features", "reference_stats",
+           "fid_mnist", "cond_accuracy"]
 
 _REF: dict = {}  # (data set name, split, N) -> (mu, sigma) of its features
+_FEATS: dict = {}  # (data set name, split, N) -> its features, (N, 128)
 _SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 
 
@@ -66,6 +67,16 @@ def _side(images) -> int:
     return int(shape[-1])
 
 
+def reference_features(images, key=None) -> np.ndarray:
+    """Features (N, 128) of reference ``images``, computed once per process for a ``key``
+    (data set name, split, number of images), as refgen.metrics.evaluate passes."""
+    if key is None:
+        return mnist_features(images)
+    if key not in _FEATS:
+        _FEATS[key] = mnist_features(images)
+    return _FEATS[key]
+
+
 def reference_stats(split: str = "test", size: int = 28, images=None, key=None):
     """(mu, sigma) of the features of an MNIST split at ``size`` 28 or 14, computed once per
     process. With ``images``, the stats of those images, cached under ``key`` when one is
@@ -84,7 +95,7 @@ def reference_stats(split: str = "test", size: int = 28, images=None, key=None):
     if key is None:
         return gaussian_stats(mnist_features(images))
     if key not in _REF:
-        _REF[key] = gaussian_stats(mnist_features(images))
+        _REF[key] = gaussian_stats(reference_features(images, key))
     return _REF[key]
 
 
