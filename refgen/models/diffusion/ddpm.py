@@ -109,7 +109,7 @@ class DDPM(Module):
             raise ValueError("images are modelled in [-1, 1] (data_scale=1): the discretized "
                              "decoder's 256 bins live there")
         c = self.data_shape[0]
-        out = 2 * c if self.learn_sigma else c                            # (23): mean and v
+        out = 2 * c if self.learn_sigma else c                            # mean, and v of eq. (23)
         g = init.get_rng(int(seed))
         if self.image:
             self.net = UNet(c, out, self.data_shape[-1], channels, channel_mult, num_res_blocks,

@@ -163,4 +163,4 @@ def interpret(out, xt, t, sch, parameterization: str = "eps", variance: str = "b
     else:
         raise ValueError(f"unknown parameterization {parameterization!r}; accepted: "
                          f"{', '.join(PARAMETERIZATIONS)}")
-    return Prediction(eps, x0, model_log_variance(sch, t, xt, variance, v), v)  # (6)
+    return Prediction(eps, x0, model_log_variance(sch, t, xt, variance, v), v)
