@@ -157,7 +157,9 @@ def log_probs(model, x, chunk=1000):
 
 def sample_grid(model, path, n=64, seed=1234, value_range=(0.0, 1.0), nrow=None, **sample_kw) -> float:
     """Draw n samples with a fixed generator and write them as a PNG grid, mapped from
-    ``value_range`` to [0, 1]; returns the seconds the sampling took."""
+    ``value_range`` to [0, 1] (and clipped there); returns the seconds the sampling took."""
+    import numpy as np
+
     from refgen import backend, io
     from refgen.autograd import no_grad
     model.eval()
@@ -166,8 +168,7 @@ def sample_grid(model, path, n=64, seed=1234, value_range=(0.0, 1.0), nrow=None,
         x = backend.to_numpy(model.sample(n, rng=backend.default_rng(seed), **sample_kw))
     took = time.perf_counter() - t
     lo, hi = value_range
-    grid = io.image_grid((x - lo) / (hi - lo)) if nrow is None else \
-        io.image_grid((x - lo) / (hi - lo), nrow=nrow)
-    io.write_png(path, grid)
+    x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    io.write_png(path, io.image_grid(x) if nrow is None else io.image_grid(x, nrow=nrow))
     model.train()
     return took
