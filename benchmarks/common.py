@@ -62,15 +62,24 @@ def rel(path) -> str:
     return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
+_LOADED: dict = {}
+
+
 def load(name: str, split: str = "train", n_smoke: int = 64, **kw):
-    """refgen.data.load, keeping only the first ``n_smoke`` rows in smoke mode."""
+    """refgen.data.load, keeping only the first ``n_smoke`` rows in smoke mode (where each
+    split is read once per process)."""
     import dataclasses
 
     from refgen import data
-    ds = data.load(name, split, **kw)
-    if SMOKE and ds.kind != "categorical":
-        ds = dataclasses.replace(ds, x=ds.x[:n_smoke], y=None if ds.y is None else ds.y[:n_smoke])
-    return ds
+    if not SMOKE:
+        return data.load(name, split, **kw)
+    key = (name, split, tuple(sorted(kw.items())))
+    if key not in _LOADED:
+        _LOADED[key] = data.load(name, split, **kw)
+    ds = _LOADED[key]
+    if ds.kind == "categorical":
+        return ds
+    return dataclasses.replace(ds, x=ds.x[:n_smoke], y=None if ds.y is None else ds.y[:n_smoke])
 
 
 # ----------------------------------------------------------------------------- records
