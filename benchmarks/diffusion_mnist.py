@@ -361,7 +361,7 @@ SMOKE_RUNS = [  # the four subcommands, at toy size (the smoke directory holds t
 ]
 
 
-def main():
+def main_parser():
     p = add_smoke(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     sub = p.add_subparsers(dest="cmd", required=not SMOKE)
     m = sub.add_parser("measure")
@@ -404,6 +404,11 @@ def main():
     f.add_argument("--data", default="mnist-14")
     f.add_argument("--n", type=int, default=500)
     f.add_argument("--draws", type=int, default=8)
+    return p
+
+
+def main():
+    p = main_parser()
     args = p.parse_args()
     run = str(run_dir("diffusion_mnist"))
     todo = [p.parse_args(a + (["--out", run] if a[0] == "train" else []) +
