@@ -136,6 +136,15 @@ def read_log(run, key: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- scoring
+def low_res(x):
+    """(B, 1, 28, 28) -> the same images at 14x14 resolution, shown at 28x28 (2x2 blocks):
+    2x2 average pooling, then nearest upsampling."""
+    b = len(x)
+    small = x.reshape(b, 1, 14, 2, 14, 2).mean(axis=(3, 5))
+    return small.repeat(2, axis=2).repeat(2, axis=3)
+
+
+
 def test_nll(log_prob, x, chunk=500) -> float:
     """Mean -log p(x) in nats over the rows of host array ``x``, in chunks, without a graph."""
     from refgen import backend
