@@ -4,9 +4,10 @@ The convention, which every docs page and every comment in refgen/ follows:
 
 * A bare tag ``# (n)`` opening a comment in refgen/ (``# (3)``, ``# (24), (25)``,
   ``# (13)-(16): ...``) means: this line computes equation n of the numbered diffusion
-  derivation (Lilian Weng, "What are Diffusion Models?", 2021, in the annotated edition with
-  equations (1)-(34)). That numbering is the only one written bare. Other families name the
-  paper instead (``# Gulrajani et al. 2017, eq. 3``).
+  derivation ("What are Diffusion Models and Study Notes?", 2024, an annotated edition of
+  Lilian Weng's "What are Diffusion Models?", 2021, with equations (1)-(34)). That numbering
+  is the only one written bare. Other families name the paper instead
+  (``# Gulrajani et al. 2017, eq. 3``).
 * A docs page may hold an equation table: a Markdown table whose header row is exactly
   ``| eq. | what | computed in | tested by |``. Each row is one equation: its label (``(n)``
   for the numbered derivation, or the paper's own label such as ``Gulrajani et al. 2017,
