@@ -51,7 +51,7 @@ from common import (RESULTS, SMOKE, add_smoke, command, load, machine, run_dir, 
 import numpy as np  # noqa: E402
 
 from refgen.cli import parse_sets  # noqa: E402
-from refgen import backend, data, io, models  # noqa: E402
+from refgen import backend, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.cli import load_run  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402

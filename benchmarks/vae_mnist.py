@@ -10,7 +10,7 @@ The runs behind docs/vae.md (each result JSON keeps its command; these are some 
     python benchmarks/vae_mnist.py --model cvae --steps 12000 --eval-k 100 --tag vae_mnist_cvae
 
 The first is the VAE that meets the 88-nat target; the defaults (two hidden layers of 512
-ReLU units, latent 32, batch 100) are the first sessions' model, which the IWAE, 2-d and
+ReLU units, latent 32, batch 100) are the model of vae_mnist.json, which the IWAE, 2-d and
 conditional runs use. --resume with the same --steps only evaluates a finished run, so
 training and the (slow) IWAE evaluation can be two runs. Trains with refgen.train.train on
 'mnist-binary' (dynamic binarization) and scores the one fixed binarization of the 10,000
