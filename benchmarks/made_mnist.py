@@ -120,9 +120,7 @@ def fit(args, train_ds, test_ds, out):
 
 def ensemble(args):
     """Score the uniform mixture of finished single-mask runs on the binarized test set."""
-    from refgen import io as rio, models
     from refgen.models.autoregressive import ensemble_log_prob, ensemble_sample
-    from refgen.train import load_run_state
 
     tags = args.ensemble.split(",")
     dirs = args.member_dirs.split(",") if args.member_dirs else [str(run_dir(t)) for t in tags]
@@ -130,27 +128,7 @@ def ensemble(args):
         raise SystemExit(f"--member-dirs names {len(dirs)} directories for {len(tags)} tags")
     t0 = time.perf_counter()
     test_ds = load("mnist-binary", "test")
-    members, member_info = [], []
-    for tag, d in zip(tags, dirs):
-        res = RESULTS / f"{tag}.json"
-        ckpt = Path(d) / "checkpoint.npz"
-        if not res.is_file() or not ckpt.is_file():
-            raise SystemExit(f"ensemble member {tag!r}: need {res} and {ckpt}")
-        cfg = json.loads(res.read_text())["config"]
-        if cfg["num_masks"] != 1:
-            raise SystemExit(f"ensemble member {tag!r} has {cfg['num_masks']} masks; "
-                             f"give single-mask runs")
-        m = models.create("made", data_shape=test_ds.shape, seed=cfg["seed"],
-                          hidden=cfg["hidden"], order=cfg.get("order", "natural"))
-        load_run_state(m, rio.load_checkpoint(ckpt)[0])
-        m.eval()
-        members.append(m)
-        member_info.append({"tag": tag, "order": cfg.get("order", "natural"),
-                            "seed": cfg["seed"], "train_wall_s": json.loads(
-                                res.read_text())["train_wall_s"],
-                            "test_nll_nats": test_nll(m.log_prob, test_ds.x),
-                            "order_head": backend.to_numpy(m.net.orders[0][:5]).tolist()})
-        print(f"{tag}: {member_info[-1]['test_nll_nats']:.3f} nats", flush=True)
+    members, member_info = load_members(tags, dirs, test_ds)
     nll = test_nll(lambda x: ensemble_log_prob(members, x), test_ds.x)
 
     class _Mixture:  # what sample_grid needs: eval/train switches and sample(n, rng)
@@ -178,6 +156,35 @@ def ensemble(args):
     }
     write_result(tag, result)
     print(json.dumps({k: result[k] for k in ("test_nll_nats", "best_member_nll_nats")}))
+
+
+def load_members(tags, dirs, test_ds):
+    """The finished single-mask runs (weights from their directories, settings from their
+    result JSONs), each scored alone."""
+    from refgen import io as rio, models
+    from refgen.train import load_run_state
+    members, member_info = [], []
+    for tag, d in zip(tags, dirs):
+        res = RESULTS / f"{tag}.json"
+        ckpt = Path(d) / "checkpoint.npz"
+        if not res.is_file() or not ckpt.is_file():
+            raise SystemExit(f"ensemble member {tag!r}: need {res} and {ckpt}")
+        cfg = json.loads(res.read_text())["config"]
+        if cfg["num_masks"] != 1:
+            raise SystemExit(f"ensemble member {tag!r} has {cfg['num_masks']} masks; "
+                             f"give single-mask runs")
+        m = models.create("made", data_shape=test_ds.shape, seed=cfg["seed"],
+                          hidden=cfg["hidden"], order=cfg.get("order", "natural"))
+        load_run_state(m, rio.load_checkpoint(ckpt)[0])
+        m.eval()
+        members.append(m)
+        member_info.append({"tag": tag, "order": cfg.get("order", "natural"),
+                            "seed": cfg["seed"], "train_wall_s": json.loads(
+                                res.read_text())["train_wall_s"],
+                            "test_nll_nats": test_nll(m.log_prob, test_ds.x),
+                            "order_head": backend.to_numpy(m.net.orders[0][:5]).tolist()})
+        print(f"{tag}: {member_info[-1]['test_nll_nats']:.3f} nats", flush=True)
+    return members, member_info
 
 
 if __name__ == "__main__":

@@ -229,9 +229,28 @@ def markdown(res):
 def main(args):
     if backend.name() != "numpy":
         raise SystemExit("benchmarks/ops.py measures the NumPy backend; unset REFGEN_BACKEND")
-    rng = np.random.default_rng(0)
     load0 = os.getloadavg()[0]
     t_start = time.perf_counter()
+    mm, peak, peak_cpu, ops = measure(args)
+    res = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "machine": machine(), "repeats": args.repeats,
+           "load_avg": [load0, os.getloadavg()[0]], "wall_s": time.perf_counter() - t_start,
+           "matmul_gflops": {str(n): g[0] for n, g in mm.items()}, "matmul_peak_gflops": peak,
+           "matmul_gflops_per_cpu_s": {str(n): g[1] for n, g in mm.items()},
+           "matmul_peak_gflops_per_cpu_s": peak_cpu,
+           "ops": ops}
+    report(res, mm)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(res))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({res['wall_s']:.0f} s)")
+    return res
+
+
+def measure(args):
+    """The matmul peak (at the start and the end) and every workload's rates and memory."""
+    rng = np.random.default_rng(0)
     mm = matmul_peak(rng, max(3, args.repeats // 2))
     ops = {}
     for name, make in [("conv2d", conv2d_workload), ("conv_transpose2d", conv_transpose2d_workload),
@@ -255,15 +274,12 @@ def main(args):
     s = ops["conv2d"]["sizes_bytes"]
     ops["conv2d"]["memory_budget_bytes"] = 3 * (s["input"] + s["output"] + s["weights"])
     ops["conv2d"]["meets_memory_budget"] = ops["conv2d"]["peak_alloc_bytes"] <= ops["conv2d"]["memory_budget_bytes"]
+    return mm, peak, peak_cpu, ops
 
-    res = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": machine(), "repeats": args.repeats,
-           "load_avg": [load0, os.getloadavg()[0]], "wall_s": time.perf_counter() - t_start,
-           "matmul_gflops": {str(n): g[0] for n, g in mm.items()}, "matmul_peak_gflops": peak,
-           "matmul_gflops_per_cpu_s": {str(n): g[1] for n, g in mm.items()},
-           "matmul_peak_gflops_per_cpu_s": peak_cpu,
-           "ops": ops}
+
+def report(res, mm):
+    """The measurements as a table on stdout."""
+    peak, peak_cpu, ops = res["matmul_peak_gflops"], res["matmul_peak_gflops_per_cpu_s"], res["ops"]
     sizes = ", ".join(f"{n}^3 {g[0]:.1f}" for n, g in mm.items())
     print(f"matmul peak {peak:.1f} GFLOP/s ({sizes}); "
           f"per CPU-second {peak_cpu:.1f}")
@@ -274,11 +290,6 @@ def main(args):
     c = ops["conv2d"]
     print(f"conv2d peak alloc {c['peak_alloc_bytes'] / 1e6:.1f} MB vs 3x(in+out+w) "
           f"{c['memory_budget_bytes'] / 1e6:.1f} MB; attention via {ops['attention']['via']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(res))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({res['wall_s']:.0f} s)")
-    return res
 
 
 if __name__ == "__main__":
