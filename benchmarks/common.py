@@ -1,11 +1,19 @@
-"""What every benchmark script shares: where results go, and how a result records the exact
-command and the machine it ran on.
+"""What every benchmark script shares: the preamble, where results go, how a result records
+the exact command and the machine it ran on, the smoke mode, and the helpers that score and
+draw from a model.
 
-Importing this module changes nothing in the environment (benchmarks/ops.py decides its own
-BLAS threads); the training scripts set ``OPENBLAS_NUM_THREADS=1`` themselves, before NumPy is
-imported, because OpenBLAS's default pool oversubscribes a small shared machine (measured in
-benchmarks/made_mnist.py: a 100x784 @ 784x500 product took 35 ms with the default pool,
-0.8 ms with one thread).
+Importing this module (the scripts do it first, with
+``sys.path.insert(0, str(Path(__file__).resolve().parent)); from common import ...``):
+
+* puts the repository root on ``sys.path``;
+* sets ``OPENBLAS_NUM_THREADS=1`` and ``OMP_NUM_THREADS=1`` unless they are set or NumPy is
+  already imported (benchmarks/ops.py chooses its own BLAS threads before importing NumPy).
+  OpenBLAS's default pool oversubscribes a small shared machine: a 100x784 @ 784x500 product
+  took 35 ms with the default pool and 0.8 ms with one thread;
+* reads ``--smoke`` off the command line. Every script has this mode: a few steps on tiny
+  data (``load`` keeps the first rows of each split), writing into a fresh temporary
+  directory (``RESULTS``) instead of benchmarks/results, so that tests/test_benchmarks.py can
+  run each script in seconds and an API change cannot silently break a benchmark.
 """
 from __future__ import annotations
 
@@ -13,15 +21,68 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if "numpy" not in sys.modules:  # only effective before NumPy is first imported
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SMOKE = "--smoke" in sys.argv[1:]
+RESULTS = Path(tempfile.mkdtemp(prefix="refgen_smoke_")) if SMOKE else ROOT / "benchmarks" / "results"
+SMOKE_HELP = "a few steps on tiny data, written to a temporary directory (what the tests run)"
 
 
+def add_smoke(parser):
+    """Give an argparse parser the --smoke flag (read at import as ``SMOKE``)."""
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    return parser
+
+
+def smoke(full, tiny):
+    """``tiny`` in smoke mode, else ``full``."""
+    return tiny if SMOKE else full
+
+
+def run_dir(tag: str, given=None) -> Path:
+    """Where a run's checkpoints and log go: ``given``, else /tmp/refgen_<tag> (in smoke
+    mode always inside the smoke directory)."""
+    if SMOKE:
+        return RESULTS / "runs" / (Path(given).name if given else tag)
+    return Path(given) if given else Path(tempfile.gettempdir()) / f"refgen_{tag}"
+
+
+def rel(path) -> str:
+    """A result file's name as the JSON records it: relative to the repository root."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+_LOADED: dict = {}
+
+
+def load(name: str, split: str = "train", n_smoke: int = 64, **kw):
+    """refgen.data.load, keeping only the first ``n_smoke`` rows in smoke mode (where each
+    split is read once per process)."""
+    import dataclasses
+
+    from refgen import data
+    if not SMOKE:
+        return data.load(name, split, **kw)
+    key = (name, split, tuple(sorted(kw.items())))
+    if key not in _LOADED:
+        _LOADED[key] = data.load(name, split, **kw)
+    ds = _LOADED[key]
+    if ds.kind == "categorical":
+        return ds
+    return dataclasses.replace(ds, x=ds.x[:n_smoke], y=None if ds.y is None else ds.y[:n_smoke])
+
+
+# ----------------------------------------------------------------------------- records
 def machine() -> dict:
     """nproc, CPU model, backend, library versions, BLAS threads, the load average and the
     CPU seconds this process has used when called (at the end of a run): what a reader needs
@@ -64,5 +125,68 @@ def write_json(path, obj) -> Path:
 
 
 def write_result(tag: str, result: dict) -> Path:
-    """benchmarks/results/<tag>.json."""
+    """RESULTS/<tag>.json (benchmarks/results, or the smoke directory)."""
     return write_json(RESULTS / f"{tag}.json", result)
+
+
+def read_log(run, key: str) -> list[dict]:
+    """The lines of a run directory's log.jsonl that mention ``key``, parsed."""
+    lines = (Path(run) / "log.jsonl").read_text().splitlines()
+    return [json.loads(ln) for ln in lines if ln.strip() and key in ln]
+
+
+# ----------------------------------------------------------------------------- scoring
+def low_res(x):
+    """(B, 1, 28, 28) -> the same images at 14x14 resolution, shown at 28x28 (2x2 blocks):
+    2x2 average pooling, then nearest upsampling."""
+    b = len(x)
+    small = x.reshape(b, 1, 14, 2, 14, 2).mean(axis=(3, 5))
+    return small.repeat(2, axis=2).repeat(2, axis=3)
+
+
+
+def test_nll(log_prob, x, chunk=500) -> float:
+    """Mean -log p(x) in nats over the rows of host array ``x``, in chunks, without a graph."""
+    from refgen import backend
+    from refgen.autograd import no_grad
+    total = 0.0
+    with no_grad():
+        for i in range(0, len(x), chunk):
+            lp = log_prob(backend.asarray(x[i:i + chunk]))
+            total += float(backend.to_numpy(lp.data if hasattr(lp, "data") else lp).sum())
+    return -total / len(x)
+
+
+def log_probs(model, x, chunk=1000):
+    """log p(x) (float64 NumPy, one per row of host array x), in chunks, without a graph."""
+    import numpy as np
+
+    from refgen import backend
+    from refgen.autograd import Tensor, no_grad
+    out = []
+    model.eval()
+    with no_grad():
+        for i in range(0, len(x), chunk):
+            lp = model.log_prob(Tensor(backend.asarray(x[i:i + chunk])))
+            out.append(backend.to_numpy(lp.data).astype(np.float64))
+    model.train()
+    return np.concatenate(out)
+
+
+def sample_grid(model, path, n=64, seed=1234, value_range=(0.0, 1.0), nrow=None, **sample_kw) -> float:
+    """Draw n samples with a fixed generator and write them as a PNG grid, mapped from
+    ``value_range`` to [0, 1] (and clipped there); returns the seconds the sampling took."""
+    import numpy as np
+
+    from refgen import backend, io
+    from refgen.autograd import no_grad
+    model.eval()
+    t = time.perf_counter()
+    with no_grad():
+        x = backend.to_numpy(model.sample(n, rng=backend.default_rng(seed), **sample_kw))
+    took = time.perf_counter() - t
+    lo, hi = value_range
+    x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    io.write_png(path, io.image_grid(x) if nrow is None else io.image_grid(x, nrow=nrow))
+    model.train()
+    return took

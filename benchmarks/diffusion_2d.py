@@ -17,27 +17,24 @@ For each data set (8gaussians, checkerboard) a ``ddpm`` is trained with refgen.t
     KL(p_data || p_model).
 
 Writes benchmarks/results/<tag>.json and <tag>_<data>.png (data | DDPM samples | DDIM-50).
+``--smoke``: 2 steps of a T = 30 model on 256 points of each data set, 64 samples.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-# One BLAS thread: the machine these numbers come from has 2 cores shared by several jobs.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SMOKE, add_smoke, command, load, machine, smoke, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common import RESULTS, command, machine, write_json  # noqa: E402
 from refgen.cli import parse_sets  # noqa: E402
 from refgen import backend, data, io, metrics, models  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
@@ -52,16 +49,25 @@ def panel(points, reference=None):
 
 
 def run(name, args, settings):
-    train_ds, test_ds = data.load(name, "train"), data.load(name, "test")
-    cls = models.get("ddpm")
-    st = dict(cls.default_train)
-    steps = args.steps or st["steps"]
+    """Train on one data set, then score its samples and its bound."""
+    train_ds, test_ds = load(name, "train", n_smoke=256), load(name, "test", n_smoke=256)
+    model, out = fit(name, args, settings, train_ds)
+    model.eval()
+    out.update(sample_scores(name, args, model, test_ds))
+    out.update(vlb_scores(name, args, model, test_ds))
+    return out
+
+
+def fit(name, args, settings, train_ds):
+    """A ddpm trained with its default_train settings; the EMA weights loaded at the end."""
+    st = dict(models.get("ddpm").default_train)
+    steps, batch_size = args.steps or st["steps"], smoke(st["batch_size"], 32)
     model = models.create("ddpm", data_shape=(2,), seed=args.seed, **settings)
-    out = {"data": name, "settings": settings, "steps": steps, "batch_size": st["batch_size"],
+    out = {"data": name, "settings": settings, "steps": steps, "batch_size": batch_size,
            "lr": st["lr"], "ema": st["ema"]}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        m = train(model, train_ds, steps=steps, batch_size=st["batch_size"], lr=st["lr"],
+        m = train(model, train_ds, steps=steps, batch_size=batch_size, lr=st["lr"],
                   seed=args.seed, out_dir=tmp, ema_decay=st["ema"], warmup=st.get("warmup", 0),
                   progress=not args.quiet, samples=False, log_every=max(1, steps // 10))
         log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl"))]
@@ -70,12 +76,19 @@ def run(name, args, settings):
     out["train_wall_s"] = round(time.perf_counter() - t0, 1)
     out["final_loss"] = m["loss"]
     out["loss_curve"] = [(r["step"], round(r["loss"], 4)) for r in log]
-    model.eval()
+    return model, out
+
+
+def sample_scores(name, args, model, test_ds):
+    """DDPM over all T steps and DDIM-50: MMD^2 (and modes), beside the MMD^2 floor of a
+    second test sample; the picture."""
+    out = {}
     ref = test_ds.x[:args.samples]
-    floor_ds = data.load(name, "test", seed=args.seed + 1)
+    floor_ds = load(name, "test", n_smoke=256, seed=args.seed + 1)
     out["mmd_floor"] = metrics.mmd(floor_ds.x[:2000], test_ds.x[:2000])
     pictures = [panel(np.zeros((0, 2)), reference=test_ds.x[:3000])]
-    for label, kw in (("ddpm", dict()), ("ddim50", dict(sampler="ddim", steps=50, eta=0.0))):
+    ddim_steps = min(50, model.T)
+    for label, kw in (("ddpm", dict()), ("ddim50", dict(sampler="ddim", steps=ddim_steps, eta=0.0))):
         t = time.perf_counter()
         with no_grad():
             s = backend.to_numpy(model.sample(args.samples, rng=backend.default_rng(args.seed), **kw))
@@ -86,8 +99,14 @@ def run(name, args, settings):
         out[label] = res
         pictures.append(panel(s[:3000]))
     io.write_png(RESULTS / f"{args.tag}_{name}.png", io.concat_images_horizontal(pictures))
+    return out
+
+
+def vlb_scores(name, args, model, test_ds):
+    """L_VLB in nats on --vlb-n test points, exact in t, with each of the model's variances,
+    beside the data's entropy."""
     h, h_se = data.toy2d.entropy(name)
-    out["entropy_nats"] = h
+    out = {"entropy_nats": h}
     x = test_ds.x[:args.vlb_n]
     variances = ["learned"] if model.learn_sigma else ["beta_tilde", "beta"]
     for var in variances:
@@ -114,8 +133,11 @@ def main():
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="ddpm hyperparameter")
     p.add_argument("--variant", default="simple", help="a name for this configuration")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args()
+    args = add_smoke(p).parse_args()
     settings = parse_sets(args.set)
+    if SMOKE:
+        args.steps, args.samples, args.vlb_n = 2, 64, 4
+        settings = dict(settings, T=30, hidden=16, depth=1)
     args.tag = "diffusion_2d" + ("" if args.variant == "simple" else f"_{args.variant}")
     t0 = time.perf_counter()
     results = {"command": command(), "variant": args.variant, "runs": []}

@@ -15,27 +15,28 @@ samples, a grid sorted by target digit, and the FID-vs-s curve. The sampler is D
 with the eps of eq. (25), as in Dhariwal & Nichol's guided DDIM. Scale 0 is the unguided
 unconditional model. With --mode conditional the network gets the label too (the classifier
 then sharpens a conditional model). Results: benchmarks/results/<tag>.json and <tag>_*.png.
+
+``--smoke`` (no subcommand) trains a tiny diffusion run with diffusion_mnist.py's smoke
+settings, a tiny classifier for 4 steps, and evaluates scales 0 and 1 on 20 samples, all in a
+temporary directory.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SMOKE, add_smoke, command, load, run_dir  # noqa: E402
+from diffusion_mnist import (SMOKE_RUNS, _fid, _fid_floor, _grid, _save,  # noqa: E402
+                             _tradeoff_plot, train_in_chunks)
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common import RESULTS, command  # noqa: E402
-from diffusion_mnist import _fid, _fid_floor, _grid, _save, _tradeoff_plot, train_in_chunks  # noqa: E402
-from refgen import backend, data, io  # noqa: E402
+from refgen import backend, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.cli import load_run, parse_sets  # noqa: E402
 from refgen.models.diffusion import NoisyClassifier  # noqa: E402
@@ -69,7 +70,7 @@ def load_classifier(path):
 def train_classifier(args):
     out = Path(args.out)
     dcfg, schedule, T = _diffusion_config(args.run)
-    ds = data.load(dcfg["data"], "train")
+    ds = load(dcfg["data"], "train")
     cfg_path = out / "config.json"
     if cfg_path.exists():
         cfg_c = json.loads(cfg_path.read_text())
@@ -111,7 +112,7 @@ def evaluate(args):
     tag = args.tag or f"diffusion_{name.replace('-', '')}_classifier_guidance"
     log = [json.loads(ln) for ln in (Path(args.classifier) / "log.jsonl").read_text().splitlines()
            if ln.strip()]
-    test = data.load(name, "test")
+    test = load(name, "test")
     res = {"command": command(), "diffusion_run": args.run, "classifier": args.classifier,
            "classifier_config": cfg_c, "classifier_steps": log[-1]["step"] if log else 0,
            "classifier_train_wall_s": log[-1]["wall_s"] if log else None,
@@ -151,8 +152,8 @@ def evaluate(args):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = add_smoke(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    sub = p.add_subparsers(dest="cmd", required=not SMOKE)
     t = sub.add_parser("train")
     t.add_argument("--run", required=True, help="the diffusion run whose schedule to match")
     t.add_argument("--out", required=True)
@@ -176,7 +177,22 @@ def main():
     e.add_argument("--mode", choices=("unconditional", "conditional"), default="unconditional")
     args = p.parse_args()
     with backend.use_backend(os.environ.get("REFGEN_BACKEND", "numpy")):
+        if SMOKE and args.cmd is None:
+            return smoke_pipeline(p)
         {"train": train_classifier, "eval": evaluate}[args.cmd](args)
+
+
+def smoke_pipeline(p):
+    """A tiny diffusion run, a tiny classifier on its schedule, and the evaluation."""
+    import diffusion_mnist
+    run, clf = str(run_dir("diffusion_mnist")), str(run_dir("noisy_classifier"))
+    dm = diffusion_mnist.main_parser().parse_args(
+        [a for a in SMOKE_RUNS if a[0] == "train"][0] + ["--out", run])
+    diffusion_mnist.train_run(dm)
+    train_classifier(p.parse_args(["train", "--run", run, "--out", clf, "--steps", "4",
+                                   "--chunk", "2", "--batch-size", "8", "--set", "channels=8"]))
+    evaluate(p.parse_args(["eval", "--run", run, "--classifier", clf, "--scales", "0,1",
+                           "--n", "20", "--steps", "3", "--acc-n", "16"]))
 
 
 if __name__ == "__main__":

@@ -27,31 +27,31 @@ Results go to benchmarks/results/<tag>.json and <tag>_*.png (tag: diffusion_<dat
 
     # how noisy FID is at N: 8 draws of N real images (benchmarks/results/fid_noise_*.json)
     python benchmarks/diffusion_mnist.py fid-noise --data mnist-14 --n 500
+
+``--smoke`` (no subcommand) runs all four on 64 images with a tiny T = 30 U-Net: measure one
+step, train 4 steps, evaluate every kind of sampler, the bound and guidance on a handful of
+samples, and the FID floor of 20 images, all in a temporary directory.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
 
-# One BLAS thread: the machine these numbers come from has 2 cores shared by several jobs.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import resource  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import tracemalloc  # noqa: E402
-from pathlib import Path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, run_dir, smoke,  # noqa: E402
+                    write_json)
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common import RESULTS, command, machine, write_json  # noqa: E402
 from refgen.cli import parse_sets  # noqa: E402
-from refgen import backend, data, io, models  # noqa: E402
+from refgen import backend, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.cli import load_run  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
@@ -70,7 +70,7 @@ def _rss_mib():
 # ----------------------------------------------------------------------------- measure
 def measure(args):
     """Seconds and memory of one training step (forward, backward, Adam) at --batch-size."""
-    ds = data.load(args.data, "train")
+    ds = load(args.data, "train")
     settings = parse_sets(args.set)
     model = models.create("ddpm", data_shape=ds.shape, num_classes=ds.num_classes, **settings)
     opt = Adam(list(model.parameters()), lr=1e-4)
@@ -131,7 +131,7 @@ def train_run(args):
     """Train in chunks until --steps or --budget-min is reached; resumable (--resume)."""
     out = Path(args.out)
     settings = parse_sets(args.set)
-    train_ds = data.load(args.data, "train")
+    train_ds = load(args.data, "train")
     cfg_path = out / "config.json"
     st = dict(TRAIN, batch_size=args.batch_size, lr=args.lr, steps=args.steps, seed=args.seed,
               ema=args.ema, warmup=args.warmup,
@@ -164,9 +164,13 @@ def _grid(x, path):
 
 
 def _fid(samples, n_note):
+    """FID against the test set's statistics (in smoke mode: against its first 64 images)."""
     try:
         from refgen.metrics import fid_mnist
-        return {"fid_mnist": float(fid_mnist(np.clip(samples, -1, 1))), "fid_n": n_note}
+        ref = "test"
+        if SMOKE:
+            ref = load("mnist-14" if samples.shape[-1] == 14 else "mnist", "test").x
+        return {"fid_mnist": float(fid_mnist(np.clip(samples, -1, 1), reference=ref)), "fid_n": n_note}
     except Exception as e:  # classifier weights missing or not yet verified
         return {"fid_mnist": None, "fid_error": f"{type(e).__name__}: {e}"[:300]}
 
@@ -185,6 +189,7 @@ def _draw(model, n, chunk, labels=False, **kw):
 
 
 def evaluate_run(args):
+    """Sample grids, FID, the bound and guidance of a finished run, as the flags say."""
     run = Path(args.run)
     model, cfg = load_run(run)  # EMA weights when the checkpoint has them
     name = cfg["data"]
@@ -196,74 +201,19 @@ def evaluate_run(args):
            "train_wall_s": log[-1]["wall_s"] if log else None,
            "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log],
            "parameters": model.num_parameters(), "samplers": {}}
-    samplers = []
-    if args.grid_steps >= 0:
-        steps = args.grid_steps or None
-        samplers.append((f"ddpm{steps or model.T}", dict(sampler="ddpm", steps=steps)))
-    variances = [v for v in args.variances.split(",") if v]
-    if variances and model.variance == "learned":
-        print(f"--variances {args.variances} ignored: this run learns its variance", flush=True)
-        variances = []
-    for s in [int(v) for v in args.ddpm.split(",") if v]:
-        samplers.append((f"ddpm{s}", dict(sampler="ddpm", steps=s)))
-        samplers += [(f"ddpm{s}_{v}", dict(sampler="ddpm", steps=s, variance=v))
-                     for v in variances if v != model.variance]
-    for s in [int(v) for v in args.ddim.split(",") if v]:
-        samplers.append((f"ddim{s}", dict(sampler="ddim", steps=s, eta=0.0)))
     res["sampler_labels"] = "class-balanced conditional (w = 0)" if args.labels else "null label"
     res["variance"] = model.variance
-    for label, kw in samplers:
-        x, took = _draw(model, 64, 64, labels=args.labels, **kw)
-        _grid(x, RESULTS / f"{tag}_{label}.png")
-        r = {"grid_wall_s": round(took, 1)}
-        if args.fid_n and (args.fid_on is None or label in args.fid_on.split(",")):
-            xs, took = _draw(model, args.fid_n, 250, labels=args.labels, **kw)
-            r.update(_fid(xs, args.fid_n), fid_sample_wall_s=round(took, 1))
-        res["samplers"][label] = r
-        print(label, r, flush=True)
+    for label, kw in samplers(args, model):
+        res["samplers"][label] = sampler_scores(args, model, tag, label, kw)
         _save(res, tag)
     if args.vlb_n:
-        test = data.load(name, "test")
-        t = time.perf_counter()
-        parts = model.vlb_terms(test.x[:args.vlb_n], timesteps=args.vlb_k or None,
-                                rng=backend.default_rng(0))
-        d = int(np.prod(test.shape))
-        v = parts["vlb"] / (d * math.log(2))
-        res["vlb"] = {"bits_per_dim": float(v.mean()), "se": float(v.std() / math.sqrt(len(v))),
-                      "n_images": args.vlb_n, "t_strata": args.vlb_k or "all",
-                      "prior_LT_bpd": float(parts["prior"].mean() / (d * math.log(2))),
-                      "decoder_L0_bpd": float(parts["decoder"].mean() / (d * math.log(2))),
-                      "wall_s": round(time.perf_counter() - t, 1),
-                      "note": ("discrete 8-bit pixels" if name == "mnist" else
-                               "mnist-14 pixels are 2x2 means, not an 8-bit grid: the decoder "
-                               "scores the nearest of 256 levels")}
+        res["vlb"] = vlb_bits_per_dim(args, model, name)
         print("vlb", res["vlb"], flush=True)
         _save(res, tag)
     if model.num_classes and args.cfg:
         res["cfg"] = {}
-        labels = np.arange(args.cfg_n) % model.num_classes
         for w in [float(v) for v in args.cfg.split(",")]:
-            kw = dict(sampler="ddim", steps=args.cfg_steps, eta=0.0, guidance=w)
-            parts, t = [], time.perf_counter()
-            with no_grad():
-                rng = backend.default_rng(99)
-                for i in range(0, len(labels), 250):
-                    parts.append(backend.to_numpy(model.sample(len(labels[i:i + 250]),
-                                                               cond=labels[i:i + 250], rng=rng, **kw)))
-            x = np.concatenate(parts)
-            r = {"sampler": f"ddim{args.cfg_steps}", "wall_s": round(time.perf_counter() - t, 1)}
-            try:
-                from refgen.metrics import cond_accuracy
-                r["cond_accuracy"] = float(cond_accuracy(np.clip(x, -1, 1), labels))
-            except Exception as e:
-                r["cond_accuracy"] = None
-                r["error"] = f"{type(e).__name__}: {e}"[:300]
-            if args.fid_n:  # FID of the same guided samples (cfg_n of them): the trade-off
-                r.update(_fid(x, args.cfg_n))
-            order = np.argsort(labels[:100], kind="stable")
-            _grid(x[:100][order], RESULTS / f"{tag}_cfg_w{w:g}.png")
-            res["cfg"][f"w={w:g}"] = r
-            print("cfg", w, r, flush=True)
+            res["cfg"][f"w={w:g}"] = guidance_scores(args, model, tag, w)
             _save(res, tag)
         _tradeoff_plot(res["cfg"], RESULTS / f"{tag}_cfg_tradeoff.png")
     if args.fid_n:  # the floor at the same N: real images of the same resolution
@@ -271,6 +221,82 @@ def evaluate_run(args):
         res["fid_real_floor"] = _fid_floor(name, sorted(sizes))
         print("fid floor", res["fid_real_floor"], flush=True)
     _save(res, tag)
+
+
+def samplers(args, model):
+    """(label, DDPM.sample keywords) of every sampler the flags ask for."""
+    out = []
+    if args.grid_steps >= 0:
+        steps = args.grid_steps or None
+        out.append((f"ddpm{steps or model.T}", dict(sampler="ddpm", steps=steps)))
+    variances = [v for v in args.variances.split(",") if v]
+    if variances and model.variance == "learned":
+        print(f"--variances {args.variances} ignored: this run learns its variance", flush=True)
+        variances = []
+    for s in [int(v) for v in args.ddpm.split(",") if v]:
+        out.append((f"ddpm{s}", dict(sampler="ddpm", steps=s)))
+        out += [(f"ddpm{s}_{v}", dict(sampler="ddpm", steps=s, variance=v))
+                for v in variances if v != model.variance]
+    for s in [int(v) for v in args.ddim.split(",") if v]:
+        out.append((f"ddim{s}", dict(sampler="ddim", steps=s, eta=0.0)))
+    return out
+
+
+def sampler_scores(args, model, tag, label, kw):
+    """One sampler's 64-image grid, and the FID of --fid-n of its samples."""
+    x, took = _draw(model, smoke(64, 4), 64, labels=args.labels, **kw)
+    _grid(x, RESULTS / f"{tag}_{label}.png")
+    r = {"grid_wall_s": round(took, 1)}
+    if args.fid_n and (args.fid_on is None or label in args.fid_on.split(",")):
+        xs, took = _draw(model, args.fid_n, 250, labels=args.labels, **kw)
+        r.update(_fid(xs, args.fid_n), fid_sample_wall_s=round(took, 1))
+    print(label, r, flush=True)
+    return r
+
+
+def vlb_bits_per_dim(args, model, name):
+    """L_VLB in bits/dim with the discretized decoder, on --vlb-n test images."""
+    test = load(name, "test")
+    t = time.perf_counter()
+    parts = model.vlb_terms(test.x[:args.vlb_n], timesteps=args.vlb_k or None,
+                            rng=backend.default_rng(0))
+    d = int(np.prod(test.shape))
+    v = parts["vlb"] / (d * math.log(2))
+    return {"bits_per_dim": float(v.mean()), "se": float(v.std() / math.sqrt(len(v))),
+            "n_images": args.vlb_n, "t_strata": args.vlb_k or "all",
+            "prior_LT_bpd": float(parts["prior"].mean() / (d * math.log(2))),
+            "decoder_L0_bpd": float(parts["decoder"].mean() / (d * math.log(2))),
+            "wall_s": round(time.perf_counter() - t, 1),
+            "note": ("discrete 8-bit pixels" if name == "mnist" else
+                     "mnist-14 pixels are 2x2 means, not an 8-bit grid: the decoder "
+                     "scores the nearest of 256 levels")}
+
+
+def guidance_scores(args, model, tag, w):
+    """Classifier-free guidance at weight w: cond_accuracy and FID of --cfg-n class-balanced
+    DDIM samples, and a grid with one row per class."""
+    labels = np.arange(args.cfg_n) % model.num_classes
+    kw = dict(sampler="ddim", steps=args.cfg_steps, eta=0.0, guidance=w)
+    parts, t = [], time.perf_counter()
+    with no_grad():
+        rng = backend.default_rng(99)
+        for i in range(0, len(labels), 250):
+            parts.append(backend.to_numpy(model.sample(len(labels[i:i + 250]),
+                                                       cond=labels[i:i + 250], rng=rng, **kw)))
+    x = np.concatenate(parts)
+    r = {"sampler": f"ddim{args.cfg_steps}", "wall_s": round(time.perf_counter() - t, 1)}
+    try:
+        from refgen.metrics import cond_accuracy
+        r["cond_accuracy"] = float(cond_accuracy(np.clip(x, -1, 1), labels))
+    except Exception as e:
+        r["cond_accuracy"] = None
+        r["error"] = f"{type(e).__name__}: {e}"[:300]
+    if args.fid_n:  # FID of the same guided samples (cfg_n of them): the trade-off
+        r.update(_fid(x, args.cfg_n))
+    order = np.argsort(labels[:100], kind="stable")
+    _grid(x[:100][order], RESULTS / f"{tag}_cfg_w{w:g}.png")
+    print("cfg", w, r, flush=True)
+    return r
 
 
 def _tradeoff_plot(cfg, path, xlabel="guidance w"):
@@ -289,7 +315,7 @@ def _tradeoff_plot(cfg, path, xlabel="guidance w"):
 def _fid_floor(name, sizes):
     """FID of N random real training images of data set ``name`` against the test
     statistics, for each N: what a perfect sampler would score at that sample size."""
-    train_x = data.load(name, "train").x
+    train_x = load(name, "train").x
     rng = np.random.default_rng(0)
     out = {}
     for n in sizes:
@@ -302,7 +328,7 @@ def fid_noise(args):
     """FID of --draws independently seeded random draws of --n real training images against the
     test statistics: the floor a perfect sampler scores at that N, and its spread, which is how
     far apart two FIDs at that N must be before they differ."""
-    x = data.load(args.data, "train").x
+    x = load(args.data, "train").x
     vals = []
     for s in range(args.draws):
         pick = np.random.default_rng(100 + s).choice(len(x), args.n, replace=False)
@@ -323,9 +349,21 @@ def _save(res, tag):
 T0 = time.perf_counter()
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+SMOKE_RUNS = [  # the four subcommands, at toy size (the smoke directory holds the run)
+    ["measure", "--data", "mnist-14", "--batch-size", "4", "--repeat", "1", "--save",
+     "--set", "T=30", "--set", "channels=8", "--set", "num_res_blocks=1"],
+    ["train", "--data", "mnist-14", "--steps", "4", "--chunk", "2", "--batch-size", "8",
+     "--warmup", "1", "--set", "T=30", "--set", "channels=8", "--set", "num_res_blocks=1"],
+    ["eval", "--grid-steps", "3", "--ddpm", "3", "--variances", "beta", "--ddim", "3",
+     "--labels", "--fid-n", "20", "--fid-on", "ddim3", "--vlb-n", "2", "--vlb-k", "2",
+     "--cfg", "0,1", "--cfg-n", "20", "--cfg-steps", "3"],
+    ["fid-noise", "--data", "mnist-14", "--n", "20", "--draws", "2"],
+]
+
+
+def main_parser():
+    p = add_smoke(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    sub = p.add_subparsers(dest="cmd", required=not SMOKE)
     m = sub.add_parser("measure")
     m.add_argument("--data", default="mnist")
     m.add_argument("--batch-size", type=int, default=64)
@@ -366,10 +404,20 @@ def main():
     f.add_argument("--data", default="mnist-14")
     f.add_argument("--n", type=int, default=500)
     f.add_argument("--draws", type=int, default=8)
+    return p
+
+
+def main():
+    p = main_parser()
     args = p.parse_args()
+    run = str(run_dir("diffusion_mnist"))
+    todo = [p.parse_args(a + (["--out", run] if a[0] == "train" else []) +
+                         (["--run", run] if a[0] == "eval" else [])) for a in SMOKE_RUNS] \
+        if SMOKE and args.cmd is None else [args]
     with backend.use_backend(os.environ.get("REFGEN_BACKEND", "numpy")):
-        {"measure": measure, "train": train_run, "eval": evaluate_run,
-         "fid-noise": fid_noise}[args.cmd](args)
+        for a in todo:
+            {"measure": measure, "train": train_run, "eval": evaluate_run,
+             "fid-noise": fid_noise}[a.cmd](a)
 
 
 if __name__ == "__main__":

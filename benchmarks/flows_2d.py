@@ -16,28 +16,22 @@ For each (model, data set): train with refgen.train.train on 50,000 samples, sco
 and write benchmarks/results/flows_2d_<model>_<data>.png: the exact density, the model's
 density and the model's samples (orange) over the test data (blue). Results are merged
 into benchmarks/results/flows_2d.json, one entry per (model, data), each with the command,
-the machine and the wall time.
+the machine and the wall time. ``--smoke``: every model, 2 steps of a 2-layer version on
+256 points of 8gaussians, coarse grids.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matrices: one BLAS thread is fastest
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (RESULTS, SMOKE, add_smoke, command, load, log_probs, machine, rel,  # noqa: E402
+                    run_dir, smoke)
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import RESULTS, command, machine  # noqa: E402
-from flows_common import log_probs  # noqa: E402
 
 from refgen import backend, data, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
@@ -58,14 +52,14 @@ TARGETS = {"8gaussians": 0.05, "checkerboard": 0.15}  # entropy gap, nats (not f
 EXTENT = (-4.0, 4.0, -4.0, 4.0)
 
 
-def grid_mass(model, half_width=6.0, n=300) -> float:
+def grid_mass(model, half_width=6.0, n=smoke(300, 30)) -> float:
     """The integral of exp(log q) over [-w, w]^2 by the midpoint rule."""
     pts = io.grid_points((-half_width, half_width, -half_width, half_width), n).astype(np.float32)
     cell = (2 * half_width / n) ** 2
     return float(np.exp(log_probs(model, pts)).sum() * cell)
 
 
-def picture(model, dname, test_x, path, n_grid=200):
+def picture(model, dname, test_x, path, n_grid=smoke(200, 20)):
     """[exact density | model density | model samples over the data] as one PNG."""
     pts = io.grid_points(EXTENT, n_grid)
     true = np.exp(data.toy2d.log_prob(dname, pts)).reshape(n_grid, n_grid)
@@ -73,7 +67,7 @@ def picture(model, dname, test_x, path, n_grid=200):
     hi = max(true.max(), 1e-12)  # one colour scale for both densities
     with no_grad():
         model.eval()
-        s = backend.to_numpy(model.sample(3000, rng=backend.default_rng(0)))
+        s = backend.to_numpy(model.sample(smoke(3000, 100), rng=backend.default_rng(0)))
         model.train()
     panels = [io.heatmap_image(true, EXTENT, size=256, vmin=0.0, vmax=hi),
               io.heatmap_image(q, EXTENT, size=256, vmin=0.0, vmax=hi),
@@ -82,9 +76,14 @@ def picture(model, dname, test_x, path, n_grid=200):
 
 
 def run_one(mname, dname, steps, out_root, seed=0):
+    """Train one flow on one data set; its scores and picture."""
     cfg = CONFIGS[mname]
     steps = int(steps or cfg["steps"])
-    train_ds, test_ds = data.load(dname, "train", seed=seed), data.load(dname, "test", seed=seed)
+    if SMOKE:
+        size = {"nice": "couplings", "realnvp": "couplings", "glow": "depth", "maf": "layers"}[mname]
+        cfg = dict(cfg, kwargs=dict(cfg["kwargs"], **{size: 2, "hidden": [16]}), batch_size=64)
+    train_ds = load(dname, "train", n_smoke=256, seed=seed)
+    test_ds = load(dname, "test", n_smoke=256, seed=seed)
     model = MODELS[mname](train_ds.shape, seed=seed, **cfg["kwargs"])
     t0 = time.perf_counter()
     train(model, train_ds, steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
@@ -102,7 +101,7 @@ def run_one(mname, dname, steps, out_root, seed=0):
            "entropy_nats": entropy, "entropy_se_nats": entropy_se, "entropy_gap_nats": gap,
            "target_gap_nats": None if mname == "nice" else TARGETS.get(dname),
            "grid_mass": grid_mass(model), "train_wall_s": round(wall, 1),
-           "steps_per_s": round(steps / wall, 2), "png": str(png.relative_to(RESULTS.parent.parent))}
+           "steps_per_s": round(steps / wall, 2), "png": rel(png)}
     print(f"{mname:8s} {dname:13s} NLL {nll:.4f}  H {entropy:.4f}  gap {gap:+.4f}  "
           f"mass {res['grid_mass']:.4f}  {wall:.0f} s", flush=True)
     return res
@@ -116,7 +115,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/refgen_flows_2d", help="where run directories go")
     ap.add_argument("--results", default="flows_2d", help="results JSON name (no suffix)")
-    args = ap.parse_args(argv)
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.data, args.steps, args.out = "8gaussians", 2, str(run_dir("flows_2d"))
 
     path = RESULTS / f"{args.results}.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}

@@ -15,32 +15,23 @@ flows_mnist_<model>_samples.png (64 samples at temperature 1) and ..._samples_t0
 temperature 0.7, as Glow's paper shows them).
 
 --measure N trains N steps only and reports steps/s and the projected time of --steps,
-without evaluating (benchmarks/results/flows_mnist_speed.json collects these).
+without evaluating (benchmarks/results/flows_mnist_speed.json collects these). ``--smoke``:
+2 steps of a small version of the model on 64 images, 16 of them scored.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: see benchmarks/made_mnist.py
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import RESULTS, command, machine, write_result  # noqa: E402
-from flows_common import log_probs  # noqa: E402
+from common import (RESULTS, SMOKE, add_smoke, command, load, log_probs, machine, rel,  # noqa: E402
+                    run_dir, sample_grid, smoke, write_result)
 
 from refgen.cli import parse_sets  # noqa: E402
-from refgen import backend, data, io  # noqa: E402
-from refgen.autograd import no_grad  # noqa: E402
+from refgen import io  # noqa: E402
 from refgen.metrics import nll_to_bpd  # noqa: E402
 from refgen.models.flows import MAF, NICE, Glow, RealNVP  # noqa: E402
 from refgen.train import CHECKPOINT, load_run_state, train  # noqa: E402
@@ -58,20 +49,11 @@ CONFIGS = {
 PAPERS = {"nice": 4.36, "maf": 1.89, "realnvp": 1.06, "glow": 1.05}   # test bits/dim
 TARGETS = {"nice": 4.5, "maf": 2.1, "realnvp": 1.6, "glow": 1.5}
 D = 784
+SMOKE_KWARGS = {"nice": dict(couplings=2, hidden=8), "realnvp": dict(hidden=8),
+                "glow": dict(depth=2, hidden=8), "maf": dict(layers=1, hidden=[32])}
 
 
-
-def sample_grid(model, path, n=64, temperature=1.0, seed=1234):
-    model.eval()
-    t = time.perf_counter()
-    with no_grad():
-        x = backend.to_numpy(model.sample(n, rng=backend.default_rng(seed), temperature=temperature))
-    model.train()
-    io.write_png(path, io.image_grid(np.clip(x, 0.0, 1.0)))
-    return time.perf_counter() - t
-
-
-def main(argv=None):
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(MODELS), required=True)
     ap.add_argument("--steps", type=int, default=3000)
@@ -87,49 +69,34 @@ def main(argv=None):
     ap.add_argument("--from-checkpoint", action="store_true",
                     help="skip training: evaluate and sample the run directory's checkpoint "
                          "(the training figures are kept from the existing results JSON)")
-    args = ap.parse_args(argv)
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.steps, args.batch_size, args.max_test = 2, 8, 16
+        args.measure = min(args.measure, 2)
+    return args
 
+
+def main(argv=None):
+    args = parse(argv)
     cfg = CONFIGS[args.model]
-    kwargs = dict(cfg["kwargs"], **parse_sets(args.set))
+    kwargs = dict(cfg["kwargs"], **smoke({}, SMOKE_KWARGS[args.model]), **parse_sets(args.set))
     batch_size = args.batch_size or cfg["batch_size"]
     lr = args.lr or cfg["lr"]
-    out = Path(args.out or f"/tmp/refgen_flows_mnist_{args.model}")
-    train_ds = data.load("mnist-dequantized", "train", data_dir=args.data_dir)
-    test_ds = data.load("mnist-dequantized", "test", data_dir=args.data_dir)
+    out = run_dir(f"flows_mnist_{args.model}", args.out)
+    train_ds = load("mnist-dequantized", "train", data_dir=args.data_dir)
+    test_ds = load("mnist-dequantized", "test", data_dir=args.data_dir)
     model = MODELS[args.model](train_ds.shape, seed=args.seed, **kwargs)
     steps = args.measure or args.steps
-
     base = {"model": args.model, "model_kwargs": kwargs, "num_parameters": model.num_parameters(),
             "batch_size": batch_size, "lr": lr, "command": command(), "machine": machine()}
     if args.from_checkpoint:
-        arrays, meta = io.load_checkpoint(out / CHECKPOINT)
-        load_run_state(model, arrays)
-        old = json.loads((RESULTS / f"flows_mnist_{args.model}.json").read_text())
-        steps, wall, metrics = int(meta["step"]), old["train_wall_s"], {"loss": old.get("final_train_loss_nats")}
-        cpu = old.get("train_cpu_s")
-        base.update(command=old["command"], machine=old["machine"], batch_size=old["batch_size"],
-                    lr=old["lr"], eval_command=command())
+        steps, wall, cpu, metrics = restore(args, model, out, base)
     else:
         t0, cpu0 = time.perf_counter(), time.process_time()
-        metrics = train(model, train_ds, steps=steps, batch_size=batch_size, lr=lr, seed=args.seed,
-                        out_dir=out, schedule="cosine" if not args.measure else "constant",
-                        warmup=0 if args.measure else min(200, steps // 10), grad_clip=100.0,
-                        log_every=max(1, min(100, steps // 20)), ckpt_every=max(1, min(500, steps)),
-                        progress=True, samples=False)
+        metrics = fit(args, model, train_ds, out, steps, batch_size, lr)
         wall, cpu = time.perf_counter() - t0, round(time.process_time() - cpu0, 1)
-
     if args.measure:
-        rate = steps / wall
-        entry = dict(base, steps=steps, wall_s=round(wall, 1), steps_per_s=round(rate, 3),
-                     projected_s_for=[{"steps": s, "hours": round(s / rate / 3600, 2)}
-                                      for s in (1000, 3000, 10000, 30000)])
-        path = RESULTS / "flows_mnist_speed.json"
-        table = json.loads(path.read_text()) if path.exists() else {}
-        table[args.model] = entry
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
-        print(f"{args.model}: {rate:.3f} steps/s at batch {batch_size}; wrote {path}")
-        return
+        return record_speed(args, base, steps, wall, batch_size)
 
     t1 = time.perf_counter()
     x = test_ds.x if args.max_test is None else test_ds.x[:args.max_test]
@@ -137,16 +104,16 @@ def main(argv=None):
     bpd = float(nll_to_bpd(nll, D, "[0,1]"))
     eval_s = time.perf_counter() - t1
     png = RESULTS / f"flows_mnist_{args.model}_samples.png"
-    sample_s = sample_grid(model, png)
+    sample_s = sample_grid(model, png, n=smoke(64, 4))
     png_cold = RESULTS / f"flows_mnist_{args.model}_samples_t07.png"
-    sample_grid(model, png_cold, temperature=0.7)
+    sample_grid(model, png_cold, n=smoke(64, 4), temperature=0.7)
     result = dict(base, steps=steps, train_wall_s=round(wall, 1), train_cpu_s=cpu,
                   steps_per_s=round(steps / wall, 3), epochs=round(steps * batch_size / len(train_ds), 2),
                   final_train_loss_nats=metrics.get("loss"), test_examples=len(x),
                   test_nll_nats=nll, test_bpd=bpd, paper_bpd=PAPERS[args.model],
                   target_bpd=TARGETS[args.model], eval_wall_s=round(eval_s, 1),
-                  sample_wall_s=round(sample_s, 1), samples_png=str(png.relative_to(RESULTS.parent.parent)),
-                  samples_t07_png=str(png_cold.relative_to(RESULTS.parent.parent)))
+                  sample_wall_s=round(sample_s, 1), samples_png=rel(png),
+                  samples_t07_png=rel(png_cold))
     if not args.from_checkpoint:
         result["machine"] = machine()   # now, at the end: the load average the run saw
     log = out / "log.jsonl"
@@ -157,6 +124,40 @@ def main(argv=None):
     print(f"{args.model}: test {bpd:.3f} bits/dim (paper {PAPERS[args.model]}, target "
           f"{TARGETS[args.model]}) after {steps} steps, {wall / 60:.1f} min")
     write_result(f"flows_mnist_{args.model}", result)
+
+
+def fit(args, model, train_ds, out, steps, batch_size, lr):
+    return train(model, train_ds, steps=steps, batch_size=batch_size, lr=lr, seed=args.seed,
+                 out_dir=out, schedule="cosine" if not args.measure else "constant",
+                 warmup=0 if args.measure else min(200, steps // 10), grad_clip=100.0,
+                 log_every=max(1, min(100, steps // 20)), ckpt_every=max(1, min(500, steps)),
+                 progress=True, samples=False)
+
+
+def restore(args, model, out, base):
+    """--from-checkpoint: the run directory's weights, and the training figures of the
+    existing results JSON (``base`` takes its command and machine)."""
+    arrays, meta = io.load_checkpoint(out / CHECKPOINT)
+    load_run_state(model, arrays)
+    old = json.loads((RESULTS / f"flows_mnist_{args.model}.json").read_text())
+    base.update(command=old["command"], machine=old["machine"], batch_size=old["batch_size"],
+                lr=old["lr"], eval_command=command())
+    return int(meta["step"]), old["train_wall_s"], old.get("train_cpu_s"), \
+        {"loss": old.get("final_train_loss_nats")}
+
+
+def record_speed(args, base, steps, wall, batch_size):
+    """--measure: steps/s and the projected hours, merged into flows_mnist_speed.json."""
+    rate = steps / wall
+    entry = dict(base, steps=steps, wall_s=round(wall, 1), steps_per_s=round(rate, 3),
+                 projected_s_for=[{"steps": s, "hours": round(s / rate / 3600, 2)}
+                                  for s in (1000, 3000, 10000, 30000)])
+    path = RESULTS / "flows_mnist_speed.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table[args.model] = entry
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    print(f"{args.model}: {rate:.3f} steps/s at batch {batch_size}; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -14,55 +14,21 @@ the tags it names (their results JSON for the settings, /tmp/refgen_<tag> or --m
 for the weights) and scores their mixture, log p(x) = logsumexp_j log p_j(x) - log J.
 Writes benchmarks/results/<tag>.json and <tag>_samples.png.
 
-The helpers at the top are shared with pixelcnn_mnist.py and gpt_mnist14.py.
+``--smoke`` trains 3 steps of a small MADE on 64 images and scores the mixture of that one run.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
-# One BLAS thread: on a small machine shared by several jobs, OpenBLAS's default thread pool
-# oversubscribes the cores and runs ~30x slower than a single thread (measured: a
-# 100x784 @ 784x500 product took 35 ms with the default pool, 0.8 ms with one thread).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, rel,  # noqa: E402
+                    run_dir, sample_grid, smoke, test_nll, write_result)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from common import RESULTS, command, machine, write_result  # noqa: E402
-from refgen import backend, io  # noqa: E402
-from refgen.autograd import no_grad  # noqa: E402
-
-
-# ----------------------------------------------------------------------------- shared helpers
-def test_nll(log_prob, x, chunk=500) -> float:
-    """Mean -log p(x) in nats over the rows of host array ``x``, in chunks, without a graph."""
-    total = 0.0
-    with no_grad():
-        for i in range(0, len(x), chunk):
-            lp = log_prob(backend.asarray(x[i:i + chunk]))
-            total += float(backend.to_numpy(lp.data if hasattr(lp, "data") else lp).sum())
-    return -total / len(x)
-
-
-def sample_grid(model, path, n=64, seed=1234, value_range=(0.0, 1.0)) -> float:
-    """Draw n samples with a fixed generator, write them as a PNG grid; returns seconds taken."""
-    model.eval()
-    t = time.perf_counter()
-    with no_grad():
-        x = backend.to_numpy(model.sample(n, rng=backend.default_rng(seed)))
-    took = time.perf_counter() - t
-    lo, hi = value_range
-    io.write_png(path, io.image_grid((x - lo) / (hi - lo)))
-    model.train()
-    return took
+from refgen import backend  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- MADE
@@ -73,7 +39,7 @@ PAPERS = {
 }
 
 
-def main(argv=None):
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=28000)
     ap.add_argument("--batch-size", type=int, default=100)
@@ -91,17 +57,49 @@ def main(argv=None):
                     help="comma list of finished runs' tags: score their mixture, train nothing")
     ap.add_argument("--member-dirs", default=None,
                     help="comma list of their run directories (default /tmp/refgen_<tag> each)")
-    args = ap.parse_args(argv)
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.steps, args.hidden, args.batch_size = 3, "32", 16
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     if args.ensemble:
         return ensemble(args)
     tag = args.tag or ("made_mnist" if args.num_masks == 1 else f"made_mnist_masks{args.num_masks}")
-    out = Path(args.out or f"/tmp/refgen_{tag}")
-
-    from refgen import data, models
-    from refgen.train import train
-
+    out = run_dir(tag, args.out)
     t0 = time.perf_counter()
-    train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
+    train_ds, test_ds = load("mnist-binary", "train"), load("mnist-binary", "test")
+    model, metrics = fit(args, train_ds, test_ds, out)
+    png = RESULTS / f"{tag}_samples.png"
+    sample_s = sample_grid(model, png, n=smoke(64, 4))
+    result = {
+        "model": "made", "data": "mnist-binary", "command": command(), "machine": machine(),
+        "config": {"hidden": args.hidden, "num_masks": args.num_masks,
+                   "random_order": not args.natural_order, "order": args.order,
+                   "steps": args.steps,
+                   "batch_size": args.batch_size, "lr": args.lr, "schedule": "cosine",
+                   "seed": args.seed, "params": model.num_parameters()},
+        "test_nll_nats": metrics["test_nll_nats"],
+        "test_nll_nats_mask0": metrics.get("test_nll_nats_mask0"),
+        "train_wall_s": metrics["wall_s"], "total_wall_s": round(time.perf_counter() - t0, 1),
+        "sample_64_s": round(sample_s, 2), "samples_png": rel(png),
+        "log": read_log(out, "test_nll_nats"),
+        "papers_nats": PAPERS,
+    }
+    write_result(tag, result)
+    print(json.dumps({k: result[k] for k in ("test_nll_nats", "test_nll_nats_mask0",
+                                             "train_wall_s")}))
+    if SMOKE and args.num_masks == 1:  # the mixture path too, of this one run
+        args.ensemble, args.member_dirs, args.tag = tag, str(out), None
+        ensemble(args)
+
+
+def fit(args, train_ds, test_ds, out):
+    """Build MADE and train it, scoring the test set ten times along the way."""
+    from refgen import models
+    from refgen.train import train
     model = models.create("made", data_shape=train_ds.shape, seed=args.seed, hidden=args.hidden,
                           num_masks=args.num_masks, random_order=not args.natural_order,
                           order=args.order)
@@ -117,40 +115,54 @@ def main(argv=None):
                     test_dataset=test_ds, eval_every=max(args.steps // 10, 1),
                     log_every=max(args.steps // 100, 1), ckpt_every=max(args.steps // 10, 1),
                     samples=False)
-    sample_s = sample_grid(model, RESULTS / f"{tag}_samples.png")
-    wall = time.perf_counter() - t0
-    result = {
-        "model": "made", "data": "mnist-binary", "command": command(), "machine": machine(),
-        "config": {"hidden": args.hidden, "num_masks": args.num_masks,
-                   "random_order": not args.natural_order, "order": args.order,
-                   "steps": args.steps,
-                   "batch_size": args.batch_size, "lr": args.lr, "schedule": "cosine",
-                   "seed": args.seed, "params": model.num_parameters()},
-        "test_nll_nats": metrics["test_nll_nats"],
-        "test_nll_nats_mask0": metrics.get("test_nll_nats_mask0"),
-        "train_wall_s": metrics["wall_s"], "total_wall_s": round(wall, 1),
-        "sample_64_s": round(sample_s, 2), "samples_png": f"benchmarks/results/{tag}_samples.png",
-        "log": [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()
-                if ln.strip() and "test_nll_nats" in ln],
-        "papers_nats": PAPERS,
-    }
-    write_result(tag, result)
-    print(json.dumps({k: result[k] for k in ("test_nll_nats", "test_nll_nats_mask0",
-                                             "train_wall_s")}))
+    return model, metrics
 
 
 def ensemble(args):
     """Score the uniform mixture of finished single-mask runs on the binarized test set."""
-    from refgen import data, io as rio, models
     from refgen.models.autoregressive import ensemble_log_prob, ensemble_sample
-    from refgen.train import load_run_state
 
     tags = args.ensemble.split(",")
-    dirs = args.member_dirs.split(",") if args.member_dirs else [f"/tmp/refgen_{t}" for t in tags]
+    dirs = args.member_dirs.split(",") if args.member_dirs else [str(run_dir(t)) for t in tags]
     if len(dirs) != len(tags):
         raise SystemExit(f"--member-dirs names {len(dirs)} directories for {len(tags)} tags")
     t0 = time.perf_counter()
-    test_ds = data.load("mnist-binary", "test")
+    test_ds = load("mnist-binary", "test")
+    members, member_info = load_members(tags, dirs, test_ds)
+    nll = test_nll(lambda x: ensemble_log_prob(members, x), test_ds.x)
+
+    class _Mixture:  # what sample_grid needs: eval/train switches and sample(n, rng)
+        def eval(self):
+            pass
+
+        def train(self):
+            pass
+
+        def sample(self, n, rng):
+            return ensemble_sample(members, n, rng=rng)
+
+    tag = args.tag or "made_mnist_ensemble"
+    png = RESULTS / f"{tag}_samples.png"
+    sample_s = sample_grid(_Mixture(), png, n=smoke(64, 4))
+    result = {
+        "model": "made (ensemble of separately trained orderings)", "data": "mnist-binary",
+        "command": command(), "machine": machine(), "members": member_info,
+        "test_nll_nats": nll,
+        "best_member_nll_nats": min(i["test_nll_nats"] for i in member_info),
+        "train_wall_s_total": sum(i["train_wall_s"] for i in member_info),
+        "eval_wall_s": round(time.perf_counter() - t0, 1),
+        "sample_64_s": round(sample_s, 2), "samples_png": rel(png),
+        "papers_nats": PAPERS,
+    }
+    write_result(tag, result)
+    print(json.dumps({k: result[k] for k in ("test_nll_nats", "best_member_nll_nats")}))
+
+
+def load_members(tags, dirs, test_ds):
+    """The finished single-mask runs (weights from their directories, settings from their
+    result JSONs), each scored alone."""
+    from refgen import io as rio, models
+    from refgen.train import load_run_state
     members, member_info = [], []
     for tag, d in zip(tags, dirs):
         res = RESULTS / f"{tag}.json"
@@ -172,32 +184,7 @@ def ensemble(args):
                             "test_nll_nats": test_nll(m.log_prob, test_ds.x),
                             "order_head": backend.to_numpy(m.net.orders[0][:5]).tolist()})
         print(f"{tag}: {member_info[-1]['test_nll_nats']:.3f} nats", flush=True)
-    nll = test_nll(lambda x: ensemble_log_prob(members, x), test_ds.x)
-
-    class _Mixture:  # what sample_grid needs: eval/train switches and sample(n, rng)
-        def eval(self):
-            pass
-
-        def train(self):
-            pass
-
-        def sample(self, n, rng):
-            return ensemble_sample(members, n, rng=rng)
-
-    tag = args.tag or "made_mnist_ensemble"
-    sample_s = sample_grid(_Mixture(), RESULTS / f"{tag}_samples.png")
-    result = {
-        "model": "made (ensemble of separately trained orderings)", "data": "mnist-binary",
-        "command": command(), "machine": machine(), "members": member_info,
-        "test_nll_nats": nll,
-        "best_member_nll_nats": min(i["test_nll_nats"] for i in member_info),
-        "train_wall_s_total": sum(i["train_wall_s"] for i in member_info),
-        "eval_wall_s": round(time.perf_counter() - t0, 1),
-        "sample_64_s": round(sample_s, 2), "samples_png": f"benchmarks/results/{tag}_samples.png",
-        "papers_nats": PAPERS,
-    }
-    write_result(tag, result)
-    print(json.dumps({k: result[k] for k in ("test_nll_nats", "best_member_nll_nats")}))
+    return members, member_info
 
 
 if __name__ == "__main__":

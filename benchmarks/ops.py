@@ -19,7 +19,8 @@ and upstream gradient made beforehand. conv2d's is compared with 3 x (input + ou
 weights). Results go to benchmarks/results/ops.json and ops.md.
 
 Timings on a shared machine are noisy; best-of-N takes the least disturbed run of each, but
-the ratios are only as good as the quietest moment each measurement got.
+the ratios are only as good as the quietest moment each measurement got. ``--smoke``: one
+repeat of each workload at a small batch, written to a temporary directory.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--blas-threads", type=int, default=None,
                    help="set OPENBLAS_NUM_THREADS / OMP_NUM_THREADS (default: leave as is)")
     p.add_argument("--out", type=Path, default=RESULTS / "ops.json", help="JSON output (ops.md beside it)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few steps on tiny data, written to a temporary directory (what the tests run)")
     return p.parse_args(argv)
 
 
@@ -52,10 +55,12 @@ if ARGS is not None and ARGS.blas_threads is not None:  # must precede the first
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (after NumPy: it leaves the BLAS threads chosen above alone)
+from common import machine, smoke  # noqa: E402
+
 import refgen  # noqa: E402
 import refgen.functional as F  # noqa: E402
-from common import machine  # noqa: E402
 from refgen import backend  # noqa: E402
 
 
@@ -91,7 +96,7 @@ def peak_alloc(fn):
 
 def matmul_peak(rng, repeats):
     out = {}
-    for n in (1024, 2048):
+    for n in smoke((1024, 2048), (64, 128)):
         a = rng.standard_normal((n, n), dtype=np.float32)
         b = rng.standard_normal((n, n), dtype=np.float32)
         t, c = best_time(lambda: a @ b, repeats)
@@ -116,7 +121,7 @@ def fwd_bwd(forward, upstream, params):
 
 
 def conv2d_workload(rng):
-    n, cin, cout, hw, k = 64, 32, 64, 28, 3
+    n, cin, cout, hw, k = smoke(64, 2), 32, 64, 28, 3
     x = leaf(rng, (n, cin, hw, hw))
     w = leaf(rng, (cout, cin, k, k), 0.1)
     b = leaf(rng, (cout,), 0.1)
@@ -127,7 +132,7 @@ def conv2d_workload(rng):
 
 
 def conv_transpose2d_workload(rng):
-    n, cin, cout, hw, k = 64, 32, 64, 28, 3
+    n, cin, cout, hw, k = smoke(64, 2), 32, 64, 28, 3
     x = leaf(rng, (n, cin, hw, hw))
     w = leaf(rng, (cin, cout, k, k), 0.1)
     b = leaf(rng, (cout,), 0.1)
@@ -138,7 +143,7 @@ def conv_transpose2d_workload(rng):
 
 
 def mlp_workload(rng):
-    batch, dims = 256, (784, 1024, 1024, 10)
+    batch, dims = smoke(256, 8), (784, 1024, 1024, 10)
     x = leaf(rng, (batch, dims[0]), grad=False)  # data: no gradient wanted
     layers = [(leaf(rng, (i, o), 1 / np.sqrt(i)), leaf(rng, (o,), 0.01)) for i, o in zip(dims, dims[1:])]
     gy = refgen.tensor(rng.standard_normal((batch, dims[-1])).astype(np.float32))
@@ -167,7 +172,7 @@ def _softmax_fallback(s):
 
 
 def attention_workload(rng):
-    b, h, l, e = 32, 4, 196, 32
+    b, h, l, e = smoke(32, 1), 4, 196, 32
     q, k, v = (leaf(rng, (b, h, l, e)) for _ in range(3))
     gy = refgen.tensor(rng.standard_normal((b, h, l, e)).astype(np.float32))
     if hasattr(F, "scaled_dot_product_attention"):
@@ -198,8 +203,9 @@ def markdown(res):
         f"BLAS threads {m['blas_threads']}  ",
         f"Load average (1 min) before / after: {res['load_avg'][0]:.2f} / {res['load_avg'][1]:.2f}  ",
         f"Matmul peak (float32, best of {max(3, res['repeats'] // 2)} at the start and at the end): "
-        f"{res['matmul_peak_gflops']:.1f} GFLOP/s (1024^3: {res['matmul_gflops']['1024']:.1f}, "
-        f"2048^3: {res['matmul_gflops']['2048']:.1f}); per CPU-second of this process: "
+        f"{res['matmul_peak_gflops']:.1f} GFLOP/s ("
+        + ", ".join(f"{n}^3: {g:.1f}" for n, g in res["matmul_gflops"].items())
+        + "); per CPU-second of this process: "
         f"{res['matmul_peak_gflops_per_cpu_s']:.1f}", "",
         "| op | time (ms) | GFLOP | GFLOP/s | of peak | of peak, CPU time | target | peak alloc (MB) "
         "| 3x(in+out+w) (MB) |",
@@ -223,9 +229,28 @@ def markdown(res):
 def main(args):
     if backend.name() != "numpy":
         raise SystemExit("benchmarks/ops.py measures the NumPy backend; unset REFGEN_BACKEND")
-    rng = np.random.default_rng(0)
     load0 = os.getloadavg()[0]
     t_start = time.perf_counter()
+    mm, peak, peak_cpu, ops = measure(args)
+    res = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "machine": machine(), "repeats": args.repeats,
+           "load_avg": [load0, os.getloadavg()[0]], "wall_s": time.perf_counter() - t_start,
+           "matmul_gflops": {str(n): g[0] for n, g in mm.items()}, "matmul_peak_gflops": peak,
+           "matmul_gflops_per_cpu_s": {str(n): g[1] for n, g in mm.items()},
+           "matmul_peak_gflops_per_cpu_s": peak_cpu,
+           "ops": ops}
+    report(res, mm)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(res))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({res['wall_s']:.0f} s)")
+    return res
+
+
+def measure(args):
+    """The matmul peak (at the start and the end) and every workload's rates and memory."""
+    rng = np.random.default_rng(0)
     mm = matmul_peak(rng, max(3, args.repeats // 2))
     ops = {}
     for name, make in [("conv2d", conv2d_workload), ("conv_transpose2d", conv_transpose2d_workload),
@@ -249,16 +274,14 @@ def main(args):
     s = ops["conv2d"]["sizes_bytes"]
     ops["conv2d"]["memory_budget_bytes"] = 3 * (s["input"] + s["output"] + s["weights"])
     ops["conv2d"]["meets_memory_budget"] = ops["conv2d"]["peak_alloc_bytes"] <= ops["conv2d"]["memory_budget_bytes"]
+    return mm, peak, peak_cpu, ops
 
-    res = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": machine(), "repeats": args.repeats,
-           "load_avg": [load0, os.getloadavg()[0]], "wall_s": time.perf_counter() - t_start,
-           "matmul_gflops": {str(n): g[0] for n, g in mm.items()}, "matmul_peak_gflops": peak,
-           "matmul_gflops_per_cpu_s": {str(n): g[1] for n, g in mm.items()},
-           "matmul_peak_gflops_per_cpu_s": peak_cpu,
-           "ops": ops}
-    print(f"matmul peak {peak:.1f} GFLOP/s (1024^3 {mm[1024][0]:.1f}, 2048^3 {mm[2048][0]:.1f}); "
+
+def report(res, mm):
+    """The measurements as a table on stdout."""
+    peak, peak_cpu, ops = res["matmul_peak_gflops"], res["matmul_peak_gflops_per_cpu_s"], res["ops"]
+    sizes = ", ".join(f"{n}^3 {g[0]:.1f}" for n, g in mm.items())
+    print(f"matmul peak {peak:.1f} GFLOP/s ({sizes}); "
           f"per CPU-second {peak_cpu:.1f}")
     print(f"{'op':<18}{'ms':>8}{'GFLOP/s':>10}{'of peak':>9}{'(cpu t)':>9}{'peak MB':>9}")
     for name, r in ops.items():
@@ -267,12 +290,9 @@ def main(args):
     c = ops["conv2d"]
     print(f"conv2d peak alloc {c['peak_alloc_bytes'] / 1e6:.1f} MB vs 3x(in+out+w) "
           f"{c['memory_budget_bytes'] / 1e6:.1f} MB; attention via {ops['attention']['via']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(res))
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')} ({res['wall_s']:.0f} s)")
-    return res
 
 
 if __name__ == "__main__":
+    if ARGS.smoke:
+        ARGS.repeats, ARGS.out = 1, common.RESULTS / "ops.json"
     main(ARGS)

@@ -10,22 +10,20 @@ images at the end (and the first 1,000 along the way), and draws a 6x6 grid of s
 (784 forward passes each). Writes benchmarks/results/<tag>.json and <tag>_samples.png
 (tag: pixelcnn_mnist or gated_pixelcnn_mnist). ``--resume`` picks a run up from the last
 checkpoint in --out; one that finished training but was stopped before scoring goes
-straight to scoring.
+straight to scoring. ``--smoke``: 2 steps of a 2-layer, 8-channel model on 64 images.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see made_mnist.py
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from common import RESULTS, command, machine, write_result  # noqa: E402
-from made_mnist import PAPERS, sample_grid, test_nll  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, rel,  # noqa: E402
+                    run_dir, sample_grid, test_nll, write_result)
+from made_mnist import PAPERS  # noqa: E402
 
 
 def architecture(model) -> dict:
@@ -37,9 +35,7 @@ def architecture(model) -> dict:
     return {"channels": o, "depth": len(model.blocks), "first_kernel": k}
 
 
-def main(argv=None, write=True):
-    """Train, score and sample as the flags say; returns the result dict, and (``write``)
-    writes it to benchmarks/results/<tag>.json."""
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gated-pixelcnn", choices=["gated-pixelcnn", "pixelcnn"])
     ap.add_argument("--steps", type=int, default=None, help="default: the model's default_train")
@@ -58,25 +54,21 @@ def main(argv=None, write=True):
     ap.add_argument("--out", default=None)
     ap.add_argument("--resume", action="store_true",
                     help="continue from --out's checkpoint (a finished one goes straight to scoring)")
-    args = ap.parse_args(argv)
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.steps, args.batch_size, args.channels, args.depth, args.samples = 2, 8, 8, 2, 1
+    return args
+
+
+def main(argv=None, write=True):
+    """Train, score and sample as the flags say; returns the result dict, and (``write``)
+    writes it to benchmarks/results/<tag>.json."""
+    args = parse(argv)
     tag = args.tag or args.model.replace("-", "_") + "_mnist"
-    out = Path(args.out or f"/tmp/refgen_{tag}")
-
-    from refgen import data, models
-    from refgen.train import train
-
+    out = run_dir(tag, args.out)
     t0 = time.perf_counter()
-    train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
-    depth_key = "layers" if args.model == "gated-pixelcnn" else "blocks"
-    given = {"channels": args.channels, depth_key: args.depth, "first_kernel": args.first_kernel}
-    model = models.create(args.model, data_shape=train_ds.shape, seed=args.seed,
-                          **{k: v for k, v in given.items() if v is not None})
-    arch = architecture(model)
-    # flags not given take the model's default_train (the measured recipe)
-    for key, default in models.get(args.model).default_train.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, default)
-    args.warmup = args.warmup or 0
+    train_ds, test_ds = load("mnist-binary", "train"), load("mnist-binary", "test")
+    model, arch = build(args, train_ds)
     state = {"final": False}
 
     def evaluate(m, ds):
@@ -85,12 +77,7 @@ def main(argv=None, write=True):
         return {key: test_nll(m.log_prob, x, chunk=100)}
 
     t_train = time.perf_counter()
-    metrics = train(model, train_ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, out_dir=out, schedule="cosine", warmup=args.warmup,
-                    grad_clip=args.grad_clip, eval_fn=evaluate,
-                    test_dataset=test_ds, eval_every=max(args.steps // 4, 1),
-                    log_every=max(args.steps // 100, 1), ckpt_every=max(args.steps // 10, 1),
-                    samples=False, resume=args.resume)
+    metrics = fit(args, model, train_ds, test_ds, out, evaluate)
     train_wall = metrics["wall_s"]                       # all of training, resumed or not
     this_train = time.perf_counter() - t_train           # the part of it this process ran
     t_eval = time.perf_counter()
@@ -112,15 +99,38 @@ def main(argv=None, write=True):
         "total_wall_s": round(time.perf_counter() - t0 - this_train + train_wall, 1),
         "resumed": args.resume,
         f"sample_{args.samples}_s": None if sample_s is None else round(sample_s, 1),
-        "samples_png": None if sample_s is None else f"benchmarks/results/{png.name}",
-        "log": [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()
-                if ln.strip() and "test_nll" in ln],
+        "samples_png": None if sample_s is None else rel(png),
+        "log": read_log(out, "test_nll"),
         "papers_nats": PAPERS,
     }
     if write:
         write_result(tag, result)
     print(json.dumps({k: result[k] for k in ("test_nll_nats", "train_wall_s")}))
     return result
+
+
+def build(args, train_ds):
+    """The model from the flags given; flags not given take its default_train (the recipe)."""
+    from refgen import models
+    depth_key = "layers" if args.model == "gated-pixelcnn" else "blocks"
+    given = {"channels": args.channels, depth_key: args.depth, "first_kernel": args.first_kernel}
+    model = models.create(args.model, data_shape=train_ds.shape, seed=args.seed,
+                          **{k: v for k, v in given.items() if v is not None})
+    for key, default in models.get(args.model).default_train.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, default)
+    args.warmup = args.warmup or 0
+    return model, architecture(model)
+
+
+def fit(args, model, train_ds, test_ds, out, evaluate):
+    from refgen.train import train
+    return train(model, train_ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                 seed=args.seed, out_dir=out, schedule="cosine", warmup=args.warmup,
+                 grad_clip=args.grad_clip, eval_fn=evaluate,
+                 test_dataset=test_ds, eval_every=max(args.steps // 4, 1),
+                 log_every=max(args.steps // 100, 1), ckpt_every=max(args.steps // 10, 1),
+                 samples=False, resume=args.resume)
 
 
 if __name__ == "__main__":

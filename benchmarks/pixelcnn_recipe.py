@@ -9,18 +9,18 @@ the first CPU hours; the second is 12 layers of 24 channels with a 15x15 first l
 it one thing changes at a time: the first layer's reach (its k x k type A kernel; k = 27 lets
 every pixel's first layer see 14 rows above and 13 columns either side), the peak learning
 rate and the width. The recipes run ``--jobs`` at a time, each on one BLAS thread.
+``--smoke`` runs the first two recipes, one at a time, at pixelcnn_mnist.py's smoke size.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # each job keeps to its own core
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-
-from common import RESULTS, command, machine, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (RESULTS, SMOKE, add_smoke, command, machine, run_dir,  # noqa: E402
+                    write_json)
 
 # name -> (channels, depth, first_kernel, lr)
 RECIPES = {
@@ -41,7 +41,7 @@ def run_recipe(item):
     argv = ["--model", "gated-pixelcnn", "--steps", str(steps), "--batch-size", "16",
             "--channels", str(channels), "--depth", str(depth), "--first-kernel", str(first_kernel),
             "--lr", str(lr), "--warmup", "200", "--test-limit", "1000", "--samples", "0",
-            "--out", f"/tmp/refgen_pixelcnn_recipe_{channels}_{depth}_{first_kernel}_{lr}"]
+            "--out", str(run_dir(f"pixelcnn_recipe_{channels}_{depth}_{first_kernel}_{lr}"))]
     r = pixelcnn_mnist.main(argv, write=False)
     return {"recipe": name, "config": r["config"], "train_wall_s": r["train_wall_s"],
             "test_nll_nats_first1000": r["test_nll_nats"],
@@ -52,8 +52,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=1050)
     ap.add_argument("--jobs", type=int, default=2, help="recipes trained at once")
-    args = ap.parse_args()
+    args = add_smoke(ap).parse_args()
     items = [(name, spec, args.steps) for name, spec in RECIPES.items()]
+    if SMOKE:
+        items, args.jobs = items[:2], 1
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_recipe, items))
     for r in rows:

@@ -11,26 +11,24 @@ binarized MNIST:
   - the share of the step spent in the raw convolution kernels (cProfile);
   - a float32 matmul's GFLOP/s on the same core, the ceiling BLAS reaches here;
   - the same multiply-add count for the papers' size (15 layers, 128 channels, 7x7 first layer).
+
+``--smoke``: a 2-layer, 8-channel model at batch 2, one timed and one profiled step.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import pstats  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SMOKE, add_smoke, command, machine, smoke, write_json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from common import RESULTS, command, machine, write_json  # noqa: E402
 from pixelcnn_mnist import architecture  # noqa: E402
 from refgen import models  # noqa: E402
 from refgen.autograd import Tensor  # noqa: E402
@@ -61,44 +59,21 @@ def main():
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--first-kernel", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=20)
-    args = ap.parse_args()
+    args = add_smoke(ap).parse_args()
+    if SMOKE:
+        args.batch_size, args.channels, args.layers, args.repeat = 2, 8, 2, 1
     shape = (1, 28, 28)
     given = {"channels": args.channels, "layers": args.layers, "first_kernel": args.first_kernel}
     model = models.create("gated-pixelcnn", data_shape=shape,
                           **{k: v for k, v in given.items() if v is not None})
     arch = architecture(model)
-    opt = Adam(list(model.parameters()), lr=1e-3)
-    x = (np.random.default_rng(0).random((args.batch_size,) + shape) < 0.2).astype(np.float32)
-    batch = Batch(Tensor(x), None)
-
-    def step():
-        loss = model.loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):
+    step = training_step(model, args.batch_size, shape)
+    for _ in range(smoke(3, 1)):  # warm up
         step()
-    times = []
-    for _ in range(args.repeat):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(args.repeat):
-        step()
-    prof.disable()
-    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
-    total = sum(v[2] for v in stats.values())
-    # _conv_transpose_raw runs _conv2d_raw at stride 1, so the two kernels' cumulative times
-    # cover every convolution without counting one twice
-    conv = sum(v[3] for k, v in stats.items() if k[2] in CONV_KERNELS and "conv.py" in k[0])
-
+    step_s, conv_share = time_and_profile(step, args.repeat)
     macs = conv_macs_per_pixel(model)
     paper = conv_macs_per_pixel(models.create("gated-pixelcnn", data_shape=shape, channels=128,
                                               layers=15, first_kernel=7))
-    step_s = statistics.median(times)
     flops = 3 * 2 * macs * 28 * 28 * args.batch_size
     out = {"model": (f"gated-pixelcnn, {arch['depth']} layers, {arch['channels']} channels, "
                      f"{arch['first_kernel']}x{arch['first_kernel']} first layer"),
@@ -106,13 +81,48 @@ def main():
            "step_s_median": round(step_s, 4), "conv_macs_per_pixel": macs,
            "conv_gflop_per_step": round(flops / 1e9, 2),
            "conv_gflops_achieved": round(flops / step_s / 1e9, 1),
-           "conv_kernel_share_of_step": round(conv / total, 3),
-           "matmul_gflops_1024_float32": round(matmul_gflops(), 1),
+           "conv_kernel_share_of_step": round(conv_share, 3),
+           "matmul_gflops_1024_float32": round(matmul_gflops(n=smoke(1024, 64)), 1),
            "paper_size_conv_macs_per_pixel": paper, "paper_size_ratio": round(paper / macs, 1),
            "command": command(), "machine": machine()}
     for k, v in out.items():
         print(f"{k}: {v}")
     write_json(RESULTS / "gated_pixelcnn_step_cost.json", out)
+
+
+def training_step(model, batch_size, shape):
+    """One forward, backward and Adam step on a fixed random binary batch, as a function."""
+    opt = Adam(list(model.parameters()), lr=1e-3)
+    x = (np.random.default_rng(0).random((batch_size,) + shape) < 0.2).astype(np.float32)
+    batch = Batch(Tensor(x), None)
+
+    def step():
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def time_and_profile(step, repeat):
+    """The median seconds of ``repeat`` steps, and the share of another ``repeat`` steps
+    that cProfile finds in the raw convolution kernels."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(repeat):
+        step()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    total = sum(v[2] for v in stats.values())
+    # _conv_transpose_raw runs _conv2d_raw at stride 1, so the two kernels' cumulative times
+    # cover every convolution without counting one twice
+    conv = sum(v[3] for k, v in stats.items() if k[2] in CONV_KERNELS and "conv.py" in k[0])
+    return statistics.median(times), conv / total
 
 
 if __name__ == "__main__":

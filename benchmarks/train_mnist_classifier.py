@@ -11,42 +11,29 @@ cond_accuracy of mnist-14 models are measured by a network that has seen such im
 Writes refgen/metrics/mnist_classifier.npz (float32 weights), puts its sha256 into
 CLASSIFIER_SHA256 in refgen/metrics/classifier.py (and prints it), and reports test accuracy
 per epoch, at 28x28 and at 14x14, in benchmarks/results/mnist_classifier.json and .md.
+``--smoke``: one epoch on 64 images, the weights written to a temporary directory (the
+committed weights and their sha256 are left alone).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
+import sys
+import time
+from pathlib import Path
 
-# One BLAS thread: on a small shared machine OpenBLAS's default pool oversubscribes the cores
-# (measured here: a training step took 0.13 s with one thread and 1-10 s with the default).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, SMOKE, add_smoke, load, low_res, machine  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
-
 import refgen.functional as F  # noqa: E402
-from common import machine  # noqa: E402
-from refgen import backend, data  # noqa: E402
+from refgen import backend  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.metrics import classifier as C  # noqa: E402
 from refgen.optim import Adam, cosine_schedule  # noqa: E402
-
-
-def low_res(x):
-    """(B, 1, 28, 28) -> the same images at 14x14 resolution, shown at 28x28 (2x2 blocks)."""
-    b = len(x)
-    small = x.reshape(b, 1, 14, 2, 14, 2).mean(axis=(3, 5))          # 2x2 average pool
-    return np.repeat(np.repeat(small, 2, axis=2), 2, axis=3)          # nearest upsample
 
 
 def accuracy(model, x, y, batch_size=1000) -> float:
@@ -71,7 +58,7 @@ def update_sha_constant(sha: str):
     src.write_text(new)
 
 
-def main(argv=None):
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128)
@@ -84,14 +71,62 @@ def main(argv=None):
                    help="do not write the new sha256 into refgen/metrics/classifier.py")
     p.add_argument("--tag", default="mnist_classifier")
     p.add_argument("--train-limit", type=int, default=None,
-                   help="use only the first N training images (smoke tests)")
-    args = p.parse_args(argv)
-    cmd = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+                   help="use only the first N training images")
+    args = add_smoke(p).parse_args(argv)
+    if SMOKE:
+        args.epochs, args.batch_size, args.no_update_sha = 1, 16, True
+        args.out = str(RESULTS / "mnist_classifier.npz")
+    return args
 
-    train = data.load("mnist", "train")
+
+def main(argv=None):
+    args = parse(argv)
+    cmd = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    train = load("mnist", "train")
     if args.train_limit:
         train.x, train.y = train.x[:args.train_limit], train.y[:args.train_limit]
-    test = data.load("mnist", "test")
+    test = load("mnist", "test")
+    model, history, wall = fit(args, train, test)
+    out, sha = save_weights(args, model)
+    # the file as load_classifier will see it: reload, verify and score again
+    reloaded = C.load_classifier(out, sha256=sha)
+    final = accuracy(reloaded, test.x, test.y)
+    result = {
+        "command": cmd, "machine": machine(), "wall_s": round(wall, 1),
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "schedule": "cosine, 100 warmup steps", "optimizer": "Adam", "low_res": args.low_res,
+        "seed": args.seed, "parameters": model.num_parameters(),
+        "architecture": f"conv3x3 channels {C.CHANNELS}, 2 max-pools, fc {C.HIDDEN}, fc 10",
+        "file": os.path.relpath(out, ROOT), "file_bytes": out.stat().st_size, "sha256": sha,
+        "test_acc": final, "test_acc_14x14": history[-1]["test_acc_14x14"], "history": history,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = "\n".join(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | "
+                     f"{h['test_acc']:.4f} | {h['test_acc_14x14']:.4f} | {h['wall_s']} |"
+                     for h in history)
+    m = result["machine"]
+    (RESULTS / f"{args.tag}.md").write_text(
+        f"# MNIST feature network (for fid_mnist and cond_accuracy)\n\n"
+        f"Command: `OPENBLAS_NUM_THREADS=1 {cmd}`\n\n"
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), shared; backend {m['backend']}, "
+        f"Python {m['python']}, NumPy {m['numpy']}, BLAS threads {m['blas_threads']}.\n\n"
+        f"Network: {result['architecture']}; {result['parameters']} parameters, "
+        f"`{result['file']}` {result['file_bytes']} bytes, sha256 `{sha}`.\n\n"
+        f"Training: Adam lr {args.lr}, cosine decay, batch {args.batch_size}, {args.epochs} "
+        f"epochs, {args.low_res:.0%} of each batch shown at 14x14; wall {wall:.0f} s.\n\n"
+        f"**Test accuracy: {final:.4f}** (10,000 test images; {result['test_acc_14x14']:.4f} "
+        f"on the same images at 14x14).\n\n"
+        f"| epoch | train loss | train acc | test acc | test acc 14x14 | wall s |\n"
+        f"|---|---|---|---|---|---|\n{rows}\n")
+    print(json.dumps({k: result[k] for k in ("test_acc", "test_acc_14x14", "wall_s", "sha256")}),
+          flush=True)
+
+
+
+def fit(args, train, test):
+    """Adam with a cosine decay, a fraction of each batch shown at 14x14; test accuracy at
+    28x28 and 14x14 after every epoch."""
     test14 = low_res(test.x)
     rng = np.random.default_rng(args.seed)
     model = C.MNISTClassifier(seed=args.seed)
@@ -135,7 +170,11 @@ def main(argv=None):
         history.append(rec)
         print(json.dumps(rec), flush=True)
     wall = time.perf_counter() - t0
+    return model, history, wall
 
+
+def save_weights(args, model):
+    """The float32 weights to --out, and (for the committed file) the sha256 constant."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: backend.to_numpy(v).astype(np.float32) for k, v in model.state_dict().items()}
@@ -147,40 +186,7 @@ def main(argv=None):
     if not args.no_update_sha and out.resolve() == C.CLASSIFIER_PATH.resolve():
         update_sha_constant(sha)
         print(f"updated CLASSIFIER_SHA256 in {C.__file__}", flush=True)
-
-    # the file as load_classifier will see it: reload, verify and score again
-    reloaded = C.load_classifier(out, sha256=sha)
-    final = accuracy(reloaded, test.x, test.y)
-    result = {
-        "command": cmd, "machine": machine(), "wall_s": round(wall, 1),
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "schedule": "cosine, 100 warmup steps", "optimizer": "Adam", "low_res": args.low_res,
-        "seed": args.seed, "parameters": model.num_parameters(),
-        "architecture": f"conv3x3 channels {C.CHANNELS}, 2 max-pools, fc {C.HIDDEN}, fc 10",
-        "file": os.path.relpath(out, ROOT), "file_bytes": out.stat().st_size, "sha256": sha,
-        "test_acc": final, "test_acc_14x14": history[-1]["test_acc_14x14"], "history": history,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = "\n".join(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | "
-                     f"{h['test_acc']:.4f} | {h['test_acc_14x14']:.4f} | {h['wall_s']} |"
-                     for h in history)
-    m = result["machine"]
-    (RESULTS / f"{args.tag}.md").write_text(
-        f"# MNIST feature network (for fid_mnist and cond_accuracy)\n\n"
-        f"Command: `OPENBLAS_NUM_THREADS=1 {cmd}`\n\n"
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), shared; backend {m['backend']}, "
-        f"Python {m['python']}, NumPy {m['numpy']}, BLAS threads {m['blas_threads']}.\n\n"
-        f"Network: {result['architecture']}; {result['parameters']} parameters, "
-        f"`{result['file']}` {result['file_bytes']} bytes, sha256 `{sha}`.\n\n"
-        f"Training: Adam lr {args.lr}, cosine decay, batch {args.batch_size}, {args.epochs} "
-        f"epochs, {args.low_res:.0%} of each batch shown at 14x14; wall {wall:.0f} s.\n\n"
-        f"**Test accuracy: {final:.4f}** (10,000 test images; {result['test_acc_14x14']:.4f} "
-        f"on the same images at 14x14).\n\n"
-        f"| epoch | train loss | train acc | test acc | test acc 14x14 | wall s |\n"
-        f"|---|---|---|---|---|---|\n{rows}\n")
-    print(json.dumps({k: result[k] for k in ("test_acc", "test_acc_14x14", "wall_s", "sha256")}),
-          flush=True)
+    return out, sha
 
 
 if __name__ == "__main__":

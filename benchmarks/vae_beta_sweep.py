@@ -11,7 +11,8 @@ vae_beta_sweep_rd.png (the curve: rate on the horizontal axis, distortion on the
 one labelled dot per beta joined by straight segments, both axes from 0; --plot-only redraws
 it from the JSON) and vae_beta_sweep_traversal_b<beta>.png for --traverse-beta: one row per latent
 dimension (sorted by its mean KL, most informative first), columns z_j from -3 to 3 with the
-other coordinates at the posterior mean of a test digit.
+other coordinates at the posterior mean of a test digit. ``--smoke``: beta 1 and 4, 2 steps
+each on 64 images, then the redraw.
 """
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command, machine, write_result  # noqa: E402
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, rel,  # noqa: E402
+                    run_dir, write_result)
 from vae_mnist import test_elbo_terms  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from refgen import backend, data, io, models  # noqa: E402
+from refgen import backend, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.distributions import kl_normal_std  # noqa: E402
-from refgen.train import train  # noqa: E402
 
 
 def rd_plot(path, runs):
@@ -41,7 +42,7 @@ def rd_plot(path, runs):
                                        xlabel="rate (nats)", ylabel="distortion (nats)",
                                        point_labels=[f"b={r['beta']:g}" for r in runs])
     io.write_png(path, img)
-    return {"png": str(Path(path).relative_to(RESULTS.parent.parent)),
+    return {"png": rel(path),
             "rate_axis_nats": [0.0, r_max], "distortion_axis_nats": [0.0, d_max]}
 
 
@@ -60,7 +61,7 @@ def traversal(model, x, path, span=3.0, n=9):
     return kl[order].tolist()
 
 
-def main(argv=None):
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--betas", default="0.5,1,2,4,8")
     ap.add_argument("--steps", type=int, default=3000)
@@ -72,35 +73,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot-only", action="store_true",
                     help="redraw vae_beta_sweep_rd.png from the saved JSON, training nothing")
-    args = ap.parse_args(argv)
-    if args.plot_only:
-        result = json.loads((RESULTS / "vae_beta_sweep.json").read_text())
-        result["plot"] = dict(rd_plot(RESULTS / "vae_beta_sweep_rd.png", result["runs"]),
-                              command=command())
-        write_result("vae_beta_sweep", result)
-        return
-    betas = [float(b) for b in args.betas.split(",")]
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.betas, args.steps, args.batch_size, args.hidden = "1,4", 2, 16, "32"
+    return args
 
+
+def main(argv=None):
+    args = parse(argv)
+    if args.plot_only:
+        return replot()
     t0 = time.perf_counter()
-    train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
-    runs = []
-    for beta in betas:
-        model = models.create("beta-vae", data_shape=train_ds.shape, seed=args.seed, beta=beta,
-                              latent_dim=args.latent_dim, hidden=args.hidden)
-        m = train(model, train_ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                  seed=args.seed, out_dir=f"/tmp/refgen_vae_beta_{beta:g}", schedule="cosine",
-                  log_every=max(args.steps // 20, 1), ckpt_every=args.steps, samples=False)
-        model.eval()
-        model.rng = backend.default_rng(0)
-        t = test_elbo_terms(model, test_ds.x)
-        run = {"beta": beta, "rate_nats": t["kl_nats"], "distortion_nats": -t["rec_nats"],
-               "elbo_nats": t["elbo_nats"], "train_wall_s": m["wall_s"]}
-        if beta == args.traverse_beta:
-            png = RESULTS / f"vae_beta_sweep_traversal_b{beta:g}.png"
-            run["kl_per_dim_sorted"] = traversal(model, test_ds.x, png)
-            run["traversal_png"] = str(png.relative_to(RESULTS.parent.parent))
-        runs.append(run)
-        print(json.dumps(run), flush=True)
+    train_ds, test_ds = load("mnist-binary", "train"), load("mnist-binary", "test")
+    runs = [fit_one(args, float(beta), train_ds, test_ds) for beta in args.betas.split(",")]
     plot = rd_plot(RESULTS / "vae_beta_sweep_rd.png", runs)
     write_result("vae_beta_sweep", {
         "model": "beta-vae", "data": "mnist-binary", "command": command(), "machine": machine(),
@@ -108,6 +93,38 @@ def main(argv=None):
                    "latent_dim": args.latent_dim, "hidden": args.hidden, "seed": args.seed},
         "runs": runs, "plot": plot,
         "total_wall_s": round(time.perf_counter() - t0, 1)})
+    if SMOKE:
+        replot()
+
+
+def fit_one(args, beta, train_ds, test_ds):
+    """Train one beta-VAE and score its rate and distortion (and its traversal, for
+    --traverse-beta)."""
+    from refgen.train import train
+    model = models.create("beta-vae", data_shape=train_ds.shape, seed=args.seed, beta=beta,
+                          latent_dim=args.latent_dim, hidden=args.hidden)
+    m = train(model, train_ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+              seed=args.seed, out_dir=run_dir(f"vae_beta_{beta:g}"), schedule="cosine",
+              log_every=max(args.steps // 20, 1), ckpt_every=args.steps, samples=False)
+    model.eval()
+    model.rng = backend.default_rng(0)
+    t = test_elbo_terms(model, test_ds.x)
+    run = {"beta": beta, "rate_nats": t["kl_nats"], "distortion_nats": -t["rec_nats"],
+           "elbo_nats": t["elbo_nats"], "train_wall_s": m["wall_s"]}
+    if beta == args.traverse_beta:
+        png = RESULTS / f"vae_beta_sweep_traversal_b{beta:g}.png"
+        run["kl_per_dim_sorted"] = traversal(model, test_ds.x, png)
+        run["traversal_png"] = rel(png)
+    print(json.dumps(run), flush=True)
+    return run
+
+
+def replot():
+    """Redraw the rate-distortion curve from the saved JSON."""
+    result = json.loads((RESULTS / "vae_beta_sweep.json").read_text())
+    result["plot"] = dict(rd_plot(RESULTS / "vae_beta_sweep_rd.png", result["runs"]),
+                          command=command())
+    write_result("vae_beta_sweep", result)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ The runs behind docs/vae.md (each result JSON keeps its command; these are some 
     python benchmarks/vae_mnist.py --model cvae --steps 12000 --eval-k 100 --tag vae_mnist_cvae
 
 The first is the VAE that meets the 88-nat target; the defaults (two hidden layers of 512
-ReLU units, latent 32, batch 100) are the first sessions' model, which the IWAE, 2-d and
+ReLU units, latent 32, batch 100) are the model of vae_mnist.json, which the IWAE, 2-d and
 conditional runs use. --resume with the same --steps only evaluates a finished run, so
 training and the (slow) IWAE evaluation can be two runs. Trains with refgen.train.train on
 'mnist-binary' (dynamic binarization) and scores the one fixed binarization of the 10,000
@@ -19,7 +19,8 @@ by default), the estimate of log p(x) the papers report. Writes benchmarks/resul
 <tag>_samples.png and <tag>_recon.png (test images above their reconstructions); with
 --latent-dim 2 also <tag>_grid.png (the decoder's mean over a grid of z at the Gaussian
 quantiles 0.05..0.95); for cvae <tag>_cond.png (one row per class) and cond_accuracy when
-the project's MNIST classifier is present.
+the project's MNIST classifier is present. ``--smoke``: 3 steps of a small model on 64
+images, the IWAE bound with k = 2 on 16 of them.
 """
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command, machine, write_result  # noqa: E402
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, rel,  # noqa: E402
+                    run_dir, smoke, write_result)
 
 import numpy as np  # noqa: E402
 
-from refgen import backend, data, io, models  # noqa: E402
+from refgen import backend, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.train import train  # noqa: E402
 
@@ -99,7 +101,7 @@ def classifier_available() -> bool:
         return False
 
 
-def main(argv=None):
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vae", choices=["vae", "iwae", "beta-vae", "cvae"])
     ap.add_argument("--steps", type=int, default=24000)
@@ -120,12 +122,46 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --out up to --steps (with the same --steps: "
                          "evaluate the finished run without training)")
-    args = ap.parse_args(argv)
-    tag = args.tag or ("vae_mnist" if args.model == "vae" else f"vae_mnist_{args.model}")
-    out = Path(args.out or f"/tmp/refgen_{tag}")
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.steps, args.batch_size, args.hidden, args.eval_k, args.eval_n = 3, 16, "32", 2, 16
+    return args
 
+
+def main(argv=None):
+    args = parse(argv)
+    tag = args.tag or ("vae_mnist" if args.model == "vae" else f"vae_mnist_{args.model}")
+    out = run_dir(tag, args.out)
     t0 = time.perf_counter()
-    train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
+    train_ds, test_ds = load("mnist-binary", "train"), load("mnist-binary", "test")
+    model, cfg = build(args, train_ds)
+    y_test = test_ds.y if args.model == "cvae" else None
+    cpu0 = time.process_time()
+    metrics = fit(args, model, train_ds, test_ds, y_test, out)
+    train_wall, train_cpu = metrics["wall_s"], time.process_time() - cpu0
+    model.eval()
+    model.rng = backend.default_rng(0)  # evaluation noise: its own fixed generator
+    result = {
+        "model": args.model, "data": "mnist-binary", "command": command(),
+        "train_command": train_command(tag, args.resume), "machine": machine(),
+        "config": dict(cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       schedule=args.schedule, seed=args.seed, params=model.num_parameters()),
+        "train_wall_s": train_wall, "train_cpu_s": round(train_cpu, 1),
+        "test_elbo_nats": metrics["elbo_nats"], "test_rec_nats": metrics["rec_nats"],
+        "test_kl_nats": metrics["kl_nats"],
+        "log": read_log(out, "elbo_nats"),
+        "papers_test_nll_nats": PAPERS,
+    }
+    if args.eval_k > 0:
+        result.update(iwae_nll(args, model, test_ds, y_test))
+    result.update(pictures(args, model, test_ds, y_test, tag))
+    result["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    write_result(tag, result)
+    print(json.dumps({k: result.get(k) for k in ("test_elbo_nats", "test_nll_nats",
+                                                 "train_wall_s", "total_wall_s")}))
+
+
+def build(args, train_ds):
     cfg = dict(latent_dim=args.latent_dim, hidden=args.hidden, arch=args.arch,
                activation=args.activation)
     if args.model == "iwae":
@@ -134,78 +170,76 @@ def main(argv=None):
         cfg["beta"] = args.beta
     if args.model == "cvae":
         cfg["num_classes"] = 10
-    model = models.create(args.model, data_shape=train_ds.shape, seed=args.seed, **cfg)
-    y_test = test_ds.y if args.model == "cvae" else None
+    return models.create(args.model, data_shape=train_ds.shape, seed=args.seed, **cfg), cfg
 
+
+def fit(args, model, train_ds, test_ds, y_test, out):
     def evaluate(m, ds):
         return test_elbo_terms(m, ds.x, y_test)
 
-    cpu0 = time.process_time()
-    metrics = train(model, train_ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, out_dir=out, schedule=args.schedule, eval_fn=evaluate,
-                    test_dataset=test_ds, eval_every=max(args.steps // 10, 1),
-                    log_every=max(args.steps // 100, 1), ckpt_every=max(args.steps // 20, 1),
-                    samples=False, resume=args.resume)
-    train_wall, train_cpu = metrics["wall_s"], time.process_time() - cpu0
-    model.eval()
-    model.rng = backend.default_rng(0)  # evaluation noise: its own fixed generator
+    return train(model, train_ds, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                 seed=args.seed, out_dir=out, schedule=args.schedule, eval_fn=evaluate,
+                 test_dataset=test_ds, eval_every=max(args.steps // 10, 1),
+                 log_every=max(args.steps // 100, 1), ckpt_every=max(args.steps // 20, 1),
+                 samples=False, resume=args.resume)
+
+
+def train_command(tag, resume):
+    """This command, or when it resumes a finished run, the command that did the training."""
     previous = RESULTS / f"{tag}.json"
-    train_command = command()
-    if args.resume and previous.is_file():  # keep the command that did the training
+    if resume and previous.is_file():
         old = json.loads(previous.read_text())
-        train_command = old.get("train_command", old.get("command", train_command))
-    result = {
-        "model": args.model, "data": "mnist-binary", "command": command(),
-        "train_command": train_command, "machine": machine(),
-        "config": dict(cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       schedule=args.schedule, seed=args.seed, params=model.num_parameters()),
-        "train_wall_s": train_wall, "train_cpu_s": round(train_cpu, 1),
-        "test_elbo_nats": metrics["elbo_nats"], "test_rec_nats": metrics["rec_nats"],
-        "test_kl_nats": metrics["kl_nats"],
-        "log": [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()
-                if ln.strip() and "elbo_nats" in ln],
-        "papers_test_nll_nats": PAPERS,
-    }
-    if args.eval_k > 0:
-        n = min(args.eval_n, len(test_ds.x))
-        t = time.perf_counter()
-        # cvae: log p(x | y), the labels are known at test time
-        lk = iwae_test(model, test_ds.x[:n], args.eval_k, None if y_test is None else y_test[:n])
-        result.update({"test_nll_nats": float(-lk.mean()),
-                       "test_nll_stderr": float(lk.std(ddof=1) / math.sqrt(len(lk))),
-                       "iwae_k": args.eval_k, "iwae_n_test": int(n),
-                       "iwae_wall_s": round(time.perf_counter() - t, 1)})
-        if args.model == "cvae":
-            result["test_nll_is_conditional"] = "-log p(x | y), labels given"
+        return old.get("train_command", old.get("command", command()))
+    return command()
+
+
+def iwae_nll(args, model, test_ds, y_test):
+    """The test NLL as the IWAE bound with k = --eval-k on the first --eval-n test images."""
+    n = min(args.eval_n, len(test_ds.x))
+    t = time.perf_counter()
+    # cvae: log p(x | y), the labels are known at test time
+    lk = iwae_test(model, test_ds.x[:n], args.eval_k, None if y_test is None else y_test[:n])
+    out = {"test_nll_nats": float(-lk.mean()),
+           "test_nll_stderr": float(lk.std(ddof=1) / math.sqrt(len(lk))),
+           "iwae_k": args.eval_k, "iwae_n_test": int(n),
+           "iwae_wall_s": round(time.perf_counter() - t, 1)}
+    if args.model == "cvae":
+        out["test_nll_is_conditional"] = "-log p(x | y), labels given"
+    return out
+
+
+def pictures(args, model, test_ds, y_test, tag):
+    """Samples, reconstructions, the 2-d latent grid, and for cvae one row per class and the
+    classifier's agreement with the labels asked for."""
+    out = {}
     model.rng = backend.default_rng(1234)
     x = backend.to_numpy(model.sample(64, rng=backend.default_rng(1234), cond=(
         backend.asarray(np.arange(64) % 10) if args.model == "cvae" else None)))
     io.write_png(RESULTS / f"{tag}_samples.png", io.image_grid(x))
     recon_panel(model, test_ds.x, RESULTS / f"{tag}_recon.png", y_test)
-    result["pngs"] = [f"benchmarks/results/{tag}_samples.png", f"benchmarks/results/{tag}_recon.png"]
+    out["pngs"] = [rel(RESULTS / f"{tag}_samples.png"), rel(RESULTS / f"{tag}_recon.png")]
     if args.latent_dim == 2:
         latent_grid(model, RESULTS / f"{tag}_grid.png")
-        result["pngs"].append(f"benchmarks/results/{tag}_grid.png")
-    if args.model == "cvae":
-        labels = np.repeat(np.arange(10), 10)
-        xs = backend.to_numpy(model.sample(100, cond=backend.asarray(labels),
-                                           rng=backend.default_rng(7)))
-        io.write_png(RESULTS / f"{tag}_cond.png", io.image_grid(xs, nrow=10))
-        result["pngs"].append(f"benchmarks/results/{tag}_cond.png")
-        if classifier_available():
-            from refgen.metrics import cond_accuracy
-            lab = np.arange(10000) % 10
-            s = np.concatenate([backend.to_numpy(model.sample(
-                1000, cond=backend.asarray(lab[i:i + 1000]), rng=backend.default_rng(100 + i)))
-                for i in range(0, 10000, 1000)])
-            result["cond_accuracy"] = cond_accuracy(2.0 * s - 1.0, lab)
-        else:
-            result["cond_accuracy"] = None
-            result["cond_accuracy_note"] = "MNIST classifier weights not available in this checkout"
-    result["total_wall_s"] = round(time.perf_counter() - t0, 1)
-    write_result(tag, result)
-    print(json.dumps({k: result.get(k) for k in ("test_elbo_nats", "test_nll_nats",
-                                                 "train_wall_s", "total_wall_s")}))
+        out["pngs"].append(rel(RESULTS / f"{tag}_grid.png"))
+    if args.model != "cvae":
+        return out
+    labels = np.repeat(np.arange(10), 10)
+    xs = backend.to_numpy(model.sample(100, cond=backend.asarray(labels),
+                                       rng=backend.default_rng(7)))
+    io.write_png(RESULTS / f"{tag}_cond.png", io.image_grid(xs, nrow=10))
+    out["pngs"].append(rel(RESULTS / f"{tag}_cond.png"))
+    if classifier_available():
+        from refgen.metrics import cond_accuracy
+        n, chunk = smoke(10000, 20), smoke(1000, 10)
+        lab = np.arange(n) % 10
+        s = np.concatenate([backend.to_numpy(model.sample(
+            chunk, cond=backend.asarray(lab[i:i + chunk]), rng=backend.default_rng(100 + i)))
+            for i in range(0, n, chunk)])
+        out["cond_accuracy"] = cond_accuracy(2.0 * s - 1.0, lab)
+    else:
+        out["cond_accuracy"] = None
+        out["cond_accuracy_note"] = "MNIST classifier weights not available in this checkout"
+    return out
 
 
 if __name__ == "__main__":

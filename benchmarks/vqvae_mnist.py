@@ -11,7 +11,8 @@ of the 10,000 test images: rec_nats (-log p(x | z_q), Bernoulli, nats per image)
 rec_mse (mean squared error of the decoder's mean per pixel), perplexity of the code
 frequencies, prior_nll_nats (-log p(k) of the test code grids), and fid_mnist of
 --fid-samples prior samples when the project's MNIST classifier is present. Writes
-benchmarks/results/<tag>.json, <tag>_samples.png and <tag>_recon.png.
+benchmarks/results/<tag>.json, <tag>_samples.png and <tag>_recon.png. ``--smoke``: 2 steps of
+each stage for a small model on 64 images, FID of 20 samples.
 """
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command, machine, write_result  # noqa: E402
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, rel,  # noqa: E402
+                    run_dir, smoke, write_result)
 from vae_mnist import classifier_available, recon_panel  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from refgen import backend, data, io, models  # noqa: E402
+from refgen import backend, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.models.vae import perplexity  # noqa: E402
-from refgen.train import train  # noqa: E402
 
 
 def test_metrics(model, x, batch=500):
@@ -52,7 +53,7 @@ def test_metrics(model, x, batch=500):
             "codes_used": int(len(np.unique(codes)))}
 
 
-def main(argv=None):
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--prior-steps", type=int, default=2000)
@@ -70,15 +71,43 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="vqvae_mnist")
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
-    args = ap.parse_args(argv)
-    out = Path(args.out or f"/tmp/refgen_{args.tag}")
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.steps, args.prior_steps, args.batch_size, args.channels = 2, 2, 8, "8,8"
+        args.num_codes, args.code_dim, args.prior_channels, args.prior_blocks = 8, 4, 8, 1
+        args.fid_samples = 20
+    return args
 
+
+def main(argv=None):
+    args = parse(argv)
+    out = run_dir(args.tag, args.out)
     t0 = time.perf_counter()
-    train_ds, test_ds = data.load("mnist-binary", "train"), data.load("mnist-binary", "test")
+    train_ds, test_ds = load("mnist-binary", "train"), load("mnist-binary", "test")
     cfg = dict(num_codes=args.num_codes, code_dim=args.code_dim, channels=args.channels,
                ema=args.ema, prior_channels=args.prior_channels, prior_blocks=args.prior_blocks,
                prior_one_hot=not args.prior_ordinal)
     model = models.create("vqvae", data_shape=train_ds.shape, seed=args.seed, **cfg)
+    wall = fit(args, model, train_ds, test_ds, out)
+    model.eval()
+    result = {"model": "vqvae", "data": "mnist-binary", "command": command(), "machine": machine(),
+              "config": dict(cfg, steps=args.steps, prior_steps=args.prior_steps,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             params=model.num_parameters()),
+              "train_wall_s": wall}
+    result.update({f"test_{k}": v for k, v in test_metrics(model, test_ds.x).items()})
+    result.update(samples_and_fid(args, model, test_ds))
+    result["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    write_result(args.tag, result)
+    print(json.dumps({k: result.get(k) for k in ("test_rec_nats", "test_perplexity",
+                                                 "test_prior_nll_nats", "fid_mnist",
+                                                 "total_wall_s")}))
+
+
+def fit(args, model, train_ds, test_ds, out):
+    """Stage 1 (everything together), then stage 2 (the prior alone on frozen codes);
+    returns the wall seconds of each."""
+    from refgen.train import train
     common = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, schedule="cosine",
                   test_dataset=test_ds, samples=False,
                   eval_fn=lambda m, ds: test_metrics(m, ds.x[:2000]))
@@ -94,21 +123,20 @@ def main(argv=None):
                    eval_every=max(args.prior_steps // 5, 1), log_every=max(args.prior_steps // 50, 1),
                    ckpt_every=max(args.prior_steps // 10, 1), **common)
         wall["stage2_s"] = m2["wall_s"]
-    model.eval()
-    result = {"model": "vqvae", "data": "mnist-binary", "command": command(), "machine": machine(),
-              "config": dict(cfg, steps=args.steps, prior_steps=args.prior_steps,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             params=model.num_parameters()),
-              "train_wall_s": wall}
-    result.update({f"test_{k}": v for k, v in test_metrics(model, test_ds.x).items()})
+    return wall
+
+
+def samples_and_fid(args, model, test_ds):
+    result = {}
     t = time.perf_counter()
-    s = np.concatenate([backend.to_numpy(model.sample(500, rng=backend.default_rng(i)))
-                        for i in range(0, args.fid_samples, 500)])[:args.fid_samples]
+    chunk = smoke(500, 10)
+    s = np.concatenate([backend.to_numpy(model.sample(chunk, rng=backend.default_rng(i)))
+                        for i in range(0, args.fid_samples, chunk)])[:args.fid_samples]
     result["sample_wall_s"] = round(time.perf_counter() - t, 1)
     io.write_png(RESULTS / f"{args.tag}_samples.png", io.image_grid(s[:64]))
     recon_panel(model, test_ds.x, RESULTS / f"{args.tag}_recon.png")
-    result["pngs"] = [f"benchmarks/results/{args.tag}_samples.png",
-                      f"benchmarks/results/{args.tag}_recon.png"]
+    result["pngs"] = [rel(RESULTS / f"{args.tag}_samples.png"),
+                      rel(RESULTS / f"{args.tag}_recon.png")]
     if classifier_available():
         from refgen.metrics import fid_mnist
         result["fid_mnist"] = fid_mnist(2.0 * s - 1.0, reference=2.0 * test_ds.x - 1.0)
@@ -116,11 +144,7 @@ def main(argv=None):
     else:
         result["fid_mnist"] = None
         result["fid_note"] = "MNIST classifier weights not available in this checkout"
-    result["total_wall_s"] = round(time.perf_counter() - t0, 1)
-    write_result(args.tag, result)
-    print(json.dumps({k: result.get(k) for k in ("test_rec_nats", "test_perplexity",
-                                                 "test_prior_nll_nats", "fid_mnist",
-                                                 "total_wall_s")}))
+    return result
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ conventions), and test_bpd is reported only where the nats have a bits/dim readi
                     bits/dim of the 8-bit pixels (refgen.metrics.likelihood, '[0,1]').
   discrete ELBO     a model without ``log_prob`` whose ELBO bounds the probability of the
                     8-bit pixels of 'mnist' / 'mnist-14' (``discrete = True``: ddpm's
-                    discretized decoder, eq. (16) of seed 004): test_bpd = -elbo / (D ln 2),
+                    discretized decoder, L_0 of eq. (16) in docs/diffusion.md): test_bpd = -elbo / (D ln 2),
                     an upper bound on the bits/dim.
   otherwise         no test_bpd: a density evaluated at the grid points k / 127.5 - 1 of
                     'mnist' is not a probability of anything (train density models on

@@ -10,8 +10,9 @@
     config.py     ddpm's option groups (process, network, sampling)
     ddpm.py       the registered model ``ddpm``
 
-Equation numbers refer to the diffusion derivation (shared/seeds/004); docs/diffusion.md
-walks through them.
+Equation numbers (n) are those of the numbered diffusion derivation, "What are Diffusion Models
+and Study Notes?" (2024), an annotated edition of Lilian Weng's "What are Diffusion Models?"
+(2021); docs/diffusion.md walks through them and lists where each is computed and tested.
 """
 from refgen.models.diffusion.schedule import Schedule, make_schedule  # noqa: F401
 from refgen.models.diffusion.ddpm import DDPM  # noqa: F401

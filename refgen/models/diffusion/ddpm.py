@@ -118,7 +118,7 @@ class DDPM(Module):
             raise ValueError("images are modelled in [-1, 1] (data_scale=1): the discretized "
                              "decoder's 256 bins live there")
         c = self.data_shape[0]
-        out = 2 * c if self.learn_sigma else c                            # (23): mean and var_frac
+        out = 2 * c if self.learn_sigma else c                            # mean, and var_frac (eq. (23)'s v)
         g = init.get_rng(int(seed))
         if self.image:
             self.net = UNet(c, out, self.data_shape[-1], net.channels, net.channel_mult,

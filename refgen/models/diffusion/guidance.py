@@ -33,7 +33,7 @@ __all__ = ["classifier_guided_eps", "cfg_eps", "log_prob_grad", "drop_labels"]
 
 def classifier_guided_eps(sch, xt, t, eps, grad_log_p, w: float):
     """eps_bar = eps - sqrt(1 - alpha_bar_t) w grad_{x_t} log f(y | x_t)."""
-    return eps - coef(sch.sqrt_one_minus_alpha_bar, t, xt) * (w * grad_log_p)   # (24), (25)
+    return eps - coef(sch.sqrt_one_minus_alpha_bar, t, xt) * (w * grad_log_p)   # (25)
 
 
 def cfg_eps(eps_cond, eps_uncond, w: float):

@@ -58,7 +58,11 @@ def l_simple(target, output):
 
 
 def eps_weight(sch, t, log_var, like):
-    """The weight of eq. (18): beta_t^2 / (2 alpha_t (1 - alpha_bar_t) sigma_t^2)."""
+    """The weight of eq. (18): beta_t^2 / (2 alpha_t (1 - alpha_bar_t) sigma_t^2).
+
+    The derivation's display divides by ||Sigma_theta||_2^2; with Sigma_theta = sigma_t^2 I
+    the KL between the two Gaussians divides by sigma_t^2 (once, not squared), as Ho et al.
+    (2020) write it, and that is what this computes."""
     w = sch.beta ** 2 / (2.0 * sch.alpha * xp.maximum(1.0 - sch.alpha_bar, 1e-300))
     return coef(w, t, like) / xp.exp(log_var.data if isinstance(log_var, Tensor) else log_var)  # (18)
 
@@ -143,5 +147,5 @@ def vlb(predict, sch, x0, rng, discrete: bool, timesteps: int | None = None):
                     if hi > lo:
                         terms += (hi - lo) * term(lo + rng.integers(0, hi - lo, size=B))
         prior = prior_kl(sch, x0).data.astype(xp.float64)                 # L_T
-    # (13)-(16): L_VLB = L_T + sum_{t>=2} L_{t-1} + L_0 >= -log p_theta(x_0)
+    # (16): L_VLB = L_T + sum_{t>=2} L_{t-1} + L_0, >= -log p_theta(x_0) by eqs. (13)-(15)
     return {"vlb": prior + terms + decoder, "prior": prior, "terms": terms, "decoder": decoder}

@@ -165,4 +165,4 @@ def interpret(out, xt, t, sch, parameterization: str = "eps", variance: str = "b
     else:
         raise ValueError(f"unknown parameterization {parameterization!r}; accepted: "
                          f"{', '.join(PARAMETERIZATIONS)}")
-    return Prediction(eps, x0, model_log_variance(sch, t, xt, variance, var_frac), var_frac)  # (6)
+    return Prediction(eps, x0, model_log_variance(sch, t, xt, variance, var_frac), var_frac)

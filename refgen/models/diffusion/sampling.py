@@ -54,7 +54,7 @@ def ddpm_step(sch, x, t, pred, z):
     mean = mean_from_eps(sch, x, t, pred.eps)                             # (12), (17)
     if t == 1:
         return mean
-    return mean + xp.exp(0.5 * pred.log_var) * z                         # (17)
+    return mean + xp.exp(0.5 * pred.log_var) * z                         # (6), (17)
 
 
 def ddim_step(sch, x, t, pred, z, eta: float):

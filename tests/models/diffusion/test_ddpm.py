@@ -112,6 +112,8 @@ def test_thresholding():
 
 
 def test_score_is_eq21_in_data_space():
+    """DDPM.score is eq. (21) applied to the network's eps at x / data_scale, mapped back to
+    data space by the chain rule (a factor 1 / data_scale)."""
     m = DDPM((2,), T=100, data_scale=2.0, hidden=8, depth=1)
     for p in m.parameters():
         p.data = asarray(np.random.default_rng(0).normal(0, 0.3, p.shape).astype(np.float32))

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.usefixtures("numpy_backend")  # closed-form oracles: fl
 @given(t=st.integers(2, 1000), variance=st.sampled_from(["beta", "beta_tilde"]),
        seed=st.integers(0, 2 ** 16))
 def test_eq18_kl_is_the_weighted_eps_error(t, variance, seed):
-    """KL(q(x_{t-1}|x_t,x_0) || p_theta) with mu_theta from eq. (17) equals
+    """eq. (18): the KL term L_{t-1} of eq. (16), KL(q(x_{t-1}|x_t,x_0) || p_theta) with the
+    posterior of eq. (10) and mu_theta from eq. (17), equals
     beta^2 / (2 alpha (1 - alpha_bar) sigma^2) ||eps - eps_theta||^2 plus the variance-only
-    constant, which is 0 for sigma^2 = beta_tilde."""
+    constant, which is 0 for sigma^2 = beta_tilde. (The weight divides by sigma^2 once.)"""
     rng = np.random.default_rng(seed)
     x0, eps, eps_theta = rng.standard_normal((3, 2, 5))
     tt = np.full(2, t)
@@ -52,14 +53,16 @@ def test_discretized_decoder_bins_sum_to_one(mean, log_scale):
 
 
 def test_prior_term_is_tiny():
-    """L_T = KL(q(x_T | x_0) || N(0, I)) is about 1e-5 bits/dim for images in [-1, 1]."""
+    """L_T = KL(q(x_T | x_0) || N(0, I)) of eq. (16), with q(x_T | x_0) from eq. (3), is
+    about 1e-5 bits/dim for images in [-1, 1]."""
     x0 = np.random.default_rng(0).uniform(-1, 1, (8, 1, 28, 28))
     bpd = prior_kl(SCH, x0).data / (784 * math.log(2))
     assert np.all((bpd > 1e-6) & (bpd < 1e-4))
 
 
 def test_vlb_of_the_oracle_is_tight_with_sigma_beta():
-    """Data N(0, s^2) in 1-D and the exact eps predictor, T = 1000: with sigma_t^2 = beta_t
+    """The bound of eq. (16) for data N(0, s^2) in 1-D and the exact eps predictor,
+    T = 1000: with sigma_t^2 = beta_t
     (near the true reverse variance for data this broad) the bound equals -log p(x_0) to
     within sampling error; with beta_tilde it stays above it, by about half a nat here (the
     small-t steps are under-dispersed). The stratified estimate agrees with the full sum."""
@@ -86,8 +89,9 @@ def test_vlb_of_the_oracle_is_tight_with_sigma_beta():
 
 
 def test_hybrid_vlb_term_sends_no_gradient_to_the_mean():
-    """The L_VLB part of L_hybrid trains only the variance (through var_frac): its gradient
-    with respect to the network's mean output is exactly zero, that w.r.t. var_frac is not."""
+    """L_hybrid = L_simple (eq. (19)) + lambda L_VLB, with the learned variance of eq. (23):
+    the L_VLB part trains only the variance (through var_frac): its gradient with
+    respect to the network's mean output is exactly zero, that w.r.t. var_frac is not."""
     rng = np.random.default_rng(0)
     x0 = Tensor(rng.uniform(-1, 1, (4, 3)))
     t = np.array([1, 2, 500, 1000])
@@ -102,7 +106,8 @@ def test_hybrid_vlb_term_sends_no_gradient_to_the_mean():
 
 
 def test_decoder_term_at_t1():
-    """L_0 is the decoder's NLL: at t = 1, vlb_term is -log N(x_0; mu_theta, sigma_1^2)."""
+    """L_0 of eq. (16) is the decoder's NLL: at t = 1, vlb_term is
+    -log N(x_0; mu_theta, sigma_1^2)."""
     x0, xt = np.array([[0.3]]), np.array([[0.31]])
     pred = interpret(np.array([[0.2]]), xt, np.array([1]), SCH, "eps", "beta")
     nll = vlb_term(SCH, Tensor(x0), Tensor(xt), np.array([1]), pred, discrete=False).data[0]

@@ -89,7 +89,8 @@ def test_ddpm_reproduces_a_gaussian():
 
 
 def test_ddim_eta0_is_deterministic_and_converges():
-    """DDIM with eta = 0 maps x_T to x_0 by the discretised probability-flow ODE, which for
+    """DDIM with eta = 0 (eq. (27) with sigma_t = 0) maps x_T to x_0 by the discretised
+    probability-flow ODE, which for
     Gaussian data is the affine map keeping (x - mean_t) / std_t; its error shrinks as the
     number of steps grows (first order: about 4x smaller for 4x the steps), and the noise
     generator plays no part."""
@@ -109,7 +110,8 @@ def test_ddim_eta0_is_deterministic_and_converges():
 
 
 def test_ddim_eta1_is_ddpm_with_beta_tilde():
-    """With sigma_t^2 = beta_tilde_t (eta = 1) the DDIM step (29) is the ancestral step (17):
+    """With sigma_t^2 = beta_tilde_t (eta = 1 in eq. (28)) the DDIM step of eqs. (27) and
+    (29) is the ancestral step (17):
     one seed gives the same samples, also on a strided schedule."""
     eps_fn = lambda x, ab: gmm_eps(x, ab)  # noqa: E731
     for sch in (SCH.strided(50), make_schedule("cosine", 100)):

@@ -29,6 +29,8 @@ def test_q_xt_x0_is_the_composition_of_single_steps(kind, t):
 
 
 def test_q_xt_x0_by_simulation():
+    """300 single forward steps of eq. (1) and one reparameterized jump (eqs. (2), (3)) from
+    the same x_0 both have the mean sqrt(alpha_bar_t) x_0 and the std sqrt(1 - alpha_bar_t)."""
     sch = SCH["linear"]
     rng = np.random.default_rng(0)
     n, t = 20_000, 300
@@ -47,7 +49,8 @@ def test_q_xt_x0_by_simulation():
        x0=st.floats(-2, 2), xt=st.floats(-3, 3))
 def test_posterior_is_the_product_of_gaussians(kind, t, x0, xt):
     """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0), eq. (9): precisions add and
-    the mean is precision-weighted, which must equal eqs. (10) and (12)."""
+    the mean is precision-weighted, which must equal the variance beta_tilde_t of eq. (7) and
+    the means of eqs. (10) and (12)."""
     sch = SCH[kind]
     a, b, ab_prev = sch.alpha[t], sch.beta[t], sch.alpha_bar[t - 1]
     # as a function of x_{t-1}: N(x_t; sqrt(a) x_{t-1}, b) has precision a / b and mean x_t / sqrt(a)

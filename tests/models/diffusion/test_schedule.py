@@ -29,6 +29,8 @@ def test_linear_scales_with_T():
 
 
 def test_cosine_schedule_facts():
+    """eq. (22): alpha_bar_t = f(t) / f(0) with beta_t clipped at 0.999, checked against the
+    formula evaluated directly; beta_1 = 4.13e-5 and only beta_T reaches the clip."""
     b = cosine_betas(1000)
     assert b[0] == pytest.approx(4.13e-5, rel=2e-3)
     clipped = np.flatnonzero(b >= 0.999)
@@ -41,6 +43,7 @@ def test_cosine_schedule_facts():
 
 
 def test_derived_quantities():
+    """alpha_bar_t = prod alpha_i (eq. (3)) and beta_tilde_t of eq. (10), recomputed directly."""
     sch = make_schedule("cosine", 100)
     t = np.arange(2, 101)
     np.testing.assert_allclose(sch.alpha_bar[t], sch.alpha_bar[t - 1] * (1 - sch.beta[t]))

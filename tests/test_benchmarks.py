@@ -1,0 +1,62 @@
+"""Every benchmark script runs: each one's ``--smoke`` mode (a few steps on tiny data, written
+to a temporary directory; see benchmarks/common.py) as a subprocess, so that a change of
+refgen's API cannot silently break a benchmark. The scripts that read MNIST take it from the
+``mnist_dir`` fixture (skipped without the files). benchmarks/results is never written."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+HELPERS = {"common.py"}  # imported by the scripts, not run
+
+# script -> (extra arguments, reads MNIST); one script may appear with several argument sets
+SMOKE_RUNS = [
+    ("diffusion_2d.py", ["--quiet"], False),
+    ("diffusion_2d.py", ["--quiet", "--variant", "hybrid", "--set", "learn_sigma=true"], False),
+    ("diffusion_classifier_guidance.py", [], True),
+    ("diffusion_mnist.py", [], True),
+    ("fid_reference.py", [], True),
+    ("flows_2d.py", [], False),
+    ("flows_mnist.py", ["--model", "glow"], True),
+    ("flows_mnist.py", ["--model", "maf", "--measure", "2"], True),
+    ("gpt_mnist14.py", [], True),
+    ("made_mnist.py", [], True),
+    ("ops.py", [], False),
+    ("pixelcnn_mnist.py", [], True),
+    ("pixelcnn_recipe.py", [], True),
+    ("pixelcnn_step_cost.py", [], False),
+    ("train_mnist_classifier.py", [], True),
+    ("vae_beta_sweep.py", [], True),
+    ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
+    ("vqvae_mnist.py", [], True),
+]
+
+
+def _results_state():
+    return {p.name: p.stat().st_mtime_ns for p in (BENCH / "results").iterdir()}
+
+
+def test_every_script_has_a_smoke_run():
+    scripts = {p.name for p in BENCH.glob("*.py")} - HELPERS
+    covered = {s for s, _, _ in SMOKE_RUNS}
+    assert scripts == covered, f"scripts without a smoke run: {sorted(scripts - covered)}"
+
+
+@pytest.mark.parametrize("script,extra,mnist", SMOKE_RUNS,
+                         ids=[" ".join([s] + e) for s, e, _ in SMOKE_RUNS])
+def test_smoke(script, extra, mnist, request, tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path), REFGEN_BACKEND="numpy",
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    if mnist:
+        env["REFGEN_DATA_DIR"] = str(request.getfixturevalue("mnist_dir"))
+    before = _results_state()
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *extra], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    written = list(tmp_path.glob("refgen_smoke_*/*.json"))
+    assert written, f"{script} --smoke wrote no result JSON into its temporary directory"
+    assert _results_state() == before, "a smoke run touched benchmarks/results"
