@@ -72,6 +72,24 @@ def test_adam_matches_the_published_rule(wd):
     np.testing.assert_allclose(path, adam_ref(0.05, 0.8, 0.95, 1e-3, wd), rtol=0, atol=1e-12)
 
 
+def test_defaults_are_the_published_ones():
+    """Run with the defaults: Adam's betas (0.9, 0.999) and eps 1e-8 (Kingma & Ba), AdamW's
+    weight decay 1e-2 (torch's), RMSprop's lr 1e-2, alpha 0.99, eps 1e-8, EMA's decay 0.999."""
+    path, _, _ = run_refgen(lambda ps: optim.Adam(ps, lr=0.05))
+    np.testing.assert_allclose(path, adam_ref(0.05, 0.9, 0.999, 1e-8), rtol=0, atol=1e-12)
+    path, _, _ = run_refgen(lambda ps: optim.AdamW(ps, lr=0.05))
+    np.testing.assert_allclose(path, adam_ref(0.05, 0.9, 0.999, 1e-8, 1e-2, decoupled=True),
+                               rtol=0, atol=1e-12)
+    path, _, _ = run_refgen(lambda ps: optim.RMSprop(ps))
+    np.testing.assert_allclose(path, rmsprop_ref(1e-2, 0.99, 1e-8), rtol=0, atol=1e-12)
+    lin = nn.Linear(2, 2, rng=1, dtype=np.float64)
+    ema = optim.EMA(lin)
+    w0 = lin.weight.numpy().copy()
+    lin.weight.data = lin.weight.data + 1.0
+    ema.update()
+    np.testing.assert_allclose(to_numpy(ema.shadow["weight"]), w0 + 0.001, rtol=0, atol=1e-12)
+
+
 def test_adamw_decays_before_the_adam_step():
     path, _, _ = run_refgen(lambda ps: optim.AdamW(ps, lr=0.05, betas=(0.8, 0.95), eps=1e-3,
                                                    weight_decay=0.3))

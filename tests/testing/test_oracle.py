@@ -202,6 +202,8 @@ def test_check_forward():
                   rtol=0, atol=0)
     with pytest.raises(GradcheckError, match="differs"):
         check_forward(F.sin, np.cos, [X])
+    with pytest.raises(GradcheckError, match="differs"):  # same magnitudes, one sign flipped
+        check_forward(F.tanh, lambda a: -np.tanh(a), [X])
     with pytest.raises(GradcheckError, match="shape"):
         check_forward(lambda a: F.sum(a, 0), np.sum, [X])
 

@@ -111,6 +111,17 @@ def test_thresholding():
     assert threshold_x0(x0, None) is x0
 
 
+def test_dynamic_thresholding_at_its_default_and_a_generic_percentile():
+    """s = max(quantile_p |x0|, 1) per sample, x0 -> clip(x0, -s, s) / s; the default p is
+    Imagen's 0.995 (numpy.quantile's linear interpolation)."""
+    host = np.random.default_rng(3).standard_normal((3, 40)) * np.array([[0.3], [1.5], [4.0]])
+    for p, kw in ((0.995, {}), (0.8, dict(percentile=0.8))):
+        s = np.maximum(np.quantile(np.abs(host), p, axis=1), 1.0)[:, None]
+        got = to_numpy(threshold_x0(asarray(host), "dynamic", **kw))
+        np.testing.assert_allclose(got, np.clip(host, -s, s) / s, rtol=1e-6)
+        assert s[0, 0] == 1.0 and s[2, 0] > s[1, 0] > 1.0   # one untouched row, two rescaled
+
+
 def test_score_is_eq21_in_data_space():
     m = DDPM((2,), T=100, data_scale=2.0, hidden=8, depth=1)
     for p in m.parameters():

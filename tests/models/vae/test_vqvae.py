@@ -96,6 +96,46 @@ def test_loss_trains_autoencoder_codebook_and_prior():
     assert prior_only.codebook.grad is None and prior_only.prior.head2.weight.grad is not None
 
 
+@on_backend("numpy")
+def test_loss_value_and_gradients_against_an_independent_computation():
+    """m.loss itself, at a generic commitment weight beta = 0.37, against NumPy: the value is
+    rec + beta ||z_e - e_k||^2 + ||z_e - e_k||^2 + prior NLL (per image, batch mean); the
+    codebook's gradient is (2 / B) sum_{cells with code j} (e_j - z_e) (the codebook term
+    alone); the encoder's is the chain rule with dL/dz_e = dL_rec/dz_q + beta 2 (z_e - e_k) / B
+    (straight-through, commitment), taken from arrays, not through stop-gradients."""
+    beta, x = 0.37, _x()
+    b = len(x)
+    m = _model(commitment=beta)
+    loss = m.loss(Batch(Tensor(x)))
+    loss.backward()
+    with no_grad():
+        z_e = m.encode(Tensor(x)).data.astype(np.float64)                 # (B, D, h, w)
+    book = m.codebook.data.astype(np.float64)                             # (K, D)
+    cells = np.moveaxis(z_e, 1, -1)                                       # (B, h, w, D)
+    k = ((cells[..., None, :] - book) ** 2).sum(-1).argmin(-1)            # (B, h, w)
+    z_q = np.moveaxis(book[k], -1, 1)                                     # (B, D, h, w)
+    leaf = Tensor(z_q.astype(np.float32), requires_grad=True)
+    logits = m.decode(leaf)
+    rec = F.binary_cross_entropy_with_logits(logits, Tensor(x), reduction="sum") * (1.0 / b)
+    (g_rec,) = refgen.grad(rec, [leaf])
+    l = logits.data.astype(np.float64)
+    rec_np = (np.logaddexp(0, l) - x * l).sum() / b
+    sq = ((z_e - z_q) ** 2).sum((1, 2, 3)).mean()
+    prior = -float(m.prior_log_prob(k).data.mean())
+    want = rec_np + beta * sq + sq + prior
+    assert float(loss.data) == pytest.approx(want, rel=1e-5)
+    assert m.last_stats["rec"] == pytest.approx(rec_np, rel=1e-5)
+    assert m.last_stats["commit"] == pytest.approx(sq, rel=1e-5)
+    g_book = np.zeros_like(book)
+    np.add.at(g_book, k.reshape(-1), (2.0 / b) * (book[k] - cells).reshape(-1, book.shape[1]))
+    np.testing.assert_allclose(m.codebook.grad.data, g_book, rtol=1e-4, atol=1e-6)
+    enc = list(m.encoder.parameters()) + list(m.to_code.parameters())
+    g_z = g_rec.data.astype(np.float64) + beta * 2.0 * (z_e - z_q) / b
+    want_enc = refgen.grad((m.encode(Tensor(x)) * Tensor(g_z.astype(np.float32))).sum(), enc)
+    for p, w in zip(enc, want_enc):
+        np.testing.assert_allclose(p.grad.data, w.data, rtol=1e-4, atol=1e-6)
+
+
 def test_ema_update_with_no_memory_is_a_k_means_step():
     m = _model(ema=True, ema_decay=0.0)
     assert not any(p is m.codebook for p in m.parameters())                 # a buffer
