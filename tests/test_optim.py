@@ -221,6 +221,13 @@ def test_clip_grad_norm():
     assert optim.clip_grad_norm_(lin, 1.0, norm_type=math.inf) == pytest.approx(5.0)
     assert np.abs(lin.weight.grad.numpy()).max() == pytest.approx(1.0, rel=1e-5)
     assert optim.clip_grad_norm_([nn.Parameter(np.zeros(1))], 1.0) == 0.0
+    # a p-norm other than 2: (sum |g|^3)^(1/3) over all gradients together
+    g1, g2 = np.array([1.5, -2.0]), np.array([0.5])
+    c, d = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(1))
+    c.grad, d.grad = Tensor(g1.copy()), Tensor(g2.copy())
+    norm3 = (np.abs(g1) ** 3).sum() + 0.5 ** 3
+    assert optim.clip_grad_norm_([c, d], 1.0, norm_type=3.0) == pytest.approx(norm3 ** (1 / 3))
+    np.testing.assert_allclose(c.grad.numpy(), g1 / (norm3 ** (1 / 3) + 1e-6), rtol=1e-12)
 
 
 def test_ema_math_swap_copy_and_state(tmp_path):
