@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,7 +107,7 @@ def copy_tree(dst: Path):
 
 def pytest_run(tree: Path, tests, timeout):
     """(returncode or 'timeout', seconds, last lines of output) of the tests in ``tree``."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", HYPOTHESIS_PROFILE="ci",
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", HYPOTHESIS_PROFILE="mutation",
                PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(tree))
     env.pop("REFGEN_BACKEND", None)
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
@@ -172,6 +173,8 @@ def main(argv=None):
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip the unmutated run of each area's tests")
     args = ap.parse_args(argv)
+    # a terminated run still removes its temporary copy (the context manager below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     lists = load(args.area, args.file)
     if not lists:
