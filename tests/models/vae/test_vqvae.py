@@ -96,16 +96,18 @@ def test_loss_trains_autoencoder_codebook_and_prior():
     assert prior_only.codebook.grad is None and prior_only.prior.head2.weight.grad is not None
 
 
+@pytest.mark.parametrize("commitment", [0.37, None])   # None: the default, beta = 0.25
 @on_backend("numpy")
-def test_loss_value_and_gradients_against_an_independent_computation():
-    """m.loss itself, at a generic commitment weight beta = 0.37, against NumPy: the value is
+def test_loss_value_and_gradients_against_an_independent_computation(commitment):
+    """m.loss itself, at a generic commitment weight beta = 0.37 and at the default 0.25 (van
+    den Oord et al. 2017), against NumPy: the value is
     rec + beta ||z_e - e_k||^2 + ||z_e - e_k||^2 + prior NLL (per image, batch mean); the
     codebook's gradient is (2 / B) sum_{cells with code j} (e_j - z_e) (the codebook term
     alone); the encoder's is the chain rule with dL/dz_e = dL_rec/dz_q + beta 2 (z_e - e_k) / B
     (straight-through, commitment), taken from arrays, not through stop-gradients."""
-    beta, x = 0.37, _x()
+    beta, x = commitment or 0.25, _x()
     b = len(x)
-    m = _model(commitment=beta)
+    m = _model() if commitment is None else _model(commitment=commitment)
     loss = m.loss(Batch(Tensor(x)))
     loss.backward()
     with no_grad():
