@@ -151,6 +151,33 @@ def test_ema_update_with_no_memory_is_a_k_means_step():
         np.testing.assert_allclose(m.codebook[j], cells[k == j].mean(0), rtol=1e-3, atol=1e-5)
 
 
+@on_backend("numpy")
+def test_ema_update_at_a_generic_decay_with_laplace_smoothing():
+    """(Q3) at gamma = 0.6 from a known state, in float64: N_j <- g N_j + (1 - g) n_j,
+    m_j <- g m_j + (1 - g) sum_{k_i = j} z_i, e_j = m_j / N~_j with the Laplace-smoothed
+    N~_j = (N_j + eps) / (n + K eps) n, n = sum_j N_j, eps = 1e-5 (Sonnet's VQ-VAE)."""
+    g, eps, K = 0.6, 1e-5, 6
+    m = _model(ema=True, ema_decay=g)
+    rng = np.random.default_rng(2)
+    m.ema_count = (rng.random(K) * 3).astype(np.float32)
+    m.ema_sum = rng.normal(size=(K, 3)).astype(np.float32)
+    count0, sum0 = m.ema_count.astype(np.float64), m.ema_sum.astype(np.float64)
+    x = Tensor(_x(1))                                                       # 4 cells
+    with no_grad():
+        z_e = m.encode(x).data
+    k = m.quantize(Tensor(z_e)).reshape(-1)
+    cells = np.moveaxis(z_e, 1, -1).reshape(-1, 3).astype(np.float64)
+    m.loss(Batch(x))
+    onehot = (k[:, None] == np.arange(K)).astype(np.float64)
+    count = g * count0 + (1 - g) * onehot.sum(0)
+    sums = g * sum0 + (1 - g) * onehot.T @ cells
+    n = count.sum()
+    smoothed = (count + eps) / (n + K * eps) * n
+    np.testing.assert_allclose(m.ema_count, count, rtol=1e-6)
+    np.testing.assert_allclose(m.ema_sum, sums, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(m.codebook, sums / smoothed[:, None], rtol=1e-6, atol=1e-7)
+
+
 def test_perplexity_measures_codebook_usage():
     assert perplexity(np.zeros(50, int), 8) == pytest.approx(1.0)
     assert perplexity(np.arange(64) % 8, 8) == pytest.approx(8.0)
