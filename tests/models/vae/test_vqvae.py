@@ -70,20 +70,6 @@ def test_straight_through_passes_the_decoder_gradient_to_the_encoder_unchanged()
         np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
 
 
-def test_codebook_and_commitment_terms_train_what_they_should():
-    """||sg[z_e] - e||^2 reaches only the codebook; ||z_e - sg[e]||^2 only the encoder."""
-    m = _model()
-    z_e = m.encode(Tensor(_x()))
-    z_q = m.lookup(m.quantize(z_e))
-    enc = list(m.encoder.parameters()) + list(m.to_code.parameters())
-    book = ((z_e.detach() - z_q) ** 2).sum()
-    commit = ((z_e - z_q.detach()) ** 2).sum()
-    g = refgen.grad(book, enc + [m.codebook], allow_unused=True)
-    assert all(t is None or not np.any(t.data) for t in g[:-1]) and np.any(g[-1].data)
-    g = refgen.grad(commit, enc + [m.codebook], allow_unused=True)
-    assert all(t is not None for t in g[:-1]) and (g[-1] is None or not np.any(g[-1].data))
-
-
 def test_loss_trains_autoencoder_codebook_and_prior():
     m = _model()
     loss = m.loss(Batch(Tensor(_x())))
