@@ -12,6 +12,7 @@ from refgen.models.base import Batch, constructor_kwargs
 from refgen.models.diffusion import DDPM, NoisyClassifier
 from refgen.models.diffusion.process import interpret, score_from_eps
 from refgen.models.diffusion.sampling import threshold_x0
+from refgen.testing import on_backend
 
 
 def test_registered_and_built_like_the_cli():
@@ -99,6 +100,37 @@ def test_sampling_variance_override_equals_a_model_built_with_it():
     assert np.abs(a.sample(6, **kw) - b.sample(6, **kw)).max() > 1e-4  # the choice matters
     with pytest.raises(ValueError, match="variance"):
         DDPM((2,), T=40, hidden=16, depth=1, learn_sigma=True).sample(2, variance="beta", **kw)
+
+
+@pytest.mark.parametrize("param,learn", [("eps", False), ("x0", False), ("v", False),
+                                         ("eps", True)])
+@on_backend("numpy")
+def test_loss_value_is_l_simple_on_the_models_own_draws(param, learn):
+    """m.loss at data_scale 2: t ~ U{1..T} and eps ~ N(0, I) from m.rng (in that order),
+    x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps with x_0 = x / 2, and L_simple the mean square
+    of (target - network output), the target eps, x_0 or v = sqrt(ab) eps - sqrt(1 - ab) x_0
+    written here from the linear schedule's constants (T = 100: beta from 1e-3 to 0.2);
+    with learn_sigma, loss = L_simple + 0.001 L_vlb (the default lambda)."""
+    T = 100
+    m = DDPM((2,), T=T, parameterization=param, learn_sigma=learn, hidden=16, depth=1,
+             data_scale=2.0)
+    x = np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32)
+    m.rng = np.random.default_rng(3)
+    loss = float(m.loss(Batch(Tensor(x))).item())
+    rng = np.random.default_rng(3)
+    t = rng.integers(1, T + 1, size=16)
+    eps = rng.standard_normal((16, 2), dtype=np.float32).astype(np.float64)
+    ab = np.cumprod(1 - np.linspace(1e-3, 0.2, T))[t - 1][:, None]
+    x0 = x.astype(np.float64) / 2.0
+    xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+    out = m.net(Tensor(xt.astype(np.float32)), t, None, rng=rng).data.astype(np.float64)
+    target = {"eps": eps, "x0": x0, "v": np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0}[param]
+    simple = ((target - out[:, :2]) ** 2).mean()
+    if not learn:
+        assert loss == pytest.approx(simple, rel=1e-5)
+    else:
+        assert m.last["l_simple"] == pytest.approx(simple, rel=1e-5)
+        assert loss == pytest.approx(simple + 0.001 * m.last["l_vlb"], rel=1e-5)
 
 
 def test_thresholding():
