@@ -17,8 +17,8 @@ once unmutated: a failure there is reported and stops the run (it would count as
     python benchmarks/mutation.py --file refgen/optim.py   # the mutants of one file
     python benchmarks/mutation.py --smoke                  # two mutants: is the harness sound?
 
-Results go to benchmarks/results/mutation.json (per area, so areas run separately accumulate;
---smoke writes nothing). Status per mutant: killed (a test failed), timeout (counted as
+Results go to benchmarks/results/mutation.json (per area, so areas run separately accumulate,
+and a --file run replaces only that file's records; --smoke writes nothing). Status per mutant: killed (a test failed), timeout (counted as
 killed), survived, or error (its find text is not in the file exactly once, or pytest could
 not collect/run the tests).
 """
@@ -209,7 +209,7 @@ def main(argv=None):
                       f"{m['file']}: {m['why']}", flush=True)
                 if r["status"] in ("survived", "error") and r.get("detail"):
                     print("    " + r["detail"].replace("\n", "\n    "), flush=True)
-            results[area] = dict(summary(records), command=command, mutants=records)
+            results[area] = dict(summary(records), commands=[command], mutants=records)
             s = results[area]
             print(f"{area}: {s['killed'] + s['timeout']}/{s['count'] - s['equivalent']} "
                   f"killed ({s['equivalent']} equivalent, {s['error']} errors)", flush=True)
@@ -228,13 +228,15 @@ def main(argv=None):
         areas.update(results)
     else:  # a one-file run replaces only that file's records inside each area
         for area, s in results.items():
-            kept = [r for r in areas.get(area, {}).get("mutants", []) if r["file"] != args.file]
+            before = areas.get(area, {})
+            kept = [r for r in before.get("mutants", []) if r["file"] != args.file]
             recs = kept + s["mutants"]
-            areas[area] = dict(summary(recs), command=command, mutants=recs)
+            areas[area] = dict(summary(recs), commands=before.get("commands", []) + [command],
+                               mutants=recs)
     allrecs = [r for s in areas.values() for r in s["mutants"]]
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": "python benchmarks/mutation.py --area AREA (one run per area; "
-                      "each area's own command is stored with it)",
+           "command": "python benchmarks/mutation.py --area AREA (one run per area; each "
+                      "area lists the commands whose records it holds)",
            "machine": machine(), "total": summary(allrecs),
            "areas": {a: areas[a] for a in sorted(areas)}}
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
