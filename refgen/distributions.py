@@ -6,6 +6,11 @@ it means: ``Normal(mu, sigma).log_prob(x).sum((1, 2, 3))``.
 
 ``rng`` arguments take a generator of the active backend, a NumPy Generator, an int seed or
 None (refgen.backend.default_rng decides).
+
+Support is checked: a Normal's scale must be positive, a Bernoulli's value 0 or 1, a
+Categorical's value a class index in 0..K-1; anything else raises ValueError. The check reads
+the values (a device sync on a GPU): ``validate_args=False`` skips it in a hot loop whose
+inputs are known to be valid.
 """
 from __future__ import annotations
 
@@ -20,6 +25,12 @@ __all__ = ["Normal", "Bernoulli", "Categorical", "DiscretizedGaussian", "kl_norm
            "kl_normal_std", "kl_normal_logvar", "normal_cdf"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _check(ok, what):
+    """Raise ValueError(what) unless the boolean array ``ok`` is all true."""
+    if not bool(xp.all(ok)):
+        raise ValueError(what)
 
 
 def _t(x, like=None):
@@ -70,9 +81,12 @@ def normal_cdf(z):
 class Normal:
     """Diagonal Gaussian N(loc, scale^2); loc and scale broadcast together."""
 
-    def __init__(self, loc, scale):
+    def __init__(self, loc, scale, validate_args: bool = True):
         self.loc, self.scale = _tensors(loc, scale)
         self.batch_shape = _broadcast_shapes(self.loc.shape, self.scale.shape)
+        if validate_args:
+            _check(self.scale.data > 0, "Normal: scale must be positive (got a value <= 0 "
+                                        "or nan); pass the standard deviation, not a log")
 
     @classmethod
     def from_logvar(cls, loc, logvar):
@@ -143,9 +157,10 @@ def kl_normal_std(mu, logvar):
 class Bernoulli:
     """Bernoulli with success probability sigmoid(logits)."""
 
-    def __init__(self, logits):
+    def __init__(self, logits, validate_args: bool = True):
         self.logits = _t(logits)
         self.batch_shape = self.logits.shape
+        self.validate_args = validate_args
 
     @property
     def probs(self):
@@ -155,8 +170,11 @@ class Bernoulli:
 
     def log_prob(self, x):
         """x l - softplus(l) = x log sigmoid(l) + (1 - x) log sigmoid(-l): minus the
-        binary cross-entropy with logits, finite for any l."""
-        return _t(x, like=self.logits) * self.logits - F.softplus(self.logits)
+        binary cross-entropy with logits, finite for any l. x must be 0 or 1."""
+        x = _t(x, like=self.logits)
+        if self.validate_args:
+            _check((x.data == 0) | (x.data == 1), "Bernoulli.log_prob: x must be 0 or 1")
+        return x * self.logits - F.softplus(self.logits)
 
     def entropy(self):
         """softplus(l) - l sigmoid(l)."""
@@ -172,8 +190,9 @@ class Bernoulli:
 class Categorical:
     """Categorical over the last axis of ``logits`` (..., K)."""
 
-    def __init__(self, logits):
+    def __init__(self, logits, validate_args: bool = True):
         logits = _t(logits)
+        self.validate_args = validate_args
         self.logits = logits - F.logsumexp(logits, -1, keepdim=True)  # normalised: log p
         self.batch_shape = logits.shape[:-1]
         self.num_classes = logits.shape[-1]
@@ -185,6 +204,9 @@ class Categorical:
     def log_prob(self, x):
         """log p[x]; x: integer indices of shape batch_shape (or broadcastable to it)."""
         idx = x.data if isinstance(x, Tensor) else xp.asarray(x)
+        if self.validate_args:
+            _check((idx >= 0) & (idx < self.num_classes) & (idx == xp.floor(idx)),
+                   f"Categorical.log_prob: x must be a class index in 0..{self.num_classes - 1}")
         hit = xp.arange(self.num_classes) == idx[..., None]  # one-hot of x, (..., K)
         lp = self.logits
         if hit.shape != lp.shape:

@@ -2,7 +2,8 @@
 
 Environment:
   REFGEN_BACKEND       left alone when set; defaults to numpy for the tests.
-  HYPOTHESIS_PROFILE   'dev' (default) or 'ci' (derandomized, so CI runs are reproducible).
+  HYPOTHESIS_PROFILE   'dev' (default) or 'ci' (derandomized, so CI runs are reproducible);
+                       'mutation' is ci without shrinking (benchmarks/mutation.py).
   REFGEN_DATA_DIR      directory holding the four MNIST .gz files.
   REFGEN_REQUIRE_DATA  '1' turns a missing MNIST directory from a skip into a failure (CI).
   OPENBLAS_NUM_THREADS defaults to 1 for the tests (small arrays).
@@ -17,7 +18,7 @@ os.environ.setdefault("REFGEN_BACKEND", "numpy")  # before anything imports refg
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
-from hypothesis import settings  # noqa: E402
+from hypothesis import Phase, settings  # noqa: E402
 
 
 def pytest_configure(config):
@@ -29,6 +30,9 @@ def pytest_configure(config):
 
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.register_profile("ci", derandomize=True, max_examples=25, deadline=None, print_blob=True)
+# benchmarks/mutation.py: as ci, but a failure is reported at once, not shrunk (minutes per mutant)
+settings.register_profile("mutation", derandomize=True, max_examples=25, deadline=None,
+                          phases=[Phase.explicit, Phase.generate])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 

@@ -184,6 +184,29 @@ def test_categorical_gradcheck(seed):
     check_grads(lambda l: D.Categorical(l).entropy(), [logits])
 
 
+# --- support ------------------------------------------------------------------------------------
+
+def test_values_outside_the_support_are_refused():
+    logits = Tensor(np.array([[0.3, -1.2, 2.0], [0.0, 0.5, -0.5]]))
+    cat = D.Categorical(logits)
+    for bad in (np.array([0, 3]), np.array([-1, 0]), np.array([0.5, 1.0])):
+        with pytest.raises(ValueError, match="class index in 0..2"):
+            cat.log_prob(bad)
+    with pytest.raises(ValueError, match="0 or 1"):
+        D.Bernoulli(Tensor(np.zeros(3))).log_prob(np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        D.Bernoulli(Tensor(np.zeros(2))).log_prob(np.array([0.0, 0.3]))
+    for scale in (-0.5, 0.0, np.nan):
+        with pytest.raises(ValueError, match="scale must be positive"):
+            D.Normal(np.zeros(2), np.array([1.0, scale]))
+    # integer-valued floats are class indices too; validate_args=False skips the checks
+    np.testing.assert_allclose(_np(cat.log_prob(np.array([2.0, 1.0]))),
+                               _np(cat.log_prob(np.array([2, 1]))), rtol=0)
+    assert np.isfinite(_np(D.Bernoulli(Tensor(np.zeros(1)), validate_args=False)
+                           .log_prob(np.array([0.3])))).all()
+    D.Normal(0.0, -1.0, validate_args=False)
+
+
 # --- DiscretizedGaussian ------------------------------------------------------------------------
 
 CENTERS = np.linspace(-1.0, 1.0, 256)

@@ -72,6 +72,24 @@ def test_adam_matches_the_published_rule(wd):
     np.testing.assert_allclose(path, adam_ref(0.05, 0.8, 0.95, 1e-3, wd), rtol=0, atol=1e-12)
 
 
+def test_defaults_are_the_published_ones():
+    """Run with the defaults: Adam's betas (0.9, 0.999) and eps 1e-8 (Kingma & Ba), AdamW's
+    weight decay 1e-2 (torch's), RMSprop's lr 1e-2, alpha 0.99, eps 1e-8, EMA's decay 0.999."""
+    path, _, _ = run_refgen(lambda ps: optim.Adam(ps, lr=0.05))
+    np.testing.assert_allclose(path, adam_ref(0.05, 0.9, 0.999, 1e-8), rtol=0, atol=1e-12)
+    path, _, _ = run_refgen(lambda ps: optim.AdamW(ps, lr=0.05))
+    np.testing.assert_allclose(path, adam_ref(0.05, 0.9, 0.999, 1e-8, 1e-2, decoupled=True),
+                               rtol=0, atol=1e-12)
+    path, _, _ = run_refgen(lambda ps: optim.RMSprop(ps))
+    np.testing.assert_allclose(path, rmsprop_ref(1e-2, 0.99, 1e-8), rtol=0, atol=1e-12)
+    lin = nn.Linear(2, 2, rng=1, dtype=np.float64)
+    ema = optim.EMA(lin)
+    w0 = lin.weight.numpy().copy()
+    lin.weight.data = lin.weight.data + 1.0
+    ema.update()
+    np.testing.assert_allclose(to_numpy(ema.shadow["weight"]), w0 + 0.001, rtol=0, atol=1e-12)
+
+
 def test_adamw_decays_before_the_adam_step():
     path, _, _ = run_refgen(lambda ps: optim.AdamW(ps, lr=0.05, betas=(0.8, 0.95), eps=1e-3,
                                                    weight_decay=0.3))
@@ -203,6 +221,13 @@ def test_clip_grad_norm():
     assert optim.clip_grad_norm_(lin, 1.0, norm_type=math.inf) == pytest.approx(5.0)
     assert np.abs(lin.weight.grad.numpy()).max() == pytest.approx(1.0, rel=1e-5)
     assert optim.clip_grad_norm_([nn.Parameter(np.zeros(1))], 1.0) == 0.0
+    # a p-norm other than 2: (sum |g|^3)^(1/3) over all gradients together
+    g1, g2 = np.array([1.5, -2.0]), np.array([0.5])
+    c, d = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(1))
+    c.grad, d.grad = Tensor(g1.copy()), Tensor(g2.copy())
+    norm3 = (np.abs(g1) ** 3).sum() + 0.5 ** 3
+    assert optim.clip_grad_norm_([c, d], 1.0, norm_type=3.0) == pytest.approx(norm3 ** (1 / 3))
+    np.testing.assert_allclose(c.grad.numpy(), g1 / (norm3 ** (1 / 3) + 1e-6), rtol=1e-12)
 
 
 def test_ema_math_swap_copy_and_state(tmp_path):

@@ -3,7 +3,9 @@
 Checks (each raises ``GradcheckError``, an AssertionError, with the reason):
   check_vjp(f, xs)               one random directional derivative: numeric <v, J u> against
                                  analytic <J^T v, u>, in float64 on NumPy.
-  check_double_backward(f, xs)   the same check on x -> J(x)^T v (gradients of gradients).
+  check_double_backward(f, xs)   the same check on x -> J(x)^T v (gradients of gradients),
+                                 after comparing that first derivative, recorded with
+                                 create_graph=True, with the plain one.
   check_grads(f, xs, order=2)    both of the above.
   check_invariants(f, xs)        exact properties, float32 and float64, on the active backend:
                                  zero upstream -> zero gradients of the input's shape and dtype,

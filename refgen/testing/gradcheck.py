@@ -67,20 +67,34 @@ def check_vjp(f, xs, rng=None, eps=1e-6, atol=1e-5, rtol=1e-4, min_abs_u=0.0):
 
 
 def check_double_backward(f, xs, rng=None, eps=1e-6, atol=1e-5, rtol=1e-4):
-    """Check the gradient of f's gradient: run ``check_vjp`` on x -> J(x)^T v for a fixed v."""
+    """Check the gradient of f's gradient: run ``check_vjp`` on x -> J(x)^T v for a fixed v.
+
+    A backward may take another branch when the graph is recorded (``create_graph=True``);
+    a branch that computed some other function would pass a finite-difference check of its
+    own derivative, so the recorded first derivative J(x)^T v is first compared, entry by
+    entry, with the plain one (``create_graph=False``).
+    """
     rng = np.random.default_rng(1) if rng is None else rng
     xs = [np.asarray(x, dtype=np.float64) for x in xs]
     with use_backend("numpy"):
         ys = _outputs(f(*[Tensor(x) for x in xs]))
     vs = [rng.standard_normal(y.shape) for y in ys]
 
-    def vjp(*ts):
+    def vjp(*ts, create_graph=True):
         out = _outputs(f(*ts))
         gs = refgen.grad([y for y in out if y.requires_grad], ts,
                          [Tensor(v) for v, y in zip(vs, out) if y.requires_grad],
-                         create_graph=True, allow_unused=True, materialize_grads=True)
+                         create_graph=create_graph, allow_unused=True, materialize_grads=True)
         return tuple(gs)
 
+    with use_backend("numpy"):
+        recorded = vjp(*[Tensor(x.copy(), requires_grad=True) for x in xs])
+        plain = vjp(*[Tensor(x.copy(), requires_grad=True) for x in xs], create_graph=False)
+    for i, (g, h) in enumerate(zip(recorded, plain)):
+        if not np.allclose(g.data, h.data, rtol=rtol, atol=atol):
+            err = float(np.max(np.abs(g.data - h.data)))
+            raise GradcheckError(f"first derivative of input {i} with create_graph=True differs "
+                                 f"from the plain one by up to {err!r}")
     return check_vjp(vjp, xs, rng=rng, eps=eps, atol=atol, rtol=rtol)
 
 

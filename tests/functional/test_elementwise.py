@@ -148,3 +148,7 @@ def test_piecewise_ops_take_the_conventional_subgradient_at_the_kink():
     for f, want in [(F.relu, 0.0), (F.abs, 0.0), (lambda t: F.clamp(t, 0.0, 1.0), 1.0)]:
         (g,) = grad(f(x).sum(), [x])
         assert to_numpy(g.data)[0] == want
+    # clamp passes the gradient at either bound itself (torch's convention): lo <= x <= hi
+    x = Tensor(np.array([-0.5, 0.7, -0.6, 0.8]), requires_grad=True)
+    (g,) = grad(F.clamp(x, -0.5, 0.7).sum(), [x])
+    np.testing.assert_array_equal(to_numpy(g.data), [1.0, 1.0, 0.0, 0.0])

@@ -126,6 +126,48 @@ def test_bits_per_dim_conventions(mnist_dir, name, lo, hi, levels, bpd):
     np.testing.assert_array_equal(np.concatenate(model.inputs), ds.x[:50])  # data as given
 
 
+class LinearDensity(Module):
+    """p(x) = prod_d (1/2 + x_d) on [0, 1]^D (each factor integrates to 1); a model with
+    ``levels`` reads the same numbers as log P of 256-level pixels."""
+
+    def __init__(self, levels=None):
+        super().__init__()
+        if levels is not None:
+            self.levels = levels
+
+    def log_prob(self, x):
+        x = to_numpy(x).reshape(len(x), -1)
+        return Tensor(np.log(0.5 + np.abs(x)).sum(1))
+
+
+@pytest.mark.parametrize("name,kind,levels", [("mnist-dequantized", "continuous", None),
+                                              ("mnist", "continuous", 256),
+                                              ("mnist", "continuous", None),
+                                              ("mnist-binary", "binary", None)])
+def test_bits_per_dim_conventions_on_synthetic_data(name, kind, levels):
+    """The conventions of test_bits_per_dim_conventions without the MNIST files, at a generic
+    density: [0, 1] densities pay D log 256 for the 8-bit pixels, discrete models and binary
+    data give nll / (D ln 2), a density on the [-1, 1] grid has no bits/dim."""
+    rng = np.random.default_rng(0)
+    shape, n = (1, 4, 3), 30
+    x = {"mnist-dequantized": (rng.integers(0, 256, (n,) + shape) + rng.random((n,) + shape)) / 256,
+         "mnist": rng.integers(0, 256, (n,) + shape) / 127.5 - 1.0,
+         "mnist-binary": (rng.random((n,) + shape) < 0.3) * 1.0}[name].astype(np.float32)
+    ds = data.Dataset(name=name, split="test", x=x, y=rng.integers(0, 10, n), kind=kind,
+                      shape=shape, num_classes=10)
+    m = evaluate(LinearDensity(levels), ds, max_test=n)
+    d = 12
+    nll = -np.log(0.5 + np.abs(x.astype(np.float64))).reshape(n, -1).sum(1).mean()
+    assert m["test_nll_nats"] == pytest.approx(nll, rel=1e-6)
+    if name == "mnist-dequantized":
+        assert m["test_bpd"] == pytest.approx((nll + d * math.log(256)) / (d * math.log(2)),
+                                              rel=1e-6)
+    elif levels is not None or kind == "binary":
+        assert m["test_bpd"] == pytest.approx(nll / (d * math.log(2)), rel=1e-6)
+    else:
+        assert "test_bpd" not in m
+
+
 def test_binary_bits_per_dim(mnist_dir):
     ds = data.load("mnist-binary", "test", data_dir=mnist_dir)
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import refgen.functional as F
-from refgen import Function, Tensor, backend
+from refgen import Function, Tensor, backend, is_grad_enabled
 from refgen.backend import BackendError
 from refgen.testing import (GradcheckError, check_double_backward, check_forward, check_grads,
                             check_invariants, check_vjp, on_backend, strategies as rs)
@@ -74,6 +74,29 @@ def test_double_backward_needs_a_differentiable_backward():
         check_double_backward(RawSquare.apply, [X])
     with pytest.raises(GradcheckError):
         check_grads(RawSquare.apply, [X])
+
+
+class TwoFacedSquare(Function):
+    """x^2 whose backward is right without create_graph, and under create_graph returns the
+    (self-consistent, differentiable) gradient of x^3: a finite-difference check of the
+    recorded gradient alone passes."""
+
+    def forward(self, x):
+        return x * x
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if is_grad_enabled():
+            return gy * 3.0 * x * x
+        return gy * Tensor(2 * x.data)
+
+
+def test_double_backward_compares_the_recorded_first_derivative_with_the_plain_one():
+    check_vjp(TwoFacedSquare.apply, [X])
+    with pytest.raises(GradcheckError, match="create_graph"):
+        check_double_backward(TwoFacedSquare.apply, [X])
+    with pytest.raises(GradcheckError, match="create_graph"):
+        check_grads(TwoFacedSquare.apply, [X], order=2)
 
 
 def test_check_vjp_rejects_a_gradient_of_the_wrong_shape():
@@ -179,6 +202,8 @@ def test_check_forward():
                   rtol=0, atol=0)
     with pytest.raises(GradcheckError, match="differs"):
         check_forward(F.sin, np.cos, [X])
+    with pytest.raises(GradcheckError, match="differs"):  # same magnitudes, one sign flipped
+        check_forward(F.tanh, lambda a: -np.tanh(a), [X])
     with pytest.raises(GradcheckError, match="shape"):
         check_forward(lambda a: F.sum(a, 0), np.sum, [X])
 

@@ -11,9 +11,12 @@ DDIM writes the step through the predicted x_0 and eps with a free noise level s
 
     x_{t-1} = sqrt(alpha_bar_{t-1}) x0_theta + sqrt(1 - alpha_bar_{t-1} - sigma_t^2) eps_theta
               + sigma_t z                                                                 (27)
-    sigma_t^2 = eta * beta_tilde_t                                                        (28)
+    sigma_t = eta * sqrt(beta_tilde_t)              (Song et al. 2021, DDIM, eq. 16)
 
-eta = 0 is deterministic; eta = 1 gives back the ancestral step with beta_tilde. On a strided
+eta = 0 is deterministic; eta = 1 gives back the ancestral step with beta_tilde. (Eq. (28)
+of the derivation writes sigma_t^2 = eta * beta_tilde_t; the two agree at eta = 0 and 1, and
+its eta is the square of this one in between. This eta is the paper's and its
+implementations', so eta = 0.5 here means sigma_t = sqrt(beta_tilde_t) / 2.) On a strided
 schedule alpha_bar_{t-1} is that of the previous kept step s < t, which is eq. (29).
 
 Thresholding (Imagen) keeps x0_theta in the data range before it is used: static clips it to
@@ -60,10 +63,10 @@ def ddpm_step(sch, x, t, pred, z):
 def ddim_step(sch, x, t, pred, z, eta: float):
     """x_{t-1} (the previous kept step) from x_t by eqs. (27)-(29)."""
     ab_prev = float(sch.alpha_bar_prev[t])
-    sigma2 = eta * float(sch.beta_tilde[t])                               # (28)
-    x_prev = ab_prev ** 0.5 * pred.x0 + max(1.0 - ab_prev - sigma2, 0.0) ** 0.5 * pred.eps  # (27), (29)
-    if t > 1 and sigma2 > 0:
-        x_prev = x_prev + sigma2 ** 0.5 * z                               # (29)
+    sigma = eta * float(sch.beta_tilde[t]) ** 0.5   # (28) as DDIM eq. 16 writes it (the seed: eta^2)
+    x_prev = ab_prev ** 0.5 * pred.x0 + max(1.0 - ab_prev - sigma * sigma, 0.0) ** 0.5 * pred.eps  # (27), (29)
+    if t > 1 and sigma > 0:
+        x_prev = x_prev + sigma * z                                       # (29)
     return x_prev
 
 

@@ -44,7 +44,9 @@ class BernoulliLikelihood(Module):
                              "use --set likelihood=gaussian (or discretized) for data in [-1, 1]")
 
     def log_prob(self, x, out):
-        return _sum_event(Bernoulli(out).log_prob(as_tensor(x, like=out)), self.event_ndim)
+        # check() has vetted the data ([0, 1]: grey levels act as soft targets)
+        bern = Bernoulli(out, validate_args=False)
+        return _sum_event(bern.log_prob(as_tensor(x, like=out)), self.event_ndim)
 
     def mean(self, out):
         return F.sigmoid(out)
@@ -66,7 +68,8 @@ class GaussianLikelihood(Module):
 
     def log_prob(self, x, out):
         sigma = F.broadcast_to(F.exp(self.log_sigma), out.shape)
-        return _sum_event(Normal(out, sigma).log_prob(as_tensor(x, like=out)), self.event_ndim)
+        normal = Normal(out, sigma, validate_args=False)  # sigma = exp(.) > 0: no device sync
+        return _sum_event(normal.log_prob(as_tensor(x, like=out)), self.event_ndim)
 
     def mean(self, out):
         return out

@@ -12,6 +12,7 @@ from refgen.models.base import Batch, constructor_kwargs
 from refgen.models.diffusion import DDPM, NoisyClassifier
 from refgen.models.diffusion.process import interpret, score_from_eps
 from refgen.models.diffusion.sampling import threshold_x0
+from refgen.testing import on_backend
 
 
 def test_registered_and_built_like_the_cli():
@@ -101,6 +102,37 @@ def test_sampling_variance_override_equals_a_model_built_with_it():
         DDPM((2,), T=40, hidden=16, depth=1, learn_sigma=True).sample(2, variance="beta", **kw)
 
 
+@pytest.mark.parametrize("param,learn", [("eps", False), ("x0", False), ("v", False),
+                                         ("eps", True)])
+@on_backend("numpy")
+def test_loss_value_is_l_simple_on_the_models_own_draws(param, learn):
+    """m.loss at data_scale 2: t ~ U{1..T} and eps ~ N(0, I) from m.rng (in that order),
+    x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps with x_0 = x / 2, and L_simple the mean square
+    of (target - network output), the target eps, x_0 or v = sqrt(ab) eps - sqrt(1 - ab) x_0
+    written here from the linear schedule's constants (T = 100: beta from 1e-3 to 0.2);
+    with learn_sigma, loss = L_simple + 0.001 L_vlb (the default lambda)."""
+    T = 100
+    m = DDPM((2,), T=T, parameterization=param, learn_sigma=learn, hidden=16, depth=1,
+             data_scale=2.0)
+    x = np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32)
+    m.rng = np.random.default_rng(3)
+    loss = float(m.loss(Batch(Tensor(x))).item())
+    rng = np.random.default_rng(3)
+    t = rng.integers(1, T + 1, size=16)
+    eps = rng.standard_normal((16, 2), dtype=np.float32).astype(np.float64)
+    ab = np.cumprod(1 - np.linspace(1e-3, 0.2, T))[t - 1][:, None]
+    x0 = x.astype(np.float64) / 2.0
+    xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+    out = m.net(Tensor(xt.astype(np.float32)), t, None, rng=rng).data.astype(np.float64)
+    target = {"eps": eps, "x0": x0, "v": np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0}[param]
+    simple = ((target - out[:, :2]) ** 2).mean()
+    if not learn:
+        assert loss == pytest.approx(simple, rel=1e-5)
+    else:
+        assert m.last["l_simple"] == pytest.approx(simple, rel=1e-5)
+        assert loss == pytest.approx(simple + 0.001 * m.last["l_vlb"], rel=1e-5)
+
+
 def test_thresholding():
     host = np.array([[0.5, -0.2, 0.1], [3.0, -1.5, 0.2]])
     x0 = asarray(host)
@@ -109,6 +141,17 @@ def test_thresholding():
     np.testing.assert_allclose(d[0], host[0])                            # |x0| <= 1: unchanged
     np.testing.assert_allclose(d[1], host[1] / 3.0)                      # s = 3: rescaled
     assert threshold_x0(x0, None) is x0
+
+
+def test_dynamic_thresholding_at_its_default_and_a_generic_percentile():
+    """s = max(quantile_p |x0|, 1) per sample, x0 -> clip(x0, -s, s) / s; the default p is
+    Imagen's 0.995 (numpy.quantile's linear interpolation)."""
+    host = np.random.default_rng(3).standard_normal((3, 40)) * np.array([[0.3], [1.5], [4.0]])
+    for p, kw in ((0.995, {}), (0.8, dict(percentile=0.8))):
+        s = np.maximum(np.quantile(np.abs(host), p, axis=1), 1.0)[:, None]
+        got = to_numpy(threshold_x0(asarray(host), "dynamic", **kw))
+        np.testing.assert_allclose(got, np.clip(host, -s, s) / s, rtol=1e-6)
+        assert s[0, 0] == 1.0 and s[2, 0] > s[1, 0] > 1.0   # one untouched row, two rescaled
 
 
 def test_score_is_eq21_in_data_space():

@@ -52,12 +52,77 @@ def test_discretized_decoder_bins_sum_to_one(mean, log_scale):
     assert abs(p.sum() - 1.0) < 1e-6 + 256e-12  # each bin is clamped below at 1e-12
 
 
-def test_prior_term_is_tiny():
+# the linear schedule written out from its constants (Ho et al. 2020), independently of
+# refgen's Schedule: beta_t from 1e-4 to 0.02 over T = 1000 steps
+BETA = np.concatenate([[0.0], np.linspace(1e-4, 0.02, 1000)])
+AB = np.cumprod(1.0 - BETA)                                       # alpha_bar_t, t = 0..T
+
+
+def test_prior_term_closed_form_and_tiny():
     """L_T = KL(q(x_T | x_0) || N(0, I)) of eq. (16), with q(x_T | x_0) from eq. (3), is
-    about 1e-5 bits/dim for images in [-1, 1]."""
+    sum_d (ab_T x0^2 + (1 - ab_T) - 1 - log(1 - ab_T)) / 2 exactly, about 1e-5 bits/dim for images in [-1, 1]."""
     x0 = np.random.default_rng(0).uniform(-1, 1, (8, 1, 28, 28))
-    bpd = prior_kl(SCH, x0).data / (784 * math.log(2))
+    ab = AB[-1]
+    want = 0.5 * (ab * x0 ** 2 - ab - math.log(1 - ab)).sum((1, 2, 3))
+    np.testing.assert_allclose(prior_kl(SCH, x0).data, want, rtol=1e-9)
+    bpd = want / (784 * math.log(2))
     assert np.all((bpd > 1e-6) & (bpd < 1e-4))
+
+
+def _phi(z):
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+
+
+def test_discrete_decoder_term_is_minus_log_of_its_erf_bin():
+    """L_0 with the discretized decoder (eq. 13 of Ho et al.): at t = 1 vlb_term is
+    -sum_d log of the probability of x_0's bin [x - 1/255, x + 1/255] under
+    N(mu_theta(x_1), sigma_1^2), the edge bins taking the tails, from math.erf."""
+    x0 = np.array([[-1.0, -1.0 + 2 / 255, 0.3 - 0.3 % (2 / 255), 1.0 - 2 / 255, 1.0]])
+    x0 = np.round((x0 + 1) * 127.5) / 127.5 - 1                       # on the 256-level grid
+    xt = x0 + np.array([[0.004, -0.006, 0.002, 0.009, -0.003]])
+    eps = np.array([[0.3, -1.1, 0.7, 0.2, -0.4]])
+    raw_v = np.array([[0.4, -0.2, 0.9, -0.7, 0.1]])                  # learned variance
+    pred = interpret(np.concatenate([eps, raw_v], 1), xt, np.array([1]), SCH, "eps", "learned")
+    got = vlb_term(SCH, Tensor(x0), Tensor(xt), np.array([1]), pred, discrete=True).data[0]
+    mu = (xt - BETA[1] / math.sqrt(1 - AB[1]) * eps) / math.sqrt(1 - BETA[1])
+    beta_tilde_2 = (1 - AB[1]) / (1 - AB[2]) * BETA[2]            # stands in for beta_tilde_1
+    v = (raw_v + 1) / 2
+    sigma = np.exp(0.5 * (v * math.log(BETA[1]) + (1 - v) * math.log(beta_tilde_2)))
+    hi = np.where(x0 >= 1.0, 1.0, _phi((x0 + 1 / 255 - mu) / sigma))
+    lo = np.where(x0 <= -1.0, 0.0, _phi((x0 - 1 / 255 - mu) / sigma))
+    assert got == pytest.approx(-np.log(hi - lo).sum(), rel=1e-9)
+
+
+def test_hybrid_loss_values_with_its_factor_T():
+    """L_hybrid = L_simple + lam L_vlb with lam = 0.001 by default and
+    L_vlb = T / D * mean_b L_{t-1}: every term from closed forms written here from the
+    schedule's constants (posterior (10), mean (17), variance (23), KL of two Gaussians, L_0)."""
+    rng = np.random.default_rng(7)
+    b, d, T = 5, 3, 1000
+    t = np.array([1, 2, 37, 500, 1000])
+    x0 = rng.uniform(-1, 1, (b, d))
+    eps = rng.standard_normal((b, d))
+    out = rng.standard_normal((b, 2 * d)) * 0.5
+    loss, simple, l_vlb = hybrid_loss(SCH, Tensor(x0), t, Tensor(eps), Tensor(out), "eps",
+                                      discrete=False)
+    ab, ab_prev, beta = AB[t][:, None], AB[t - 1][:, None], BETA[t][:, None]
+    xt = np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps
+    e_theta, v = out[:, :d], (out[:, d:] + 1) / 2
+    bt = lambda s: (1 - AB[s - 1]) / (1 - AB[s]) * BETA[s]           # noqa: E731
+    log_bt = np.log(np.where(t == 1, bt(2), bt(np.maximum(t, 2))))[:, None]
+    log_var_p = v * np.log(beta) + (1 - v) * log_bt                  # (23)
+    mu_p = (xt - beta / np.sqrt(1 - ab) * e_theta) / np.sqrt(1 - beta)            # (17)
+    mu_q = (np.sqrt(ab_prev) * beta * x0 + np.sqrt(1 - beta) * (1 - ab_prev) * xt) / (1 - ab)
+    kl = 0.5 * (log_var_p - log_bt + np.exp(log_bt - log_var_p)
+                + (mu_q - mu_p) ** 2 * np.exp(-log_var_p) - 1).sum(1)
+    nll = (0.5 * (np.log(2 * np.pi) + log_var_p)
+           + (x0 - mu_p) ** 2 / (2 * np.exp(log_var_p))).sum(1)
+    terms = np.where(t == 1, nll, kl)
+    want_vlb = T / d * terms.mean()
+    want_simple = ((eps - e_theta) ** 2).mean()
+    assert float(l_vlb.data) == pytest.approx(want_vlb, rel=1e-9)
+    assert float(simple.data) == pytest.approx(want_simple, rel=1e-12)
+    assert float(loss.data) == pytest.approx(want_simple + 0.001 * want_vlb, rel=1e-9)
 
 
 def test_vlb_of_the_oracle_is_tight_with_sigma_beta():

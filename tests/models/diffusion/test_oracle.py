@@ -122,6 +122,32 @@ def test_ddim_eta1_is_ddpm_with_beta_tilde():
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
 
 
+def test_ddim_fractional_eta_follows_the_paper():
+    """eta = 0.5 against DDIM's eq. (12) with sigma_t = eta sqrt((1 - ab_s) / (1 - ab_t))
+    sqrt(1 - ab_t / ab_s) (Song et al. 2021, eq. 16), written here from alpha_bar alone and
+    run with the same noise draws on a strided schedule: one z per step t > 1."""
+    eta, m, s2 = 0.5, 0.5, 0.25
+    eps_fn = lambda x, ab: gauss_eps(x, ab, m, s2)  # noqa: E731
+    sch = SCH.strided(20)
+    x_T = np.random.default_rng(0).standard_normal((400, 1))
+    got = sample_loop(oracle(sch, eps_fn), sch, x_T.shape, np.random.default_rng(3),
+                      sampler="ddim", eta=eta, x_T=x_T, dtype=np.float64)
+    rng, x = np.random.default_rng(3), x_T
+    for t in range(sch.T, 0, -1):
+        ab_t, ab_s = sch.alpha_bar[t], sch.alpha_bar[t - 1]
+        eps = eps_fn(x, ab_t)
+        x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_s)
+        x = math.sqrt(ab_s) * x0 + math.sqrt(1 - ab_s - sigma ** 2) * eps
+        if t > 1:
+            x = x + sigma * rng.standard_normal(x_T.shape)
+    np.testing.assert_allclose(got, x, rtol=1e-10, atol=1e-12)
+    # the seed's sigma_t^2 = eta * beta_tilde_t would give a visibly different chain
+    seeds_eta = sample_loop(oracle(sch, eps_fn), sch, x_T.shape, np.random.default_rng(3),
+                            sampler="ddim", eta=eta ** 0.5, x_T=x_T, dtype=np.float64)
+    assert np.abs(seeds_eta - got).max() > 1e-2
+
+
 def test_score_from_the_oracle_eps_is_the_analytic_score():
     """eq. (21): -E[eps | x_t] / sqrt(1 - ab) is grad log q(x_t) of the noised mixture,
     checked against central differences of its log-density."""

@@ -83,11 +83,13 @@ def test_parameterizations_agree(t, param):
 
 def test_learned_variance_interpolates():
     """eq. (23): var_frac = 1 gives beta_t, var_frac = 0 gives beta_tilde_t, in between a
-    geometric mean."""
+    weighted geometric mean (var_frac = 0.7, where it and 1 - var_frac differ, as well as the
+    symmetric 1/2)."""
     sch = SCH["linear"]
     xt, t = np.zeros((3, 1)), np.array([5, 500, 1000])
     for raw, want in ((1.0, sch.log_beta[t]), (-1.0, sch.log_beta_tilde_clipped[t]),
-                      (0.0, 0.5 * (sch.log_beta[t] + sch.log_beta_tilde_clipped[t]))):
+                      (0.0, 0.5 * (sch.log_beta[t] + sch.log_beta_tilde_clipped[t])),
+                      (0.4, 0.7 * sch.log_beta[t] + 0.3 * sch.log_beta_tilde_clipped[t])):
         out = np.concatenate([np.zeros((3, 1)), np.full((3, 1), raw)], axis=1)
         pred = interpret(out, xt, t, sch, "eps", "learned")
         np.testing.assert_allclose(pred.log_var[:, 0], want)

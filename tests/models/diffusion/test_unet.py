@@ -68,3 +68,8 @@ def test_timestep_embedding():
     assert e.shape == (3, 16)
     np.testing.assert_allclose(e[0], np.r_[np.ones(8), np.zeros(8)])
     np.testing.assert_allclose(e[:, 0], np.cos([0, 1, 500]), rtol=1e-6)
+    # every column at generic times: cos(t w_j) | sin(t w_j), w_j = 10000^(-j / 8)
+    t = np.array([3.0, 47.0, 733.0])
+    args = t[:, None] * 10000.0 ** (-np.arange(8) / 8)
+    np.testing.assert_allclose(to_numpy(timestep_embedding(t, 16, np.float64)),
+                               np.c_[np.cos(args), np.sin(args)], rtol=1e-12, atol=1e-12)

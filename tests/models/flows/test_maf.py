@@ -1,5 +1,6 @@
 """MAF: density in one MADE pass, sampling in D passes, and the two agree."""
 import numpy as np
+import pytest
 
 from refgen.autograd import Tensor
 from refgen.backend import default_rng, to_numpy
@@ -38,11 +39,13 @@ def test_one_made_pass_for_the_density_and_d_passes_for_sampling(fl):
     assert len(calls) == 1 + 5
 
 
-def test_order_reverses_between_layers():
-    model = MAF((3,), layers=2)
+@pytest.mark.parametrize("layers", [2, 3, 4])
+def test_order_reverses_between_layers(layers):
+    model = MAF((3,), layers=layers)
     kinds = [type(m).__name__ for m in model.flow]
-    assert kinds == ["AutoregressiveAffine", "Reverse", "AutoregressiveAffine"]
+    assert kinds == ["AutoregressiveAffine"] + ["Reverse", "AutoregressiveAffine"] * (layers - 1)
     x = Tensor(np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32))
-    z, ld = model(x)                     # fresh MADE layers are identities: only the reversal
-    np.testing.assert_array_equal(to_numpy(z.data), to_numpy(x.data)[:, ::-1])
+    z, ld = model(x)                     # fresh MADE layers are identities: only the reversals
+    want = to_numpy(x.data)[:, ::-1] if layers % 2 == 0 else to_numpy(x.data)
+    np.testing.assert_array_equal(to_numpy(z.data), want)
     np.testing.assert_array_equal(to_numpy(ld.data), 0.0)

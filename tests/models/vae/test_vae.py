@@ -157,6 +157,36 @@ def test_loss_is_minus_elbo_with_beta_on_the_kl():
     assert set(m.last_stats) == {"rec", "kl"}
 
 
+@on_backend("numpy")
+def test_elbo_terms_and_log_weights_against_numpy():
+    """The bounds' values from the encoder's and decoder's outputs, in NumPy: with the same
+    noise eps, z = mu + exp(logvar / 2) eps (V4), rec = sum_d [x l - softplus(l)],
+    KL = sum_j (mu^2 + e^logvar - 1 - logvar) / 2 (V5), and the importance weights
+    log p(x | z) + log N(z; 0, I) - log N(z; mu, e^logvar)."""
+    m, x = _tiny(), _binary(5)
+    with no_grad():
+        mu, logvar = (t.data.astype(np.float64) for t in m.encode(Tensor(x)))
+        eps = np.random.default_rng(5).standard_normal((4,) + mu.shape, dtype=np.float32)
+        z = (mu + np.exp(0.5 * logvar) * eps.astype(np.float64)).astype(np.float32)   # (4, B, J)
+        logits = m.decode(Tensor(z)).data.astype(np.float64)                   # (4, B, *IMG)
+        m.rng = default_rng(5)
+        lw = m.log_weights(Tensor(x), 4).data
+        m.rng = default_rng(5)
+        rec, kl = m.elbo_terms(Tensor(x))
+        # one draw of shape (B, J) from the same seed is eps[0] (the first B * J normals)
+        one = m.decode(Tensor(z[0])).data.astype(np.float64)
+    log_px = (x * logits - np.logaddexp(0, logits)).reshape(4, 5, -1).sum(-1)   # (4, B)
+    zz = z.astype(np.float64)
+    log_pz = (-0.5 * zz ** 2 - 0.5 * np.log(2 * np.pi)).sum(-1)
+    log_qz = (-0.5 * (zz - mu) ** 2 / np.exp(logvar) - 0.5 * logvar
+              - 0.5 * np.log(2 * np.pi)).sum(-1)
+    np.testing.assert_allclose(lw, log_px + log_pz - log_qz, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(kl.data, 0.5 * (mu ** 2 + np.exp(logvar) - 1 - logvar).sum(-1),
+                               rtol=1e-5, atol=1e-6)
+    want_rec = (x * one - np.logaddexp(0, one)).reshape(5, -1).sum(-1)
+    np.testing.assert_allclose(rec.data, want_rec, rtol=1e-5, atol=1e-4)
+
+
 def test_iwae_objective_is_the_k_sample_bound():
     m, x = _tiny("iwae", k=4), Tensor(_binary(8))
     m.rng = default_rng(3)

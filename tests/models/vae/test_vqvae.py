@@ -70,20 +70,6 @@ def test_straight_through_passes_the_decoder_gradient_to_the_encoder_unchanged()
         np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
 
 
-def test_codebook_and_commitment_terms_train_what_they_should():
-    """||sg[z_e] - e||^2 reaches only the codebook; ||z_e - sg[e]||^2 only the encoder."""
-    m = _model()
-    z_e = m.encode(Tensor(_x()))
-    z_q = m.lookup(m.quantize(z_e))
-    enc = list(m.encoder.parameters()) + list(m.to_code.parameters())
-    book = ((z_e.detach() - z_q) ** 2).sum()
-    commit = ((z_e - z_q.detach()) ** 2).sum()
-    g = refgen.grad(book, enc + [m.codebook], allow_unused=True)
-    assert all(t is None or not np.any(t.data) for t in g[:-1]) and np.any(g[-1].data)
-    g = refgen.grad(commit, enc + [m.codebook], allow_unused=True)
-    assert all(t is not None for t in g[:-1]) and (g[-1] is None or not np.any(g[-1].data))
-
-
 def test_loss_trains_autoencoder_codebook_and_prior():
     m = _model()
     loss = m.loss(Batch(Tensor(_x())))
@@ -94,6 +80,48 @@ def test_loss_trains_autoencoder_codebook_and_prior():
     prior_only = _model(train_autoencoder=False)
     prior_only.loss(Batch(Tensor(_x()))).backward()
     assert prior_only.codebook.grad is None and prior_only.prior.head2.weight.grad is not None
+
+
+@pytest.mark.parametrize("commitment", [0.37, None])   # None: the default, beta = 0.25
+@on_backend("numpy")
+def test_loss_value_and_gradients_against_an_independent_computation(commitment):
+    """m.loss itself, at a generic commitment weight beta = 0.37 and at the default 0.25 (van
+    den Oord et al. 2017), against NumPy: the value is
+    rec + beta ||z_e - e_k||^2 + ||z_e - e_k||^2 + prior NLL (per image, batch mean); the
+    codebook's gradient is (2 / B) sum_{cells with code j} (e_j - z_e) (the codebook term
+    alone); the encoder's is the chain rule with dL/dz_e = dL_rec/dz_q + beta 2 (z_e - e_k) / B
+    (straight-through, commitment), taken from arrays, not through stop-gradients."""
+    beta, x = commitment or 0.25, _x()
+    b = len(x)
+    m = _model() if commitment is None else _model(commitment=commitment)
+    loss = m.loss(Batch(Tensor(x)))
+    loss.backward()
+    with no_grad():
+        z_e = m.encode(Tensor(x)).data.astype(np.float64)                 # (B, D, h, w)
+    book = m.codebook.data.astype(np.float64)                             # (K, D)
+    cells = np.moveaxis(z_e, 1, -1)                                       # (B, h, w, D)
+    k = ((cells[..., None, :] - book) ** 2).sum(-1).argmin(-1)            # (B, h, w)
+    z_q = np.moveaxis(book[k], -1, 1)                                     # (B, D, h, w)
+    leaf = Tensor(z_q.astype(np.float32), requires_grad=True)
+    logits = m.decode(leaf)
+    rec = F.binary_cross_entropy_with_logits(logits, Tensor(x), reduction="sum") * (1.0 / b)
+    (g_rec,) = refgen.grad(rec, [leaf])
+    l = logits.data.astype(np.float64)
+    rec_np = (np.logaddexp(0, l) - x * l).sum() / b
+    sq = ((z_e - z_q) ** 2).sum((1, 2, 3)).mean()
+    prior = -float(m.prior_log_prob(k).data.mean())
+    want = rec_np + beta * sq + sq + prior
+    assert float(loss.data) == pytest.approx(want, rel=1e-5)
+    assert m.last_stats["rec"] == pytest.approx(rec_np, rel=1e-5)
+    assert m.last_stats["commit"] == pytest.approx(sq, rel=1e-5)
+    g_book = np.zeros_like(book)
+    np.add.at(g_book, k.reshape(-1), (2.0 / b) * (book[k] - cells).reshape(-1, book.shape[1]))
+    np.testing.assert_allclose(m.codebook.grad.data, g_book, rtol=1e-4, atol=1e-6)
+    enc = list(m.encoder.parameters()) + list(m.to_code.parameters())
+    g_z = g_rec.data.astype(np.float64) + beta * 2.0 * (z_e - z_q) / b
+    want_enc = refgen.grad((m.encode(Tensor(x)) * Tensor(g_z.astype(np.float32))).sum(), enc)
+    for p, w in zip(enc, want_enc):
+        np.testing.assert_allclose(p.grad.data, w.data, rtol=1e-4, atol=1e-6)
 
 
 def test_ema_update_with_no_memory_is_a_k_means_step():
@@ -107,6 +135,33 @@ def test_ema_update_with_no_memory_is_a_k_means_step():
     m.loss(Batch(x))
     for j in np.unique(k):                                                  # used codes -> means
         np.testing.assert_allclose(m.codebook[j], cells[k == j].mean(0), rtol=1e-3, atol=1e-5)
+
+
+@on_backend("numpy")
+def test_ema_update_at_a_generic_decay_with_laplace_smoothing():
+    """(Q3) at gamma = 0.6 from a known state, in float64: N_j <- g N_j + (1 - g) n_j,
+    m_j <- g m_j + (1 - g) sum_{k_i = j} z_i, e_j = m_j / N~_j with the Laplace-smoothed
+    N~_j = (N_j + eps) / (n + K eps) n, n = sum_j N_j, eps = 1e-5 (Sonnet's VQ-VAE)."""
+    g, eps, K = 0.6, 1e-5, 6
+    m = _model(ema=True, ema_decay=g)
+    rng = np.random.default_rng(2)
+    m.ema_count = (rng.random(K) * 3).astype(np.float32)
+    m.ema_sum = rng.normal(size=(K, 3)).astype(np.float32)
+    count0, sum0 = m.ema_count.astype(np.float64), m.ema_sum.astype(np.float64)
+    x = Tensor(_x(1))                                                       # 4 cells
+    with no_grad():
+        z_e = m.encode(x).data
+    k = m.quantize(Tensor(z_e)).reshape(-1)
+    cells = np.moveaxis(z_e, 1, -1).reshape(-1, 3).astype(np.float64)
+    m.loss(Batch(x))
+    onehot = (k[:, None] == np.arange(K)).astype(np.float64)
+    count = g * count0 + (1 - g) * onehot.sum(0)
+    sums = g * sum0 + (1 - g) * onehot.T @ cells
+    n = count.sum()
+    smoothed = (count + eps) / (n + K * eps) * n
+    np.testing.assert_allclose(m.ema_count, count, rtol=1e-6)
+    np.testing.assert_allclose(m.ema_sum, sums, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(m.codebook, sums / smoothed[:, None], rtol=1e-6, atol=1e-7)
 
 
 def test_perplexity_measures_codebook_usage():
