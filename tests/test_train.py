@@ -8,7 +8,7 @@ from refgen import backend, data, io
 from refgen.backend import to_numpy
 from refgen.data import Dataset
 from refgen.models.baseline.gmm import GaussianMixture
-from refgen.train import Batcher, TrainingDiverged, lr_at, train
+from refgen.train import Batcher, TrainConfig, TrainingDiverged, train
 
 
 def _small_noisy_data(n=100, seed=0):
@@ -192,12 +192,31 @@ def test_param_groups_choose_their_optimizer(tmp_path):
 
 
 def test_schedules():
-    assert lr_at(0, 1.0, 100, warmup=10) == pytest.approx(0.1)
-    assert lr_at(9, 1.0, 100, warmup=10) == pytest.approx(1.0)
-    assert lr_at(50, 1.0, 100) == 1.0
-    assert lr_at(10, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(1.0)
-    assert lr_at(60, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(0.5)
-    assert lr_at(110, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+    lr_at = lambda step, total, **kw: TrainConfig(steps=total, batch_size=1, lr=1.0, **kw).lr_factor(step)
+    assert lr_at(0, 100, warmup=10) == pytest.approx(0.1)
+    assert lr_at(9, 100, warmup=10) == pytest.approx(1.0)
+    assert lr_at(50, 100) == 1.0
+    assert lr_at(10, 110, warmup=10, schedule="cosine") == pytest.approx(1.0)
+    assert lr_at(60, 110, warmup=10, schedule="cosine") == pytest.approx(0.5)
+    assert lr_at(110, 110, warmup=10, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_loop_follows_the_schedule_and_logs_each_steps_rate(tmp_path):
+    # warmup 4 then a half cosine to 0 at step 12, for both groups, whatever their base lr;
+    # the lr logged on a line is the one the step of that line used
+    model = TwoStep((2,))
+    _run(model, _small_noisy_data(), tmp_path, 12, log_every=1, warmup=4, schedule="cosine")
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    cfg = TrainConfig(steps=12, batch_size=32, lr=1e-2, warmup=4, schedule="cosine")
+    assert [r["lr"] for r in log] == pytest.approx([1e-2 * cfg.lr_factor(s) for s in range(12)])
+    assert log[0]["lr"] == pytest.approx(1e-2 / 4) and log[4]["lr"] == pytest.approx(1e-2)
+    # resumed at step 6 with 12 steps in all, the schedule is the 12-step one from step 6 on
+    model2 = TwoStep((2,))
+    _run(model2, _small_noisy_data(), tmp_path / "b", 6, log_every=1, warmup=4, schedule="cosine")
+    _run(model2, _small_noisy_data(), tmp_path / "b", 12, log_every=1, warmup=4, schedule="cosine",
+         resume=True)
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log_b[6:]] == [r["lr"] for r in log[6:]]
 
 
 def test_batcher_covers_each_epoch_and_restores():
