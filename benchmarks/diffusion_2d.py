@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import RESULTS, command, machine, write_json  # noqa: E402
-from refgen.cli import parse_sets  # noqa: E402
+from refgen.runs import parse_sets  # noqa: E402
 from refgen import backend, data, io, metrics, models  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.train import CHECKPOINT, load_weights, train  # noqa: E402

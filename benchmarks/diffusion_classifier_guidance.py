@@ -37,7 +37,7 @@ from common import RESULTS, command  # noqa: E402
 from diffusion_mnist import _fid, _fid_floor, _grid, _save, _tradeoff_plot, train_in_chunks  # noqa: E402
 from refgen import backend, data, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
-from refgen.cli import load_run, parse_sets  # noqa: E402
+from refgen.runs import load_run, parse_sets  # noqa: E402
 from refgen.models.diffusion import NoisyClassifier  # noqa: E402
 from refgen.models.diffusion.process import q_sample  # noqa: E402
 from refgen.train import load_weights  # noqa: E402

@@ -50,10 +50,10 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import RESULTS, command, machine, write_json  # noqa: E402
-from refgen.cli import parse_sets  # noqa: E402
+from refgen.runs import parse_sets  # noqa: E402
 from refgen import backend, data, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
-from refgen.cli import load_run  # noqa: E402
+from refgen.runs import load_run  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
 from refgen.optim import Adam  # noqa: E402
 from refgen.train import data_facts, train  # noqa: E402

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, command, machine, write_result  # noqa: E402
 from flows_common import log_probs  # noqa: E402
 
-from refgen.cli import parse_sets  # noqa: E402
+from refgen.runs import parse_sets  # noqa: E402
 from refgen import backend, data, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.metrics import nll_to_bpd  # noqa: E402

@@ -17,6 +17,7 @@ every ``ckpt_every`` steps and at the end), metrics.json and samples.png.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import time
@@ -402,15 +403,18 @@ def _log_record(st: _State, info: dict, lr: float) -> dict:
     return rec
 
 
-def _evaluate(st: _State, eval_fn, test_dataset) -> dict:
+def _evaluate(st: _State, eval_fn, test_dataset, progress=None) -> dict:
     """eval_fn(model, test) in eval mode, with the EMA weights, without moving the training
-    generator."""
+    generator; an eval_fn with a ``progress`` parameter gets ``progress`` (done, total, label)."""
     model, saved_rng = st.model, st.model.rng
+    kw = {}
+    if progress is not None and "progress" in inspect.signature(eval_fn).parameters:
+        kw["progress"] = progress
     model.rng = backend.default_rng(SAMPLE_SEED)
     model.eval()
     try:
         with ema_weights(model, st.ema):
-            return dict(eval_fn(model, test_dataset))
+            return dict(eval_fn(model, test_dataset, **kw))
     finally:
         model.rng = saved_rng
         model.train()
@@ -488,8 +492,8 @@ def _finish(st: _State, dataset, out: Path, eval_fn, test_dataset, progress, sam
                "loss": lines[-1]["loss"] if lines else None}
     if eval_fn is not None and test_dataset is not None:
         t = time.perf_counter()
-        with Stage("evaluating on the test set", progress):
-            metrics.update(_evaluate(st, eval_fn, test_dataset))
+        with Stage("evaluating on the test set", progress) as stage:
+            metrics.update(_evaluate(st, eval_fn, test_dataset, stage.update))
         metrics["eval_wall_s"] = round(time.perf_counter() - t, 3)
     _write_json(out / "metrics.json", metrics)
     if samples and dataset.kind != "categorical":  # text: no picture

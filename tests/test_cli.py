@@ -148,9 +148,9 @@ def test_python_m_refgen():
 
 def test_bad_backend_variable_is_one_line():
     # the backend is chosen when refgen is imported, before the CLI runs: refgen.backend's
-    # exception hook turns the uncaught BackendError into one line (exit status 1)
+    # exception hook turns the uncaught BackendError into one line, exit status 2
     r = _python_m_refgen(["list"], REFGEN_BACKEND="nonsense")
-    assert r.returncode == 1 and r.stderr.startswith("refgen: error: ") and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and r.stderr.startswith("refgen: error: ") and r.stderr.count("\n") == 1
     assert "'numpy' or 'cupy'" in r.stderr
 
 
