@@ -30,7 +30,7 @@ from refgen.metrics.evaluation import evaluate, evaluate_after_training
 from refgen.models.base import check_data, hyperparameters
 from refgen.progress import Stage
 from refgen.runs import (LOCK, UsageError, build_model, check_writable, default_out, load_checkpoint,
-                         load_run, locked, os_error_message, parse_sets, read_json, run_config,
+                         load_run, lock_holder, locked, os_error_message, parse_sets, read_json, run_config,
                          run_dir, write_json)
 from refgen.train import (CHECKPOINT, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged,
                           load_run_state, train, write_samples)
@@ -208,10 +208,16 @@ def cmd_train(args):
     sets = parse_sets(args.set, cls)
     out = Path(args.out) if args.out else default_out(args.model, args.data)
     old, ckpt_step, arrays = None, None, None
+    stopped_early = (out.is_dir() and not (out / CHECKPOINT).exists()
+                     and any((out / f).exists() for f in ("config.json", "log.jsonl", LOCK)))
+    holder = lock_holder(out) if out.is_dir() else None
+    if holder is not None:
+        raise UsageError(f"{out} is in use by another refgen run (process {holder}); wait for it "
+                         "to end, or choose another --out")
+    if stopped_early:
+        raise UsageError(f"{out} holds a run that stopped before its first checkpoint, so there is "
+                         f"nothing to resume; delete {out} and train again")
     if args.resume:
-        if out.is_dir() and (out / "config.json").is_file() and not (out / CHECKPOINT).exists():
-            raise UsageError(f"{out} holds a run that stopped before its first checkpoint: there "
-                             f"is nothing to resume; delete {out} and train again")
         d = run_dir(out)
         old = read_json(d / "config.json")
         for key, given in (("model", args.model), ("data", args.data)):
@@ -227,9 +233,6 @@ def cmd_train(args):
             raise UsageError(f"cannot load {d / CHECKPOINT}: its meta lacks the step or batcher state")
         ckpt_step = meta["step"]
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if (out / "config.json").is_file() and not (out / CHECKPOINT).exists():
-            raise UsageError(f"{out} holds a run that stopped before its first checkpoint; delete "
-                             f"{out} and train again, or choose another --out")
         raise UsageError(f"{out} already exists; pass --resume to continue that run, or --out "
                          "to choose another directory")
     st = _train_settings(args, cls, old["train"] if old else None, ckpt_step)

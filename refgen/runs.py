@@ -22,7 +22,7 @@ from refgen.models.base import constructor_kwargs, hyperparameters
 from refgen.train import CHECKPOINT, load_weights
 
 __all__ = ["UsageError", "parse_sets", "build_model", "load_run", "run_dir", "read_json",
-           "write_json", "default_out", "locked", "LOCK", "check_writable", "run_config"]
+           "write_json", "default_out", "locked", "lock_holder", "LOCK", "check_writable", "run_config"]
 
 LOCK = ".lock"
 
@@ -145,6 +145,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def lock_holder(d: Path) -> int | None:
+    """The id of the living process holding DIR/.lock, else None."""
+    try:
+        pid = int((Path(d) / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and _alive(pid) else None
 
 
 @contextlib.contextmanager

@@ -297,6 +297,7 @@ class _State:
     batcher: Batcher
     step: int = 0
     saved_step: int | None = None          # step of the checkpoint on disk, if any
+    resumed_from: int | None = None        # step of the checkpoint this call started from
     wall_before: float = 0.0               # wall time of the runs this one resumes
     loss_sum: float = 0.0                  # running loss since the last log line
     loss_n: int = 0
@@ -330,7 +331,7 @@ def _start(model, dataset, cfg: TrainConfig, ckpt_path: Path, resume: bool) -> _
         load_run_state(model, arrays, ema)
         for name, opt in opts.items():
             opt.load_state_dict({k: backend.asarray(v) for k, v in _strip(f"opt/{name}", arrays).items()})
-        st.step = st.saved_step = int(meta["step"])
+        st.step = st.saved_step = st.resumed_from = int(meta["step"])
         if st.step >= cfg.steps:
             raise ValueError(f"{ckpt_path} is at step {st.step}; resuming needs steps > {st.step}, "
                              f"got {cfg.steps}")
@@ -421,7 +422,11 @@ def _evaluate(st: _State, eval_fn, test_dataset, progress=None) -> dict:
 
 
 def _checkpoint(st: _State, ckpt_path: Path, config):
+    """checkpoint.npz, then (the first time in this call) config.json, so that a run that
+    fails before writing a checkpoint leaves config.json as it was."""
     _save(ckpt_path, st.model, st.opts, st.ema, st.meta(config))
+    if config is not None and st.saved_step in (None, st.resumed_from):
+        _write_json(ckpt_path.parent / "config.json", config)
     st.saved_step = st.step
 
 
@@ -436,8 +441,8 @@ def train(model, dataset, *, out_dir, settings: TrainConfig | None = None, resum
     ``eval_every`` steps (0: never) and, when ``evaluate_at_end``, after the last step, with
     the EMA weights when there is an EMA; its numbers go to log.jsonl and metrics.json.
     ``resume`` continues from out_dir/checkpoint.npz. ``config`` (the CLI's run description)
-    is written to out_dir/config.json once the checkpoint has loaded, and kept in each
-    checkpoint's meta. Raises TrainingDiverged when the loss is not finite (nothing is
+    is kept in each checkpoint's meta and written to out_dir/config.json after the first
+    checkpoint this call writes. Raises TrainingDiverged when the loss is not finite (nothing is
     written for that step).
     """
     cfg = settings if settings is not None else TrainConfig(**kw)
@@ -447,8 +452,6 @@ def train(model, dataset, *, out_dir, settings: TrainConfig | None = None, resum
         raise FileNotFoundError(f"{ckpt_path} does not exist: nothing to resume")
     st = _start(model, dataset, cfg, ckpt_path, resume)  # reads, and may refuse; writes nothing
     out.mkdir(parents=True, exist_ok=True)
-    if config is not None:
-        _write_json(out / "config.json", config)
     if resume:
         _truncate_log(log_path, st.step)
     bar = StepProgress(cfg.steps, cfg.log_every, progress)
