@@ -1,10 +1,15 @@
 """The one training loop, for every model: batches, steps, progress, checkpoints, resume.
 
     train(model, dataset, steps=..., batch_size=..., lr=..., seed=..., out_dir=...)
+    train(model, dataset, settings=TrainConfig(...), out_dir=...)
 
-One step draws a batch, then either calls ``model.train_step(batch, optimizers)`` (models
-whose algorithm is not one backward and one step: GANs, EMA teachers) or does
-``loss = model.loss(batch); zero_grad; backward; clip; step``, and then updates the EMA.
+Each step reads in order: the learning rate (``optim.LRScheduler`` per optimizer, driven by
+``TrainConfig.lr_factor``: warmup, then constant or cosine), the batch, the update (the
+model's ``train_step(batch, optimizers)`` where one backward and one step is not its
+algorithm, as for GANs and EMA teachers, else ``loss(batch)``, zero_grad, backward, clip,
+step), the divergence check, the EMA, then the log line, the evaluation and the checkpoint
+when they are due. A model may set ``self.last_stats`` (a dict of floats about its last
+loss, e.g. its terms); the loop writes it into each log line.
 
 Everything random is owned here and saved in each checkpoint: the NumPy generator that
 shuffles the data and drives per-batch transforms (dynamic binarization, dequantization)
@@ -404,6 +409,33 @@ def _log_record(st: _State, info: dict, lr: float) -> dict:
     return rec
 
 
+def _due(st: _State, every: int) -> bool:
+    """Whether the step just taken is one of every ``every`` steps, or the last one."""
+    return st.step % every == 0 or st.step == st.cfg.steps
+
+
+def _write_log(log, rec: dict, st: _State):
+    """One line of log.jsonl; the running loss and speed start again from here."""
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
+    st.loss_sum, st.loss_n = 0.0, 0
+    st.t_window, st.step_window = time.perf_counter(), st.step
+
+
+@contextlib.contextmanager
+def _log_cut_back_on_failure(st: _State, log_path: Path, bar: StepProgress):
+    """When a step fails (divergence, an error, an interrupt), log.jsonl is cut back to the
+    checkpoint on disk, so that the run directory reads as that checkpoint's run."""
+    try:
+        yield
+    except BaseException:
+        bar.abort()
+        if st.saved_step is not None:
+            with contextlib.suppress(OSError):
+                _truncate_log(log_path, st.saved_step)
+        raise
+
+
 def _evaluate(st: _State, eval_fn, test_dataset, progress=None) -> dict:
     """eval_fn(model, test) in eval mode, with the EMA weights, without moving the training
     generator; an eval_fn with a ``progress`` parameter gets ``progress`` (done, total, label)."""
@@ -454,36 +486,25 @@ def train(model, dataset, *, out_dir, settings: TrainConfig | None = None, resum
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         _truncate_log(log_path, st.step)
+    evaluating = eval_fn is not None and test_dataset is not None and cfg.eval_every > 0
     bar = StepProgress(cfg.steps, cfg.log_every, progress)
     model.train()
-    with open(log_path, "a" if resume else "w") as log:
-        try:
-            while st.step < cfg.steps:
-                lr = next(iter(st.opts.values())).lr                      # learning rate
-                batch = _next_batch(dataset, st.batcher)                  # batch
-                info = _optimize(model, batch, st.opts, cfg.grad_clip)    # step
-                _check_finite(info["loss"], st, ckpt_path)                # divergence check
-                _advance(st, info["loss"])
-                bar.update(st.step, st.loss_sum / st.loss_n, st.rate(), final=st.step == cfg.steps)
-                do_eval = (cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps
-                           and eval_fn is not None and test_dataset is not None)
-                if st.step % cfg.log_every == 0 or st.step == cfg.steps or do_eval:      # log
-                    rec = _log_record(st, info, lr)
-                    if do_eval:                                                        # evaluate
-                        rec.update(_evaluate(st, eval_fn, test_dataset))
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    st.loss_sum, st.loss_n = 0.0, 0
-                    st.t_window, st.step_window = time.perf_counter(), st.step
-                if st.step % cfg.ckpt_every == 0 or st.step == cfg.steps:          # checkpoint
-                    _checkpoint(st, ckpt_path, config)
-        except BaseException:
-            bar.abort()
-            log.close()
-            if st.saved_step is not None:  # the log reads as the checkpoint's run again
-                with contextlib.suppress(OSError):
-                    _truncate_log(log_path, st.saved_step)
-            raise
+    with open(log_path, "a" if resume else "w") as log, _log_cut_back_on_failure(st, log_path, bar):
+        while st.step < cfg.steps:
+            lr = next(iter(st.opts.values())).lr                      # learning rate
+            batch = _next_batch(dataset, st.batcher)                  # batch
+            info = _optimize(model, batch, st.opts, cfg.grad_clip)    # step
+            _check_finite(info["loss"], st, ckpt_path)                # divergence check
+            _advance(st, info["loss"])
+            bar.update(st.step, st.loss_sum / st.loss_n, st.rate(), final=st.step == cfg.steps)
+            do_eval = evaluating and st.step % cfg.eval_every == 0 and st.step < cfg.steps
+            if _due(st, cfg.log_every) or do_eval:                    # log
+                rec = _log_record(st, info, lr)
+                if do_eval:                                           # evaluate
+                    rec.update(_evaluate(st, eval_fn, test_dataset))
+                _write_log(log, rec, st)
+            if _due(st, cfg.ckpt_every):                              # checkpoint
+                _checkpoint(st, ckpt_path, config)
     return _finish(st, dataset, out, eval_fn if evaluate_at_end else None, test_dataset,
                    progress, samples)
 

@@ -302,3 +302,38 @@ def test_samples_png_for_images(tmp_path):
     path = write_samples(model, tmp_path / "s.png", shape=(1, 4, 4), n=9, value_range=(-1.0, 1.0))
     assert path == tmp_path / "s.png" and path.read_bytes()[:4] == b"\x89PNG"
     assert write_samples(model, tmp_path / "t.png", shape=(64,), kind="categorical") is None
+
+
+class WithStats(GaussianMixture):
+    """A model that describes its last loss in ``last_stats``, as the VAEs and DDPM do."""
+
+    def loss(self, batch):
+        loss = super().loss(batch)
+        self.last_stats = {"half_loss": 0.5 * float(loss.item()), "calls": 1.0}
+        return loss
+
+
+def test_last_stats_go_into_the_log(tmp_path):
+    _run(WithStats((2,)), _small_noisy_data(), tmp_path, 10, log_every=1)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(r["calls"] == 1.0 and r["half_loss"] > 0 for r in log)
+    # with log_every 1 the logged loss is the step's own, so the stat is exactly its half
+    assert all(r["half_loss"] == pytest.approx(0.5 * r["loss"], rel=1e-6) for r in log)
+
+
+def test_train_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        TrainConfig(steps=0, batch_size=1, lr=1.0)
+    with pytest.raises(ValueError, match="warmup must be >= 0"):
+        TrainConfig(steps=1, batch_size=1, lr=1.0, warmup=-1)
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; accepted: constant, cosine"):
+        TrainConfig(steps=1, batch_size=1, lr=1.0, schedule="linear")
+
+
+def test_resume_refuses_a_length_at_or_below_the_checkpoint(tmp_path):
+    ds = _small_noisy_data()
+    _run(GaussianMixture((2,)), ds, tmp_path, 10)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="at step 10; resuming needs steps > 10, got 10"):
+        _run(GaussianMixture((2,)), ds, tmp_path, 10, resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
