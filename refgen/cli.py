@@ -35,7 +35,7 @@ from refgen.runs import (LOCK, UsageError, build_model, check_writable, default_
 from refgen.train import (CHECKPOINT, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged,
                           load_run_state, train, write_samples)
 
-__all__ = ["main", "build_parser", "METRIC_NAMES", "TRAIN_DEFAULTS"]
+__all__ = ["main", "build_parser", "run_training", "train_settings", "METRIC_NAMES", "TRAIN_DEFAULTS"]
 
 METRIC_NAMES = ("test_nll_nats", "test_bpd", "elbo_nats", "iwae_nats", "fid_mnist",
                 "cond_accuracy", "modes_covered", "hq_fraction", "mmd", "entropy_gap_nats")
@@ -92,13 +92,14 @@ def _vocab_size(ds):
     return None if ds.vocab is None else len(ds.vocab)
 
 
-def _train_settings(args, cls, old=None, ckpt_step=None) -> dict:
-    """Flags given, else the run's config (on --resume: all of it, the length too), else the
-    model's default_train. On --resume only --steps may differ, and must pass the checkpoint."""
+def train_settings(flags: dict, cls, old=None, ckpt_step=None) -> dict:
+    """The settings of a run: ``flags`` given (not None), else the run's config (on --resume:
+    all of it, the length too), else the model's default_train, else TRAIN_DEFAULTS. On
+    --resume only --steps may differ, and must pass the checkpoint's step."""
     defaults = dict(TRAIN_DEFAULTS, **getattr(cls, "default_train", {}))
     out = {}
     for key in _SETTINGS:
-        given = getattr(args, key)
+        given = flags.get(key)
         if old is not None and key in old:
             if given is not None and given != old[key] and key != "steps":
                 raise UsageError(f"--{key.replace('_', '-')} {given} differs from the run's "
@@ -108,7 +109,7 @@ def _train_settings(args, cls, old=None, ckpt_step=None) -> dict:
         else:
             out[key] = given if given is not None else defaults.get(key)
     if ckpt_step is not None and out["steps"] <= ckpt_step:
-        if args.steps is None:
+        if flags.get("steps") is None:
             raise UsageError(f"the run is complete (its checkpoint is at step {ckpt_step} of "
                              f"{out['steps']}); pass --steps N with N > {ckpt_step} to continue it")
         raise UsageError(f"--steps {out['steps']} is not past the checkpoint's step {ckpt_step}; "
@@ -235,7 +236,8 @@ def cmd_train(args):
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists; pass --resume to continue that run, or --out "
                          "to choose another directory")
-    st = _train_settings(args, cls, old["train"] if old else None, ckpt_step)
+    flags = {key: getattr(args, key) for key in _SETTINGS}
+    st = train_settings(flags, cls, old["train"] if old else None, ckpt_step)
     kind, shape = describe(args.data)
     if kind is not None:
         _check_fit(cls, args.data, kind, shape)  # before reading (or downloading) anything

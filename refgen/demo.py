@@ -58,7 +58,7 @@ def _choose(args):
 
 
 def run_demo(args) -> int:
-    from refgen.cli import TRAIN_DEFAULTS, _train_settings, run_training
+    from refgen.cli import run_training, train_settings
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARK).exists())):
         raise UsageError(f"{out} exists and is not a refgen demo directory; choose another --out")
@@ -74,9 +74,7 @@ def run_demo(args) -> int:
                                               size=_PANEL), f"DATA {dname}")]
             for mname in names:
                 cls = models.get(mname)
-                flags = dict.fromkeys(TRAIN_DEFAULTS)
-                flags["steps"] = args.steps
-                st = _train_settings(_Flags(flags), cls)
+                st = train_settings({"steps": args.steps}, cls)
                 st["log_every"], st["ckpt_every"] = max(1, st["steps"] // 5), st["steps"]
                 model = build_model(mname, data_shape=train_ds.shape, seed=st["seed"])
                 run = out / f"{mname}-{dname}"
@@ -110,9 +108,3 @@ def _samples(model):
     from refgen.train import draw_samples
     return draw_samples(model, 3000, backend.default_rng(0))
 
-
-class _Flags:
-    """The flags of ``refgen train`` that the demo leaves to each model's defaults."""
-
-    def __init__(self, values: dict):
-        self.__dict__.update(values)

@@ -205,7 +205,36 @@ def test_demo(tmp_path, capsys):
     assert (out / "gmm-8gaussians" / "checkpoint.npz").exists()
     printed = capsys.readouterr().out
     assert str(out / "demo.png") in printed and "gmm" in printed
+    # each panel is a real run directory: refgen sample and eval work on it
+    run = out / "gmm-8gaussians"
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 30
+    assert main(["sample", str(run), "-n", "50", "--out", str(tmp_path / "s.png"), "-q"]) == 0
+    assert main(["eval", str(run), "-q"]) == 0
     assert main(["demo", "--out", str(out), "--steps", "10", "-q", "--data", "moons", "--models", "gmm"]) == 0  # reruns
+
+
+def test_demo_png_has_a_legend_and_labelled_panels(tmp_path):
+    import zlib
+    import numpy as np
+    from refgen import demo
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "5", "-q", "--models", "gmm",
+                 "--data", "8gaussians"]) == 0
+    raw = (out / "demo.png").read_bytes()
+    w, h = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    idat = b"".join(raw[i + 8:i + 8 + int.from_bytes(raw[i:i + 4], "big")]
+                    for i in range(8, len(raw) - 12) if raw[i + 4:i + 8] == b"IDAT")
+    img = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)[:, 1:].reshape(h, w, 3)
+    assert h == demo._LEGEND_H + 4 + demo._PANEL  # the legend strip, then one row of panels
+    legend = img[:demo._LEGEND_H].astype(int)
+    blue = (np.abs(legend - np.array([140, 158, 191])) < 3).all(axis=-1)
+    orange = (np.abs(legend - np.array([217, 84, 26])) < 3).all(axis=-1)
+    assert blue.sum() > 20 and orange.sum() > 20  # "DATA" in the data's colour, "MODEL SAMPLES" in orange
+    assert blue.nonzero()[1].max() < orange.nonzero()[1].min()
+    label_rows = img[demo._LEGEND_H + 4 + 6:demo._LEGEND_H + 4 + 16]
+    for k in range(2):  # the data panel and the gmm panel each carry dark label ink top-left
+        panel = label_rows[:, k * (demo._PANEL + 4) + 6:k * (demo._PANEL + 4) + 120]
+        assert (panel.max(axis=-1) < 60).sum() > 30
 
 
 def test_mismatch_found_in_the_first_step_is_one_line_and_leaves_nothing(tmp_path, capsys):
