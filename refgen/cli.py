@@ -204,35 +204,47 @@ def run_training(model, train_ds, test_ds, *, out: Path, st: dict, config: dict,
         raise
 
 
+def _check_not_busy(out: Path):
+    """Refuse a directory another run is writing, or one a run left before its first
+    checkpoint (killed), saying what to do."""
+    if not out.is_dir():
+        return
+    holder = lock_holder(out)
+    if holder is not None:
+        raise UsageError(f"{out} is in use by another refgen run (process {holder}); wait for it "
+                         "to end, or choose another --out")
+    if not (out / CHECKPOINT).exists() and any((out / f).exists()
+                                               for f in ("config.json", "log.jsonl", LOCK)):
+        raise UsageError(f"{out} holds a run that stopped before its first checkpoint, so there is "
+                         f"nothing to resume; delete {out} and train again")
+
+
+def _resume_point(args, out: Path, sets: dict):
+    """(config.json, its --set values, checkpoint arrays, checkpoint step) of the run to
+    resume, each checked against the command line."""
+    d = run_dir(out)
+    old = read_json(d / "config.json")
+    for key, given in (("model", args.model), ("data", args.data)):
+        if old.get(key) != given:
+            raise UsageError(f"{out} was trained as {key} {old.get(key)!r}, not {given!r}; "
+                             "resume it with the same model and --data")
+    if sets and sets != old.get("model_kwargs", {}):
+        raise UsageError(f"--set {sets} differs from the run's model settings "
+                         f"{old.get('model_kwargs', {})}; a resumed run keeps them")
+    arrays, meta = load_checkpoint(d / CHECKPOINT)
+    if not isinstance(meta.get("step"), int) or "batcher" not in meta:
+        raise UsageError(f"cannot load {d / CHECKPOINT}: its meta lacks the step or batcher state")
+    return old, old.get("model_kwargs", {}), arrays, meta["step"]
+
+
 def cmd_train(args):
     cls = _model_class(args.model)
     sets = parse_sets(args.set, cls)
     out = Path(args.out) if args.out else default_out(args.model, args.data)
+    _check_not_busy(out)
     old, ckpt_step, arrays = None, None, None
-    stopped_early = (out.is_dir() and not (out / CHECKPOINT).exists()
-                     and any((out / f).exists() for f in ("config.json", "log.jsonl", LOCK)))
-    holder = lock_holder(out) if out.is_dir() else None
-    if holder is not None:
-        raise UsageError(f"{out} is in use by another refgen run (process {holder}); wait for it "
-                         "to end, or choose another --out")
-    if stopped_early:
-        raise UsageError(f"{out} holds a run that stopped before its first checkpoint, so there is "
-                         f"nothing to resume; delete {out} and train again")
     if args.resume:
-        d = run_dir(out)
-        old = read_json(d / "config.json")
-        for key, given in (("model", args.model), ("data", args.data)):
-            if old.get(key) != given:
-                raise UsageError(f"{out} was trained as {key} {old.get(key)!r}, not {given!r}; "
-                                 "resume it with the same model and --data")
-        if sets and sets != old.get("model_kwargs", {}):
-            raise UsageError(f"--set {sets} differs from the run's model settings "
-                             f"{old.get('model_kwargs', {})}; a resumed run keeps them")
-        sets = old.get("model_kwargs", {})
-        arrays, meta = load_checkpoint(d / CHECKPOINT)
-        if not isinstance(meta.get("step"), int) or "batcher" not in meta:
-            raise UsageError(f"cannot load {d / CHECKPOINT}: its meta lacks the step or batcher state")
-        ckpt_step = meta["step"]
+        old, sets, arrays, ckpt_step = _resume_point(args, out, sets)
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists; pass --resume to continue that run, or --out "
                          "to choose another directory")
@@ -273,9 +285,10 @@ def cmd_train(args):
 def _check_out_file(path: Path, force: bool, what: str):
     if path.is_dir():
         raise UsageError(f"--out {path} is a directory; give a file name such as {what}")
-    if path.exists() and not force and not (what.endswith(".png") and io.is_refgen_png(path)):
-        raise UsageError(f"--out {path} exists and is not a PNG refgen wrote; pass --force to "
-                         "overwrite it")
+    png = what.endswith(".png")
+    if path.exists() and not force and not (png and io.is_refgen_png(path)):
+        raise UsageError(f"--out {path} exists{' and is not a PNG refgen wrote' if png else ''}; "
+                         "pass --force to overwrite it")
     check_writable(path.parent if str(path.parent) else Path("."))
 
 
