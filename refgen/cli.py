@@ -19,30 +19,25 @@ import contextlib
 import inspect
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from refgen import backend, data, io, models
 from refgen.data.datasets import check_data_dir, describe
-from refgen.metrics.evaluation import evaluate, evaluate_after_training
+from refgen.metrics.evaluation import evaluate
 from refgen.models.base import check_data, hyperparameters
 from refgen.progress import Stage
-from refgen.runs import (LOCK, UsageError, build_model, check_writable, default_out, load_checkpoint,
-                         load_run, lock_holder, locked, os_error_message, parse_sets, read_json, run_config,
-                         run_dir, write_json)
-from refgen.train import (CHECKPOINT, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged,
-                          load_run_state, train, write_samples)
+from refgen.runs import (TRAIN_DEFAULTS, LOCK, UsageError, build_model, check_writable, default_out,
+                         load_checkpoint, load_run, lock_holder, locked, os_error_message, parse_sets,
+                         read_json, run_config, run_dir, run_training, train_settings, write_json)
+from refgen.train import (CHECKPOINT, OPTIMIZERS, SCHEDULES, TrainingDiverged, load_run_state,
+                          write_samples)
 
-__all__ = ["main", "build_parser", "run_training", "train_settings", "METRIC_NAMES", "TRAIN_DEFAULTS"]
+__all__ = ["main", "build_parser", "METRIC_NAMES"]
 
 METRIC_NAMES = ("test_nll_nats", "test_bpd", "elbo_nats", "iwae_nats", "fid_mnist",
                 "cond_accuracy", "modes_covered", "hq_fraction", "mmd", "entropy_gap_nats")
-TRAIN_DEFAULTS = dict(steps=2000, batch_size=128, lr=1e-3, ema=None, optimizer="adam",
-                      schedule="constant", warmup=0, grad_clip=None, seed=0, eval_every=0,
-                      log_every=None, ckpt_every=None)
-_SETTINGS = tuple(TRAIN_DEFAULTS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,38 +87,6 @@ def _vocab_size(ds):
     return None if ds.vocab is None else len(ds.vocab)
 
 
-def train_settings(flags: dict, cls, old=None, ckpt_step=None) -> dict:
-    """The settings of a run: ``flags`` given (not None), else the run's config (on --resume:
-    all of it, the length too), else the model's default_train, else TRAIN_DEFAULTS. On
-    --resume only --steps may differ, and must pass the checkpoint's step."""
-    defaults = dict(TRAIN_DEFAULTS, **getattr(cls, "default_train", {}))
-    out = {}
-    for key in _SETTINGS:
-        given = flags.get(key)
-        if old is not None and key in old:
-            if given is not None and given != old[key] and key != "steps":
-                raise UsageError(f"--{key.replace('_', '-')} {given} differs from the run's "
-                                 f"config.json ({old[key]}); a resumed run keeps its settings "
-                                 "(only --steps may change)")
-            out[key] = given if given is not None else old[key]
-        else:
-            out[key] = given if given is not None else defaults.get(key)
-    if ckpt_step is not None and out["steps"] <= ckpt_step:
-        if flags.get("steps") is None:
-            raise UsageError(f"the run is complete (its checkpoint is at step {ckpt_step} of "
-                             f"{out['steps']}); pass --steps N with N > {ckpt_step} to continue it")
-        raise UsageError(f"--steps {out['steps']} is not past the checkpoint's step {ckpt_step}; "
-                         f"pass --steps N with N > {ckpt_step}")
-    out["log_every"] = out["log_every"] or max(1, min(100, out["steps"] // 10))
-    out["ckpt_every"] = out["ckpt_every"] or max(1, min(1000, out["steps"] // 5))
-    return out
-
-
-def _train_config(st: dict) -> TrainConfig:
-    keys = {k: v for k, v in st.items() if k != "ema"}
-    return TrainConfig(ema_decay=st["ema"], **keys)
-
-
 # ----------------------------------------------------------------------------- list
 def cmd_list(args):
     print("models (name: data kinds, example dims; methods; data sets it accepts):")
@@ -164,46 +127,6 @@ def cmd_list(args):
 
 
 # ----------------------------------------------------------------------------- train
-def _eval_fn(enabled):
-    if not enabled:
-        return None
-    return lambda model, test, progress=None: evaluate_after_training(model, test, progress)
-
-
-def _clean_after_early_failure(out: Path, created: bool, wrote: tuple):
-    """A run that failed before its first checkpoint leaves nothing behind: the directory
-    when this run made it, else the files it wrote."""
-    if created:
-        shutil.rmtree(out, ignore_errors=True)
-    else:
-        for name in wrote:
-            with contextlib.suppress(OSError):
-                (out / name).unlink()
-
-
-def run_training(model, train_ds, test_ds, *, out: Path, st: dict, config: dict, resume: bool,
-                 evaluate_at_end=True, quiet=False) -> dict:
-    """train() into run directory ``out`` (locked while it writes), leaving no directory
-    behind when it fails before its first checkpoint. Returns the metrics."""
-    check_writable(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with locked(out):
-            return train(model, train_ds, out_dir=out, settings=_train_config(st), resume=resume,
-                         test_dataset=test_ds, eval_fn=_eval_fn(evaluate_at_end), config=config,
-                         progress=not quiet)
-    except BaseException as e:
-        if not resume and not (out / CHECKPOINT).exists():
-            _clean_after_early_failure(out, created, ("config.json", "log.jsonl", LOCK))
-            if isinstance(e, (ValueError, TypeError)):
-                # a model/data mismatch its data_spec cannot see (a Bernoulli decoder on
-                # real-valued data) fails in the very first step
-                raise UsageError(f"model {config['model']!r} cannot train on {config['data']!r}: "
-                                 f"{e}".replace("\n", " ")) from None
-        raise
-
-
 def _check_not_busy(out: Path):
     """Refuse a directory another run is writing, or one a run left before its first
     checkpoint (killed), saying what to do."""
@@ -248,7 +171,7 @@ def cmd_train(args):
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists; pass --resume to continue that run, or --out "
                          "to choose another directory")
-    flags = {key: getattr(args, key) for key in _SETTINGS}
+    flags = {key: getattr(args, key) for key in TRAIN_DEFAULTS}
     st = train_settings(flags, cls, old["train"] if old else None, ckpt_step)
     kind, shape = describe(args.data)
     if kind is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from refgen import backend, data, io, models
-from refgen.runs import UsageError, build_model, run_config
+from refgen.runs import UsageError, build_model, run_config, run_training, train_settings
 
 __all__ = ["run_demo", "DEMO_DATASETS", "MARK"]
 
@@ -58,7 +58,6 @@ def _choose(args):
 
 
 def run_demo(args) -> int:
-    from refgen.cli import run_training, train_settings
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARK).exists())):
         raise UsageError(f"{out} exists and is not a refgen demo directory; choose another --out")

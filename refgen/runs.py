@@ -15,16 +15,23 @@ import errno
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from refgen import io, models
+from refgen.metrics.evaluation import evaluate_after_training
 from refgen.models.base import constructor_kwargs, hyperparameters
-from refgen.train import CHECKPOINT, load_weights
+from refgen.train import CHECKPOINT, TrainConfig, load_weights, train
 
 __all__ = ["UsageError", "parse_sets", "build_model", "load_run", "run_dir", "read_json",
-           "write_json", "default_out", "locked", "lock_holder", "LOCK", "check_writable", "run_config"]
+           "write_json", "default_out", "locked", "lock_holder", "LOCK", "check_writable", "run_config",
+           "run_training", "train_settings", "TRAIN_DEFAULTS"]
 
 LOCK = ".lock"
+TRAIN_DEFAULTS = dict(steps=2000, batch_size=128, lr=1e-3, ema=None, optimizer="adam",
+                      schedule="constant", warmup=0, grad_clip=None, seed=0, eval_every=0,
+                      log_every=None, ckpt_every=None)
+_SETTINGS = tuple(TRAIN_DEFAULTS)
 
 
 class UsageError(Exception):
@@ -210,3 +217,76 @@ def run_config(model: str, data_name: str, train_ds, *, model_kwargs, train: dic
             "vocab_size": None if train_ds.vocab is None else len(train_ds.vocab),
             "vocab": train_ds.vocab, "train": dict(train), "backend": backend.name(),
             "command": command}
+
+
+# ----------------------------------------------------------------------------- training a run
+def train_settings(flags: dict, cls, old=None, ckpt_step=None) -> dict:
+    """The settings of a run: ``flags`` given (not None), else the run's config (on --resume:
+    all of it, the length too), else the model's default_train, else TRAIN_DEFAULTS. On
+    --resume only --steps may differ, and must pass the checkpoint's step."""
+    defaults = dict(TRAIN_DEFAULTS, **getattr(cls, "default_train", {}))
+    out = {}
+    for key in _SETTINGS:
+        given = flags.get(key)
+        if old is not None and key in old:
+            if given is not None and given != old[key] and key != "steps":
+                raise UsageError(f"--{key.replace('_', '-')} {given} differs from the run's "
+                                 f"config.json ({old[key]}); a resumed run keeps its settings "
+                                 "(only --steps may change)")
+            out[key] = given if given is not None else old[key]
+        else:
+            out[key] = given if given is not None else defaults.get(key)
+    if ckpt_step is not None and out["steps"] <= ckpt_step:
+        if flags.get("steps") is None:
+            raise UsageError(f"the run is complete (its checkpoint is at step {ckpt_step} of "
+                             f"{out['steps']}); pass --steps N with N > {ckpt_step} to continue it")
+        raise UsageError(f"--steps {out['steps']} is not past the checkpoint's step {ckpt_step}; "
+                         f"pass --steps N with N > {ckpt_step}")
+    out["log_every"] = out["log_every"] or max(1, min(100, out["steps"] // 10))
+    out["ckpt_every"] = out["ckpt_every"] or max(1, min(1000, out["steps"] // 5))
+    return out
+
+
+def _train_config(st: dict) -> TrainConfig:
+    keys = {k: v for k, v in st.items() if k != "ema"}
+    return TrainConfig(ema_decay=st["ema"], **keys)
+
+
+def _eval_fn(enabled):
+    if not enabled:
+        return None
+    return lambda model, test, progress=None: evaluate_after_training(model, test, progress)
+
+
+def _clean_after_early_failure(out: Path, created: bool, wrote: tuple):
+    """A run that failed before its first checkpoint leaves nothing behind: the directory
+    when this run made it, else the files it wrote."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        for name in wrote:
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+
+
+def run_training(model, train_ds, test_ds, *, out: Path, st: dict, config: dict, resume: bool,
+                 evaluate_at_end=True, quiet=False) -> dict:
+    """train() into run directory ``out`` (locked while it writes), leaving no directory
+    behind when it fails before its first checkpoint. Returns the metrics."""
+    check_writable(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(out):
+            return train(model, train_ds, out_dir=out, settings=_train_config(st), resume=resume,
+                         test_dataset=test_ds, eval_fn=_eval_fn(evaluate_at_end), config=config,
+                         progress=not quiet)
+    except BaseException as e:
+        if not resume and not (out / CHECKPOINT).exists():
+            _clean_after_early_failure(out, created, ("config.json", "log.jsonl", LOCK))
+            if isinstance(e, (ValueError, TypeError)):
+                # a model/data mismatch its data_spec cannot see (a Bernoulli decoder on
+                # real-valued data) fails in the very first step
+                raise UsageError(f"model {config['model']!r} cannot train on {config['data']!r}: "
+                                 f"{e}".replace("\n", " ")) from None
+        raise
