@@ -337,3 +337,10 @@ def test_resume_refuses_a_length_at_or_below_the_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="at step 10; resuming needs steps > 10, got 10"):
         _run(GaussianMixture((2,)), ds, tmp_path, 10, resume=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_the_last_step_is_logged_and_checkpointed_off_the_period(tmp_path):
+    _run(GaussianMixture((2,)), _small_noisy_data(), tmp_path, 13, log_every=5, ckpt_every=5)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 13]
+    assert io.load_checkpoint(tmp_path / "checkpoint.npz")[1]["step"] == 13
