@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from refgen import backend, data, io, models
-from refgen.runs import UsageError, build_model, run_config, run_training, train_settings
+from refgen.runs import UsageError, build_model, load_run, run_config, run_training, train_settings
 
 __all__ = ["run_demo", "DEMO_DATASETS", "MARK"]
 
@@ -82,28 +82,34 @@ def run_demo(args) -> int:
                 print(f"refgen demo: {mname} on {dname}, {st['steps']} steps", file=sys.stderr)
                 config = run_config(mname, dname, train_ds, model_kwargs={}, train=st,
                                     command=f"refgen demo (model {mname}, data {dname})")
+                t = time.perf_counter()
                 m = run_training(model, train_ds, test_ds, out=run, st=st, config=config,
-                                 resume=False, quiet=args.quiet)
-                x = _samples(model)
+                                 resume=False, quiet=args.quiet, samples=False)
+                x = _samples(run, train_ds)
                 panels.append(_label(io.scatter_image(x, size=_PANEL), f"{mname} {dname}"))
-                summary.append((mname, dname, m))
+                summary.append((mname, dname, m, time.perf_counter() - t))
             rows.append(io.concat_images_horizontal(panels))
     sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
     grid = np.concatenate([_legend(rows[0].shape[1])] + [r for row in rows for r in (sep, row)], axis=0)
     io.write_png(out / "demo.png", grid)
     print(f"columns: the data (blue), then samples (orange) of {', '.join(names)}; "
           f"rows: {', '.join(datasets)}; runs in {out}/MODEL-DATA")
-    for mname, dname, m in summary:
+    for mname, dname, m, seconds in summary:
         extra = ""
         if "test_nll_nats" in m and dname in data.toy2d.DENSITIES:
             h = data.toy2d.entropy(dname)[0]
             extra = f"  test NLL {m['test_nll_nats']:.3f} nats (data entropy {h:.3f})"
-        print(f"  {mname:<10} {dname:<14} {m['wall_s']:.1f} s{extra}")
+        print(f"  {mname:<10} {dname:<14} {seconds:.1f} s (training {m['wall_s']:.1f} s){extra}")
     print(f"refgen demo: wrote {out / 'demo.png'} in {time.perf_counter() - t_all:.0f} s")
     return 0
 
 
-def _samples(model):
-    from refgen.train import draw_samples
-    return draw_samples(model, 3000, backend.default_rng(0))
+def _samples(run: Path, train_ds) -> np.ndarray:
+    """The run's samples.png (drawn as refgen train draws it: the EMA weights where there are
+    any, the samples generator), and its points for the demo's panel, from one draw."""
+    from refgen.train import SAMPLE_SEED, draw_samples
+    model, _ = load_run(run)
+    x = draw_samples(model, 2000, backend.default_rng(SAMPLE_SEED)).reshape(-1, 2)
+    io.scatter_png(run / "samples.png", x, reference=train_ds.x[:2000])
+    return x
 

@@ -270,7 +270,7 @@ def _clean_after_early_failure(out: Path, created: bool, wrote: tuple):
 
 
 def run_training(model, train_ds, test_ds, *, out: Path, st: dict, config: dict, resume: bool,
-                 evaluate_at_end=True, quiet=False) -> dict:
+                 evaluate_at_end=True, quiet=False, samples=True) -> dict:
     """train() into run directory ``out`` (locked while it writes), leaving no directory
     behind when it fails before its first checkpoint. Returns the metrics."""
     check_writable(out)
@@ -280,7 +280,7 @@ def run_training(model, train_ds, test_ds, *, out: Path, st: dict, config: dict,
         with locked(out):
             return train(model, train_ds, out_dir=out, settings=_train_config(st), resume=resume,
                          test_dataset=test_ds, eval_fn=_eval_fn(evaluate_at_end), config=config,
-                         progress=not quiet)
+                         progress=not quiet, samples=samples)
     except BaseException as e:
         if not resume and not (out / CHECKPOINT).exists():
             _clean_after_early_failure(out, created, ("config.json", "log.jsonl", LOCK))

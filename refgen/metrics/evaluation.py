@@ -209,7 +209,7 @@ def _image_metrics(model, ds, n, gen, chunk, report=None):
 # and small enough to take seconds to a minute on a CPU. `refgen eval DIR` runs the full one.
 AFTER_TRAINING = {
     "images": dict(n_samples=256, max_test=500, iwae_k=100, sample_batch=64),
-    "other": dict(n_samples=2000, max_test=None, iwae_k=100, sample_batch=2000),
+    "other": dict(n_samples=2000, max_test=2000, iwae_k=100, sample_batch=2000),
 }
 
 
