@@ -82,8 +82,9 @@ class Stage:
 
     def __exit__(self, *exc):  # ends the line even when the work fails
         dt = time.perf_counter() - self._t0
-        self._write((f"\r{self.what} ...".ljust(72) + f"\r{self.what} ..." if self.tty else "")
-                    + f" {dt:.1f} s\n")
+        if self.tty:  # wipe the counts, keep "what ..."
+            self._write("\r" + " " * 72 + f"\r{self.what} ...")
+        self._write(f" {dt:.1f} s\n")
         return False
 
     def _write(self, text):

@@ -473,3 +473,18 @@ def test_list_says_which_data_each_model_accepts(capsys):
     gpt = out[[i for i, ln in enumerate(out) if ln.split()[:1] == ["gpt"]][0] + 1]
     assert "text:PATH" in gpt and "mnist-14-binary" in gpt
     assert any("mnist " in ln and "labelled" in ln for ln in out)
+
+
+@pytest.mark.slow
+def test_a_short_gpt_run_on_mnist14_ends_within_a_minute(tmp_path, capsys):
+    import time
+    from refgen.data import find_mnist_dir
+    if find_mnist_dir() is None:
+        pytest.skip("MNIST files not found (set REFGEN_DATA_DIR)")
+    t = time.perf_counter()
+    assert main(["train", "gpt", "--data", "mnist-14-binary", "--steps", "20", "-q",
+                 "--out", str(tmp_path / "r")]) == 0
+    seconds = time.perf_counter() - t
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["eval_n_samples"] == 256 and "fid_mnist" in metrics and "test_bpd" in metrics
+    assert seconds < 60, f"{seconds:.0f} s (on an idle core; a loaded machine is slower)"

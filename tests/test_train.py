@@ -344,3 +344,22 @@ def test_the_last_step_is_logged_and_checkpointed_off_the_period(tmp_path):
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [5, 10, 13]
     assert io.load_checkpoint(tmp_path / "checkpoint.npz")[1]["step"] == 13
+
+
+def test_a_stage_on_a_terminal_shows_counts_then_its_time(monkeypatch):
+    import io as _io
+    import sys
+    from refgen.progress import Stage
+
+    class Terminal(_io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    with Stage("evaluating") as s:
+        s._last = -1.0  # as if the last update was long ago
+        s.update(3, 10, "samples")
+    text = err.getvalue()
+    assert "evaluating ... samples 3/10  ETA " in text
+    assert text.endswith(" s\n") and text.rsplit("\r", 1)[-1].startswith("evaluating ... ")
