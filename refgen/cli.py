@@ -25,7 +25,7 @@ from pathlib import Path
 
 from refgen import backend, data, io, models
 from refgen.data.datasets import check_data_dir, describe
-from refgen.metrics.evaluation import evaluate
+from refgen.metrics.evaluation import AFTER_TRAINING, counts_used, evaluate
 from refgen.models.base import check_data, hyperparameters
 from refgen.progress import Stage
 from refgen.runs import (TRAIN_DEFAULTS, LOCK, UsageError, build_model, check_writable, default_out,
@@ -196,6 +196,11 @@ def cmd_train(args):
                             data_dir=data_dir, command="refgen " + " ".join(args.argv))
     print(f"refgen: training {args.model} on {args.data} for {st['steps']} steps "
           f"({backend.name()}) -> {out}", file=sys.stderr)
+    if not args.no_eval and train_ds.kind != "categorical":
+        counts = AFTER_TRAINING["images" if len(train_ds.shape) == 3 else "other"]
+        print(f"refgen: then an evaluation on up to {counts['max_test']} test examples and "
+              f"{counts['n_samples']} samples (--no-eval skips it; refgen eval DIR runs the full "
+              "one)", file=sys.stderr)
     metrics = run_training(model, train_ds, test_ds, out=out, st=st, config=config,
                            resume=args.resume, evaluate_at_end=not args.no_eval, quiet=args.quiet)
     print(json.dumps(metrics, sort_keys=True))
@@ -260,7 +265,9 @@ def cmd_eval(args):
         t0 = time.perf_counter()
         with Stage("evaluating on the test set", not args.quiet) as stage:
             new = evaluate(model, test_ds, run_dir=d, progress=stage.update)
-        metrics.update(new)
+        for key in ("eval_n_test", "eval_n_samples", "eval_iwae_k"):  # the training-end counts
+            metrics.pop(key, None)
+        metrics.update(new, **counts_used(model, test_ds, new))
         metrics.setdefault("backend", backend.name())
         metrics["eval_wall_s"] = round(time.perf_counter() - t0, 3)
         write_json(d / "metrics.json", metrics)

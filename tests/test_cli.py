@@ -60,7 +60,16 @@ def test_sample_and_eval(run_dir, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.splitlines()[-1])
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert printed == saved and saved["steps"] == 30 and saved["test_nll_nats"] > 2.8
-    assert saved["test_nll_nats"] == pytest.approx(json.loads(before["metrics.json"])["test_nll_nats"])
+    # the full evaluation: every test point, the model's own sample count, stated as such
+    after_training = json.loads(before["metrics.json"])
+    assert after_training["eval_n_test"] == 2000 and saved["eval_n_test"] == 10_000
+    assert saved["eval_n_samples"] == 10_000
+    assert saved["test_nll_nats"] == pytest.approx(after_training["test_nll_nats"], abs=0.05)
+    from refgen import data
+    from refgen.metrics import evaluate
+    from refgen.runs import load_run
+    model, _ = load_run(run_dir)
+    assert saved["test_nll_nats"] == evaluate(model, data.load("8gaussians", "test"))["test_nll_nats"]
 
 
 def test_list(capsys):

@@ -59,7 +59,7 @@ from refgen.metrics.frechet import frechet_distance, gaussian_stats
 from refgen.metrics.likelihood import bits_per_dim, nll_to_bpd
 from refgen.metrics.two_d import entropy_gap_nats, mmd, mode_stats
 
-__all__ = ["evaluate", "evaluate_after_training", "AFTER_TRAINING", "EVAL_SEED", "DEFAULT_SAMPLES",
+__all__ = ["evaluate", "evaluate_after_training", "counts_used", "AFTER_TRAINING", "EVAL_SEED", "DEFAULT_SAMPLES",
            "DEFAULT_IWAE_K"]
 
 EVAL_SEED = 0
@@ -215,18 +215,29 @@ AFTER_TRAINING = {
 
 def evaluate_after_training(model, test_dataset, progress=None) -> dict:
     """evaluate() with the counts of AFTER_TRAINING for the kind of data, the counts stated
-    in the result: eval_n_test (test examples scored), eval_n_samples (samples drawn for the
-    sample-based metrics) and eval_iwae_k."""
+    in the result (see counts_used)."""
     ds = test_dataset
     if ds.kind == "categorical":
         return {}
     counts = AFTER_TRAINING["images" if len(ds.shape) == 3 else "other"]
     out = evaluate(model, ds, progress=progress, **counts)
-    n_test = len(ds.x) if counts["max_test"] is None else min(len(ds.x), counts["max_test"])
-    if any(k in out for k in ("test_nll_nats", "elbo_nats", "iwae_nats")):
-        out["eval_n_test"] = n_test
-    if any(k in out for k in ("fid_mnist", "modes_covered", "mmd")):
-        out["eval_n_samples"] = counts["n_samples"]
-    if "iwae_nats" in out:
-        out["eval_iwae_k"] = counts["iwae_k"]
+    return dict(out, **counts_used(model, ds, out, **{k: counts[k] for k in
+                                                       ("n_samples", "max_test", "iwae_k")}))
+
+
+def counts_used(model, test_dataset, metrics: dict, n_samples=None, max_test=None,
+                iwae_k=None) -> dict:
+    """The counts behind ``metrics`` = evaluate(model, test_dataset, n_samples, max_test=...,
+    iwae_k=...): eval_n_test (test examples scored), eval_n_samples (samples drawn for the
+    sample-based metrics), eval_iwae_k; each only where a metric used it."""
+    n = len(test_dataset.x)
+    out = {}
+    if any(k in metrics for k in ("test_nll_nats", "elbo_nats", "iwae_nats")):
+        out["eval_n_test"] = n if max_test is None else min(n, int(max_test))
+    if any(k in metrics for k in ("fid_mnist", "modes_covered", "mmd")):
+        out["eval_n_samples"] = int(n_samples if n_samples is not None
+                                    else getattr(model, "eval_samples", DEFAULT_SAMPLES))
+    if "iwae_nats" in metrics:
+        out["eval_iwae_k"] = int(iwae_k if iwae_k is not None
+                                 else getattr(model, "eval_iwae_k", DEFAULT_IWAE_K))
     return out
