@@ -208,7 +208,7 @@ def _image_metrics(model, ds, n, gen, chunk, report=None):
 # data (whatever a model's own eval_samples says), so that its numbers compare across models,
 # and small enough to take seconds to a minute on a CPU. `refgen eval DIR` runs the full one.
 AFTER_TRAINING = {
-    "images": dict(n_samples=256, max_test=500, iwae_k=100, sample_batch=64),
+    "images": dict(n_samples=256, max_test=256, iwae_k=100, sample_batch=64),
     "other": dict(n_samples=2000, max_test=2000, iwae_k=100, sample_batch=2000),
 }
 
