@@ -35,7 +35,7 @@ from common import RESULTS, SMOKE, add_smoke, command, load, machine, smoke, wri
 
 import numpy as np  # noqa: E402
 
-from refgen.cli import parse_sets  # noqa: E402
+from refgen.runs import parse_sets  # noqa: E402
 from refgen import backend, data, io, metrics, models  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.train import CHECKPOINT, load_weights, train  # noqa: E402

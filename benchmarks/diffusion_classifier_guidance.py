@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from refgen import backend, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
-from refgen.cli import load_run, parse_sets  # noqa: E402
+from refgen.runs import load_run, parse_sets  # noqa: E402
 from refgen.models.diffusion import NoisyClassifier  # noqa: E402
 from refgen.models.diffusion.process import q_sample  # noqa: E402
 from refgen.train import load_weights  # noqa: E402

@@ -50,10 +50,10 @@ from common import (RESULTS, SMOKE, add_smoke, command, load, machine, run_dir, 
 
 import numpy as np  # noqa: E402
 
-from refgen.cli import parse_sets  # noqa: E402
+from refgen.runs import parse_sets  # noqa: E402
 from refgen import backend, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
-from refgen.cli import load_run  # noqa: E402
+from refgen.runs import load_run  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
 from refgen.optim import Adam  # noqa: E402
 from refgen.train import data_facts, train  # noqa: E402

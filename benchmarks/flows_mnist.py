@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS, SMOKE, add_smoke, command, load, log_probs, machine, rel,  # noqa: E402
                     run_dir, sample_grid, smoke, write_result)
 
-from refgen.cli import parse_sets  # noqa: E402
+from refgen.runs import parse_sets  # noqa: E402
 from refgen import io  # noqa: E402
 from refgen.metrics import nll_to_bpd  # noqa: E402
 from refgen.models.flows import MAF, NICE, Glow, RealNVP  # noqa: E402

@@ -54,10 +54,14 @@ def _load(which: str):
 
 
 def _one_line_hook(previous):
-    """Show an uncaught BackendError as one line, not a traceback (CLI and scripts alike)."""
+    """Show an uncaught BackendError as one line, not a traceback, and exit with status 2
+    (CLI and scripts alike)."""
     def hook(exc_type, exc, tb):
         if issubclass(exc_type, BackendError):
             sys.stderr.write(f"refgen: error: {exc}\n")
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(2)  # bad input, as the CLI's other errors (Python's own exit would be 1)
         else:
             previous(exc_type, exc, tb)
     return hook

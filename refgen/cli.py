@@ -1,47 +1,40 @@
 """The command line: ``refgen`` (or ``python -m refgen``).
 
-    refgen list                                   models, data sets, metrics
+    refgen list                                   models (and the data each accepts), data, metrics
     refgen train MODEL --data DATA [...]          a run directory under runs/MODEL-DATA
     refgen sample DIR [-n N] [--out FILE.png]     samples from a run's checkpoint
     refgen eval DIR                               recompute DIR/metrics.json
     refgen demo [--out DIR]                       the 2D demo models on toy data, CPU, minutes
 
-Bad input (an unknown name, data a model cannot take, a missing run, a malformed --set)
-gets one line on stderr, ``refgen: error: ...``, and exit status 2; everything is checked
-before any file is written, so nothing already on disk is touched. A run whose loss turns
-NaN exits with status 1 and keeps its last good checkpoint.
+Bad input (an unknown name, data a model cannot take, a missing or corrupt run, a malformed
+--set, a directory that cannot be written, a full disk) gets one line on stderr,
+``refgen: error: ...``, and exit status 2; everything is checked before any file is written,
+so nothing already on disk is touched. A run whose loss turns NaN exits with status 1 and
+keeps its last good checkpoint. Run directories are refgen.runs; the loop is refgen.train.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import math
-import re
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from refgen import backend, data, io, models
-from refgen.autograd import Tensor, no_grad
-from refgen.models.base import check_data, constructor_kwargs, hyperparameters
-from refgen.train import (CHECKPOINT, OPTIMIZERS, SCHEDULES, TrainingDiverged, data_facts,
-                          load_weights, train, write_samples)
+from refgen.data.datasets import check_data_dir, describe
+from refgen.metrics.evaluation import AFTER_TRAINING, METRIC_NAMES, counts_used, evaluate
+from refgen.models.base import check_data, hyperparameters
+from refgen.progress import Stage
+from refgen.runs import (TRAIN_DEFAULTS, LOCK, UsageError, build_model, check_writable, default_out,
+                         load_checkpoint, load_run, lock_holder, locked, os_error_message, parse_sets,
+                         read_json, run_config, run_dir, run_training, train_settings, write_json)
+from refgen.train import (CHECKPOINT, OPTIMIZERS, SCHEDULES, TrainingDiverged, load_run_state,
+                          write_samples)
 
-__all__ = ["main", "UsageError", "parse_sets", "build_model", "load_run", "evaluate", "METRIC_NAMES",
-           "DEMO_DATASETS"]
-
-from refgen.metrics.evaluation import METRIC_NAMES  # noqa: E402  (the list lives with evaluate)
-DEMO_DATASETS = ("8gaussians", "checkerboard")
-_TRAIN_DEFAULTS = dict(steps=2000, batch_size=128, lr=1e-3, ema=None, optimizer="adam",
-                       schedule="constant", warmup=0, grad_clip=None)
-_DEMO_MARK = ".refgen-demo"
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit status 2."""
+__all__ = ["main", "build_parser", "METRIC_NAMES"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,23 +42,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-# ----------------------------------------------------------------------------- helpers
-def parse_sets(pairs) -> dict:
-    """--set key=value ...: values are JSON literals (3, 0.5, true, [1, 2]) or else strings."""
-    out = {}
-    for pair in pairs or ():
-        key, eq, text = pair.partition("=")
-        key = key.strip()
-        if not eq or not key.isidentifier():
-            raise UsageError(f"--set {pair!r} is not key=value (e.g. --set components=16 "
-                             "--set hidden='[64, 64]')")
-        try:
-            out[key] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key] = text
-    return out
-
-
+# ----------------------------------------------------------------------------- checks
 def _model_class(name):
     try:
         return models.get(name)
@@ -75,22 +52,10 @@ def _model_class(name):
 
 def _load_data(name, split, data_dir=None, seed=0):
     try:
+        check_data_dir(name, data_dir)
         return data.load(name, split, data_dir=data_dir, seed=seed)
     except (ValueError, OSError) as e:
         raise UsageError(str(e).replace("\n", " ")) from None
-
-
-def _describe(name):
-    """(kind, example shape) of a data set name without loading it (None, None if unknown),
-    so that a model/data mismatch is refused before MNIST is read or downloaded."""
-    if name in data.toy2d.names():
-        return "continuous", (2,)
-    if name.startswith("mnist"):
-        side = 14 if name.startswith("mnist-14") else 28
-        return ("binary" if name.endswith("binary") else "continuous"), (1, side, side)
-    if name.startswith("text:"):
-        return "categorical", (64,)
-    return None, None
 
 
 def _check_fit(cls, name, kind, shape):
@@ -101,96 +66,218 @@ def _check_fit(cls, name, kind, shape):
         raise UsageError(str(e)) from None
 
 
+def _accepted_data(cls) -> list[str]:
+    """The data set names whose kind and shape ``cls.data_spec`` accepts."""
+    ok = []
+    for name in data.names():
+        kind, shape = describe(name.replace("PATH", "x"))
+        try:
+            check_data(cls, argparse.Namespace(name=name, kind=kind, shape=shape,
+                                               value_range=data.datasets.value_range(name)))
+            ok.append(name)
+        except ValueError:
+            pass
+    return ok
+
+
 def _vocab_size(ds):
     return None if ds.vocab is None else len(ds.vocab)
 
 
-def build_model(name: str, *, data_shape, num_classes=None, vocab_size=None, seed=0,
-                overrides=None):
-    """Construct registered model ``name`` for data of ``data_shape`` with --set ``overrides``."""
-    cls = _model_class(name)
-    try:
-        kwargs = constructor_kwargs(cls, data_shape=data_shape, num_classes=num_classes,
-                                    vocab_size=vocab_size, seed=seed, overrides=overrides)
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"cannot build model {name!r}: {e}".replace("\n", " ")) from None
+# ----------------------------------------------------------------------------- list
+def cmd_list(args):
+    print("models (name: data kinds, example dims; methods; data sets it accepts):")
+    for name in models.names():
+        cls = models.get(name)
+        spec = getattr(cls, "data_spec", None)
+        kinds = "/".join(spec.kinds) if spec else "any"
+        dims = "/".join(str(d) for d in spec.ndims) + "-d" if spec else ""
+        methods = [m for m in ("log_prob", "elbo", "iwae", "energy", "score", "sample")
+                   if hasattr(cls, m)]
+        hp = ", ".join(f"{k}={v!r}" for k, v in hyperparameters(cls).items())
+        demo = "  [demo]" if getattr(cls, "demo", False) else ""
+        print(f"  {name:<16} {kinds} {dims}; {', '.join(methods)}{demo}")
+        accepted = _accepted_data(cls)
+        toys = [n for n in accepted if n in data.toy2d.names()]
+        shown = (["2D toys"] if toys and len(toys) == len(data.toy2d.names()) else toys)
+        shown += [n for n in accepted if n not in toys]
+        labels = "num_classes" in inspect.signature(cls.__init__).parameters
+        print(f"  {'':<16} data: {', '.join(shown) or '(none)'}"
+              + ("; uses the labels of labelled data (MNIST)" if labels else ""))
+        note = getattr(cls, "data_note", None)
+        if note:
+            print(f"  {'':<16} {note}")
+        if hp:
+            print(f"  {'':<16} --set {hp}")
+    print("datasets:")
+    for name in data.names():
+        kind, shape = describe(name.replace("PATH", "x"))
+        what = "2D points" if shape == (2,) else ("text windows" if kind == "categorical"
+                                                  else "x".join(map(str, shape)) + " images")
+        exact = ", exact density" if name in data.toy2d.DENSITIES else ""
+        labelled = ", labelled (10 classes)" if name.startswith("mnist") else ""
+        print(f"  {name:<18} {kind}, {what}{exact}{labelled}")
+    print("metrics (keys of metrics.json; NLLs are positive nats, elbo_nats and iwae_nats are "
+          "lower bounds on log p(x)):")
+    print("  " + ", ".join(METRIC_NAMES) + ", steps, wall_s, backend, loss")
+    return 0
 
 
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from None
+# ----------------------------------------------------------------------------- train
+def _check_not_busy(out: Path):
+    """Refuse a directory another run is writing, or one a run left before its first
+    checkpoint (killed), saying what to do."""
+    if not out.is_dir():
+        return
+    holder = lock_holder(out)
+    if holder is not None:
+        raise UsageError(f"{out} is in use by another refgen run (process {holder}); wait for it "
+                         "to end, or choose another --out")
+    if not (out / CHECKPOINT).exists() and any((out / f).exists()
+                                               for f in ("config.json", "log.jsonl", LOCK)):
+        raise UsageError(f"{out} holds a run that stopped before its first checkpoint, so there is "
+                         f"nothing to resume; delete {out} and train again")
 
 
-def _write_json(path, obj):
-    with io.atomic_write(path) as f:
-        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def _resume_point(args, out: Path, sets: dict):
+    """(config.json, its --set values, checkpoint arrays, checkpoint step) of the run to
+    resume, each checked against the command line."""
+    d = run_dir(out)
+    old = read_json(d / "config.json")
+    for key, given in (("model", args.model), ("data", args.data)):
+        if old.get(key) != given:
+            raise UsageError(f"{out} was trained as {key} {old.get(key)!r}, not {given!r}; "
+                             "resume it with the same model and --data")
+    if sets and sets != old.get("model_kwargs", {}):
+        raise UsageError(f"--set {sets} differs from the run's model settings "
+                         f"{old.get('model_kwargs', {})}; a resumed run keeps them")
+    arrays, meta = load_checkpoint(d / CHECKPOINT)
+    if not isinstance(meta.get("step"), int) or "batcher" not in meta:
+        raise UsageError(f"cannot load {d / CHECKPOINT}: its meta lacks the step or batcher state")
+    return old, old.get("model_kwargs", {}), arrays, meta["step"]
 
 
-def _run_dir(path) -> Path:
-    d = Path(path)
-    if not d.is_dir():
-        raise UsageError(f"run directory {str(d)!r} does not exist (make one with refgen train)")
-    for f in ("config.json", CHECKPOINT):
-        if not (d / f).is_file():
-            raise UsageError(f"{d} is not a refgen run directory: it has no {f}")
-    return d
+def cmd_train(args):
+    cls = _model_class(args.model)
+    sets = parse_sets(args.set, cls)
+    out = Path(args.out) if args.out else default_out(args.model, args.data)
+    _check_not_busy(out)
+    old, ckpt_step, arrays = None, None, None
+    if args.resume:
+        old, sets, arrays, ckpt_step = _resume_point(args, out, sets)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} already exists; pass --resume to continue that run, or --out "
+                         "to choose another directory")
+    flags = {key: getattr(args, key) for key in TRAIN_DEFAULTS}
+    st = train_settings(flags, cls, old["train"] if old else None, ckpt_step)
+    kind, shape = describe(args.data)
+    if kind is not None:
+        _check_fit(cls, args.data, kind, shape)  # before reading (or downloading) anything
+    data_dir = args.data_dir or (old or {}).get("data_dir")
+    train_ds = _load_data(args.data, "train", data_dir, st["seed"])
+    _check_fit(cls, args.data, train_ds.kind, train_ds.shape)
+    if st["batch_size"] > len(train_ds):
+        raise UsageError(f"--batch-size {st['batch_size']} exceeds the {len(train_ds)} training "
+                         f"examples of {args.data!r}")
+    test_ds = _load_data(args.data, "test", data_dir, st["seed"])
+    model = build_model(args.model, data_shape=train_ds.shape, num_classes=train_ds.num_classes,
+                        vocab_size=_vocab_size(train_ds), seed=st["seed"], overrides=sets)
+    if old is not None:
+        try:  # the checkpoint must fit the model before anything is written
+            load_run_state(model, arrays)
+        except (KeyError, ValueError) as e:
+            raise UsageError(f"cannot load {out / CHECKPOINT}: {e}".replace("\n", " ")) from None
+        config = dict(old, train=st)
+    else:
+        config = run_config(args.model, args.data, train_ds, model_kwargs=sets, train=st,
+                            data_dir=data_dir, command="refgen " + " ".join(args.argv))
+    print(f"refgen: training {args.model} on {args.data} for {st['steps']} steps "
+          f"({backend.name()}) -> {out}", file=sys.stderr)
+    if not args.no_eval and train_ds.kind != "categorical":
+        counts = AFTER_TRAINING["images" if len(train_ds.shape) == 3 else "other"]
+        print(f"refgen: then an evaluation on up to {counts['max_test']} test examples and "
+              f"{counts['n_samples']} samples (--no-eval skips it; refgen eval DIR runs the full "
+              "one)", file=sys.stderr)
+    metrics = run_training(model, train_ds, test_ds, out=out, st=st, config=config,
+                           resume=args.resume, evaluate_at_end=not args.no_eval, quiet=args.quiet)
+    print(json.dumps(metrics, sort_keys=True))
+    print(f"refgen: wrote {out}/ (config.json, checkpoint.npz, log.jsonl, metrics.json, samples.png)",
+          file=sys.stderr)
+    return 0
 
 
-def load_run(run_dir, use_ema=True):
-    """(model with the checkpoint's weights, EMA averages when present and ``use_ema``,
-    config dict) from a run directory."""
-    d = _run_dir(run_dir)
-    cfg = _read_json(d / "config.json")
-    try:
-        model = build_model(cfg["model"], data_shape=cfg["data_facts"]["shape"],
-                            num_classes=cfg.get("num_classes"), vocab_size=cfg.get("vocab_size"),
-                            seed=cfg["train"]["seed"], overrides=cfg.get("model_kwargs"))
-    except KeyError as e:
-        raise UsageError(f"{d}/config.json lacks the entry {e}") from None
-    try:
-        arrays, _ = io.load_checkpoint(d / CHECKPOINT)
-        load_weights(model, arrays, use_ema)
-    except (ValueError, KeyError) as e:
-        raise UsageError(f"cannot load {d / CHECKPOINT}: {e}".replace("\n", " ")) from None
-    model.eval()
-    return model, cfg
+# ----------------------------------------------------------------------------- sample, eval
+def _check_out_file(path: Path, force: bool, what: str):
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name such as {what}")
+    png = what.endswith(".png")
+    if path.exists() and not force and not (png and io.is_refgen_png(path)):
+        raise UsageError(f"--out {path} exists{' and is not a PNG refgen wrote' if png else ''}; "
+                         "pass --force to overwrite it")
+    check_writable(path.parent if str(path.parent) else Path("."))
 
 
-def _quick_metrics(model, test_ds) -> dict:
-    """The demo's cheap metrics, with no sampling: the exact test NLL (and bits/dim where the
-    data convention fixes it) and the gap to a toy density's entropy. The full set is
-    `refgen eval DIR` (refgen.metrics.evaluate)."""
-    from refgen import metrics
-    out = {}
-    d = int(np.prod(test_ds.shape))
-    if hasattr(model, "log_prob") and test_ds.kind != "categorical":
-        with no_grad():
-            lp = [backend.to_numpy(model.log_prob(Tensor(backend.asarray(test_ds.x[i:i + 1000]))))
-                  for i in range(0, len(test_ds.x), 1000)]
-        nll = float(-np.concatenate(lp).astype(np.float64).mean())
-        out["test_nll_nats"] = nll
-        if test_ds.name in data.toy2d.DENSITIES:
-            out["entropy_gap_nats"] = metrics.entropy_gap_nats(nll, data.toy2d.entropy(test_ds.name)[0])
-        elif test_ds.kind == "binary":
-            out["test_bpd"] = metrics.bits_per_dim(nll, d)
-        elif test_ds.name == "mnist-dequantized":
-            out["test_bpd"] = metrics.nll_to_bpd(nll, d, "[0,1]")
-    return out
+def cmd_sample(args):
+    d = run_dir(args.dir)
+    model, cfg = load_run(d)
+    facts = cfg["data_facts"]
+    text = facts["kind"] == "categorical"
+    if args.out is not None:
+        _check_out_file(Path(args.out), args.force, "samples.txt" if text else "samples.png")
+    with Stage(f"drawing {args.n or ('4 texts' if text else 'samples')}", not args.quiet) as stage:
+        if text:
+            ids = backend.to_numpy(model.sample(args.n or 4, rng=backend.default_rng(args.seed)))
+            vocab = cfg.get("vocab") or []
+            out_text = "\n---\n".join("".join(vocab[int(i)] for i in row)
+                                      for row in ids.reshape(len(ids), -1))
+        else:
+            out = Path(args.out) if args.out else d / f"samples-seed{args.seed}.png"
+            ref = None
+            if tuple(facts["shape"]) == (2,):
+                ref = _load_data(cfg["data"], "test", cfg.get("data_dir"), cfg["train"]["seed"]).x[:2000]
+            if write_samples(model, out, n=args.n, seed=args.seed, reference=ref, stage=stage,
+                             **facts) is None:
+                raise UsageError(f"no picture for data of shape {tuple(facts['shape'])}")
+    if text:
+        if args.out:
+            with io.atomic_write(args.out) as f:
+                f.write(out_text.encode())
+        print(out_text)
+    else:
+        print(out)
+    return 0
 
 
-def evaluate(model, test_ds, run_dir=None) -> dict:
-    """Every metric that applies to the model and data (refgen.metrics.evaluate)."""
-    from refgen import metrics
-    return dict(metrics.evaluate(model, test_ds, run_dir=run_dir))
+def cmd_eval(args):
+    d = run_dir(args.dir)
+    model, cfg = load_run(d)
+    test_ds = _load_data(cfg["data"], "test", args.data_dir or cfg.get("data_dir"),
+                         cfg["train"]["seed"])
+    check_writable(d)
+    metrics = {}
+    if (d / "metrics.json").is_file():
+        with contextlib.suppress(UsageError):
+            metrics = read_json(d / "metrics.json")
+    with locked(d):
+        t0 = time.perf_counter()
+        with Stage("evaluating on the test set", not args.quiet) as stage:
+            new = evaluate(model, test_ds, run_dir=d, progress=stage.update)
+        for key in ("eval_n_test", "eval_n_samples", "eval_iwae_k"):  # the training-end counts
+            metrics.pop(key, None)
+        metrics.update(new, **counts_used(model, test_ds, new))
+        metrics.setdefault("backend", backend.name())
+        metrics["eval_wall_s"] = round(time.perf_counter() - t0, 3)
+        write_json(d / "metrics.json", metrics)
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
 
 
-def _default_out(model, data_name):
-    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model}-{data_name}")
+def cmd_demo(args):
+    from refgen.demo import run_demo
+    return run_demo(args)
 
 
+# ----------------------------------------------------------------------------- parser
 def _positive_int(text):
     try:
         v = int(text)
@@ -202,7 +289,13 @@ def _positive_int(text):
 
 
 def _nonneg_int(text):
-    return 0 if text.strip() == "0" else _positive_int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give an integer >= 0")
+    return v
 
 
 def _positive_float(text):
@@ -222,241 +315,14 @@ def _ema_decay(text):
     return v
 
 
-# ----------------------------------------------------------------------------- commands
-def cmd_list(args):
-    print("models (name: data kinds, example dims; methods):")
-    for name in models.names():
-        cls = models.get(name)
-        spec = getattr(cls, "data_spec", None)
-        kinds = "/".join(spec.kinds) if spec else "any"
-        dims = "/".join(str(d) for d in spec.ndims) + "-d" if spec else ""
-        methods = [m for m in ("log_prob", "elbo", "iwae", "energy", "score", "sample")
-                   if hasattr(cls, m)]
-        hp = ", ".join(f"{k}={v!r}" for k, v in hyperparameters(cls).items())
-        demo = "  [demo]" if getattr(cls, "demo", False) else ""
-        print(f"  {name:<16} {kinds} {dims}; {', '.join(methods)}{demo}")
-        if hp:
-            print(f"  {'':<16} --set {hp}")
-    print("datasets:")
-    for name in data.names():
-        kind, shape = _describe(name)
-        what = "2D points" if shape == (2,) else ("text windows" if kind == "categorical"
-                                                  else "x".join(map(str, shape)) + " images")
-        exact = ", exact density" if name in data.toy2d.DENSITIES else ""
-        print(f"  {name:<18} {kind}, {what}{exact}")
-    print("metrics (keys of metrics.json):")
-    print("  " + ", ".join(METRIC_NAMES) + ", steps, wall_s, backend, loss")
-    return 0
-
-
-def _train_settings(args, cls, cfg_train=None):
-    """Flags given, else the run's config (on --resume), else the model's default_train."""
-    defaults = dict(_TRAIN_DEFAULTS, **getattr(cls, "default_train", {}))
-    out = {}
-    for key in ("steps", "batch_size", "lr", "ema", "optimizer", "schedule", "warmup", "grad_clip",
-                "seed", "eval_every", "log_every", "ckpt_every"):
-        given = getattr(args, key)
-        if cfg_train is not None and key in cfg_train and key != "steps":
-            if given is not None and given != cfg_train[key]:
-                raise UsageError(f"--{key.replace('_', '-')} {given} differs from the run's "
-                                 f"config.json ({cfg_train[key]}); a resumed run keeps its settings "
-                                 "(only --steps may change)")
-            out[key] = cfg_train[key]
-        elif given is not None:
-            out[key] = given
-        else:
-            out[key] = defaults.get(key, {"seed": 0, "eval_every": 0}.get(key))
-    out["log_every"] = out["log_every"] or max(1, min(100, out["steps"] // 10))
-    out["ckpt_every"] = out["ckpt_every"] or max(1, min(1000, out["steps"] // 5))
-    return out
-
-
-def cmd_train(args):
-    sets = parse_sets(args.set)
-    cls = _model_class(args.model)
-    out = Path(args.out) if args.out else _default_out(args.model, args.data)
-    cfg_old = None
-    if args.resume:
-        d = _run_dir(out)
-        cfg_old = _read_json(d / "config.json")
-        for key, given in (("model", args.model), ("data", args.data)):
-            if cfg_old.get(key) != given:
-                raise UsageError(f"{out} was trained as {key} {cfg_old.get(key)!r}, not {given!r}; "
-                                 "resume it with the same model and --data")
-        if sets and sets != cfg_old.get("model_kwargs", {}):
-            raise UsageError(f"--set {sets} differs from the run's model settings "
-                             f"{cfg_old.get('model_kwargs', {})}; a resumed run keeps them")
-        sets = cfg_old.get("model_kwargs", {})
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists; pass --resume to continue that run, or --out "
-                         "to choose another directory")
-    st = _train_settings(args, cls, cfg_old["train"] if cfg_old else None)
-    kind, shape = _describe(args.data)
-    if kind is not None:
-        _check_fit(cls, args.data, kind, shape)  # before reading (or downloading) anything
-    data_dir = args.data_dir or (cfg_old or {}).get("data_dir")
-    train_ds = _load_data(args.data, "train", data_dir, st["seed"])
-    _check_fit(cls, args.data, train_ds.kind, train_ds.shape)
-    if st["batch_size"] > len(train_ds):
-        raise UsageError(f"--batch-size {st['batch_size']} exceeds the {len(train_ds)} training "
-                         f"examples of {args.data!r}")
-    test_ds = _load_data(args.data, "test", data_dir, st["seed"])
-    model = build_model(args.model, data_shape=train_ds.shape, num_classes=train_ds.num_classes,
-                        vocab_size=_vocab_size(train_ds), seed=st["seed"], overrides=sets)
-    # everything is valid: from here on files are written
-    config = {"model": args.model, "data": args.data, "model_kwargs": sets,
-              "data_dir": str(data_dir) if data_dir else None, "data_facts": data_facts(train_ds),
-              "num_classes": train_ds.num_classes, "vocab_size": _vocab_size(train_ds),
-              "vocab": train_ds.vocab, "train": st, "backend": backend.name(),
-              "command": "refgen " + " ".join(args.argv)}
-    if not args.resume:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", config)
-    elif st["steps"] != cfg_old["train"]["steps"]:
-        cfg_old["train"]["steps"] = st["steps"]
-        _write_json(out / "config.json", cfg_old)
-    print(f"refgen: training {args.model} on {args.data} for {st['steps']} steps "
-          f"({backend.name()}) -> {out}", file=sys.stderr)
-    try:
-        metrics = train(model, train_ds, steps=st["steps"], batch_size=st["batch_size"], lr=st["lr"],
-                        seed=st["seed"], out_dir=out, optimizer=st["optimizer"], ema_decay=st["ema"],
-                        grad_clip=st["grad_clip"], warmup=st["warmup"], schedule=st["schedule"],
-                        log_every=st["log_every"], eval_every=st["eval_every"],
-                        ckpt_every=st["ckpt_every"], resume=args.resume, test_dataset=test_ds,
-                        eval_fn=lambda m, t: evaluate(m, t, run_dir=out), config=config,
-                        progress=not args.quiet)
-    except (ValueError, TypeError) as e:
-        # a model/data mismatch its data_spec cannot see (a Bernoulli decoder on real-valued
-        # data) fails in the very first step: then the run directory made above holds only
-        # config.json and is removed; any later error is a bug and keeps its traceback
-        log = out / "log.jsonl"
-        if args.resume or (out / CHECKPOINT).exists() or (log.exists() and log.read_text().strip()):
-            raise
-        shutil.rmtree(out)
-        raise UsageError(f"model {args.model!r} cannot train on {args.data!r}: {e}".replace("\n", " ")) from None
-    print(json.dumps(metrics, sort_keys=True))
-    print(f"refgen: wrote {out}/ (config.json, checkpoint.npz, log.jsonl, metrics.json, samples.png)",
-          file=sys.stderr)
-    return 0
-
-
-def cmd_sample(args):
-    d = _run_dir(args.dir)
-    if args.out is not None and Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} is a directory; give a file name such as samples.png")
-    model, cfg = load_run(d)
-    facts = cfg["data_facts"]
-    if facts["kind"] == "categorical":
-        ids = backend.to_numpy(model.sample(args.n or 4, rng=backend.default_rng(args.seed)))
-        vocab = cfg.get("vocab") or []
-        text = "\n---\n".join("".join(vocab[int(i)] for i in row) for row in ids.reshape(len(ids), -1))
-        if args.out:
-            with io.atomic_write(args.out) as f:
-                f.write(text.encode())
-        print(text)
-        return 0
-    out = Path(args.out) if args.out else d / f"samples-seed{args.seed}.png"
-    ref = None
-    if tuple(facts["shape"]) == (2,):
-        ref = _load_data(cfg["data"], "test", cfg.get("data_dir"), cfg["train"]["seed"]).x[:2000]
-    if write_samples(model, out, n=args.n, seed=args.seed, reference=ref, **facts) is None:
-        raise UsageError(f"no picture for data of shape {tuple(facts['shape'])}")
-    print(out)
-    return 0
-
-
-def cmd_eval(args):
-    d = _run_dir(args.dir)
-    model, cfg = load_run(d)
-    test_ds = _load_data(cfg["data"], "test", args.data_dir or cfg.get("data_dir"),
-                         cfg["train"]["seed"])
-    t0 = time.perf_counter()
-    new = evaluate(model, test_ds, run_dir=d)
-    metrics = {}
-    if (d / "metrics.json").is_file():
-        try:
-            metrics = json.loads((d / "metrics.json").read_text())
-        except json.JSONDecodeError:
-            metrics = {}
-    metrics.update(new)
-    metrics.setdefault("backend", backend.name())
-    metrics["eval_wall_s"] = round(time.perf_counter() - t0, 3)
-    _write_json(d / "metrics.json", metrics)
-    print(json.dumps(metrics, sort_keys=True))
-    return 0
-
-
-def _demo_panel(points, reference=None, size=256):
-    img = io.scatter_image(points, reference=reference, size=size)
-    img[[0, -1], :] = img[:, [0, -1]] = 190  # a grey frame, so white panels stay apart
-    return img
-
-
-def cmd_demo(args):
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / _DEMO_MARK).exists())):
-        raise UsageError(f"{out} exists and is not a refgen demo directory; choose another --out")
-    names = [n for n in models.names() if getattr(models.get(n), "demo", False)]
-    if args.models:
-        unknown = [m for m in args.models.split(",") if m not in names]
-        if unknown:
-            raise UsageError(f"demo model(s) {', '.join(unknown)} unknown; accepted: {', '.join(names)}")
-        names = args.models.split(",")
-    datasets = args.data.split(",") if args.data else list(DEMO_DATASETS)
-    for name in datasets:
-        if name not in data.toy2d.names():
-            raise UsageError(f"demo data {name!r} is not a toy 2D data set; accepted: "
-                             f"{', '.join(data.toy2d.names())}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / _DEMO_MARK).write_text("written by refgen demo; safe to delete\n")
-    rows, summary = [], []
-    t_all = time.perf_counter()
-    with backend.use_backend("numpy"):  # the demo is the CPU job, whatever REFGEN_BACKEND says
-        for dname in datasets:
-            train_ds, test_ds = data.load(dname, "train"), data.load(dname, "test")
-            panels = [_demo_panel(np.zeros((0, 2)), reference=test_ds.x[:3000])]
-            for mname in names:
-                cls = models.get(mname)
-                st = dict(_TRAIN_DEFAULTS, **getattr(cls, "default_train", {}))
-                steps = args.steps or st["steps"]
-                model = build_model(mname, data_shape=train_ds.shape, seed=0)
-                run = out / f"{mname}-{dname}"
-                if run.exists():
-                    shutil.rmtree(run)
-                print(f"refgen demo: {mname} on {dname}, {steps} steps", file=sys.stderr)
-                m = train(model, train_ds, steps=steps, batch_size=st["batch_size"], lr=st["lr"],
-                          seed=0, out_dir=run, optimizer=st["optimizer"], ema_decay=st["ema"],
-                          grad_clip=st["grad_clip"], warmup=st["warmup"], schedule=st["schedule"],
-                          log_every=max(1, steps // 5), ckpt_every=steps, test_dataset=test_ds,
-                          eval_fn=_quick_metrics, progress=not args.quiet)
-                with no_grad():
-                    x = backend.to_numpy(model.sample(3000, rng=backend.default_rng(0)))
-                panels.append(_demo_panel(x))
-                summary.append((mname, dname, m))
-            rows.append(io.concat_images_horizontal(panels))
-    sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
-    grid = np.concatenate([r for row in rows for r in (row, sep)][:-1], axis=0)
-    io.write_png(out / "demo.png", grid)
-    print(f"columns: data (blue), then samples (orange) of {', '.join(names)}; "
-          f"rows: {', '.join(datasets)}")
-    for mname, dname, m in summary:
-        extra = ""
-        if "test_nll_nats" in m and dname in data.toy2d.DENSITIES:
-            h = data.toy2d.entropy(dname)[0]
-            extra = f"  test NLL {m['test_nll_nats']:.3f} nats (data entropy {h:.3f})"
-        print(f"  {mname:<10} {dname:<14} {m['wall_s']:.1f} s{extra}")
-    print(f"refgen demo: wrote {out / 'demo.png'} in {time.perf_counter() - t_all:.0f} s")
-    return 0
-
-
-# ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="refgen", description="Generative models from the derivations, in NumPy.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     s = sub.add_parser("list", help="models, data sets and metric names",
-                       description="List registered models, data sets and metric names.")
+                       description="List registered models (and the data each accepts), data "
+                                   "sets and metric names.")
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("train", help="train a model, writing a run directory",
@@ -464,17 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "defaults (or, with --resume, from the run's config.json).")
     s.add_argument("model", metavar="MODEL", help="a model name (see refgen list)")
     s.add_argument("--data", required=True, metavar="DATA", help="a data set name (see refgen list)")
-    s.add_argument("--steps", type=_positive_int, help="total optimizer steps")
+    s.add_argument("--steps", type=_positive_int, help="total optimizer steps (with --resume: "
+                                                       "default the run's own)")
     s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--lr", type=_positive_float, help="learning rate")
-    s.add_argument("--seed", type=int, help="seed of weights, batches and noise (default 0)")
+    s.add_argument("--seed", type=_nonneg_int, help="seed of weights, batches and noise (default 0)")
     s.add_argument("--out", metavar="DIR", help="run directory (default runs/MODEL-DATA)")
     s.add_argument("--resume", action="store_true", help="continue DIR from its checkpoint.npz")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a model hyperparameter; VALUE is a JSON literal or a string (repeatable)")
-    s.add_argument("--data-dir", metavar="D", help="where the MNIST files are (else REFGEN_DATA_DIR)")
+    s.add_argument("--data-dir", metavar="D", help="where the MNIST files are (else REFGEN_DATA_DIR); "
+                                                  "an error if D lacks them")
     s.add_argument("--ema", type=_ema_decay, metavar="DECAY", help="keep an EMA of the weights")
     s.add_argument("--eval-every", type=_nonneg_int, metavar="N", help="evaluate every N steps")
+    s.add_argument("--no-eval", action="store_true",
+                   help="skip the evaluation after the last step (refgen eval DIR runs it later)")
     s.add_argument("--optimizer", choices=OPTIMIZERS)
     s.add_argument("--schedule", choices=SCHEDULES)
     s.add_argument("--warmup", type=_nonneg_int, metavar="N", help="linear warmup steps")
@@ -490,15 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", metavar="DIR")
     s.add_argument("-n", type=_positive_int, help="number of samples (64 images, 2000 points)")
     s.add_argument("--out", metavar="FILE.png", help="default DIR/samples-seedS.png")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true",
+                   help="overwrite --out even when it is not a PNG refgen wrote")
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("eval", help="recompute a run's metrics.json",
                        description="Evaluate run DIR on its test split and update DIR/metrics.json.")
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--data-dir", metavar="D")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     s.set_defaults(func=cmd_eval)
 
+    from refgen.demo import DEMO_DATASETS
     s = sub.add_parser("demo", help="train the demo models on toy 2D data (CPU, minutes)",
                        description="Train every model marked demo on 2D toy data on the CPU and "
                                    "write one PNG comparing their samples with the data.")
@@ -517,23 +392,42 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _quiet_broken_pipe():
+    """stdout's reader went away (refgen list | head): exit quietly, as a Unix tool does."""
+    import os
+    with contextlib.suppress(Exception):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 training diverged, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe (refgen list | head) is caught below
+        return code
     except UsageError as e:
         return _fail(e)
     except backend.BackendError as e:
         return _fail(e)
     except TrainingDiverged as e:
         return _fail(f"training diverged: {e}", code=1)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except OSError as e:
+        message = os_error_message(e)
+        if message is None:
+            raise
+        return _fail(message)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
-        return _fail("interrupted; a run continues from its last checkpoint with --resume", 130)
+        return _fail("interrupted; a run continues from its last checkpoint with --resume "
+                     "(one stopped before its first checkpoint left nothing)", 130)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from refgen.backend import to_numpy
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "write_png", "png_bytes",
            "to_uint8", "colormap", "image_grid", "scatter_image", "scatter_png", "heatmap_image", "heatmap_png",
            "grid_points", "concat_images_horizontal", "atomic_write", "draw_text", "text_width",
-           "line_plot"]
+           "line_plot", "is_refgen_png"]
 
 _META_KEY = "__meta__"
 
@@ -122,6 +122,19 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
+_PNG_MARK = b"Software\x00refgen"  # a tEXt chunk naming the writer
+
+
+def is_refgen_png(path) -> bool:
+    """Whether ``path`` is a PNG that refgen wrote (its tEXt chunk says so)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and _PNG_MARK in head
+
+
 def png_bytes(img) -> bytes:
     """The PNG encoding (8-bit, filter 0 on every row) of a (H, W) or (H, W, 3|4) image."""
     img = to_uint8(img)
@@ -134,6 +147,7 @@ def png_bytes(img) -> bytes:
     rows = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, -1)], axis=1)  # filter byte
     return (b"\x89PNG\r\n\x1a\n"
             + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+            + _chunk(b"tEXt", _PNG_MARK)
             + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
             + _chunk(b"IEND", b""))
 

@@ -1,10 +1,15 @@
 """The one training loop, for every model: batches, steps, progress, checkpoints, resume.
 
     train(model, dataset, steps=..., batch_size=..., lr=..., seed=..., out_dir=...)
+    train(model, dataset, settings=TrainConfig(...), out_dir=...)
 
-One step draws a batch, then either calls ``model.train_step(batch, optimizers)`` (models
-whose algorithm is not one backward and one step: GANs, EMA teachers) or does
-``loss = model.loss(batch); zero_grad; backward; clip; step``, and then updates the EMA.
+Each step reads in order: the learning rate (``optim.LRScheduler`` per optimizer, driven by
+``TrainConfig.lr_factor``: warmup, then constant or cosine), the batch, the update (the
+model's ``train_step(batch, optimizers)`` where one backward and one step is not its
+algorithm, as for GANs and EMA teachers, else ``loss(batch)``, zero_grad, backward, clip,
+step), the divergence check, the EMA, then the log line, the evaluation and the checkpoint
+when they are due. A model may set ``self.last_stats`` (a dict of floats about its last
+loss, e.g. its terms); the loop writes it into each log line.
 
 Everything random is owned here and saved in each checkpoint: the NumPy generator that
 shuffles the data and drives per-batch transforms (dynamic binarization, dequantization)
@@ -17,10 +22,11 @@ every ``ckpt_every`` steps and at the end), metrics.json and samples.png.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
-import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +34,10 @@ import numpy as np
 from refgen import backend, io
 from refgen.autograd import Tensor, no_grad
 from refgen.models.base import Batch
+from refgen.progress import Stage, StepProgress
 
-__all__ = ["train", "TrainingDiverged", "Batcher", "lr_at", "write_samples", "data_facts", "load_run_state",
-           "ema_weights", "CHECKPOINT", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["train", "TrainConfig", "TrainingDiverged", "Batcher", "write_samples", "data_facts",
+           "draw_samples", "load_run_state", "load_weights", "ema_weights", "CHECKPOINT", "OPTIMIZERS", "SCHEDULES"]
 
 CHECKPOINT = "checkpoint.npz"
 SCHEDULES = ("constant", "cosine")
@@ -87,16 +94,6 @@ class Batcher:
 def _to_batch(xb, yb) -> Batch:
     x = backend.asarray(xb)
     return Batch(Tensor(x), None if yb is None else backend.asarray(yb))
-
-
-# ----------------------------------------------------------------------------- schedule
-def lr_at(step: int, lr: float, total: int, warmup: int = 0, schedule: str = "constant") -> float:
-    """Learning rate for step ``step`` (0-based): a linear warmup over ``warmup`` steps, then
-    constant, or a half cosine down to 0 at ``total`` (refgen.optim's multipliers)."""
-    from refgen import optim
-    if schedule == "cosine":
-        return lr * optim.cosine_schedule(step, total, warmup)
-    return lr * optim.linear_warmup(step, warmup)
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -194,24 +191,37 @@ def data_facts(dataset) -> dict:
     return facts
 
 
+def draw_samples(model, n: int, rng, stage=None, chunk: int = 16) -> np.ndarray:
+    """``n`` samples as a NumPy array, in eval mode without a graph, drawn ``chunk`` at a time
+    from the one generator ``rng`` (all at once when ``stage`` is None), reporting each chunk
+    to ``stage`` (a refgen.progress.Stage)."""
+    was_training = model.training
+    model.eval()
+    step = n if stage is None else max(1, chunk)
+    parts = []
+    try:
+        with no_grad():
+            for i in range(0, n, step):
+                parts.append(backend.to_numpy(model.sample(min(step, n - i), rng=rng)))
+                if stage is not None:
+                    stage.update(i + len(parts[-1]), n, "samples")
+    finally:
+        model.train(was_training)
+    return np.concatenate(parts)
+
+
 def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_SEED,
-                  value_range=None, reference=None):
+                  value_range=None, reference=None, stage=None):
     """Draw ``n`` samples with a generator seeded by ``seed`` and write a PNG of them: a grid
     for images (``value_range`` of the data mapped to black..white), a scatter in orange
     over ``reference`` points (the data, in blue) for 2D. Returns the path written, or None
-    for data that has no picture (text)."""
+    for data that has no picture (text). Images are drawn in chunks reported to ``stage``."""
     shape = tuple(shape)
     if kind == "categorical" or len(shape) not in (1, 3) or (len(shape) == 1 and shape[0] != 2):
         return None
     image = len(shape) == 3
     n = int(n or (64 if image else 2000))
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            x = backend.to_numpy(model.sample(n, rng=backend.default_rng(seed)))
-    finally:
-        model.train(was_training)
+    x = draw_samples(model, n, backend.default_rng(seed), stage if image else None)
     if image:
         lo, hi = value_range if value_range is not None else (float(np.nanmin(x)), float(np.nanmax(x)))
         x = x.reshape((n,) + shape)
@@ -221,49 +231,7 @@ def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_
     return path
 
 
-# ----------------------------------------------------------------------------- progress
-class _Progress:
-    """Step, running loss, steps/s and ETA on stderr: one updating line on a terminal,
-    a plain line every ``every`` steps otherwise."""
-
-    def __init__(self, total: int, every: int, enabled: bool):
-        self.total, self.every, self.enabled = total, max(1, every), enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self._last = 0.0
-
-    def update(self, step, loss, rate, final=False):
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.tty and not final and now - self._last < 0.1:
-            return
-        if not self.tty and not final and step % self.every:
-            return
-        self._last = now
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        eta_s = "--:--" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-        line = (f"step {step}/{self.total}  loss {loss:.4f}  {rate:.1f} steps/s  ETA {eta_s}")
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(72) + ("\n" if final else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    @contextlib.contextmanager
-    def stage(self, what: str):
-        """One line for work after the last step (evaluation, samples): what, then its time."""
-        if self.enabled:
-            sys.stderr.write(f"{what} ...")
-            sys.stderr.flush()
-        t = time.perf_counter()
-        try:
-            yield
-        finally:  # ends the line even when the work fails, so the traceback starts clean
-            if self.enabled:
-                sys.stderr.write(f" {time.perf_counter() - t:.1f} s\n")
-                sys.stderr.flush()
-
-
+# ----------------------------------------------------------------------------- files
 def _truncate_log(path: Path, step: int):
     """Drop log lines past ``step`` (written after the checkpoint we resume from)."""
     if not path.exists():
@@ -279,147 +247,287 @@ def _write_json(path, obj):
         f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-# ----------------------------------------------------------------------------- the loop
-def train(model, dataset, *, steps: int, batch_size: int, lr: float, seed: int = 0, out_dir,
-          optimizer: str = "adam", ema_decay: float | None = None, grad_clip: float | None = None,
-          warmup: int = 0, schedule: str = "constant", log_every: int = 100,
-          eval_every: int = 0, ckpt_every: int = 1000, eval_fn=None, resume: bool = False,
-          progress: bool = True, test_dataset=None, config: dict | None = None,
-          samples: bool = True) -> dict:
-    """Train ``model`` on ``dataset`` for ``steps`` steps; returns the metrics written.
 
-    eval_fn(model, test_dataset) -> dict is called every ``eval_every`` steps (0: never) and
-    at the end, with the EMA weights when there is an EMA; its numbers go to log.jsonl and
-    metrics.json. ``resume`` continues from out_dir/checkpoint.npz. Raises TrainingDiverged
-    when the loss is not finite (nothing is written for that step).
-    """
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run (config.json's "train" entry and each checkpoint's meta)."""
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    optimizer: str = "adam"
+    ema_decay: float | None = None
+    grad_clip: float | None = None
+    warmup: int = 0
+    schedule: str = "constant"
+    log_every: int = 100
+    eval_every: int = 0
+    ckpt_every: int = 1000
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; accepted: {', '.join(SCHEDULES)}")
+        for key in ("steps", "batch_size", "log_every", "ckpt_every"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        for key in ("warmup", "eval_every"):
+            if int(getattr(self, key)) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+
+    def lr_factor(self, step: int) -> float:
+        """The multiplier of each group's base learning rate at (0-based) ``step``: a linear
+        warmup over ``warmup`` steps, then constant, or a half cosine down to 0 at ``steps``."""
+        from refgen import optim
+        if self.schedule == "cosine":
+            return optim.cosine_schedule(step, self.steps, self.warmup)
+        return optim.linear_warmup(step, self.warmup)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- run state
+@dataclass
+class _State:
+    """What the loop carries from step to step; all of it is in each checkpoint."""
+    model: object
+    cfg: TrainConfig
+    opts: dict
+    scheds: dict
+    ema: object
+    batcher: Batcher
+    step: int = 0
+    saved_step: int | None = None          # step of the checkpoint on disk, if any
+    resumed_from: int | None = None        # step of the checkpoint this call started from
+    wall_before: float = 0.0               # wall time of the runs this one resumes
+    loss_sum: float = 0.0                  # running loss since the last log line
+    loss_n: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+    t_window: float = 0.0
+    step_window: int = 0
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
+
+    def rate(self) -> float:
+        return (self.step - self.step_window) / max(time.perf_counter() - self.t_window, 1e-9)
+
+    def meta(self, config) -> dict:
+        return {"step": self.step, "batcher": self.batcher.state(),
+                "model_rng": _rng_state(self.model.rng), "wall_s": self.wall(),
+                "loss_sum": self.loss_sum, "loss_n": self.loss_n, "train": self.cfg.as_dict(),
+                "config": config or {}, "backend": backend.name()}
+
+
+def _start(model, dataset, cfg: TrainConfig, ckpt_path: Path, resume: bool) -> _State:
+    """Optimizers, schedules, EMA, batcher and model.rng: fresh, or from the checkpoint."""
     from refgen import optim
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
-    steps, batch_size = int(steps), int(batch_size)
-    out = Path(out_dir)
-    ckpt_path, log_path = out / CHECKPOINT, out / "log.jsonl"
-    if resume and not ckpt_path.exists():
-        raise FileNotFoundError(f"{ckpt_path} does not exist: nothing to resume")
-    out.mkdir(parents=True, exist_ok=True)
-
-    batcher = Batcher(len(dataset), batch_size, seed)
-    opts, base_lr = _make_optimizers(model, optimizer, lr)
-    ema = optim.EMA(model, ema_decay) if ema_decay else None
-    model.rng = _model_rng(seed)
-    step, wall_before, loss_sum, loss_n, last = 0, 0.0, 0.0, 0, None
-    hyper = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, optimizer=optimizer,
-                 ema_decay=ema_decay, grad_clip=grad_clip, warmup=warmup, schedule=schedule)
-
+    opts, _ = _make_optimizers(model, cfg.optimizer, cfg.lr)
+    scheds = {name: optim.LRScheduler(opt, cfg.lr_factor) for name, opt in opts.items()}
+    ema = optim.EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    model.rng = _model_rng(cfg.seed)
+    st = _State(model, cfg, opts, scheds, ema, Batcher(len(dataset), cfg.batch_size, cfg.seed))
     if resume:
         arrays, meta = io.load_checkpoint(ckpt_path)
         load_run_state(model, arrays, ema)
         for name, opt in opts.items():
             opt.load_state_dict({k: backend.asarray(v) for k, v in _strip(f"opt/{name}", arrays).items()})
-        step = last = int(meta["step"])
-        batcher.set_state(meta["batcher"])
+        st.step = st.saved_step = st.resumed_from = int(meta["step"])
+        if st.step >= cfg.steps:
+            raise ValueError(f"{ckpt_path} is at step {st.step}; resuming needs steps > {st.step}, "
+                             f"got {cfg.steps}")
+        for sched in scheds.values():
+            sched.load_state_dict({"last_step": st.step, "base_lr": sched.base_lr})
+        st.batcher.set_state(meta["batcher"])
         if meta.get("model_rng") is not None:
             model.rng.bit_generator.state = meta["model_rng"]
-        else:
-            model.rng = _model_rng(seed, step)
-        wall_before = float(meta.get("wall_s", 0.0))
-        loss_sum, loss_n = float(meta.get("loss_sum", 0.0)), int(meta.get("loss_n", 0))
-        _truncate_log(log_path, step)
+        else:  # a backend whose generator has no state to save (CuPy)
+            model.rng = _model_rng(cfg.seed, st.step)
+        st.wall_before = float(meta.get("wall_s", 0.0))
+        st.loss_sum, st.loss_n = float(meta.get("loss_sum", 0.0)), int(meta.get("loss_n", 0))
+    st.t_window, st.step_window = time.perf_counter(), st.step
+    return st
 
-    def meta_now(wall):
-        return {"step": step, "batcher": batcher.state(), "model_rng": _rng_state(model.rng),
-                "wall_s": wall, "loss_sum": loss_sum, "loss_n": loss_n, "train": hyper,
-                "config": config or {}, "backend": backend.name()}
 
-    def evaluate():
-        if eval_fn is None or test_dataset is None:
-            return {}
-        saved_rng = model.rng
-        model.rng = backend.default_rng(SAMPLE_SEED)  # evaluation must not move the training RNG
-        model.eval()
-        try:
-            with ema_weights(model, ema):
-                return dict(eval_fn(model, test_dataset))
-        finally:
-            model.rng = saved_rng
-            model.train()
+# ----------------------------------------------------------------------------- one step's phases
+def _next_batch(dataset, batcher: Batcher) -> Batch:
+    xb, yb = dataset.batch(batcher.next(), batcher.rng)
+    return _to_batch(xb, yb)
 
-    custom_step = hasattr(model, "train_step")
-    params = [p for p in model.parameters() if p.requires_grad]
-    bar = _Progress(steps, log_every, progress)
+
+def _optimize(model, batch: Batch, opts: dict, grad_clip) -> dict:
+    """One update: the model's own ``train_step``, or loss, zero_grad, backward, clip, step.
+    Returns {'loss': float, ...}; nothing is stepped when the loss is not finite."""
+    from refgen import optim
+    if hasattr(model, "train_step"):
+        return {k: float(v) for k, v in model.train_step(batch, opts).items()}
+    loss = model.loss(batch)
+    info = {"loss": float(loss.item())}
+    if not math.isfinite(info["loss"]):
+        return info
+    for opt in opts.values():
+        opt.zero_grad()
+    loss.backward()
+    if grad_clip:
+        optim.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    for opt in opts.values():
+        opt.step()
+    return info
+
+
+def _check_finite(loss: float, st: _State, ckpt_path: Path):
+    if not math.isfinite(loss):
+        kept = (f"; {ckpt_path} (step {st.saved_step}) is kept as it was"
+                if st.saved_step is not None else "")
+        raise TrainingDiverged(f"loss became {loss} at step {st.step + 1}{kept}")
+
+
+def _advance(st: _State, loss: float):
+    """After an update: the EMA, the schedules (to the next step's rate), the counters."""
+    if st.ema is not None:
+        st.ema.update()
+    for sched in st.scheds.values():
+        sched.step()
+    st.step += 1
+    st.loss_sum, st.loss_n = st.loss_sum + loss, st.loss_n + 1
+
+
+def _log_record(st: _State, info: dict, lr: float) -> dict:
+    """The log line of this step: the loss averaged since the last line, the step's learning rate,
+    speed, wall time, and the other numbers of the step (train_step's dict, the model's
+    ``last_stats``)."""
+    rec = {"step": st.step, "loss": st.loss_sum / max(st.loss_n, 1),
+           "lr": lr, "steps_per_s": st.rate(), "wall_s": st.wall()}
+    rec.update({k: v for k, v in info.items() if k != "loss"})
+    stats = getattr(st.model, "last_stats", None)
+    if isinstance(stats, dict):
+        rec.update({k: float(v) for k, v in stats.items() if k not in rec})
+    return rec
+
+
+def _due(st: _State, every: int) -> bool:
+    """Whether the step just taken is one of every ``every`` steps, or the last one."""
+    return st.step % every == 0 or st.step == st.cfg.steps
+
+
+def _write_log(log, rec: dict, st: _State):
+    """One line of log.jsonl; the running loss and speed start again from here."""
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
+    st.loss_sum, st.loss_n = 0.0, 0
+    st.t_window, st.step_window = time.perf_counter(), st.step
+
+
+@contextlib.contextmanager
+def _log_cut_back_on_failure(st: _State, log_path: Path, bar: StepProgress):
+    """When a step fails (divergence, an error, an interrupt), log.jsonl is cut back to the
+    checkpoint on disk, so that the run directory reads as that checkpoint's run."""
+    try:
+        yield
+    except BaseException:
+        bar.abort()
+        if st.saved_step is not None:
+            with contextlib.suppress(OSError):
+                _truncate_log(log_path, st.saved_step)
+        raise
+
+
+def _evaluate(st: _State, eval_fn, test_dataset, progress=None) -> dict:
+    """eval_fn(model, test) in eval mode, with the EMA weights, without moving the training
+    generator; an eval_fn with a ``progress`` parameter gets ``progress`` (done, total, label)."""
+    model, saved_rng = st.model, st.model.rng
+    kw = {}
+    if progress is not None and "progress" in inspect.signature(eval_fn).parameters:
+        kw["progress"] = progress
+    model.rng = backend.default_rng(SAMPLE_SEED)
+    model.eval()
+    try:
+        with ema_weights(model, st.ema):
+            return dict(eval_fn(model, test_dataset, **kw))
+    finally:
+        model.rng = saved_rng
+        model.train()
+
+
+def _checkpoint(st: _State, ckpt_path: Path, config):
+    """checkpoint.npz, then (the first time in this call) config.json, so that a run that
+    fails before writing a checkpoint leaves config.json as it was."""
+    _save(ckpt_path, st.model, st.opts, st.ema, st.meta(config))
+    if config is not None and st.saved_step in (None, st.resumed_from):
+        _write_json(ckpt_path.parent / "config.json", config)
+    st.saved_step = st.step
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(model, dataset, *, out_dir, settings: TrainConfig | None = None, resume: bool = False,
+          eval_fn=None, test_dataset=None, config: dict | None = None, progress: bool = True,
+          samples: bool = True, evaluate_at_end: bool = True, **kw) -> dict:
+    """Train ``model`` on ``dataset``; returns the metrics written to out_dir/metrics.json.
+
+    The settings are a TrainConfig, or its fields as keywords (``steps=..., batch_size=...,
+    lr=..., seed=..., ema_decay=...``). eval_fn(model, test_dataset) -> dict is called every
+    ``eval_every`` steps (0: never) and, when ``evaluate_at_end``, after the last step, with
+    the EMA weights when there is an EMA; its numbers go to log.jsonl and metrics.json.
+    ``resume`` continues from out_dir/checkpoint.npz. ``config`` (the CLI's run description)
+    is kept in each checkpoint's meta and written to out_dir/config.json after the first
+    checkpoint this call writes. Raises TrainingDiverged when the loss is not finite (nothing is
+    written for that step).
+    """
+    cfg = settings if settings is not None else TrainConfig(**kw)
+    out = Path(out_dir)
+    ckpt_path, log_path = out / CHECKPOINT, out / "log.jsonl"
+    if resume and not ckpt_path.exists():
+        raise FileNotFoundError(f"{ckpt_path} does not exist: nothing to resume")
+    st = _start(model, dataset, cfg, ckpt_path, resume)  # reads, and may refuse; writes nothing
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        _truncate_log(log_path, st.step)
+    evaluating = eval_fn is not None and test_dataset is not None and cfg.eval_every > 0
+    bar = StepProgress(cfg.steps, cfg.log_every, progress)
     model.train()
-    t0 = time.perf_counter()
-    t_window, step_window = t0, step
-    with open(log_path, "a" if resume else "w") as log:
-        while step < steps:
-            for name, opt in opts.items():
-                opt.lr = lr_at(step, base_lr[name], steps, warmup, schedule)
-            xb, yb = dataset.batch(batcher.next(), batcher.rng)
-            batch = _to_batch(xb, yb)
-            if custom_step:
-                info = {k: float(v) for k, v in model.train_step(batch, opts).items()}
-                loss = info["loss"]
-            else:
-                loss_t = model.loss(batch)
-                loss = float(loss_t.item())
-                info = {"loss": loss}
-            if not math.isfinite(loss):
-                if progress:
-                    sys.stderr.write("\n" if bar.tty else "")
-                kept = f"; {ckpt_path} (step {last}) is kept as it was" if last is not None else ""
-                raise TrainingDiverged(f"loss became {loss} at step {step + 1}{kept}")
-            if not custom_step:
-                for opt in opts.values():
-                    opt.zero_grad()
-                loss_t.backward()
-                if grad_clip:
-                    optim.clip_grad_norm_(params, grad_clip)
-                for opt in opts.values():
-                    opt.step()
-            if ema is not None:
-                ema.update()
-            step += 1
-            loss_sum, loss_n = loss_sum + loss, loss_n + 1
-            now = time.perf_counter()
-            rate = (step - step_window) / max(now - t_window, 1e-9)
-            bar.update(step, loss_sum / loss_n, rate, final=step == steps)
-            do_eval = eval_every and step % eval_every == 0 and step < steps
-            if step % log_every == 0 or step == steps or do_eval:
-                rec = {"step": step, "loss": loss_sum / loss_n,
-                       "lr": next(iter(opts.values())).lr, "steps_per_s": rate,
-                       "wall_s": wall_before + now - t0}
-                rec.update({k: v for k, v in info.items() if k != "loss"})
-                if do_eval:
-                    rec.update(evaluate())
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                loss_sum, loss_n = 0.0, 0
-                t_window, step_window = time.perf_counter(), step
-            if step % ckpt_every == 0 or step == steps:
-                _save(ckpt_path, model, opts, ema, meta_now(wall_before + time.perf_counter() - t0))
-                last = step
+    with open(log_path, "a" if resume else "w") as log, _log_cut_back_on_failure(st, log_path, bar):
+        while st.step < cfg.steps:
+            lr = next(iter(st.opts.values())).lr                      # learning rate
+            batch = _next_batch(dataset, st.batcher)                  # batch
+            info = _optimize(model, batch, st.opts, cfg.grad_clip)    # step
+            _check_finite(info["loss"], st, ckpt_path)                # divergence check
+            _advance(st, info["loss"])
+            bar.update(st.step, st.loss_sum / st.loss_n, st.rate(), final=st.step == cfg.steps)
+            do_eval = evaluating and st.step % cfg.eval_every == 0 and st.step < cfg.steps
+            if _due(st, cfg.log_every) or do_eval:                    # log
+                rec = _log_record(st, info, lr)
+                if do_eval:                                           # evaluate
+                    rec.update(_evaluate(st, eval_fn, test_dataset))
+                _write_log(log, rec, st)
+            if _due(st, cfg.ckpt_every):                              # checkpoint
+                _checkpoint(st, ckpt_path, config)
+    return _finish(st, dataset, out, eval_fn if evaluate_at_end else None, test_dataset,
+                   progress, samples)
 
-    wall = wall_before + time.perf_counter() - t0
-    final_loss = None
-    if log_path.exists():
-        lines = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
-        final_loss = lines[-1]["loss"] if lines else None
-    metrics = {"steps": step, "wall_s": round(wall, 3), "backend": backend.name(),
-               "loss": final_loss}
+
+def _finish(st: _State, dataset, out: Path, eval_fn, test_dataset, progress, samples) -> dict:
+    """metrics.json (the final loss, the run's wall time, the evaluation) and samples.png."""
+    lines = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
+    metrics = {"steps": st.step, "wall_s": round(st.wall(), 3), "backend": backend.name(),
+               "loss": lines[-1]["loss"] if lines else None}
     if eval_fn is not None and test_dataset is not None:
-        with bar.stage("evaluating on the test set"):
-            metrics.update(evaluate())
+        t = time.perf_counter()
+        with Stage("evaluating on the test set", progress) as stage:
+            metrics.update(_evaluate(st, eval_fn, test_dataset, stage.update))
+        metrics["eval_wall_s"] = round(time.perf_counter() - t, 3)
     _write_json(out / "metrics.json", metrics)
-    if samples:
-        saved_rng = model.rng
+    if samples and dataset.kind != "categorical":  # text: no picture
+        saved_rng = st.model.rng
         try:
-            drawing = (bar.stage(f"drawing samples -> {out / 'samples.png'}")
-                       if dataset.kind != "categorical" else contextlib.nullcontext())  # text: none
-            with ema_weights(model, ema), drawing:
+            with ema_weights(st.model, st.ema), Stage(f"drawing samples -> {out / 'samples.png'}",
+                                                      progress) as stage:
                 ref = dataset.x[:2000] if tuple(dataset.shape) == (2,) else None
-                write_samples(model, out / "samples.png", reference=ref, **data_facts(dataset))
+                write_samples(st.model, out / "samples.png", reference=ref, stage=stage,
+                              **data_facts(dataset))
         finally:
-            model.rng = saved_rng
+            st.model.rng = saved_rng
     return metrics

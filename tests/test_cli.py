@@ -60,7 +60,16 @@ def test_sample_and_eval(run_dir, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.splitlines()[-1])
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert printed == saved and saved["steps"] == 30 and saved["test_nll_nats"] > 2.8
-    assert saved["test_nll_nats"] == pytest.approx(json.loads(before["metrics.json"])["test_nll_nats"])
+    # the full evaluation: every test point, the model's own sample count, stated as such
+    after_training = json.loads(before["metrics.json"])
+    assert after_training["eval_n_test"] == 2000 and saved["eval_n_test"] == 10_000
+    assert saved["eval_n_samples"] == 10_000
+    assert saved["test_nll_nats"] == pytest.approx(after_training["test_nll_nats"], abs=0.05)
+    from refgen import data
+    from refgen.metrics import evaluate
+    from refgen.runs import load_run
+    model, _ = load_run(run_dir)
+    assert saved["test_nll_nats"] == evaluate(model, data.load("8gaussians", "test"))["test_nll_nats"]
 
 
 def test_list(capsys):
@@ -103,6 +112,20 @@ BAD = [  # (argv, where R is the existing run and N a path that must stay absent
     (["train", "glow", "--data", "mnist", "--out", "N"],
      "takes images in [0, 1], but dataset 'mnist' is in [-1, 1]"),
     (["frobnicate"], "invalid choice"),
+    (["train", "gmm", "--data", "8gaussians", "--out", "R", "--resume", "--steps", "30"],
+     "--steps 30 is not past the checkpoint's step 30; pass --steps N with N > 30"),
+    (["train", "gmm", "--data", "8gaussians", "--out", "R", "--resume", "--steps", "12"],
+     "is not past the checkpoint's step 30"),
+    (["train", "gmm", "--data", "8gaussians", "--out", "R", "--resume"],
+     "the run is complete (its checkpoint is at step 30 of 30); pass --steps N with N > 30"),
+    (["train", "gmm", "--data", "8gaussians", "--set", "components=2.5", "--out", "N"],
+     "--set components=2.5: components is an integer (default 32)"),
+    (["train", "gmm", "--data", "8gaussians", "--set", "components=true", "--out", "N"],
+     "components is an integer"),
+    (["train", "made", "--data", "mnist-14-binary", "--data-dir", "N", "--out", "N"],
+     "data directory N is not a directory"),
+    (["sample", "R", "--seed", "-1"], "-1 is negative; give an integer >= 0"),
+    (["train", "gmm", "--data", "8gaussians", "--seed", "-3", "--out", "N"], "is negative"),
 ]
 
 
@@ -112,6 +135,7 @@ def test_bad_input_one_line_exit_2_nothing_touched(argv, message, run_dir, tmp_p
     monkeypatch.chdir(tmp_path)
     absent = tmp_path / "absent"
     argv = [str(run_dir) if a == "R" else str(absent) if a == "N" else a for a in argv]
+    message = message.replace("directory N ", f"directory {absent} ")
     before = _snapshot(run_dir)
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -148,9 +172,9 @@ def test_python_m_refgen():
 
 def test_bad_backend_variable_is_one_line():
     # the backend is chosen when refgen is imported, before the CLI runs: refgen.backend's
-    # exception hook turns the uncaught BackendError into one line (exit status 1)
+    # exception hook turns the uncaught BackendError into one line, exit status 2
     r = _python_m_refgen(["list"], REFGEN_BACKEND="nonsense")
-    assert r.returncode == 1 and r.stderr.startswith("refgen: error: ") and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and r.stderr.startswith("refgen: error: ") and r.stderr.count("\n") == 1
     assert "'numpy' or 'cupy'" in r.stderr
 
 
@@ -190,7 +214,36 @@ def test_demo(tmp_path, capsys):
     assert (out / "gmm-8gaussians" / "checkpoint.npz").exists()
     printed = capsys.readouterr().out
     assert str(out / "demo.png") in printed and "gmm" in printed
+    # each panel is a real run directory: refgen sample and eval work on it
+    run = out / "gmm-8gaussians"
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 30
+    assert main(["sample", str(run), "-n", "50", "--out", str(tmp_path / "s.png"), "-q"]) == 0
+    assert main(["eval", str(run), "-q"]) == 0
     assert main(["demo", "--out", str(out), "--steps", "10", "-q", "--data", "moons", "--models", "gmm"]) == 0  # reruns
+
+
+def test_demo_png_has_a_legend_and_labelled_panels(tmp_path):
+    import zlib
+    import numpy as np
+    from refgen import demo
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "5", "-q", "--models", "gmm",
+                 "--data", "8gaussians"]) == 0
+    raw = (out / "demo.png").read_bytes()
+    w, h = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    idat = b"".join(raw[i + 8:i + 8 + int.from_bytes(raw[i:i + 4], "big")]
+                    for i in range(8, len(raw) - 12) if raw[i + 4:i + 8] == b"IDAT")
+    img = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)[:, 1:].reshape(h, w, 3)
+    assert h == demo._LEGEND_H + 4 + demo._PANEL  # the legend strip, then one row of panels
+    legend = img[:demo._LEGEND_H].astype(int)
+    blue = (np.abs(legend - np.array([140, 158, 191])) < 3).all(axis=-1)
+    orange = (np.abs(legend - np.array([217, 84, 26])) < 3).all(axis=-1)
+    assert blue.sum() > 20 and orange.sum() > 20  # "DATA" in the data's colour, "MODEL SAMPLES" in orange
+    assert blue.nonzero()[1].max() < orange.nonzero()[1].min()
+    label_rows = img[demo._LEGEND_H + 4 + 6:demo._LEGEND_H + 4 + 16]
+    for k in range(2):  # the data panel and the gmm panel each carry dark label ink top-left
+        panel = label_rows[:, k * (demo._PANEL + 4) + 6:k * (demo._PANEL + 4) + 120]
+        assert (panel.max(axis=-1) < 60).sum() > 30
 
 
 def test_mismatch_found_in_the_first_step_is_one_line_and_leaves_nothing(tmp_path, capsys):
@@ -200,3 +253,247 @@ def test_mismatch_found_in_the_first_step_is_one_line_and_leaves_nothing(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("refgen: error: model 'vae' cannot train on '8gaussians'")
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- the front door
+def _copy_run(run_dir, tmp_path) -> Path:
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def _one_error_line(capsys, code_was, code=2) -> str:
+    err = capsys.readouterr().err
+    assert code_was == code, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("refgen: error: "), err
+    assert sum(ln.startswith("refgen: error: ") for ln in lines) == 1 and "Traceback" not in err
+    return lines[-1]
+
+
+def test_resume_without_steps_keeps_the_runs_own_length(nan_model, tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", nan_model, "--data", "8gaussians", "--out", str(out), "-q"]
+    # a 40-step run (not the model's default 2,000) stopped at step 35, checkpoint at 30
+    assert main(argv + ["--steps", "40", "--ckpt-every", "10", "--set", "nan_at=35"]) == 1
+    config = (out / "config.json").read_bytes()
+    assert main(argv + ["--resume"]) == 0  # a fresh model: 10 steps, no NaN
+    assert io.load_checkpoint(out / "checkpoint.npz")[1]["step"] == 40
+    assert (out / "config.json").read_bytes() == config  # length, schedule, command: as they were
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 40
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(4, 41, 4))  # log_every 40 // 10, one run
+
+
+def test_corrupt_checkpoint_on_resume_is_one_line_and_touches_nothing(run_dir, tmp_path, capsys):
+    out = _copy_run(run_dir, tmp_path)
+    (out / "checkpoint.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    before = _snapshot(out)
+    rc = main(["train", "gmm", "--data", "8gaussians", "--out", str(out), "--resume", "--steps", "60"])
+    line = _one_error_line(capsys, rc)
+    assert "cannot load" in line and "checkpoint.npz" in line
+    assert _snapshot(out) == before
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_refused_before_writing(run_dir, tmp_path, capsys):
+    out = _copy_run(run_dir, tmp_path)
+    arrays, meta = io.load_checkpoint(out / "checkpoint.npz")
+    arrays["model/mu"] = arrays["model/mu"][:3]  # 3 components in a 32-component model
+    io.save_checkpoint(out / "checkpoint.npz", arrays, meta)
+    before = _snapshot(out)
+    rc = main(["train", "gmm", "--data", "8gaussians", "--out", str(out), "--resume", "--steps", "60"])
+    assert "cannot load" in _one_error_line(capsys, rc)
+    assert _snapshot(out) == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_what_to_do(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "log.jsonl").write_text("")  # as a run killed (SIGKILL) in its first steps leaves it
+    (out / ".lock").write_text("999999999\n")
+    before = _snapshot(out)
+    for extra in ([], ["--resume"]):
+        rc = main(["train", "gmm", "--data", "8gaussians", "--out", str(out), "-q"] + extra)
+        line = _one_error_line(capsys, rc)
+        assert "stopped before its first checkpoint" in line and f"delete {out}" in line
+    assert _snapshot(out) == before
+
+
+def test_failure_before_the_first_checkpoint_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(f, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "r"
+    argv = ["train", "gmm", "--data", "8gaussians", "--out", str(out), "--steps", "10", "-q"]
+    monkeypatch.setattr(io.np, "savez", full)
+    line = _one_error_line(capsys, main(argv))
+    assert "no space left on the device" in line
+    assert not out.exists()  # neither a rerun nor --resume is blocked
+    monkeypatch.undo()
+    assert main(argv) == 0
+
+
+def test_full_disk_on_resume_is_one_line_and_keeps_the_run(run_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(f, **arrays):
+        f.write(b"PK\x03\x04 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = _copy_run(run_dir, tmp_path)
+    before = _snapshot(out)
+    monkeypatch.setattr(io.np, "savez", full)
+    rc = main(["train", "gmm", "--data", "8gaussians", "--out", str(out), "--resume", "--steps",
+               "40", "-q"])
+    assert "no space left on the device" in _one_error_line(capsys, rc)
+    assert _snapshot(out) == before  # the checkpoint, config.json and the log as they were
+
+
+def test_unwritable_run_directory_is_one_line(run_dir, tmp_path, capsys, monkeypatch):
+    out = _copy_run(run_dir, tmp_path)
+    before = _snapshot(out)
+    argv = ["train", "gmm", "--data", "8gaussians", "--out", str(out), "--resume", "--steps", "40", "-q"]
+    # as root, chmod does not stop writes: the refusal of a write is simulated as the kernel
+    # would give it (EACCES from the first file made in the directory)
+    from refgen import runs
+
+    def refused(*a, **k):
+        raise PermissionError(13, "Permission denied", str(out / ".lock"))
+
+    monkeypatch.setattr(runs.os, "open", refused)
+    line = _one_error_line(capsys, main(argv))
+    assert "cannot write" in line and "Permission denied" in line
+    monkeypatch.undo()
+    assert _snapshot(out) == before
+    # and os.access saying no (a read-only directory for a non-root user) is checked first
+    monkeypatch.setattr(runs.os, "access", lambda path, mode: False)
+    line = _one_error_line(capsys, main(argv))
+    assert f"cannot write to {out}" in line
+    assert _snapshot(out) == before
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes through chmod; the test above covers root")
+def test_read_only_run_directory_by_chmod(run_dir, tmp_path, capsys):
+    out = _copy_run(run_dir, tmp_path)
+    before = _snapshot(out)
+    out.chmod(0o555)
+    try:
+        rc = main(["train", "gmm", "--data", "8gaussians", "--out", str(out), "--resume",
+                   "--steps", "40", "-q"])
+        assert "cannot write" in _one_error_line(capsys, rc)
+    finally:
+        out.chmod(0o755)
+    assert _snapshot(out) == before
+
+
+def test_a_run_directory_being_written_is_locked(run_dir, tmp_path, capsys):
+    out = _copy_run(run_dir, tmp_path)
+    (out / ".lock").write_text(f"{os.getppid()}\n")  # a living process that is not this one
+    before = _snapshot(out)
+    for argv in (["train", "gmm", "--data", "8gaussians", "--out", str(out), "--resume",
+                  "--steps", "40", "-q"], ["eval", str(out), "-q"]):
+        line = _one_error_line(capsys, main(argv))
+        assert f"{out} is in use by another refgen run (process {os.getppid()})" in line
+    assert _snapshot(out) == before
+    (out / ".lock").write_text("999999999\n")  # left by a process that died: taken over
+    assert main(["train", "gmm", "--data", "8gaussians", "--out", str(out), "--resume",
+                 "--steps", "35", "-q"]) == 0
+    assert not (out / ".lock").exists()
+
+
+def test_data_dir_without_the_files_never_falls_through(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("REFGEN_DATA_DIR", str(tmp_path / "elsewhere"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["train", "made", "--data", "mnist-14-binary", "--data-dir", str(empty),
+               "--out", str(tmp_path / "r")])
+    line = _one_error_line(capsys, rc)
+    assert f"data directory {empty} lacks the MNIST file(s)" in line
+    assert "download" not in line and "elsewhere" not in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_no_eval_and_the_evaluation_counts(tmp_path, capsys):
+    from refgen.metrics.evaluation import AFTER_TRAINING
+    out = tmp_path / "r"
+    assert main(["train", "gmm", "--data", "8gaussians", "--steps", "5", "--out", str(out),
+                 "-q", "--no-eval"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 5 and not set(metrics) & {"test_nll_nats", "modes_covered", "mmd"}
+    assert main(["train", "gmm", "--data", "8gaussians", "--steps", "5", "--out", str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err
+    assert "evaluating on the test set ... " in err
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["eval_n_samples"] == AFTER_TRAINING["other"]["n_samples"]
+    assert metrics["eval_n_test"] == AFTER_TRAINING["other"]["max_test"] and metrics["eval_wall_s"] >= 0
+
+
+def test_every_model_of_a_kind_is_evaluated_at_the_same_counts(monkeypatch):
+    from refgen import data
+    from refgen.metrics.evaluation import AFTER_TRAINING, evaluate_after_training
+    test = data.load("8gaussians", "test")
+    a, b = GaussianMixture((2,), seed=0), GaussianMixture((2,), seed=0)
+    b.eval_samples = 7  # a model's own cheaper default must not change the training-end count
+    ma, mb = evaluate_after_training(a, test), evaluate_after_training(b, test)
+    assert ma["eval_n_samples"] == mb["eval_n_samples"] == AFTER_TRAINING["other"]["n_samples"]
+    assert ma == mb
+
+
+def test_eval_and_sample_show_progress(run_dir, tmp_path, capsys):
+    out = _copy_run(run_dir, tmp_path)
+    assert main(["eval", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("evaluating on the test set ... ") and err[-1].endswith(" s")
+    assert main(["sample", str(out), "-n", "10", "--out", str(tmp_path / "s.png")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("drawing 10 ... ") and err[-1].endswith(" s")
+    assert main(["sample", str(out), "-n", "10", "--out", str(tmp_path / "s.png"), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_sample_out_refuses_to_overwrite_what_refgen_did_not_write(run_dir, tmp_path, capsys):
+    target = tmp_path / "notes.png"
+    target.write_text("my notes, not a picture\n")
+    rc = main(["sample", str(run_dir), "-n", "10", "--out", str(target), "-q"])
+    assert "pass --force to overwrite it" in _one_error_line(capsys, rc)
+    assert target.read_text() == "my notes, not a picture\n"
+    assert main(["sample", str(run_dir), "-n", "10", "--out", str(target), "-q", "--force"]) == 0
+    assert io.is_refgen_png(target)
+    assert main(["sample", str(run_dir), "-n", "20", "--out", str(target), "-q"]) == 0  # refgen's own
+
+
+def test_list_into_a_closed_pipe_is_quiet():
+    p = subprocess.Popen([sys.executable, "-m", "refgen", "list"], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # as `refgen list | head -0` does, before refgen writes
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and err == ""
+
+
+def test_list_says_which_data_each_model_accepts(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    gmm = out[[i for i, ln in enumerate(out) if ln.split()[:1] == ["gmm"]][0] + 1]
+    assert gmm.split() == ["data:", "2D", "toys"]
+    gpt = out[[i for i, ln in enumerate(out) if ln.split()[:1] == ["gpt"]][0] + 1]
+    assert "text:PATH" in gpt and "mnist-14-binary" in gpt
+    assert any("mnist " in ln and "labelled" in ln for ln in out)
+
+
+@pytest.mark.slow
+def test_a_short_gpt_run_on_mnist14_ends_within_a_minute(tmp_path, capsys):
+    import time
+    from refgen.data import find_mnist_dir
+    if find_mnist_dir() is None:
+        pytest.skip("MNIST files not found (set REFGEN_DATA_DIR)")
+    t = time.perf_counter()
+    assert main(["train", "gpt", "--data", "mnist-14-binary", "--steps", "20", "-q",
+                 "--out", str(tmp_path / "r")]) == 0
+    seconds = time.perf_counter() - t
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["eval_n_samples"] == 256 and "fid_mnist" in metrics and "test_bpd" in metrics
+    assert seconds < 60, f"{seconds:.0f} s (on an idle core; a loaded machine is slower)"

@@ -48,3 +48,17 @@ def test_the_checker_sees_rot(tmp_path):
     assert problems(dict(ok, replace="a = 1"), tmp_path)
     assert problems(dict(ok, extra=1), tmp_path)
     assert problems({k: v for k, v in ok.items() if k != "why"}, tmp_path)
+
+
+def test_harness_smoke_run_kills_its_mutants(tmp_path):
+    """benchmarks/mutation.py --smoke applies two engine mutants in a copy of the tree and
+    must report both killed (a harness that ran no test, or the wrong tests, would not)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TMPDIR=str(tmp_path), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mutation.py"), "--smoke",
+                           "--no-baseline"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "kill rate 1.0: 2 of 2 killed" in proc.stdout, proc.stdout[-2000:]

@@ -8,7 +8,7 @@ from refgen import backend, data, io
 from refgen.backend import to_numpy
 from refgen.data import Dataset
 from refgen.models.baseline.gmm import GaussianMixture
-from refgen.train import Batcher, TrainingDiverged, lr_at, train
+from refgen.train import Batcher, TrainConfig, TrainingDiverged, train
 
 
 def _small_noisy_data(n=100, seed=0):
@@ -192,12 +192,31 @@ def test_param_groups_choose_their_optimizer(tmp_path):
 
 
 def test_schedules():
-    assert lr_at(0, 1.0, 100, warmup=10) == pytest.approx(0.1)
-    assert lr_at(9, 1.0, 100, warmup=10) == pytest.approx(1.0)
-    assert lr_at(50, 1.0, 100) == 1.0
-    assert lr_at(10, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(1.0)
-    assert lr_at(60, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(0.5)
-    assert lr_at(110, 1.0, 110, warmup=10, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+    lr_at = lambda step, total, **kw: TrainConfig(steps=total, batch_size=1, lr=1.0, **kw).lr_factor(step)
+    assert lr_at(0, 100, warmup=10) == pytest.approx(0.1)
+    assert lr_at(9, 100, warmup=10) == pytest.approx(1.0)
+    assert lr_at(50, 100) == 1.0
+    assert lr_at(10, 110, warmup=10, schedule="cosine") == pytest.approx(1.0)
+    assert lr_at(60, 110, warmup=10, schedule="cosine") == pytest.approx(0.5)
+    assert lr_at(110, 110, warmup=10, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_loop_follows_the_schedule_and_logs_each_steps_rate(tmp_path):
+    # warmup 4 then a half cosine to 0 at step 12, for both groups, whatever their base lr;
+    # the lr logged on a line is the one the step of that line used
+    model = TwoStep((2,))
+    _run(model, _small_noisy_data(), tmp_path, 12, log_every=1, warmup=4, schedule="cosine")
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    cfg = TrainConfig(steps=12, batch_size=32, lr=1e-2, warmup=4, schedule="cosine")
+    assert [r["lr"] for r in log] == pytest.approx([1e-2 * cfg.lr_factor(s) for s in range(12)])
+    assert log[0]["lr"] == pytest.approx(1e-2 / 4) and log[4]["lr"] == pytest.approx(1e-2)
+    # resumed at step 6 with 12 steps in all, the schedule is the 12-step one from step 6 on
+    model2 = TwoStep((2,))
+    _run(model2, _small_noisy_data(), tmp_path / "b", 6, log_every=1, warmup=4, schedule="cosine")
+    _run(model2, _small_noisy_data(), tmp_path / "b", 12, log_every=1, warmup=4, schedule="cosine",
+         resume=True)
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log_b[6:]] == [r["lr"] for r in log[6:]]
 
 
 def test_batcher_covers_each_epoch_and_restores():
@@ -283,3 +302,64 @@ def test_samples_png_for_images(tmp_path):
     path = write_samples(model, tmp_path / "s.png", shape=(1, 4, 4), n=9, value_range=(-1.0, 1.0))
     assert path == tmp_path / "s.png" and path.read_bytes()[:4] == b"\x89PNG"
     assert write_samples(model, tmp_path / "t.png", shape=(64,), kind="categorical") is None
+
+
+class WithStats(GaussianMixture):
+    """A model that describes its last loss in ``last_stats``, as the VAEs and DDPM do."""
+
+    def loss(self, batch):
+        loss = super().loss(batch)
+        self.last_stats = {"half_loss": 0.5 * float(loss.item()), "calls": 1.0}
+        return loss
+
+
+def test_last_stats_go_into_the_log(tmp_path):
+    _run(WithStats((2,)), _small_noisy_data(), tmp_path, 10, log_every=1)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(r["calls"] == 1.0 and r["half_loss"] > 0 for r in log)
+    # with log_every 1 the logged loss is the step's own, so the stat is exactly its half
+    assert all(r["half_loss"] == pytest.approx(0.5 * r["loss"], rel=1e-6) for r in log)
+
+
+def test_train_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        TrainConfig(steps=0, batch_size=1, lr=1.0)
+    with pytest.raises(ValueError, match="warmup must be >= 0"):
+        TrainConfig(steps=1, batch_size=1, lr=1.0, warmup=-1)
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; accepted: constant, cosine"):
+        TrainConfig(steps=1, batch_size=1, lr=1.0, schedule="linear")
+
+
+def test_resume_refuses_a_length_at_or_below_the_checkpoint(tmp_path):
+    ds = _small_noisy_data()
+    _run(GaussianMixture((2,)), ds, tmp_path, 10)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="at step 10; resuming needs steps > 10, got 10"):
+        _run(GaussianMixture((2,)), ds, tmp_path, 10, resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_the_last_step_is_logged_and_checkpointed_off_the_period(tmp_path):
+    _run(GaussianMixture((2,)), _small_noisy_data(), tmp_path, 13, log_every=5, ckpt_every=5)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 13]
+    assert io.load_checkpoint(tmp_path / "checkpoint.npz")[1]["step"] == 13
+
+
+def test_a_stage_on_a_terminal_shows_counts_then_its_time(monkeypatch):
+    import io as _io
+    import sys
+    from refgen.progress import Stage
+
+    class Terminal(_io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    with Stage("evaluating") as s:
+        s._last = -1.0  # as if the last update was long ago
+        s.update(3, 10, "samples")
+    text = err.getvalue()
+    assert "evaluating ... samples 3/10  ETA " in text
+    assert text.endswith(" s\n") and text.rsplit("\r", 1)[-1].startswith("evaluating ... ")

@@ -27,6 +27,7 @@ MNIST files are read only when an MNIST name is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -35,7 +36,7 @@ from . import mnist as _mnist
 from . import text as _text
 from . import toy2d
 
-__all__ = ["Dataset", "load", "names", "TOY_SIZES"]
+__all__ = ["Dataset", "load", "names", "describe", "check_data_dir", "TOY_SIZES"]
 
 TOY_SIZES = {"train": 50_000, "test": 10_000}
 _MNIST_NAMES = ("mnist", "mnist-dequantized", "mnist-binary", "mnist-14", "mnist-14-binary")
@@ -103,6 +104,33 @@ def value_range(name: str) -> tuple | None:
     if name in _MNIST_NAMES:
         return (0.0, 1.0)
     return None
+
+
+def describe(name: str) -> tuple:
+    """(kind, shape of one example) of data set ``name`` without reading any file, or
+    (None, None) for a name ``load`` does not accept. Text windows have ``load``'s default
+    block size."""
+    if name in toy2d.names():
+        return "continuous", (2,)
+    if name in _MNIST_NAMES:
+        side = 14 if name.startswith("mnist-14") else 28
+        return ("binary" if name.endswith("binary") else "continuous"), (1, side, side)
+    if name.startswith("text:") and len(name) > 5:
+        return "categorical", (64,)
+    return None, None
+
+
+def check_data_dir(name: str, data_dir) -> None:
+    """Raise ValueError naming ``data_dir`` when data set ``name`` reads files and
+    ``data_dir`` does not hold them (no fall-through to REFGEN_DATA_DIR or a download)."""
+    if data_dir is None or name not in _MNIST_NAMES:
+        return
+    d = Path(data_dir).expanduser()
+    if not d.is_dir():
+        raise ValueError(f"data directory {data_dir} is not a directory")
+    missing = [f for files in _mnist.FILES.values() for f in files if not (d / f).is_file()]
+    if missing:
+        raise ValueError(f"data directory {data_dir} lacks the MNIST file(s) {', '.join(missing)}")
 
 
 def _load_mnist(name, split, data_dir, download):

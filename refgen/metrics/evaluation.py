@@ -71,7 +71,8 @@ from refgen.metrics.knn_manifold import DEFAULT_K, precision_recall
 from refgen.metrics.likelihood import bits_per_dim, nll_to_bpd
 from refgen.metrics.two_d import entropy_gap_nats, mmd, mode_stats
 
-__all__ = ["evaluate", "EVAL_SEED", "DEFAULT_SAMPLES", "DEFAULT_IWAE_K", "METRIC_NAMES"]
+__all__ = ["evaluate", "evaluate_after_training", "counts_used", "AFTER_TRAINING", "EVAL_SEED",
+           "DEFAULT_SAMPLES", "DEFAULT_IWAE_K", "METRIC_NAMES"]
 
 # every metric evaluate can report, in the order `refgen list` shows them
 METRIC_NAMES = ("test_nll_nats", "test_bpd", "elbo_nats", "iwae_nats", "fid_mnist", "kid_mnist",
@@ -93,10 +94,14 @@ def _to_numpy(a):
     return backend.to_numpy(a.data if isinstance(a, Tensor) else a)
 
 
-def _per_example(fn, x, batch_size):
-    """Concatenate fn(batch) -> (b,) over ``x`` in batches, as float64 NumPy."""
-    out = [_to_numpy(fn(Tensor(backend.asarray(x[i:i + batch_size]))))
-           .astype(np.float64).reshape(-1) for i in range(0, len(x), batch_size)]
+def _per_example(fn, x, batch_size, report=None):
+    """Concatenate fn(batch) -> (b,) over ``x`` in batches, as float64 NumPy; report(done,
+    total) after each batch."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(_to_numpy(fn(Tensor(backend.asarray(x[i:i + batch_size])))).astype(np.float64).reshape(-1))
+        if report is not None:
+            report(min(i + batch_size, len(x)), len(x))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -111,7 +116,7 @@ def _bpd_rule(model, ds):
     return None
 
 
-def _draw(model, n, cond, rng, chunk):
+def _draw(model, n, cond, rng, chunk, report=None):
     """n samples as a NumPy array, drawn ``chunk`` at a time from one generator."""
     parts = []
     for i in range(0, n, chunk):
@@ -121,6 +126,8 @@ def _draw(model, n, cond, rng, chunk):
         else:
             s = model.sample(m, cond=backend.asarray(cond[i:i + m]), rng=rng)
         parts.append(_to_numpy(s))
+        if report is not None:
+            report(i + m, n)
     return np.concatenate(parts)
 
 
@@ -129,7 +136,7 @@ def _is_conditional(model):
 
 
 def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwae_k=None,
-             max_test=None, batch_size=500, sample_batch=500) -> dict:
+             max_test=None, batch_size=500, sample_batch=500, progress=None) -> dict:
     """The metrics that apply to ``model`` on ``test_dataset`` (see the module docstring).
 
     n_samples: samples drawn for FID / mode coverage / MMD (default: the model's
@@ -137,9 +144,13 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
     ``eval_iwae_k`` or 1000; smaller is cheaper and looser). max_test: score only the first
     this many test examples. rng: seed or backend generator for all of the model's noise.
     run_dir is accepted for the CLI and not written to: the caller writes metrics.json.
+    progress(done, total, label), when given, is called after each batch (a progress line).
     Returns {metric name: float or int}.
     """
     from refgen.data import toy2d
+
+    def report(label):
+        return None if progress is None else (lambda done, total: progress(done, total, label))
 
     ds = test_dataset
     if ds.kind == "categorical":
@@ -154,7 +165,7 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
     try:
         with no_grad():
             if hasattr(model, "log_prob"):
-                nll = float(-_per_example(model.log_prob, x, batch_size).mean())
+                nll = float(-_per_example(model.log_prob, x, batch_size, report("log p(x)")).mean())
                 to_bpd = _bpd_rule(model, ds)
                 out["test_nll_nats"] = nll
                 if to_bpd is not None:
@@ -163,22 +174,22 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
                     h = toy2d.entropy(ds.name)[0]
                     out["entropy_gap_nats"] = float(entropy_gap_nats(nll, h))
             if hasattr(model, "elbo"):
-                out["elbo_nats"] = float(_per_example(model.elbo, x, batch_size).mean())
+                out["elbo_nats"] = float(_per_example(model.elbo, x, batch_size, report("ELBO")).mean())
                 if ("test_bpd" not in out and getattr(model, "discrete", False) is True
                         and _mnist_range(ds.name) == (-1.0, 1.0)):
                     out["test_bpd"] = float(bits_per_dim(-out["elbo_nats"], int(np.prod(ds.shape))))
             if hasattr(model, "iwae"):
                 k = int(iwae_k if iwae_k is not None
                         else getattr(model, "eval_iwae_k", DEFAULT_IWAE_K))
-                lk = _per_example(lambda xb: model.iwae(xb, k), x, max(1, batch_size // 5))
+                lk = _per_example(lambda xb: model.iwae(xb, k), x, max(1, batch_size // 5), report("IWAE"))
                 out["iwae_nats"] = float(lk.mean())
             if hasattr(model, "sample"):
                 n = int(n_samples if n_samples is not None
                         else getattr(model, "eval_samples", DEFAULT_SAMPLES))
                 if _mnist_range(ds.name) and n >= 2:
-                    out.update(_image_metrics(model, ds, n, gen, sample_batch))
+                    out.update(_image_metrics(model, ds, n, gen, sample_batch, report("samples")))
                 elif ds.name in toy2d.names() and n >= 2:
-                    s = _draw(model, n, None, gen, max(sample_batch, 10_000)).reshape(n, -1)
+                    s = _draw(model, n, None, gen, max(sample_batch, 10_000), report("samples")).reshape(n, -1)
                     if ds.name in toy2d.MODES:
                         out.update(mode_stats(s, *toy2d.modes(ds.name)))
                     m = min(_MMD_N, n, len(ds.x))
@@ -192,11 +203,11 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
     return out
 
 
-def _image_metrics(model, ds, n, gen, chunk):
+def _image_metrics(model, ds, n, gen, chunk, report=None):
     """fid_mnist, kid_mnist, precision, recall, class_kl (and cond_accuracy for conditional
     models) of n samples of an MNIST model."""
     labels = np.arange(n) % int(model.num_classes) if _is_conditional(model) else None
-    s = _draw(model, n, labels, gen, chunk).reshape((n,) + tuple(ds.shape)).astype(np.float32)
+    s = _draw(model, n, labels, gen, chunk, report).reshape((n,) + tuple(ds.shape)).astype(np.float32)
     ref = ds.x
     if _mnist_range(ds.name)[0] == 0:  # [0, 1] -> [-1, 1]
         s, ref = 2.0 * s - 1.0, 2.0 * ds.x - 1.0
@@ -223,4 +234,43 @@ def _image_metrics(model, ds, n, gen, chunk):
         out["precision"], out["recall"] = precision_recall(feats[:m], pr_ref)
     if labels is not None and int(model.num_classes) == 10:
         out["cond_accuracy"] = float((logits.argmax(axis=1) == labels).mean())
+    return out
+
+
+# The evaluation at the end of ``refgen train``: the same counts for every model of a kind of
+# data (whatever a model's own eval_samples says), so that its numbers compare across models,
+# and small enough to take seconds to a minute on a CPU. `refgen eval DIR` runs the full one.
+AFTER_TRAINING = {
+    "images": dict(n_samples=256, max_test=256, iwae_k=100, sample_batch=64),
+    "other": dict(n_samples=2000, max_test=2000, iwae_k=100, sample_batch=2000),
+}
+
+
+def evaluate_after_training(model, test_dataset, progress=None) -> dict:
+    """evaluate() with the counts of AFTER_TRAINING for the kind of data, the counts stated
+    in the result (see counts_used)."""
+    ds = test_dataset
+    if ds.kind == "categorical":
+        return {}
+    counts = AFTER_TRAINING["images" if len(ds.shape) == 3 else "other"]
+    out = evaluate(model, ds, progress=progress, **counts)
+    return dict(out, **counts_used(model, ds, out, **{k: counts[k] for k in
+                                                       ("n_samples", "max_test", "iwae_k")}))
+
+
+def counts_used(model, test_dataset, metrics: dict, n_samples=None, max_test=None,
+                iwae_k=None) -> dict:
+    """The counts behind ``metrics`` = evaluate(model, test_dataset, n_samples, max_test=...,
+    iwae_k=...): eval_n_test (test examples scored), eval_n_samples (samples drawn for the
+    sample-based metrics), eval_iwae_k; each only where a metric used it."""
+    n = len(test_dataset.x)
+    out = {}
+    if any(k in metrics for k in ("test_nll_nats", "elbo_nats", "iwae_nats")):
+        out["eval_n_test"] = n if max_test is None else min(n, int(max_test))
+    if any(k in metrics for k in ("fid_mnist", "modes_covered", "mmd")):
+        out["eval_n_samples"] = int(n_samples if n_samples is not None
+                                    else getattr(model, "eval_samples", DEFAULT_SAMPLES))
+    if "iwae_nats" in metrics:
+        out["eval_iwae_k"] = int(iwae_k if iwae_k is not None
+                                 else getattr(model, "eval_iwae_k", DEFAULT_IWAE_K))
     return out
