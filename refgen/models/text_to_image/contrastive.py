@@ -38,7 +38,7 @@ def normalize(z, eps: float = 1e-12):
 
 def logit_scale(t):
     """s = exp(min(t, log 100)): the learned temperature's inverse, clamped at 100."""
-    return F.exp(F.clamp(t, max=math.log(LOGIT_SCALE_MAX)))
+    return F.exp(F.clamp(t, max=math.log(LOGIT_SCALE_MAX)))  # Radford et al. 2021, sec. 2.5
 
 
 def info_nce(u, v, scale):
@@ -46,13 +46,14 @@ def info_nce(u, v, scale):
     matched with pair i, at logit scale ``scale`` (a Tensor scalar or a float)."""
     logits = scale * F.matmul(u, F.transpose(v, 0, 1))  # L_ij = s u_i . v_j   (B, B)
     target = xp.arange(u.shape[0])
+    # Radford et al. 2021, Fig. 3: (CE over texts for each image + CE over images for each text) / 2
     return (F.cross_entropy(logits, target) + F.cross_entropy(F.transpose(logits, 0, 1), target)) / 2
 
 
 def class_embeddings(v):
     """Unit text embeddings of every (class, prompt) (C, P, D) -> (C, D): the mean over the
     prompts, renormalised (prompt ensembling)."""
-    return normalize(F.mean(v, dim=1))
+    return normalize(F.mean(v, dim=1))  # Radford et al. 2021, sec. 3.1.4: w_c = mean_p v_cp, renormalised
 
 
 def zero_shot_logits(u, w):
@@ -70,4 +71,4 @@ def retrieve(queries, gallery, k: int = 1):
 
 def clip_score(u, v, w: float = CLIP_SCORE_W):
     """w max(u_i . v_i, 0) per pair of unit embeddings (N, D), (N, D) -> (N,)."""
-    return w * F.relu(F.sum(u * v, dim=-1))
+    return w * F.relu(F.sum(u * v, dim=-1))  # Hessel et al. 2021, CLIP-S = w max(cos, 0)

@@ -38,6 +38,7 @@ def logsumexp(a, axis):
 # ----------------------------------------------------------------------------- InfoNCE
 @pytest.mark.parametrize("b,d,s", [(5, 7, 3.7), (8, 4, 0.6), (3, 16, 42.0)])
 def test_info_nce_is_the_mean_of_both_cross_entropies(b, d, s):
+    """Radford et al. 2021, Fig. 3, against cross-entropies computed here in NumPy."""
     rng = np.random.default_rng(b * d)
     u, v = unit(rng.normal(size=(b, d))), unit(rng.normal(size=(b, d)))
     logits = s * u @ v.T
@@ -51,6 +52,7 @@ def test_info_nce_is_the_mean_of_both_cross_entropies(b, d, s):
 
 
 def test_info_nce_of_aligned_embeddings_tends_to_zero_as_the_temperature_falls():
+    """Radford et al. 2021, Fig. 3: loss = log(1 + (B - 1) e^{-s}) -> 0 as s grows."""
     b = 6
     u = np.eye(8)[:b]  # orthonormal, each text equal to its image
     values = [float(np_value(C.info_nce(t64(u), t64(u), s))) for s in (1.0, 5.0, 20.0, 100.0)]
@@ -81,6 +83,7 @@ def test_normalize_gives_unit_rows():
 
 # ----------------------------------------------------------------------------- temperature
 def test_logit_scale_starts_at_one_over_007_and_is_clamped_at_100():
+    """Radford et al. 2021, sec. 2.5: tau starts at 0.07, exp(t) is clipped at 100."""
     m = create("clip", data_shape=(1, 28, 28), embed_dim=8, width=16, layers=1, heads=2, channels=4)
     assert float(np_value(m.logit_scale())) == pytest.approx(1 / 0.07, rel=1e-5)
     m.log_scale.data[...] = math.log(1000.0)
@@ -90,6 +93,7 @@ def test_logit_scale_starts_at_one_over_007_and_is_clamped_at_100():
 
 
 def test_clamped_temperature_gets_no_gradient_beyond_the_clamp():
+    """Radford et al. 2021, sec. 2.5: past the clip the scale is constant in t."""
     rng = np.random.default_rng(2)
     u, v = t64(unit(rng.normal(size=(4, 3)))), t64(unit(rng.normal(size=(4, 3))))
     for t, moves in ((math.log(30.0), True), (math.log(300.0), False)):
@@ -111,6 +115,7 @@ def _toy(rng, n=60):
 
 
 def test_zero_shot_picks_the_class_of_a_known_toy_and_ensembling_matters():
+    """Radford et al. 2021, sec. 3.1.4: the ensemble's mean embedding classifies the toy."""
     rng = np.random.default_rng(4)
     u, v, y = _toy(rng)
     w = np_value(C.class_embeddings(t64(v)))
@@ -122,6 +127,7 @@ def test_zero_shot_picks_the_class_of_a_known_toy_and_ensembling_matters():
 
 
 def test_model_zero_shot_uses_its_encoders_and_the_ensemble(monkeypatch):
+    """Radford et al. 2021, sec. 3.1.4, through CLIP.zero_shot with known embeddings."""
     m = create("clip", data_shape=(1, 28, 28), embed_dim=4, width=16, layers=1, heads=2, channels=4)
     rng = np.random.default_rng(5)
     u, v, y = _toy(rng)
@@ -135,6 +141,7 @@ def test_model_zero_shot_uses_its_encoders_and_the_ensemble(monkeypatch):
 
 
 def test_retrieve_and_clip_score():
+    """Retrieval by dot product; Hessel et al. 2021, CLIP-S = 2.5 max(cos, 0)."""
     rng = np.random.default_rng(6)
     g = unit(rng.normal(size=(20, 5)))
     q = unit(g[[3, 17, 8]] + 0.05 * rng.normal(size=(3, 5)))
