@@ -30,8 +30,8 @@ pixel across the data set: its levels are relative to the training set, not to t
 
 Captions come from templates with slots ({word}: "seven", {num}: "7", and the four
 attributes), e.g. "a thick slanted seven", "7 , thin , small". The tokenizer is word level
-over a fixed vocabulary (``VOCAB_PATH``, json, which also keeps the training tertiles) with <pad>, <sot> and <eot>; every caption is
-<sot> words <eot> padded with <pad> to ``CONTEXT`` tokens.
+over a fixed vocabulary (``VOCAB_PATH``, json, which also keeps the training tertiles) with
+<pad>, <sot> and <eot>; every caption is <sot> words <eot> padded with <pad> to ``CONTEXT`` tokens.
 
 Compositional test: ``HELDOUT_TEMPLATES`` are never used for training captions, and no
 training caption names a digit together with a (thickness, slant) pair of
@@ -141,7 +141,8 @@ def thickness(ink):
     gy, gx = p[:, 1:, :-1] - ink, p[:, :-1, 1:] - ink  # (N, H, W) each
     perimeter = np.sqrt(gy * gy + gx * gx).sum(axis=(1, 2), dtype=np.float64)
     # pixels in row/column 0 have an edge before them that forward differences do not see
-    perimeter = perimeter + ink[:, 0, :].sum(axis=1, dtype=np.float64) + ink[:, :, 0].sum(axis=1, dtype=np.float64)
+    perimeter = (perimeter + ink[:, 0, :].sum(axis=1, dtype=np.float64)
+                 + ink[:, :, 0].sum(axis=1, dtype=np.float64))
     return 2.0 * ink_mass(ink) / np.maximum(perimeter, 1e-12)
 
 
