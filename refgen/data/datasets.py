@@ -16,6 +16,9 @@ Names and what ``Dataset.x`` holds (float32 unless said otherwise, one row per e
                  so test NLLs are comparable across runs.
   mnist-14       (N, 1, 14, 14) in [-1, 1]: 2x2 average pooling, then as mnist.
   mnist-14-binary  pooled intensities, then binarized as mnist-binary.
+  mnist-captions (N, 1, 28, 28) in [-1, 1] as mnist, with captions written from each digit's
+                 label and measured attributes; ``batch`` returns (images, caption token ids
+                 (B, 12) int64), see :mod:`refgen.data.captions`.
   text:PATH      character-level: x is int64 token ids (n,) of the split (90/10), kind
                  'categorical'; ``batch(starts, rng)`` returns windows
                  ``(x[s:s+block_size], x[s+1:s+block_size+1])`` for each start s, i.e.
@@ -85,7 +88,7 @@ class Dataset:
 
 def names() -> list[str]:
     """Every accepted data set name; 'text:PATH' stands for any text file."""
-    return toy2d.names() + list(_MNIST_NAMES) + ["text:PATH"]
+    return toy2d.names() + list(_MNIST_NAMES) + ["mnist-captions", "text:PATH"]
 
 
 def _binarize(p, rng):
@@ -99,7 +102,7 @@ def _dequantize(lower, rng):  # lower = k / 256
 def value_range(name: str) -> tuple | None:
     """The interval the values of data set ``name`` lie in: (-1, 1) for mnist and mnist-14,
     (0, 1) for the dequantized and binary variants, None where it is not fixed (toy 2D, text)."""
-    if name in ("mnist", "mnist-14"):
+    if name in ("mnist", "mnist-14", "mnist-captions"):
         return (-1.0, 1.0)
     if name in _MNIST_NAMES:
         return (0.0, 1.0)
@@ -165,6 +168,9 @@ def load(name: str, split: str = "train", data_dir=None, seed: int = 0,
         return Dataset(name, split, x, None, "continuous", (2,))
     if name in _MNIST_NAMES:
         return _load_mnist(name, split, data_dir, download)
+    if name == "mnist-captions":
+        from . import captions
+        return captions.load_split(split, data_dir, download)
     if name.startswith("text:") and len(name) > 5:
         ids, vocab = _text.load_text(name[5:], split)
         if len(ids) <= block_size:

@@ -1,0 +1,6 @@
+"""Text-to-image models: CLIP (contrastive image-text embeddings) and its tools (zero-shot
+classification, retrieval, CLIP score)."""
+from refgen.models.text_to_image.contrastive import (class_embeddings, clip_score, info_nce,  # noqa: F401
+                                                      logit_scale, normalize, retrieve,
+                                                      zero_shot_logits)
+from refgen.models.text_to_image.clip import CLIP, ImageEncoder, TextEncoder  # noqa: F401
