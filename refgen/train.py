@@ -215,8 +215,11 @@ def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_
     """Draw ``n`` samples with a generator seeded by ``seed`` and write a PNG of them: a grid
     for images (``value_range`` of the data mapped to black..white), a scatter in orange
     over ``reference`` points (the data, in blue) for 2D. Returns the path written, or None
-    for data that has no picture (text). Images are drawn in chunks reported to ``stage``."""
+    for data that has no picture (text) and for models that do not sample (CLIP). Images are
+    drawn in chunks reported to ``stage``."""
     shape = tuple(shape)
+    if not callable(getattr(model, "sample", None)):
+        return None
     if kind == "categorical" or len(shape) not in (1, 3) or (len(shape) == 1 and shape[0] != 2):
         return None
     image = len(shape) == 3
