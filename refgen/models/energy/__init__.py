@@ -13,6 +13,12 @@ refgen.score_matching. 2D models are normalised exactly by grid quadrature (quad
 """
 from refgen.models.energy.base import EnergyModel
 from refgen.models.energy.ebm import EBM, contrastive_loss
+from refgen.models.energy.nce import EBMNCE, gaussian_log_prob, nce_loss
+from refgen.models.energy.fce import EBMFCE
+from refgen.models.energy.sm import EBMSM
+from refgen.models.energy.jem import JEM
+from refgen.models.energy.nets import ConvEnergy, MLPEnergy
 from refgen.models.energy.quadrature import grid_log_normalizer
 
-__all__ = ["EnergyModel", "EBM", "contrastive_loss", "grid_log_normalizer"]
+__all__ = ["EnergyModel", "EBM", "EBMNCE", "EBMFCE", "EBMSM", "JEM", "MLPEnergy", "ConvEnergy",
+           "contrastive_loss", "nce_loss", "gaussian_log_prob", "grid_log_normalizer"]
