@@ -20,7 +20,7 @@ from __future__ import annotations
 from refgen.autograd import Tensor
 from refgen.models import register
 from refgen.models.energy.base import SAMPLERS, EnergyModel
-from refgen.samplers import NonFiniteEnergy, ReplayBuffer
+from refgen.samplers import NonFiniteEnergy, ReplayBuffer, _check_positive
 
 __all__ = ["EBM", "contrastive_loss", "sampling_failed"]
 
@@ -46,6 +46,9 @@ class PersistentChains:
                      noise_scale):
         if mcmc not in SAMPLERS:
             raise ValueError(f"mcmc must be one of {', '.join(SAMPLERS)}, got {mcmc!r}")
+        _check_positive("mcmc_step_size", mcmc_step_size)
+        if noise_scale is not None:
+            _check_positive("noise_scale", noise_scale)
         self.mcmc, self.mcmc_steps = mcmc, int(mcmc_steps)
         self.mcmc_step_size = float(mcmc_step_size)
         self.noise_scale = None if noise_scale is None else float(noise_scale)
