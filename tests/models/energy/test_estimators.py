@@ -116,6 +116,15 @@ def _net(dim, seed=0, hidden=(16, 16)):
     return net
 
 
+def test_the_score_of_an_energy_is_minus_its_gradient():
+    # E = |x - m|^2 / (2 s^2): s(x) = -(x - m) / s^2
+    m = np.array([0.5, -1.0, 2.0])
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    energy = lambda t: ((t - Tensor(m)) ** 2).sum(1) / (2 * 0.7 ** 2)
+    got = energy_score(energy)(Tensor(x, requires_grad=True)).data
+    np.testing.assert_allclose(got, -(x - m) / 0.7 ** 2, rtol=1e-12)
+
+
 def test_the_hessian_trace_by_double_backward_equals_finite_differences():
     net = _net(3)
     score = energy_score(net)
