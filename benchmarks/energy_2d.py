@@ -57,9 +57,9 @@ CONFIGS = {
     "ebm": dict(kwargs=dict(NET, mcmc_steps=10, mcmc_step_size=0.02, alpha=0.1), steps=3000,
                 batch_size=256, lr=2e-3),
     "ebm-nce": dict(kwargs=dict(NET, noise_std=2.0), steps=3000, batch_size=256, lr=2e-3),
-    "ebm-fce": dict(kwargs=dict(NET, flow_couplings=6, flow_hidden=[64, 64]), steps=3000,
+    "ebm-fce": dict(kwargs=dict(NET, flow_couplings=4, flow_hidden=[64, 64]), steps=1000,
                     batch_size=256, lr=2e-3),
-    "ebm-sm": dict(kwargs=dict(NET), steps=3000, batch_size=256, lr=2e-3),
+    "ebm-sm": dict(kwargs=dict(NET), steps=1500, batch_size=256, lr=2e-3),
 }
 SMOKE = dict(hidden=[8], base_std=3.0)
 TARGETS = {"8gaussians": 0.10, "checkerboard": 0.25}   # entropy gap of maximum likelihood, nats
