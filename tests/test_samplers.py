@@ -28,7 +28,7 @@ def ula_variance(eps, s2):
     return s2 / (1.0 - eps / (4.0 * s2))
 
 
-def seed_form_variance(eps, s2):
+def survey_form_variance(eps, s2):
     """... and of x' = (1 - eps/(2 s2)) x + eps z, the update with noise eps."""
     return eps * s2 / (1.0 - eps / (4.0 * s2))
 
@@ -49,7 +49,7 @@ def test_ula_stationary_variance_is_its_closed_form(eps):
     # snapshots (10 steps apart). The relative standard error of a variance from n
     # independent draws is sqrt(2/n); the snapshots are correlated, so we allow 5 times the
     # error of the 20,000 chains alone: 5 * sqrt(2 / 20000) = 5%, against the 14% (eps=0.5)
-    # by which the closed form differs from s^2 and the 33-98% by which the seed's form does.
+    # by which the closed form differs from s^2 and the 33-98% by which the survey's form (noise eps) does.
     s = np.array([1.0, 0.7])
     rng = np.random.default_rng(1)
     x0 = rng.standard_normal((20000, 2)) * s
@@ -63,7 +63,7 @@ def test_ula_stationary_variance_is_its_closed_form(eps):
     # the update with noise eps beside a drift of eps/2 (noise_scale=eps) samples another law
     x_seed = langevin(x0, log_prob=gaussian(s), n_steps=int(20 / eps), step_size=eps,
                       noise_scale=eps, rng=default_rng(3)).x
-    np.testing.assert_allclose(x_seed.var(0), seed_form_variance(eps, s ** 2), rtol=0.05)
+    np.testing.assert_allclose(x_seed.var(0), survey_form_variance(eps, s ** 2), rtol=0.05)
     assert np.all(np.abs(x_seed.var(0) - s ** 2) > 0.3 * s ** 2)
 
 
@@ -71,7 +71,7 @@ def test_ula_closed_form_tends_to_the_target_as_the_step_shrinks():
     s2 = 0.49
     gaps = [abs(ula_variance(e, s2) - s2) for e in (0.4, 0.1, 0.01, 0.001)]
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-3 * s2
-    assert seed_form_variance(1e-3, s2) < 1e-2 * s2                   # the seed's form collapses
+    assert survey_form_variance(1e-3, s2) < 1e-2 * s2                   # the survey's form collapses
 
 
 # ----------------------------------------------------------------------------- detailed balance

@@ -56,7 +56,7 @@ def test_the_contrastive_gradient_is_the_log_likelihood_gradient():
     exact = stats(x_pos).mean(0) - p @ t_all                               # grad log-likelihood
     se = np.sqrt(p @ t_all ** 2 - (p @ t_all) ** 2) / math.sqrt(len(x_neg))
     assert np.all(np.abs(-g.data - exact) < 5 * se)
-    # the seed's display, -grad E(x+) - E[grad E(x-)], is another vector altogether
+    # the survey's display, -grad E(x+) - E[grad E(x-)], is another vector altogether
     (g_seed,) = grad(energy(x_pos).mean() + energy(x_neg).mean(), theta)
     assert np.max(np.abs(-g_seed.data - exact) / se) > 50
     # a step down the contrastive loss raises the exact log-likelihood of the data
