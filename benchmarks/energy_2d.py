@@ -3,6 +3,7 @@
     python benchmarks/energy_2d.py                                  # every estimator and data set
     python benchmarks/energy_2d.py --models ebm --data checkerboard --steps 3000
     python benchmarks/energy_2d.py --smoke --out /tmp/e2d --results-dir /tmp/e2d   # seconds
+    python benchmarks/energy_2d.py --models ebm --data 8gaussians --set alpha=0.01 --results energy_2d_alpha0.01
 
 For each (estimator, data set): the same energy network (MLP 2-128-128-1, SiLU, plus the
 quadratic envelope |x|^2 / 18) is trained with refgen.train.train on 50,000 samples, by
@@ -89,9 +90,11 @@ def picture(model, dname, log_z, samples, test_x, path, n_grid=200):
     io.write_png(path, io.concat_images_horizontal(panels))
 
 
-def run_one(mname, dname, steps, out_root, seed=0, smoke=False, png_dir=RESULTS):
+def run_one(mname, dname, steps, out_root, seed=0, smoke=False, png_dir=RESULTS, sets=None,
+            results_name="energy_2d"):
     cfg = CONFIGS[mname]
-    kwargs = dict(cfg["kwargs"], **SMOKE) if smoke else cfg["kwargs"]
+    kwargs = dict(cfg["kwargs"], **SMOKE) if smoke else dict(cfg["kwargs"])
+    kwargs.update(sets or {})
     if smoke and mname == "ebm-fce":
         kwargs = dict(kwargs, flow_couplings=2, flow_hidden=[8])
     steps = 3 if smoke else int(steps or cfg["steps"])
@@ -126,13 +129,20 @@ def run_one(mname, dname, steps, out_root, seed=0, smoke=False, png_dir=RESULTS)
                    target_gap_nats=TARGETS.get(dname) if mname == "ebm" else None)
     if dname in data.toy2d.MODES:
         res.update(mode_stats(samples, *data.toy2d.modes(dname)))
-    png = Path(png_dir) / f"energy_2d_{mname}_{dname}.png"
+    png = Path(png_dir) / f"{results_name}_{mname}_{dname}.png"
     picture(model, dname, log_z, samples, test_x, png)
     res["png"] = str(png.relative_to(RESULTS.parent.parent)) if png.is_relative_to(RESULTS.parent.parent) else str(png)
     print(f"{mname:8s} {dname:13s} NLL {nll:.4f}  gap {res.get('entropy_gap_nats', float('nan')):+.4f}  "
           f"edge {edge:.1e}  modes {res.get('modes_covered', '-')}  "
           f"MALA acc {model.last_acceptance_rate:.2f}  {wall:.0f} s", flush=True)
     return res
+
+
+def _value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main(argv=None):
@@ -145,14 +155,18 @@ def main(argv=None):
     ap.add_argument("--out", default="/tmp/refgen_energy_2d", help="where run directories go")
     ap.add_argument("--results-dir", default=str(RESULTS), help="where the JSON and PNGs go")
     ap.add_argument("--results", default="energy_2d", help="results JSON name (no suffix)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a constructor keyword of every model (VALUE read as JSON)")
     args = ap.parse_args(argv)
+    sets = {k: _value(v) for k, v in (a.split("=", 1) for a in args.set)}
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{args.results}.json"
     results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     for dname in args.data.split(","):
         for mname in args.models.split(","):
-            res = run_one(mname, dname, args.steps, args.out, args.seed, args.smoke, out_dir)
+            res = run_one(mname, dname, args.steps, args.out, args.seed, args.smoke, out_dir, sets,
+                          args.results)
             res.update(command=command(), machine=machine())
             results["runs"][f"{mname}/{dname}"] = res
             path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
