@@ -10,7 +10,9 @@ gradient is the negative log-likelihood's, with x- drawn by MCMC and held fixed,
     L = mean E_theta(x+) - mean E_theta(x-)   (+ alpha (mean E(x+)^2 + mean E(x-)^2))
 
 The regulariser (Du & Mordatch 2019) keeps energies near 0: without it E can drift by a
-constant and grow in magnitude without changing p. Negatives x- come from ``mcmc_steps`` of
+constant and grow in magnitude without changing p. It is not part of the likelihood's
+gradient and flattens the energy over the data, so it is kept small (alpha = 0.01: on
+8gaussians the entropy gap was 0.054 nats with it, 0.122 with alpha = 0.1; docs/energy.md). Negatives x- come from ``mcmc_steps`` of
 ULA (or MALA) started in a replay buffer of ``buffer_size`` persistent chains, a ``reinit``
 fraction restarted from uniform noise each step; the buffer is part of the state_dict, so a
 checkpoint holds every chain's state and a resumed run continues them exactly.
@@ -81,7 +83,7 @@ class EBM(PersistentChains, EnergyModel):
     default_train = dict(steps=4000, batch_size=256, lr=1e-3)
 
     def __init__(self, data_shape, *, seed=0, hidden=(128, 128), channels=32, base_std=3.0,
-                 init_range=4.5, alpha=0.1, mcmc="ula", mcmc_steps=40, mcmc_step_size=1e-2,
+                 init_range=4.5, alpha=0.01, mcmc="ula", mcmc_steps=40, mcmc_step_size=1e-2,
                  noise_scale=None, buffer_size=10000, reinit=0.05, sampler="mala",
                  sample_steps=300, sample_step_size=1e-2):
         super().__init__(data_shape, seed=seed, hidden=hidden, channels=channels,
