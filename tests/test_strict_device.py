@@ -50,6 +50,13 @@ CASES = {
     "ddpm": ("mnist", IMG, True, dict(T=30, num_classes=10, channels=8, groups=4,
                                       num_res_blocks=1, learn_sigma=True, guidance=1.0,
                                       sample_steps=5, vlb_timesteps=3)),
+    "ebm": ("8gaussians", (2,), False, dict(hidden=(8,), mcmc_steps=2, buffer_size=20, sample_steps=3)),
+    "ebm-nce": ("8gaussians", (2,), False, dict(hidden=(8,), sample_steps=3)),
+    "ebm-fce": ("8gaussians", (2,), False, dict(hidden=(8,), flow_couplings=2, flow_hidden=(8,),
+                                                sample_steps=3)),
+    "ebm-sm": ("8gaussians", (2,), False, dict(hidden=(8,), sample_steps=3)),
+    "jem": ("mnist", IMG, True, dict(num_classes=10, channels=4, mcmc_steps=2, buffer_size=20,
+                                     sample_steps=3)),
 }
 
 

@@ -118,6 +118,8 @@ def describe(name: str) -> tuple:
     if name in _MNIST_NAMES:
         side = 14 if name.startswith("mnist-14") else 28
         return ("binary" if name.endswith("binary") else "continuous"), (1, side, side)
+    if name == "mnist-captions":
+        return "continuous", (1, 28, 28)
     if name.startswith("text:") and len(name) > 5:
         return "categorical", (64,)
     return None, None
@@ -126,7 +128,7 @@ def describe(name: str) -> tuple:
 def check_data_dir(name: str, data_dir) -> None:
     """Raise ValueError naming ``data_dir`` when data set ``name`` reads files and
     ``data_dir`` does not hold them (no fall-through to REFGEN_DATA_DIR or a download)."""
-    if data_dir is None or name not in _MNIST_NAMES:
+    if data_dir is None or name not in _MNIST_NAMES + ("mnist-captions",):
         return
     d = Path(data_dir).expanduser()
     if not d.is_dir():

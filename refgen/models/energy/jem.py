@@ -1,0 +1,65 @@
+"""JEM (Grathwohl et al. 2020, "Your classifier is secretly an energy based model").
+
+A classifier f_theta(x) -> logits (K,) defines, with the same parameters,
+
+    p_theta(x, y) = exp(f_theta(x)[y]) / Z_theta,    E_theta(x) = -logsumexp_y f_theta(x)[y],
+    p_theta(y | x) = softmax(f_theta(x))[y]          (Z cancels: the ordinary classifier)
+
+and is trained on log p(x, y) = log p(y | x) + log p(x): cross-entropy plus the
+maximum-likelihood contrastive loss of E (ebm.py), its negatives from SGLD chains in a replay
+buffer. JEM's SGLD is the tempered step (refgen.samplers): x + eps/2 grad log p + sigma z with
+eps/2 = 1 and sigma = 0.01 (its paper's settings for images in [-1, 1]), not the untempered
+sqrt(eps); ``noise_scale=None`` gives the untempered form.
+"""
+from __future__ import annotations
+
+import refgen.functional as F
+from refgen.autograd import Tensor, as_tensor
+from refgen.models import register
+from refgen.models.base import DataSpec
+from refgen.models.energy.base import EnergyModel
+from refgen.models.energy.ebm import PersistentChains, contrastive_loss
+
+__all__ = ["JEM"]
+
+
+@register("jem")
+class JEM(PersistentChains, EnergyModel):
+    """A classifier whose logits are energies: cross-entropy + the marginal likelihood by SGLD."""
+
+    data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3))
+    default_train = dict(steps=2000, batch_size=64, lr=1e-4)
+
+    def __init__(self, data_shape, *, num_classes=10, seed=0, hidden=(128, 128), channels=32,
+                 base_std=None, init_range=4.5, alpha=0.0, mcmc="ula", mcmc_steps=20,
+                 mcmc_step_size=2.0, noise_scale=0.01, buffer_size=10000, reinit=0.05,
+                 sampler="ula", sample_steps=100, sample_step_size=2.0):
+        if num_classes is None or int(num_classes) < 2:
+            raise ValueError(f"jem needs labelled data with at least 2 classes, got num_classes={num_classes}")
+        super().__init__(data_shape, seed=seed, hidden=hidden, channels=channels,
+                         base_std=base_std, init_range=init_range, sampler=sampler,
+                         sample_steps=sample_steps, sample_step_size=sample_step_size,
+                         out_features=int(num_classes))
+        self.num_classes, self.alpha = int(num_classes), float(alpha)
+        self._init_chains(buffer_size, reinit, int(seed), mcmc, mcmc_steps, mcmc_step_size,
+                          noise_scale)
+
+    def logits(self, x):
+        """f_theta(x), (B, *data_shape) -> (B, K)."""
+        return self.net(as_tensor(x))
+
+    def energy(self, x):
+        """E_theta(x) = -logsumexp_y f_theta(x)[y], (B,)."""
+        return -F.logsumexp(self.logits(x), dim=1)
+
+    def loss(self, batch):
+        """cross-entropy(f(x), y) + mean E(x+) - mean E(x-) (+ alpha * energy magnitudes)."""
+        if batch.y is None:
+            raise ValueError("jem trains on labelled data: the batch has no labels")
+        ce = F.cross_entropy(self.logits(batch.x), batch.y)                  # -log p(y | x)
+        x_neg = self.negatives(batch.x.shape[0])
+        return ce + contrastive_loss(self.energy(batch.x), self.energy(Tensor(x_neg)), self.alpha)
+
+    def sample(self, n, cond=None, rng=None, steps=None):
+        """n samples of p_theta(x) by the model's sampler from noise (``cond`` is not used)."""
+        return super().sample(n, rng=rng, steps=steps)

@@ -1,0 +1,218 @@
+"""The energy models: the density and its quadrature normaliser, the losses as the modules
+write them, training through the one loop (resume bit-for-bit with every chain's state),
+bad input."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from refgen import io, models
+from refgen.autograd import Tensor
+from refgen.backend import default_rng
+from refgen.data import Dataset, toy2d
+from refgen.models.base import Batch
+from refgen.models.energy import (EBM, EBMFCE, EBMNCE, EBMSM, JEM, contrastive_loss,
+                                  grid_log_normalizer, nce_loss)
+from refgen.optim import SGD
+from refgen.train import TrainingDiverged, train
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+SMALL = dict(hidden=(16, 16))
+
+
+def _toy(n=64, name="8gaussians"):
+    return Dataset(name, "train", toy2d.sample(name, n, 0).astype(np.float32), None,
+                   "continuous", (2,))
+
+
+# ----------------------------------------------------------------------------- density
+def test_quadrature_gives_the_gaussian_normaliser():
+    # E(x) = |x - m|^2 / (2 s^2) + 0.3: log Z = log(2 pi s^2) - 0.3
+    m, s = Tensor(np.array([0.5, -1.0])), 0.8
+    energy = lambda x: ((x - m) ** 2).sum(1) / (2 * s ** 2) + 0.3
+    log_z, edge = grid_log_normalizer(energy, (2,), dtype=np.float64)
+    assert log_z == pytest.approx(math.log(2 * math.pi * s ** 2) - 0.3, abs=1e-9)
+    assert edge < 1e-30
+
+
+def test_quadrature_refuses_mass_outside_the_grid_and_other_shapes():
+    wide = lambda x: (x * x).sum(1) / (2 * 4.0 ** 2)                # 3.2 sd to the strip
+    with pytest.raises(ValueError, match=r"mass at the edge of the quadrature grid \[-14, 14\]\^2"):
+        grid_log_normalizer(wide, (2,))
+    with pytest.raises(ValueError, match="normalises 2D densities only"):
+        grid_log_normalizer(wide, (3,))
+    with pytest.raises(ValueError, match="normalises 2D densities only"):
+        EBM((1, 8, 8), channels=4).log_normalizer()
+    assert not hasattr(EBM((1, 8, 8), channels=4), "log_prob")       # evaluate() skips the NLL
+
+
+def test_the_model_density_integrates_to_one():
+    model = EBM((2,), seed=3, base_std=1.5, **SMALL).double()
+    c = -9 + 0.05 * (np.arange(360) + 0.5)                            # another grid than log Z's
+    x = np.stack(np.meshgrid(c, c, indexing="ij"), -1).reshape(-1, 2)
+    mass = np.exp(model.log_prob(Tensor(x)).data).sum() * 0.05 ** 2
+    assert mass == pytest.approx(1.0, abs=1e-4)
+    e = model.energy(Tensor(x[:5])).data
+    want = model.net(Tensor(x[:5])).data + (x[:5] ** 2).sum(1) / (2 * 1.5 ** 2)
+    np.testing.assert_allclose(e, want, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_ebm_loss_is_the_contrastive_loss_on_its_chains():
+    model = EBM((2,), seed=0, alpha=0.2, mcmc_steps=3, buffer_size=50, **SMALL).double()
+    model.rng = default_rng(0)
+    x = Tensor(toy2d.sample("8gaussians", 8, 1))
+    before = model.buffer.chains.copy()
+    loss = model.loss(Batch(x)).item()
+    _, idx = model.buffer.draw(8, default_rng(0), model.noise)       # the same chains again
+    x_neg = model.buffer.chains[idx]                                  # where they ended
+    want = contrastive_loss(model.energy(x), model.energy(Tensor(x_neg)), 0.2).item()
+    assert loss == pytest.approx(want, rel=1e-12)
+    assert np.any(model.buffer.chains != before)
+
+
+def test_nce_loss_uses_the_learned_log_z_and_gaussian_noise():
+    model = EBMNCE((2,), seed=0, noise_std=1.5, **SMALL).double()
+    model.log_z.data = np.array(0.7)
+    model.rng = default_rng(4)
+    x = Tensor(toy2d.sample("8gaussians", 8, 1))
+    got = model.loss(Batch(x)).item()
+    y = 1.5 * default_rng(4).standard_normal((8, 2), dtype=np.float32).astype(np.float64)
+    q = lambda t: -0.5 * (t ** 2).sum(1) / 1.5 ** 2 - 2 * math.log(1.5) - math.log(2 * math.pi)
+    g = lambda t: -model.energy(Tensor(t)).data - 0.7 - q(t)
+    want = nce_loss(Tensor(g(x.data)), Tensor(g(y))).item()
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_fce_steps_the_energy_down_and_the_flow_up_the_same_loss():
+    model = EBMFCE((2,), seed=0, flow_couplings=2, flow_hidden=(8,), **SMALL).double()
+    x = Tensor(toy2d.sample("8gaussians", 16, 1))
+    groups = model.param_groups()
+    model.rng = default_rng(0)
+    loss, _ = model.value_loss(x)
+    loss.backward()
+    grads = {id(p): p.grad.data.copy() for p in model.parameters()}
+    before = {id(p): p.data.copy() for p in model.parameters()}
+    opts = {"energy": SGD(groups["energy"], lr=1e-3), "flow": SGD(groups["flow"]["params"], lr=1e-3)}
+    model.rng = default_rng(0)                                        # the same flow samples
+    model.train_step(Batch(x), opts)
+    for p in groups["energy"]:
+        np.testing.assert_allclose(p.data, before[id(p)] - 1e-3 * grads[id(p)], rtol=1e-10, atol=1e-14)
+    for p in groups["flow"]["params"]:
+        np.testing.assert_allclose(p.data, before[id(p)] + 1e-3 * grads[id(p)], rtol=1e-10, atol=1e-14)
+    assert any(np.abs(grads[id(p)]).max() > 0 for p in groups["flow"]["params"])
+
+
+def test_sm_uses_the_exact_trace_in_2d_and_the_sliced_one_above():
+    from refgen.score_matching import energy_score, exact_score_matching, sliced_score_matching
+    model = EBMSM((2,), seed=0, **SMALL).double()
+    x = toy2d.sample("8gaussians", 8, 1)
+    assert model.loss(Batch(Tensor(x))).item() == pytest.approx(
+        exact_score_matching(energy_score(model.energy), x).item(), rel=1e-12)
+    model = EBMSM((3,), seed=0, exact_max_dim=2, **SMALL).double()
+    model.rng = default_rng(5)
+    x = np.random.default_rng(0).standard_normal((8, 3))
+    assert model.loss(Batch(Tensor(x))).item() == pytest.approx(
+        sliced_score_matching(energy_score(model.energy), x, rng=default_rng(5)).item(), rel=1e-12)
+
+
+def test_jem_energies_are_minus_logsumexp_of_the_logits():
+    model = JEM((2,), num_classes=3, seed=0, buffer_size=20, mcmc_steps=2, **SMALL).double()
+    x = Tensor(np.random.default_rng(0).standard_normal((5, 2)))
+    f = model.logits(x).data
+    np.testing.assert_allclose(model.energy(x).data, -np.log(np.exp(f).sum(1)), rtol=1e-12)
+    model.rng = default_rng(0)
+    y = np.array([0, 2, 1, 1, 0])
+    loss = model.loss(Batch(x, y)).item()
+    ce = -(f[np.arange(5), y] - np.log(np.exp(f).sum(1))).mean()
+    assert loss == pytest.approx(ce + model.energy(x).data.mean()
+                                 - model.energy(Tensor(model.buffer.chains[_last_idx(model)])).data.mean(),
+                                 rel=1e-9)
+    with pytest.raises(ValueError, match="no labels"):
+        model.loss(Batch(x))
+    with pytest.raises(ValueError, match="num_classes"):
+        JEM((2,), num_classes=None)
+
+
+def _last_idx(model):
+    rng = default_rng(0)
+    return rng.integers(0, model.buffer.chains.shape[0], 5)
+
+
+# ----------------------------------------------------------------------------- the loop
+CASES = {"ebm": dict(mcmc_steps=3, buffer_size=40), "ebm-nce": {},
+         "ebm-sm": {}, "ebm-fce": dict(flow_couplings=2, flow_hidden=(8,))}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_resume_is_bit_for_bit(name, tmp_path):
+    ds = _toy()
+    common = dict(batch_size=8, lr=1e-3, seed=0, progress=False, samples=False, ckpt_every=2)
+    a = models.create(name, data_shape=(2,), seed=0, **SMALL, **CASES[name])
+    train(a, ds, steps=4, out_dir=tmp_path / "a", **common)
+    b = models.create(name, data_shape=(2,), seed=0, **SMALL, **CASES[name])
+    train(b, ds, steps=2, out_dir=tmp_path / "b", **common)
+    b = models.create(name, data_shape=(2,), seed=0, **SMALL, **CASES[name])
+    train(b, ds, steps=4, out_dir=tmp_path / "b", resume=True, **common)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+    if name == "ebm":
+        arrays, _ = io.load_checkpoint(tmp_path / "a" / "checkpoint.npz")
+        np.testing.assert_array_equal(arrays["model/buffer.chains"], a.buffer.chains)
+
+
+class _Poisoned(EBM):
+    """An EBM whose weights turn to inf at its third loss: its chains must stop there."""
+
+    calls = 0
+
+    def loss(self, batch):
+        self.calls += 1
+        if self.calls == 3:
+            self.net.layers[0].weight.data[:] = np.inf
+        return super().loss(batch)
+
+
+def test_a_non_finite_energy_stops_training_and_keeps_the_checkpoint(tmp_path):
+    model = _Poisoned((2,), seed=0, mcmc_steps=3, buffer_size=40, **SMALL)
+    with pytest.raises(TrainingDiverged, match=r"chain \d+ at sampler step 0"):
+        train(model, _toy(), steps=5, batch_size=8, lr=1e-3, out_dir=tmp_path, progress=False,
+              samples=False, ckpt_every=1)
+    _, meta = io.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert meta["step"] == 2
+
+
+def test_samplers_and_bad_settings_are_one_clear_error():
+    model = EBM((2,), seed=0, **SMALL)
+    for sampler in ("mala", "ula", "rwm"):
+        model.sampler = sampler
+        x = model.sample(20, rng=default_rng(0), steps=5)
+        assert x.shape == (20, 2) and np.all(np.isfinite(x))
+    assert 0.0 < model.last_acceptance_rate <= 1.0
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        EBM((2,), sampler="hmc")
+    with pytest.raises(ValueError, match="mcmc must be one of"):
+        EBM((2,), mcmc="gibbs")
+    with pytest.raises(ValueError, match="sample_step_size must be a finite number > 0"):
+        EBM((2,), sample_step_size=0.0)
+    with pytest.raises(ValueError, match="mcmc_step_size must be a finite number > 0"):
+        EBM((2,), mcmc_step_size=0.0)
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+        model.run_chains(np.zeros((2, 2), np.float32), 1, -1.0, default_rng(0))
+    with pytest.raises(ValueError, match="vectors or images"):
+        EBM((4, 4))
+
+
+def test_the_conv_energy_trains_on_images(tmp_path):
+    ds = Dataset("mnist", "train", np.random.default_rng(0).uniform(-1, 1, (16, 1, 8, 8)).astype(np.float32),
+                 np.arange(16) % 10, "continuous", (1, 8, 8), num_classes=10)
+    for name, kw in (("ebm", dict(mcmc_steps=2, buffer_size=20)),
+                     ("jem", dict(num_classes=10, mcmc_steps=2, buffer_size=20))):
+        model = models.create(name, data_shape=(1, 8, 8), seed=0, channels=4, **kw)
+        train(model, ds, steps=2, batch_size=4, lr=1e-3, out_dir=tmp_path / name, progress=False,
+              samples=False)
+        assert model.energy(Tensor(ds.x[:3])).shape == (3,)
+        assert model.buffer.chains.shape == (20, 1, 8, 8)
