@@ -105,13 +105,40 @@ def test_halving_loop_swaps_teacher_and_halves_N():
     pd = ProgressiveDistillation((2,), teacher=t, teacher_steps=16, round_steps=2, min_steps=2)
     opts = {"model": optim.Adam([p for p in pd.parameters() if p.requires_grad], lr=1e-2)}
     x = Tensor(np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32))
-    seen = [pd.train_step(Batch(x), opts)["N"] for _ in range(7)]
+    seen = []
+    for _ in range(7):
+        seen.append(pd.train_step(Batch(x), opts)["N"])
+        if len(seen) == 4:  # this step ended a round: the teacher is now the student
+            for k, v in pd.student.state_dict().items():
+                np.testing.assert_array_equal(pd.teacher.state_dict()[k], v)
     assert seen == [8, 4, 4, 2, 2, 2, 2]
     assert int(pd.N) == 2
     # the teacher is frozen: its weights are the student's at the last swap, not later ones
     before = {k: np.array(v) for k, v in pd.teacher.state_dict().items()}
     pd.train_step(Batch(x), opts)
     assert all(np.array_equal(before[k], v) for k, v in pd.teacher.state_dict().items())
+
+
+def test_loss_is_algorithm_2():
+    """The loss of the registered model equals Algorithm 2 written out with the same draws:
+    the teacher's grid for 2N steps, i ~ U{1..N}, x_tilde, the truncated-SNR weight."""
+    teacher = oracle("v", T=1000)
+    pd = ProgressiveDistillation((2,), teacher=teacher, teacher_steps=16)
+    pd.student = oracle("x0", T=1000)          # a student whose x_hat differs from x_tilde
+    data = np.random.default_rng(0).standard_normal((512, 2)) * S + M
+    pd.rng = default_rng(11)
+    got = pd.loss(Batch(Tensor(data))).item()
+    g, sch = default_rng(11), teacher.schedule
+    i = g.integers(1, 9, size=512)
+    eps = g.standard_normal((512, 2), dtype=np.float64)
+    grid = pd_grid(1000, 16)
+    t, t_mid, t_next = grid[2 * i], grid[2 * i - 1], grid[2 * i - 2]
+    a = np.sqrt(sch.alpha_bar[t])[:, None]
+    z = a * data + np.sqrt(1 - a ** 2) * eps
+    x_tilde = distillation_target(sch, lambda zz, tt: x0_exact(sch, zz, tt), z, t, t_mid, t_next)
+    w = np.maximum(a[:, 0] ** 2 / (1 - a[:, 0] ** 2), 1.0)[:, None]
+    want = np.mean(w * (x_tilde - x0_exact(sch, z, t)) ** 2)
+    assert want > 1e-4 and math.isclose(got, want, rel_tol=1e-9)
 
 
 @pytest.mark.slow
