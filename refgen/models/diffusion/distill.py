@@ -22,15 +22,13 @@ x_tilde is the x_0 with which one student DDIM step from t lands on the teacher'
 """
 from __future__ import annotations
 
-import copy
-
 from refgen.autograd import Tensor, as_tensor, no_grad
 from refgen.backend import default_rng, xp
 import refgen.functional as F
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion.process import coef, interpret
-from refgen.models.diffusion.teacher import load_teacher
+from refgen.models.diffusion.teacher import clone, load_teacher
 from refgen.nn import Module
 
 __all__ = ["pd_grid", "ddim_move", "distillation_target", "snr_weight", "ddim_sample",
@@ -111,7 +109,7 @@ class ProgressiveDistillation(Module):
         self.teacher = model
         for p in self.teacher.parameters():
             p.requires_grad = False
-        self.student = copy.deepcopy(model)                              # theta <- eta
+        self.student = clone(model)                                      # theta <- eta
         for p in self.student.parameters():
             p.requires_grad = True
         self.data_shape = model.data_shape

@@ -10,11 +10,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["load_teacher"]
+__all__ = ["load_teacher", "clone"]
+
+
+def clone(model):
+    """A new DDPM of model's class and options, on the active backend, with its weights."""
+    out = type(model)(model.data_shape, num_classes=model.num_classes, process=model.process,
+                      network=model.network, sampling=model.sampling)
+    out.load_state_dict(model.state_dict())
+    return out
 
 
 def load_teacher(teacher, data_shape, who: str):
-    """A DDPM in eval mode: ``teacher`` itself when it is one, else the run directory it names.
+    """A DDPM in eval mode: a copy of ``teacher`` when it is one, else the run directory it names.
     ``who`` names the student in error messages; data_shape must be the teacher's."""
     from refgen import io
     from refgen.models.base import constructor_kwargs
@@ -23,7 +31,11 @@ def load_teacher(teacher, data_shape, who: str):
     if teacher is None:
         raise ValueError(f"{who} distils a trained ddpm: pass its run directory, "
                          f"--set teacher=runs/<ddpm run>")
-    if not isinstance(teacher, DDPM):
+    if isinstance(teacher, DDPM):
+        # a copy, built on the active backend: a student that updates its teacher (progressive
+        # distillation's rounds) must not change the caller's model
+        teacher = clone(teacher)
+    else:
         d = Path(str(teacher))
         if not (d / "config.json").is_file() or not (d / "checkpoint.npz").is_file():
             raise ValueError(f"teacher={str(teacher)!r} is not a refgen run directory (it needs "

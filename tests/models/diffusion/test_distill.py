@@ -102,6 +102,7 @@ def _x0(model, z, t):
 
 def test_halving_loop_swaps_teacher_and_halves_N():
     t = DDPM((2,), T=100, parameterization="v", hidden=16, depth=1)
+    given = {k: np.array(v) for k, v in t.state_dict().items()}
     pd = ProgressiveDistillation((2,), teacher=t, teacher_steps=16, round_steps=2, min_steps=2)
     opts = {"model": optim.Adam([p for p in pd.parameters() if p.requires_grad], lr=1e-2)}
     x = Tensor(np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32))
@@ -113,6 +114,8 @@ def test_halving_loop_swaps_teacher_and_halves_N():
                 np.testing.assert_array_equal(pd.teacher.state_dict()[k], v)
     assert seen == [8, 4, 4, 2, 2, 2, 2]
     assert int(pd.N) == 2
+    # the rounds replaced the student's copy of the teacher, never the model passed in
+    assert all(np.array_equal(given[k], v) for k, v in t.state_dict().items())
     # the teacher is frozen: its weights are the student's at the last swap, not later ones
     before = {k: np.array(v) for k, v in pd.teacher.state_dict().items()}
     pd.train_step(Batch(x), opts)
