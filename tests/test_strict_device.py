@@ -26,6 +26,9 @@ def _data(name, shape, n=16, classes=False):
                    num_classes=10 if classes else None, value_range=value_range(name))
 
 
+with use_backend("numpy"):
+    _TEACHER = models.create("ddpm", data_shape=(2,), T=30, parameterization="v", hidden=16, depth=1)
+
 # model -> (data set name, example shape, labels?, tiny constructor arguments)
 CASES = {
     "gmm": ("8gaussians", (2,), False, dict(components=3)),
@@ -57,6 +60,12 @@ CASES = {
     "ebm-sm": ("8gaussians", (2,), False, dict(hidden=(8,), sample_steps=3)),
     "jem": ("mnist", IMG, True, dict(num_classes=10, channels=4, mcmc_steps=2, buffer_size=20,
                                      sample_steps=3)),
+    # the distilled models copy their teacher onto the active backend
+    "progressive-distillation": ("8gaussians", (2,), False, dict(teacher=_TEACHER, teacher_steps=4,
+                                                                 round_steps=1)),
+    "consistency-distillation": ("8gaussians", (2,), False, dict(teacher=_TEACHER, N=4, hidden=16,
+                                                                 depth=1)),
+    "consistency-training": ("8gaussians", (2,), False, dict(K=5, hidden=16, depth=1)),
 }
 
 

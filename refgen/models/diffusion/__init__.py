@@ -9,6 +9,11 @@
     classifier.py the noisy-image classifier f_phi(y | x_t, t) of classifier guidance
     config.py     ddpm's option groups (process, network, sampling)
     ddpm.py       the registered model ``ddpm``
+    ode.py        the probability-flow ODE in sigma-time, Euler and Heun steps (Phi of (31))
+    teacher.py    a trained ddpm read from its run directory, for the distilled models
+    distill.py    progressive distillation, ``progressive-distillation`` (Salimans & Ho 2022)
+    consistency.py consistency models (30)-(32): ``consistency-distillation``,
+                  ``consistency-training`` (Song et al. 2023)
 
 Equation numbers (n) are those of the numbered diffusion derivation, "What are Diffusion Models
 and Study Notes?" (2024), an annotated edition of Lilian Weng's "What are Diffusion Models?"
@@ -17,3 +22,6 @@ and Study Notes?" (2024), an annotated edition of Lilian Weng's "What are Diffus
 from refgen.models.diffusion.schedule import Schedule, make_schedule  # noqa: F401
 from refgen.models.diffusion.ddpm import DDPM  # noqa: F401
 from refgen.models.diffusion.classifier import NoisyClassifier  # noqa: F401
+from refgen.models.diffusion.distill import ProgressiveDistillation  # noqa: F401
+from refgen.models.diffusion.consistency import (ConsistencyDistillation,  # noqa: F401
+                                                 ConsistencyTraining)

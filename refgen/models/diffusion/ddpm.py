@@ -3,6 +3,7 @@
     training   t ~ U{1..T}, eps ~ N(0, I), x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps  (3)
                loss = L_simple (19), or L_hybrid with a learned variance (23)
     sampling   ancestral (17) or DDIM (27)-(29), on the full or a strided schedule,
+               or the probability-flow ODE in sigma-time (sampler='euler'|'heun', ode.py),
                optionally thresholded, guided by a classifier (25) or classifier-free (26)
     likelihood elbo(x) = -L_VLB (13)-(16), exact in t or stratified
 
@@ -38,6 +39,8 @@ from refgen.models.diffusion.config import (NetworkConfig, ProcessConfig, Sampli
                                             split_options)
 from refgen.models.diffusion.losses import hybrid_loss, l_simple, regression_target, vlb
 from refgen.models.diffusion.nets import MLPDenoiser
+from refgen.models.diffusion.ode import METHODS as ODE_METHODS
+from refgen.models.diffusion.ode import ode_sample
 from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sample,
                                              score_from_eps, x0_from_eps)
 from refgen.models.diffusion.sampling import SAMPLERS, sample_loop
@@ -232,6 +235,10 @@ class DDPM(Module):
         if rng is None:
             rng = getattr(self, "rng", None)
         rng = default_rng(rng)
+        if sampler in ODE_METHODS:  # the probability-flow ODE in sigma-time (ode.py)
+            with no_grad():
+                return ode_sample(self, n, rng, steps=steps or 18, method=sampler, cond=cond,
+                                  x_T=x_T, dtype=self.dtype)
         steps = self.sample_steps if steps is None else steps
         sch = self.schedule.strided(steps)
         predict = self.predictor(sch, n, cond, guidance, classifier, classifier_scale,
