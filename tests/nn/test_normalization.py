@@ -46,6 +46,12 @@ def test_running_statistics_update_and_eval_mode():
     var_unbiased = x.var((0, 2, 3), ddof=1)                   # n = 24 values per channel
     np.testing.assert_allclose(bn.running_mean, 0.25 * mu, rtol=1e-12)
     np.testing.assert_allclose(bn.running_var, 0.75 + 0.25 * var_unbiased, rtol=1e-12)
+    x1 = _x((6, 3, 2, 2), 7)                                   # a second update averages
+    bn(Tensor(x1))
+    np.testing.assert_allclose(bn.running_mean, 0.75 * 0.25 * mu + 0.25 * x1.mean((0, 2, 3)),
+                               rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, 0.75 * (0.75 + 0.25 * var_unbiased)
+                               + 0.25 * x1.var((0, 2, 3), ddof=1), rtol=1e-12)
     bn.weight.data = np.array([2.0, -1.0, 0.5])
     bn.bias.data = np.array([0.1, 0.2, -0.3])
     bn.eval()

@@ -128,6 +128,18 @@ def test_gradient_penalty_value_on_a_linear_critic():
     assert r1 == pytest.approx(0.5 * 3.0 * 2.5 ** 2, rel=1e-9)
 
 
+def test_interpolates_lie_on_the_segments_with_uniform_weights():
+    r = np.random.default_rng(8)
+    real, fake = r.normal(0, 1, (4000, 3)), r.normal(2, 1, (4000, 3))
+    x_hat = L.interpolate(Tensor(real), Tensor(fake), np.random.default_rng(9))
+    assert x_hat.requires_grad
+    d = real - fake
+    e = ((x_hat.data - fake) * d).sum(1) / (d * d).sum(1)     # x_hat = e real + (1 - e) fake
+    np.testing.assert_allclose(x_hat.data, e[:, None] * real + (1 - e[:, None]) * fake, atol=1e-12)
+    assert e.min() >= 0.0 and e.max() <= 1.0
+    assert abs(e.mean() - 0.5) < 0.02 and abs(e.var() - 1 / 12) < 0.005     # U[0, 1]
+
+
 def test_r1_penalty_gradient_matches_finite_differences():
     real = Tensor(np.random.default_rng(6).normal(0, 1, (5, 2)))
     check_grads(lambda *p: L.r1_penalty(_critic(*p), real, gamma=2.0), _params(2), order=2)
