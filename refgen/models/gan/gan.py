@@ -118,12 +118,9 @@ class AdversarialModel(Module):
     def generate(self, n, y=None, rng=None):
         """G(z), z ~ N(0, I): (n, *data_shape) Tensor, in the graph of G's parameters."""
         rng = rng if rng is not None else self.rng
-        z = rng.standard_normal((n, self.z_dim), dtype=self.G_dtype)
+        dtype = next(iter(self.G.parameters())).dtype
+        z = rng.standard_normal((n, self.z_dim), dtype=dtype)         # z ~ N(0, I): (n, z_dim)
         return self.G(Tensor(z), y)
-
-    @property
-    def G_dtype(self):
-        return next(iter(self.G.parameters())).dtype
 
     def sample(self, n, cond=None, rng=None):
         """n samples as an xp array (balanced labels for a conditional model without cond)."""
