@@ -50,6 +50,13 @@ CASES = {
     "ddpm": ("mnist", IMG, True, dict(T=30, num_classes=10, channels=8, groups=4,
                                       num_res_blocks=1, learn_sigma=True, guidance=1.0,
                                       sample_steps=5, vlb_timesteps=3)),
+    "gan": ("8gaussians", (2,), False, dict(hidden=[8], r1=1.0)),
+    "nsgan": ("mnist", (1, 14, 14), False, dict(channels=4, hidden=[8], z_dim=4, pack=2)),
+    "wgan": ("8gaussians", (2,), False, dict(hidden=[8])),
+    "wgan-gp": ("8gaussians", (2,), False, dict(hidden=[8], g_norm="batch", d_norm="spectral")),
+    "fgan": ("8gaussians", (2,), False, dict(hidden=[8], divergence="kl")),
+    "cgan": ("mnist", (1, 14, 14), True, dict(channels=4, hidden=[8], z_dim=4, num_classes=10,
+                                              cond="projection")),
 }
 
 

@@ -208,13 +208,13 @@ class GAN(_Minimax):
     """The minimax game with the saturating generator loss log(1 - D(G(z)))."""
     saturating = True
 
-    def __init__(self, data_shape, *, seed=0, z_dim=None, hidden=None, arch="auto",
+    def __init__(self, data_shape, *, seed=0, z_dim=None, hidden=None, channels=64, arch="auto",
                  g_norm="auto", d_norm="none", pack=1, n_critic=1, r1=0.0, betas=(0.5, 0.999),
                  lr_d=None, lr_g=None):
         super().__init__()
         self._init(data_shape, seed, r1=r1, betas=betas, z_dim=z_dim, hidden=hidden, arch=arch,
                    g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic, lr_d=lr_d,
-                   lr_g=lr_g)
+                   lr_g=lr_g, channels=channels)
 
 
 @register("nsgan")
@@ -230,15 +230,17 @@ class CGAN(_Minimax):
     saturating = False
 
     def __init__(self, data_shape, *, num_classes=None, seed=0, z_dim=None, hidden=None,
-                 arch="auto", g_norm="auto", d_norm="none", cond="concat", embed_dim=16,
-                 pack=1, n_critic=1, r1=0.0, betas=(0.5, 0.999), lr_d=None, lr_g=None):
+                 channels=64, arch="auto", g_norm="auto", d_norm="none", cond="concat",
+                 embed_dim=16, pack=1, n_critic=1, r1=0.0, betas=(0.5, 0.999), lr_d=None,
+                 lr_g=None):
         super().__init__()
         if not num_classes:
             raise ValueError("cgan is conditional and needs labelled data (num_classes); "
                              "accepted: a labelled data set such as mnist or mnist-14")
         self._init(data_shape, seed, r1=r1, betas=betas, z_dim=z_dim, hidden=hidden, arch=arch,
                    g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic, lr_d=lr_d,
-                   lr_g=lr_g, num_classes=num_classes, cond=cond, embed_dim=embed_dim)
+                   lr_g=lr_g, num_classes=num_classes, cond=cond, embed_dim=embed_dim,
+                   channels=channels)
 
 
 @register("wgan")
@@ -248,13 +250,13 @@ class WGAN(AdversarialModel):
 
     default_train = dict(steps=5000, batch_size=64, lr=5e-5)
 
-    def __init__(self, data_shape, *, seed=0, z_dim=None, hidden=None, arch="auto",
+    def __init__(self, data_shape, *, seed=0, z_dim=None, hidden=None, channels=64, arch="auto",
                  g_norm="auto", d_norm="none", pack=1, n_critic=5, clip=0.01, gp=0.0,
                  optimizer="rmsprop", betas=(0.0, 0.9), lr_d=None, lr_g=None):
         super().__init__()
         self._build(data_shape, seed=seed, z_dim=z_dim, hidden=hidden, arch=arch,
                     g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic, lr_d=lr_d,
-                    lr_g=lr_g)
+                    lr_g=lr_g, channels=channels)
         name = type(self).registry_name
         clip = None if clip in (None, 0, 0.0) else float(clip)
         if clip is not None and clip < 0:
@@ -299,12 +301,12 @@ class WGANGP(WGAN):
 
     default_train = dict(steps=5000, batch_size=64, lr=1e-4)
 
-    def __init__(self, data_shape, *, seed=0, z_dim=None, hidden=None, arch="auto",
+    def __init__(self, data_shape, *, seed=0, z_dim=None, hidden=None, channels=64, arch="auto",
                  g_norm="auto", d_norm="none", pack=1, n_critic=5, clip=None, gp=10.0,
                  optimizer="adam", betas=(0.0, 0.9), lr_d=None, lr_g=None):
-        super().__init__(data_shape, seed=seed, z_dim=z_dim, hidden=hidden, arch=arch,
-                         g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic, clip=clip,
-                         gp=gp, optimizer=optimizer, betas=betas, lr_d=lr_d, lr_g=lr_g)
+        super().__init__(data_shape, seed=seed, z_dim=z_dim, hidden=hidden, channels=channels,
+                         arch=arch, g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic,
+                         clip=clip, gp=gp, optimizer=optimizer, betas=betas, lr_d=lr_d, lr_g=lr_g)
 
 
 @register("fgan")
@@ -315,13 +317,13 @@ class FGAN(AdversarialModel):
     default_train = dict(steps=5000, batch_size=64, lr=2e-4)
 
     def __init__(self, data_shape, *, seed=0, divergence="jensen_shannon", z_dim=None,
-                 hidden=None, arch="auto", g_norm="auto", d_norm="none", pack=1, n_critic=1,
-                 betas=(0.5, 0.999), lr_d=None, lr_g=None):
+                 hidden=None, channels=64, arch="auto", g_norm="auto", d_norm="none", pack=1,
+                 n_critic=1, betas=(0.5, 0.999), lr_d=None, lr_g=None):
         super().__init__()
         self.div = fdiv.get(divergence)
         self._build(data_shape, seed=seed, z_dim=z_dim, hidden=hidden, arch=arch,
                     g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic, lr_d=lr_d,
-                    lr_g=lr_g)
+                    lr_g=lr_g, channels=channels)
         self.betas = tuple(betas)
 
     def d_objective(self, real_scores, fake_scores):
