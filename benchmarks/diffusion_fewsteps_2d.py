@@ -87,7 +87,7 @@ def main():
     if args.smoke:
         args.teacher_steps, args.round_steps, args.cm_steps, args.samples = 20, 3, 5, 300
     tag = "diffusion_fewsteps_2d"
-    out_dir = RESULTS if not args.smoke else tempfile.mkdtemp(prefix="fewsteps_smoke_")
+    out_dir = RESULTS if not args.smoke else tempfile.mkdtemp(prefix="refgen_smoke_")
     t0 = time.perf_counter()
     train_ds, test_ds = data.load(NAME, "train"), data.load(NAME, "test")
     ref = test_ds.x[:args.samples]

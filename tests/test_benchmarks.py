@@ -14,7 +14,9 @@ BENCH = REPO / "benchmarks"
 HELPERS = {"common.py"}  # imported by the scripts, not run
 # scripts whose smoke run lives in another test file, with a reason
 ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills_its_mutants",
-             "sample_metrics_reference.py": "tests/metrics/test_sample_metrics_reference.py"}
+             "sample_metrics_reference.py": "tests/metrics/test_sample_metrics_reference.py",
+             "gan_2d.py": "tests/models/gan/test_benchmark_smoke.py",
+             "energy_2d.py": "tests/models/energy/test_benchmark_smoke.py"}
 
 # script -> (extra arguments, reads MNIST); one script may appear with several argument sets
 SMOKE_RUNS = [
@@ -22,6 +24,7 @@ SMOKE_RUNS = [
     ("diffusion_2d.py", ["--quiet"], False),
     ("diffusion_2d.py", ["--quiet", "--variant", "hybrid", "--set", "learn_sigma=true"], False),
     ("diffusion_classifier_guidance.py", [], True),
+    ("diffusion_fewsteps_2d.py", [], False),
     ("diffusion_mnist.py", [], True),
     ("fid_reference.py", [], True),
     ("flows_2d.py", [], False),

@@ -66,6 +66,13 @@ CASES = {
     "consistency-distillation": ("8gaussians", (2,), False, dict(teacher=_TEACHER, N=4, hidden=16,
                                                                  depth=1)),
     "consistency-training": ("8gaussians", (2,), False, dict(K=5, hidden=16, depth=1)),
+    "gan": ("8gaussians", (2,), False, dict(hidden=[8], r1=1.0)),
+    "nsgan": ("mnist", (1, 14, 14), False, dict(channels=4, hidden=[8], z_dim=4, pack=2)),
+    "wgan": ("8gaussians", (2,), False, dict(hidden=[8])),
+    "wgan-gp": ("8gaussians", (2,), False, dict(hidden=[8], g_norm="batch", d_norm="spectral")),
+    "fgan": ("8gaussians", (2,), False, dict(hidden=[8], divergence="kl")),
+    "cgan": ("mnist", (1, 14, 14), True, dict(channels=4, hidden=[8], z_dim=4, num_classes=10,
+                                              cond="projection")),
 }
 
 

@@ -1,12 +1,16 @@
 """Two-dimensional toy distributions, with exact log-densities where one exists.
 
-``sample(name, n, rng) -> (n, 2) float64``, all roughly within [-4, 4]^2.
+``sample(name, n, rng) -> (n, 2) float64``, all roughly within [-4, 4]^2 (grid25's outer
+modes sit on its edge).
 
 Exact densities (``DENSITIES``; ``log_prob`` and ``entropy`` accept these):
 
   8gaussians    equal mixture of 8 isotropic Gaussians, centres on the circle of radius
                 2*sqrt(2) at angles 2*pi*k/8, std 1/(2*sqrt(2)) ~ 0.354 (the FFJORD layout).
-  grid25        equal mixture of 25 isotropic Gaussians, centres {-2,-1,0,1,2}^2, std 0.05.
+  grid25        equal mixture of 25 isotropic Gaussians, centres {-4,-2,0,2,4}^2, std 0.05
+                (the 2D-grid of the mode-collapse benchmarks: PacGAN, Lin et al. 2018).
+  ring8         equal mixture of 8 isotropic Gaussians, centres on the unit circle at angles
+                2*pi*k/8, std 0.01 (PacGAN's 2D-ring).
   checkerboard  uniform on the 8 "black" 2x2 squares of a 4x4 board on [-4, 4]^2
                 (square (i, j) is black when i + j is even, (0, 0) at the bottom left):
                 p(x) = 1/32 there, so H = log 32 exactly.
@@ -44,10 +48,14 @@ _STD8 = 1.0 / (2.0 * math.sqrt(2.0))
 _ANG8 = 2.0 * np.pi * np.arange(8) / 8
 _CENTRES8 = 2.0 * math.sqrt(2.0) * np.stack([np.cos(_ANG8), np.sin(_ANG8)], axis=1)
 
-# grid25: centres (25, 2) on {-2,...,2}^2
+# grid25: centres (25, 2) on {-4, -2, 0, 2, 4}^2, std 0.05 (PacGAN's 2D-grid)
 _STD25 = 0.05
-_G = np.arange(-2.0, 3.0)
+_G = np.arange(-4.0, 5.0, 2.0)
 _CENTRES25 = np.stack(np.meshgrid(_G, _G, indexing="ij"), axis=-1).reshape(-1, 2)
+
+# ring8: centres (8, 2) on the unit circle, std 0.01 (PacGAN's 2D-ring)
+_STDR8 = 0.01
+_CENTRESR8 = np.stack([np.cos(_ANG8), np.sin(_ANG8)], axis=1)
 
 # rings
 _RING_R = np.array([1.0, 2.0, 3.0])
@@ -127,6 +135,7 @@ _SAMPLERS = {
     "2spirals": _two_spirals,
     "rings": _rings,
     "grid25": lambda n, rng: _gmm_sample(_CENTRES25, _STD25, n, rng),
+    "ring8": lambda n, rng: _gmm_sample(_CENTRESR8, _STDR8, n, rng),
 }
 
 
@@ -158,8 +167,10 @@ _LOG_PROBS = {
     "grid25": lambda x: _gmm_log_prob(x, _CENTRES25, _STD25),
     "checkerboard": _checkerboard_log_prob,
     "rings": _rings_log_prob,
+    "ring8": lambda x: _gmm_log_prob(x, _CENTRESR8, _STDR8),
 }
-_MODES = {"8gaussians": (_CENTRES8, _STD8), "grid25": (_CENTRES25, _STD25)}
+_MODES = {"8gaussians": (_CENTRES8, _STD8), "grid25": (_CENTRES25, _STD25),
+          "ring8": (_CENTRESR8, _STDR8)}
 
 DENSITIES = tuple(_LOG_PROBS)
 MODES = tuple(_MODES)

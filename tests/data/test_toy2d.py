@@ -8,8 +8,8 @@ from hypothesis import given, strategies as st
 from refgen.data import toy2d
 
 # (half-width of the integration square, grid spacing): fine enough for each density's scale
-GRIDS = {"8gaussians": (6.0, 0.05), "grid25": (3.0, 0.02), "checkerboard": (4.0, 0.05),
-         "rings": (4.0, 0.02)}
+GRIDS = {"8gaussians": (6.0, 0.05), "grid25": (4.5, 0.01), "checkerboard": (4.0, 0.05),
+         "rings": (4.0, 0.02), "ring8": (1.1, 0.002)}
 
 
 def midpoint_grid(half, h):
@@ -21,8 +21,8 @@ def midpoint_grid(half, h):
 
 def test_names_and_densities():
     assert set(toy2d.names()) >= {"moons", "circles", "8gaussians", "checkerboard", "swissroll",
-                                  "pinwheel", "2spirals", "rings", "grid25"}
-    assert set(toy2d.DENSITIES) == {"8gaussians", "checkerboard", "rings", "grid25"}
+                                  "pinwheel", "2spirals", "rings", "grid25", "ring8"}
+    assert set(toy2d.DENSITIES) == {"8gaussians", "checkerboard", "rings", "grid25", "ring8"}
     assert set(toy2d.DENSITIES) <= set(toy2d.names())
 
 
@@ -35,7 +35,8 @@ def test_sample_shape_scale_and_determinism(name):
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert np.isfinite(a).all()
-    assert np.mean(np.abs(a) <= 4.0) > 0.99  # "the usual scale"
+    edge = 4.0 + (4 * 0.05 if name == "grid25" else 0.0)  # grid25's outer modes sit at +-4
+    assert np.mean(np.abs(a) <= edge) > 0.99  # "the usual scale"
     assert a.std(0).min() > 0.3  # not collapsed
 
 
@@ -102,10 +103,15 @@ def test_modes():
     np.testing.assert_allclose(np.linalg.norm(c8, axis=1), 2 * math.sqrt(2))
     c25, s25 = toy2d.modes("grid25")
     assert c25.shape == (25, 2) and s25 > 0
-    assert set(np.round(c25.ravel(), 6)) == {-2.0, -1.0, 0.0, 1.0, 2.0}
+    assert set(np.round(c25.ravel(), 6)) == {-4.0, -2.0, 0.0, 2.0, 4.0} and s25 == 0.05
     x = toy2d.sample("grid25", 1000, 0)
     nearest = np.linalg.norm(x[:, None] - c25[None], axis=-1).min(1)
     assert np.mean(nearest < 3 * s25 * math.sqrt(2)) > 0.95
+    c8r, s8r = toy2d.modes("ring8")  # PacGAN's 2D-ring: unit circle, std 0.01
+    np.testing.assert_allclose(np.linalg.norm(c8r, axis=1), 1.0)
+    np.testing.assert_allclose(np.arctan2(c8r[:, 1], c8r[:, 0]) % (2 * np.pi),
+                               2 * np.pi * np.arange(8) / 8, atol=1e-12)
+    assert s8r == 0.01
 
 
 def test_unknown_names():
