@@ -217,16 +217,36 @@ def _check_out_file(path: Path, force: bool, what: str):
     check_writable(path.parent if str(path.parent) else Path("."))
 
 
+def sample_options(model, steps=None, sampler=None) -> dict:
+    """The keywords of ``model.sample`` that ``--steps`` and ``--sampler`` set; a model whose
+    ``sample`` has no such keyword is refused in one line."""
+    params = inspect.signature(model.sample).parameters
+    any_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    name = getattr(model, "registry_name", type(model).__name__)
+    options = {}
+    for flag, key, value in (("--steps", "steps", steps), ("--sampler", "sampler", sampler)):
+        if value is None:
+            continue
+        if key not in params and not any_kw:
+            takes = [f"--{k}" for k in ("steps", "sampler") if k in params]
+            raise UsageError(f"model {name!r} takes no {flag} when sampling"
+                             + (f"; it takes {', '.join(takes)}" if takes else ""))
+        options[key] = value
+    return options
+
+
 def cmd_sample(args):
     d = run_dir(args.dir)
     model, cfg = load_run(d)
     facts = cfg["data_facts"]
+    options = sample_options(model, args.steps, args.sampler)
     text = facts["kind"] == "categorical"
     if args.out is not None:
         _check_out_file(Path(args.out), args.force, "samples.txt" if text else "samples.png")
     with Stage(f"drawing {args.n or ('4 texts' if text else 'samples')}", not args.quiet) as stage:
         if text:
-            ids = backend.to_numpy(model.sample(args.n or 4, rng=backend.default_rng(args.seed)))
+            ids = backend.to_numpy(model.sample(args.n or 4, rng=backend.default_rng(args.seed),
+                                                **options))
             vocab = cfg.get("vocab") or []
             out_text = "\n---\n".join("".join(vocab[int(i)] for i in row)
                                       for row in ids.reshape(len(ids), -1))
@@ -235,8 +255,12 @@ def cmd_sample(args):
             ref = None
             if tuple(facts["shape"]) == (2,):
                 ref = _load_data(cfg["data"], "test", cfg.get("data_dir"), cfg["train"]["seed"]).x[:2000]
-            if write_samples(model, out, n=args.n, seed=args.seed, reference=ref, stage=stage,
-                             **facts) is None:
+            try:
+                written = write_samples(model, out, n=args.n, seed=args.seed, reference=ref,
+                                        stage=stage, options=options, **facts)
+            except ValueError as e:  # a sampler name or step count the model refuses
+                raise UsageError(str(e)) from None
+            if written is None:
                 raise UsageError(f"no picture for data of shape {tuple(facts['shape'])}")
     if text:
         if args.out:
@@ -363,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="overwrite --out even when it is not a PNG refgen wrote")
     s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--steps", type=_positive_int, metavar="K",
+                   help="sampling steps, for iterative samplers (diffusion, distilled, MCMC)")
+    s.add_argument("--sampler", metavar="NAME", help="which sampler, where a model has several "
+                   "(ddpm: ddpm, ddim, euler, heun)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     s.set_defaults(func=cmd_sample)
 

@@ -191,10 +191,12 @@ def data_facts(dataset) -> dict:
     return facts
 
 
-def draw_samples(model, n: int, rng, stage=None, chunk: int = 16) -> np.ndarray:
+def draw_samples(model, n: int, rng, stage=None, chunk: int = 16, options=None) -> np.ndarray:
     """``n`` samples as a NumPy array, in eval mode without a graph, drawn ``chunk`` at a time
     from the one generator ``rng`` (all at once when ``stage`` is None), reporting each chunk
-    to ``stage`` (a refgen.progress.Stage)."""
+    to ``stage`` (a refgen.progress.Stage). ``options`` are keywords of the model's ``sample``
+    (``steps``, ``sampler``)."""
+    options = dict(options or {})
     was_training = model.training
     model.eval()
     step = n if stage is None else max(1, chunk)
@@ -202,7 +204,7 @@ def draw_samples(model, n: int, rng, stage=None, chunk: int = 16) -> np.ndarray:
     try:
         with no_grad():
             for i in range(0, n, step):
-                parts.append(backend.to_numpy(model.sample(min(step, n - i), rng=rng)))
+                parts.append(backend.to_numpy(model.sample(min(step, n - i), rng=rng, **options)))
                 if stage is not None:
                     stage.update(i + len(parts[-1]), n, "samples")
     finally:
@@ -211,7 +213,7 @@ def draw_samples(model, n: int, rng, stage=None, chunk: int = 16) -> np.ndarray:
 
 
 def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_SEED,
-                  value_range=None, reference=None, stage=None):
+                  value_range=None, reference=None, stage=None, options=None):
     """Draw ``n`` samples with a generator seeded by ``seed`` and write a PNG of them: a grid
     for images (``value_range`` of the data mapped to black..white), a scatter in orange
     over ``reference`` points (the data, in blue) for 2D. Returns the path written, or None
@@ -224,7 +226,7 @@ def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_
         return None
     image = len(shape) == 3
     n = int(n or (64 if image else 2000))
-    x = draw_samples(model, n, backend.default_rng(seed), stage if image else None)
+    x = draw_samples(model, n, backend.default_rng(seed), stage if image else None, options=options)
     if image:
         lo, hi = value_range if value_range is not None else (float(np.nanmin(x)), float(np.nanmax(x)))
         x = x.reshape((n,) + shape)

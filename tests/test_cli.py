@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from refgen import cli, io, models
@@ -497,3 +498,35 @@ def test_a_short_gpt_run_on_mnist14_ends_within_a_minute(tmp_path, capsys):
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["eval_n_samples"] == 256 and "fid_mnist" in metrics and "test_bpd" in metrics
     assert seconds < 60, f"{seconds:.0f} s (on an idle core; a loaded machine is slower)"
+
+
+def test_sample_steps_and_sampler_reach_the_models_sampler(run_dir, tmp_path, capsys, monkeypatch):
+    """`refgen sample --steps K --sampler NAME` calls model.sample(steps=K, sampler=NAME), and
+    what it draws is that sampler's output (two DDIM draws with one seed agree, ancestral
+    sampling differs); a name the model refuses, or a flag its sample does not take, is one
+    line and exit 2, with nothing written."""
+    from refgen.models.diffusion.ddpm import DDPM
+    ddpm = tmp_path / "ddpm"
+    assert main(["train", "ddpm", "--data", "8gaussians", "--steps", "3", "--out", str(ddpm), "-q",
+                 "--no-eval", "--set", "T=40", "--set", "hidden=8", "--set", "depth=1"]) == 0
+    calls, real = [], DDPM.sample
+
+    def spy(self, n, cond=None, rng=None, **kw):
+        x = real(self, n, cond, rng, **kw)
+        calls.append((kw, np.asarray(x).copy()))
+        return x
+    monkeypatch.setattr(DDPM, "sample", spy)
+    for name, extra in (("a", ["--sampler", "ddim"]), ("b", ["--sampler", "ddim"]),
+                        ("c", ["--sampler", "ddpm"])):
+        assert main(["sample", str(ddpm), "-n", "50", "--steps", "5", "--out",
+                     str(tmp_path / f"{name}.png"), "-q"] + extra) == 0
+    assert [kw for kw, _ in calls] == [dict(steps=5, sampler="ddim")] * 2 + [dict(steps=5, sampler="ddpm")]
+    assert np.array_equal(calls[0][1], calls[1][1]) and not np.allclose(calls[1][1], calls[2][1])
+    capsys.readouterr()
+    line = _one_error_line(capsys, main(["sample", str(ddpm), "--sampler", "bogus", "-q",
+                                         "--out", str(tmp_path / "d.png")]))
+    assert "bogus" in line and "ddim" in line
+    line = _one_error_line(capsys, main(["sample", str(run_dir), "--steps", "3", "-q",
+                                         "--out", str(tmp_path / "e.png")]))
+    assert "'gmm' takes no --steps" in line
+    assert not (tmp_path / "d.png").exists() and not (tmp_path / "e.png").exists()
