@@ -131,7 +131,7 @@ class DDPM(Module):
             self.net = MLPDenoiser(c, out, net.hidden, net.depth, self.num_classes, rng=g)
         self.dtype = xp.float32
         self.rng = default_rng(seed)
-        self.last = {}  # the parts of the last loss, for logging
+        self.last_stats = {}  # the parts of the last loss, logged by the training loop
         # evaluation defaults read by refgen.metrics.evaluate: a thousand-step sampler on a CPU
         self.eval_samples = 1000 if self.image else 2000
 
@@ -169,7 +169,7 @@ class DDPM(Module):
         if self.learn_sigma:
             loss, simple, l_vlb = hybrid_loss(sch, x0, t, eps, out, self.parameterization,
                                               self.discrete, self.hybrid_lambda)
-            self.last = {"l_simple": float(simple.item()), "l_vlb": float(l_vlb.item())}
+            self.last_stats = {"l_simple": float(simple.item()), "l_vlb": float(l_vlb.item())}
             return loss
         return l_simple(regression_target(sch, x0, t, eps, self.parameterization), out)  # (19)
 

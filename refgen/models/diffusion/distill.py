@@ -118,7 +118,6 @@ class ProgressiveDistillation(Module):
         self.register_buffer("N", xp.asarray(int(teacher_steps) // 2, dtype=xp.int64))
         self.register_buffer("round_step", xp.asarray(0, dtype=xp.int64))
         self.rng = default_rng(seed)
-        self.last = {}
 
     def loss(self, batch):
         """Algorithm 2's weighted regression of x_hat_theta(z_t) on x_tilde."""

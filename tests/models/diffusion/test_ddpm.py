@@ -38,7 +38,7 @@ def test_vector_model_options(param, learn):
     loss.backward()
     assert all(p.grad is not None for p in m.parameters())
     if learn:
-        assert set(m.last) == {"l_simple", "l_vlb"}
+        assert set(m.last_stats) == {"l_simple", "l_vlb"}
     for kw in (dict(), dict(sampler="ddim", steps=7), dict(sampler="ddim", eta=1.0, steps=7),
                dict(steps=5, threshold="dynamic")):
         s = m.sample(6, rng=0, **kw)
@@ -129,8 +129,8 @@ def test_loss_value_is_l_simple_on_the_models_own_draws(param, learn):
     if not learn:
         assert loss == pytest.approx(simple, rel=1e-5)
     else:
-        assert m.last["l_simple"] == pytest.approx(simple, rel=1e-5)
-        assert loss == pytest.approx(simple + 0.001 * m.last["l_vlb"], rel=1e-5)
+        assert m.last_stats["l_simple"] == pytest.approx(simple, rel=1e-5)
+        assert loss == pytest.approx(simple + 0.001 * m.last_stats["l_vlb"], rel=1e-5)
 
 
 def test_thresholding():
