@@ -47,7 +47,7 @@ def check_range(x, data_range):
 def ode_log_likelihood(sde, score, x, *, divergence: str = "exact", rng=None,
                        method: str = "rk45", steps: int = 100, rtol: float = 1e-5,
                        atol: float = 1e-5, prior_logp=None, data_range=None, progress=None,
-                       return_stats: bool = False):
+                       max_steps: int = 100_000, return_stats: bool = False):
     """log p_eps(x) per example (nats), (B,) float64, by the probability-flow ODE.
 
     score(x: Tensor, t: (B,) array) -> Tensor, differentiable in x (a network, or a closed
@@ -80,7 +80,8 @@ def ode_log_likelihood(sde, score, x, *, divergence: str = "exact", rng=None,
     if method == "rk4":
         y1, stats = rk4(f, y0, sde.eps, sde.T, steps, callback=bar)
     elif method == "rk45":
-        y1, stats = rk45(f, y0, sde.eps, sde.T, rtol=rtol, atol=atol, callback=bar)
+        y1, stats = rk45(f, y0, sde.eps, sde.T, rtol=rtol, atol=atol, max_steps=max_steps,
+                         callback=bar)
     else:
         raise ValueError(f"unknown ODE method {method!r}; accepted: rk4, rk45")
     bar.close()

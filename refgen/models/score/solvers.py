@@ -82,11 +82,12 @@ def rk45(f, y, t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5, h0=
     while direction * (t1 - t) > 0:
         if steps + rejected >= max_steps:
             raise ODESolverError(f"rk45 took more than {max_steps} steps without reaching "
-                                 f"t={t1:g} (at t={t:.6g}, step size {h:.3g})")
+                                 f"t={t1:g}: stuck at t={t:.9g}, step size {h:.3g} (a stiff or "
+                                 f"singular drift; loosen rtol/atol or raise max_steps)")
         h = min(h, abs(t1 - t))
         if h < min_step and abs(t1 - t) > min_step:
-            raise ODESolverError(f"rk45 cannot meet rtol={rtol:g}, atol={atol:g}: the step size "
-                                 f"fell to {h:.3g} < min_step={min_step:g} at t={t:.9g}")
+            raise ODESolverError(f"rk45 cannot meet rtol={rtol:g}, atol={atol:g}: at t={t:.9g}, "
+                                 f"step size {h:.3g} < min_step={min_step:g}")
         hs = direction * h
         k = [k1]
         for i in range(1, 7):                                            # stages 2..7
@@ -98,8 +99,8 @@ def rk45(f, y, t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5, h0=
         sc = atol + rtol * xp.maximum(xp.abs(y), xp.abs(y5))
         e = _rms(err / sc)
         if not math.isfinite(e):
-            raise ODESolverError(f"rk45: the derivative is not finite at t={t:.6g} "
-                                 f"(step size {h:.3g})")
+            raise ODESolverError(f"rk45: the derivative is not finite at t={t:.9g}, "
+                                 f"step size {h:.3g}")
         if e <= 1.0:
             t, y, k1 = t + hs, y5, k[6]                                  # FSAL
             steps += 1

@@ -42,9 +42,13 @@ def test_vp_kernel_from_a_schedule_is_ddpm_q_at_every_step(kind):
     m, s = sde.marginal(i / 200)
     assert np.allclose(m ** 2, sch.alpha_bar[i], rtol=1e-12, atol=0)
     assert np.allclose(s ** 2, 1 - sch.alpha_bar[i], rtol=1e-12, atol=1e-300)
-    # beta(t) is B's slope: int_0^1 beta = B(1)
-    t = (np.arange(200 * 16) + 0.5) / (200 * 16)
-    assert np.isclose(sde.beta(t).mean(), sde.B(1.0), rtol=1e-10)
+    # beta(t) is B's derivative, positive and continuous (no jumps at the grid points)
+    t = np.linspace(0.0005, 0.9995, 3001)
+    h = 1e-7
+    assert np.allclose(sde.beta(t), (sde.B(t + h) - sde.B(t - h)) / (2 * h), rtol=1e-5)
+    assert (sde.beta(t) > 0).all()
+    g = np.arange(1, 200) / 200
+    assert np.allclose(sde.beta(g - 1e-12), sde.beta(g + 1e-12), rtol=1e-8)
 
 
 def test_linear_vp_is_the_limit_of_ddpm_linear_schedule():

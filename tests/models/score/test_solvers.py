@@ -59,12 +59,12 @@ def test_rk45_refuses_what_it_cannot_integrate():
     """y' = 1 / (1 - t)^2 blows up at t = 1: the solver must stop with t and the step size,
     not return a number."""
     blow = lambda t, y: np.ones_like(y) / (1.0 - t) ** 2  # noqa: E731
-    with pytest.raises(ODESolverError, match=r"step size .* at t=0\.9999"):
+    with pytest.raises(ODESolverError, match=r"at t=0\.9999\d*, step size"):
         rk45(blow, np.zeros((1, 1)), 0.0, 2.0, rtol=1e-6, atol=1e-6, min_step=1e-9)
 
 
 def test_rk45_max_steps():
-    with pytest.raises(ODESolverError, match="more than 5 steps"):
+    with pytest.raises(ODESolverError, match=r"more than 5 steps .* stuck at t=.*, step size"):
         rk45(f, Y0, 0.0, 3.0, rtol=1e-10, atol=1e-10, max_steps=5)
 
 
