@@ -139,9 +139,9 @@ def main():
                 r = run(name, model_name, args)
                 print(json.dumps({k: r[k] for k in r if k != "loss_curve"}, default=float), flush=True)
                 results["runs"].append(r)
-    results["wall_s"] = round(time.perf_counter() - t0, 1)
-    results["machine"] = machine()
-    write_json(Path(args.out_dir) / f"{args.tag}.json", results)
+                results["wall_s"] = round(time.perf_counter() - t0, 1)
+                results["machine"] = machine()
+                write_json(Path(args.out_dir) / f"{args.tag}.json", results)  # after every run
 
 
 if __name__ == "__main__":

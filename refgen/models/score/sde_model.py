@@ -68,6 +68,7 @@ class ScoreSDE(Module):
                             channel_mult, num_res_blocks, attn_res, heads, groups)
         self.rng = default_rng(seed)
         self.eval_samples = 1000 if self.image else 2000
+        self.eval_max_test = 200 if len(self.data_shape) == 3 else 2000  # an ODE per test batch
 
     def extra_repr(self):
         return f"data_shape={self.data_shape}, sde={self.sde!r}, weighting={self.weighting}"

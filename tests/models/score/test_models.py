@@ -62,9 +62,12 @@ def test_ncsn_sets_its_ladder_from_the_first_batch():
 
 def test_ncsn_score_is_net_over_sigma():
     m = models.create("ncsn", data_shape=(2,), seed=0, sigma_max=5.0, num_levels=4)
+    for p in m.net.out.parameters():                                   # not the zero init
+        p.data[...] = np.random.default_rng(2).standard_normal(p.data.shape)
     x = Tensor(np.ones((3, 2), dtype=np.float32))
     idx = np.array([0, 1, 3])
     out = m.net(x, idx).data / m.sigmas[idx][:, None]
+    assert np.abs(out).min() > 1e-3
     assert np.allclose(m.score(x, idx).data, out, rtol=1e-6)
     assert np.allclose(m.sigmas, geometric_sigmas(5.0, 0.01, 4))
 
