@@ -3,7 +3,8 @@ predictor-corrector and the probability-flow ODE.
 
 Legend: s(x, .) the score model, sigma_1 > ... > sigma_L the noise ladder, eps the Langevin
 base step, T steps per level, z ~ N(0, I) fresh at every step, t the SDE time (1 -> eps),
-dt = -(1 - eps) / N for N steps, f and g the SDE's drift and diffusion.
+dt = -(1 - eps) / N for N steps (eps the SDE's sampling_eps), f and g the SDE's drift and
+diffusion.
 
 Score functions take and return xp arrays: ``score(x, i)`` (i the level, for the ladder) or
 ``score(x, t)`` (t a (B,) array of times, for an SDE).
@@ -67,7 +68,8 @@ def annealed_langevin(score, x, sigmas, eps: float, T: int, rng, denoise: bool =
 def _times(sde, steps: int):
     if int(steps) < 1:
         raise ValueError(f"a sampler needs steps >= 1, got {steps}")
-    return xp.linspace(sde.T, sde.eps, int(steps)), (sde.T - sde.eps) / int(steps)
+    return (xp.linspace(sde.T, sde.sampling_eps, int(steps)),
+            (sde.T - sde.sampling_eps) / int(steps))
 
 
 def _col(a, x):
@@ -84,8 +86,8 @@ def _predictor(sde, score, x, t, dt, rng):
 
 def euler_maruyama(sde, score, shape, rng, steps: int = 1000, x=None, progress=None,
                    dtype=xp.float32):
-    """Reverse-SDE sampling by Euler-Maruyama from the prior at t = 1 to t = eps; the last
-    step returns its mean (no noise is added after the final step)."""
+    """Reverse-SDE sampling by Euler-Maruyama from the prior at t = 1 to t = sampling_eps;
+    the last step returns its mean (no noise is added after the final step)."""
     ts, dt = _times(sde, steps)
     x = sde.prior_sample(shape, rng, dtype) if x is None else x
     bar = Progress("reverse SDE (Euler-Maruyama)", len(ts), progress)
@@ -131,7 +133,7 @@ def predictor_corrector(sde, score, shape, rng, steps: int = 1000, snr: float = 
 def ode_sample(sde, score, shape, rng, method: str = "rk45", steps: int = 100,
                rtol: float = 1e-5, atol: float = 1e-5, x=None, progress=None, dtype=xp.float32):
     """Integrate the probability-flow ODE dx/dt = f - 1/2 g^2 s from the prior at t = 1 to
-    t = eps, with 'rk45' (adaptive, rtol/atol) or 'rk4' (fixed, ``steps`` steps)."""
+    t = sampling_eps, with 'rk45' (adaptive, rtol/atol) or 'rk4' (fixed, ``steps`` steps)."""
     x = sde.prior_sample(shape, rng, dtype) if x is None else x
     shape = x.shape
 
@@ -141,9 +143,9 @@ def ode_sample(sde, score, shape, rng, method: str = "rk45", steps: int = 100,
 
     bar = Progress(f"probability-flow ODE ({method})", steps if method == "rk4" else None, progress)
     if method == "rk4":
-        y, _ = rk4(f, x, sde.T, sde.eps, steps, callback=bar)
+        y, _ = rk4(f, x, sde.T, sde.sampling_eps, steps, callback=bar)
     elif method == "rk45":
-        y, _ = rk45(f, x, sde.T, sde.eps, rtol=rtol, atol=atol, callback=bar)
+        y, _ = rk45(f, x, sde.T, sde.sampling_eps, rtol=rtol, atol=atol, callback=bar)
     else:
         raise ValueError(f"unknown ODE method {method!r}; accepted: rk4, rk45")
     bar.close()

@@ -50,7 +50,8 @@ class SDE:
     """The interface: drift, diffusion, marginal (m, s), prior_sample, prior_logp."""
 
     T = 1.0
-    eps = 1e-5   # sampling and likelihood stop at t = eps (the kernel is singular at 0)
+    eps = 1e-5            # the likelihood integrates from t = eps (the kernel is singular at 0)
+    sampling_eps = 1e-5   # samplers stop here (Song et al. 2021: 1e-5 for VE, 1e-3 for VP)
 
     def drift(self, x, t):
         raise NotImplementedError
@@ -126,6 +127,10 @@ class VESDE(SDE):
 
 class VPSDE(SDE):
     """Variance preserving: the continuous limit of DDPM."""
+
+    # s(t) ~ sqrt(beta_min t) is 1e-3 at t = 1e-5: a learned score net / s(t) is then too
+    # steep for the sampler's last steps, so sampling stops at t = 1e-3 as Song et al. do
+    sampling_eps = 1e-3
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, log_alpha_bar=None):
         if not 0 <= beta_min < beta_max:
