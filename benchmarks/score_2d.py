@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import RESULTS, command, machine, write_json  # noqa: E402
 from refgen import backend, data, io, metrics, models  # noqa: E402
+from refgen.cli import parse_sets  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
 from refgen.train import CHECKPOINT, load_weights, train  # noqa: E402
 
@@ -61,8 +62,10 @@ def run(name, model_name, args):
     cls = models.get(model_name)
     st = dict(cls.default_train)
     steps = args.steps or st["steps"]
-    model = models.create(model_name, data_shape=(2,), seed=args.seed)
-    out = {"data": name, "model": model_name, "steps": steps, "batch_size": st["batch_size"],
+    settings = parse_sets(args.set) if model_name != "ncsn" else {}
+    model = models.create(model_name, data_shape=(2,), seed=args.seed, **settings)
+    out = {"data": name, "model": model_name, "settings": settings, "steps": steps,
+           "batch_size": st["batch_size"],
            "lr": st["lr"], "ema": st["ema"]}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,6 +126,7 @@ def main():
     p.add_argument("--nll-n", type=int, default=2000, help="test points of the PF-ODE NLL")
     p.add_argument("--tol", type=float, default=1e-5, help="RK45 rtol = atol of the NLL")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="SDE model hyperparameter")
     p.add_argument("--tag", default="score_2d")
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--smoke", action="store_true", help="a few steps of everything")
