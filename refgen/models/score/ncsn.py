@@ -10,7 +10,8 @@ of "Improved Techniques for Training Score-Based Generative Models" (Song & Ermo
     technique 4   the Langevin step eps from T and gamma:
                   (1 - eps/sigma_L^2)^(2T) (gamma^2 - 2 eps / (sigma_L^2 - sigma_L^2 (1 - eps/sigma_L^2)^2))
                       + 2 eps / (sigma_L^2 - sigma_L^2 (1 - eps/sigma_L^2)^2) = 1
-    technique 5   an exponential moving average of the weights (``default_train['ema']``)
+    technique 5   an exponential moving average of the weights (``default_train['ema']``: 0.995,
+                  not 0.999, for runs of thousands of steps; see docs/score.md)
 
 In low dimension no gamma brings technique 2's overlap down to 0.5 (the condition is
 written for large D); there refgen keeps Song & Ermon 2019's L = 10 levels.
@@ -89,7 +90,7 @@ class NCSN(Module):
     """Noise-conditional score network (see the module docstring for the options)."""
 
     data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3), image_range=(-1.0, 1.0))
-    default_train = dict(steps=5000, batch_size=256, lr=1e-3, ema=0.999)
+    default_train = dict(steps=5000, batch_size=256, lr=1e-3, ema=0.995)
 
     def __init__(self, data_shape, *, seed=0, sigma_max="auto", sigma_min: float = 0.01,
                  num_levels="auto", T: int = 100, step_eps="auto", conditional=None,

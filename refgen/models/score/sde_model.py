@@ -36,7 +36,7 @@ class ScoreSDE(Module):
     """A score network s_theta(x, t) for one forward SDE (subclasses fix which)."""
 
     data_spec = DataSpec(kinds=("continuous",), ndims=(1, 3), image_range=(-1.0, 1.0))
-    default_train = dict(steps=5000, batch_size=256, lr=2e-3, ema=0.999, warmup=100)
+    default_train = dict(steps=5000, batch_size=256, lr=2e-3, ema=0.995, warmup=100)
     kind = None
 
     def __init__(self, data_shape, *, seed=0, sigma_min: float = 0.01, sigma_max=None,
