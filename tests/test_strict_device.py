@@ -50,6 +50,10 @@ CASES = {
     "ddpm": ("mnist", IMG, True, dict(T=30, num_classes=10, channels=8, groups=4,
                                       num_res_blocks=1, learn_sigma=True, guidance=1.0,
                                       sample_steps=5, vlb_timesteps=3)),
+    "ncsn": ("8gaussians", (2,), False, dict(hidden=16, depth=1, T=2)),
+    "sde-ve": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="ode", sample_steps=4)),
+    "sde-vp": ("mnist", IMG, False, dict(channels=8, groups=4, num_res_blocks=1, sample_steps=3)),
+    "sde-subvp": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="em", sample_steps=3)),
 }
 
 
