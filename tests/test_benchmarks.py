@@ -16,7 +16,8 @@ HELPERS = {"common.py"}  # imported by the scripts, not run
 ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills_its_mutants",
              "sample_metrics_reference.py": "tests/metrics/test_sample_metrics_reference.py",
              "gan_2d.py": "tests/models/gan/test_benchmark_smoke.py",
-             "energy_2d.py": "tests/models/energy/test_benchmark_smoke.py"}
+             "energy_2d.py": "tests/models/energy/test_benchmark_smoke.py",
+             "score_2d.py": "tests/models/score/test_benchmark.py"}
 
 # script -> (extra arguments, reads MNIST); one script may appear with several argument sets
 SMOKE_RUNS = [

@@ -142,7 +142,8 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
     n_samples: samples drawn for FID / mode coverage / MMD (default: the model's
     ``eval_samples`` or 10,000). iwae_k: k of the IWAE bound (default: the model's
     ``eval_iwae_k`` or 1000; smaller is cheaper and looser). max_test: score only the first
-    this many test examples. rng: seed or backend generator for all of the model's noise.
+    this many test examples (default: the model's ``eval_max_test``, else all). rng: seed or
+    backend generator for all of the model's noise.
     run_dir is accepted for the CLI and not written to: the caller writes metrics.json.
     progress(done, total, label), when given, is called after each batch (a progress line).
     Returns {metric name: float or int}.
@@ -155,6 +156,8 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
     ds = test_dataset
     if ds.kind == "categorical":
         return {}
+    if max_test is None:  # a model whose likelihood is costly (an ODE per batch) names its own
+        max_test = getattr(model, "eval_max_test", None)
     x = ds.x if max_test is None else ds.x[:int(max_test)]
     out = {}
     gen = backend.default_rng(EVAL_SEED if rng is None else rng)

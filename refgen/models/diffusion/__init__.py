@@ -5,7 +5,7 @@
     losses.py     L_VLB (13)-(16) with closed-form KLs and the decoder, (18), L_simple (19), L_hybrid
     sampling.py   ancestral DDPM (17), DDIM (27)-(29), thresholding
     guidance.py   classifier guidance (24)-(25), classifier-free guidance (26)
-    nets.py       MLP denoiser (vectors); images use refgen.nn.UNet
+    (networks)    refgen.nn.MLPDenoiser for vectors, refgen.nn.UNet for images
     classifier.py the noisy-image classifier f_phi(y | x_t, t) of classifier guidance
     config.py     ddpm's option groups (process, network, sampling)
     ddpm.py       the registered model ``ddpm``

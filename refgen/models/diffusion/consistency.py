@@ -45,7 +45,7 @@ from refgen.backend import default_rng, xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion.config import NetworkConfig, split_options
-from refgen.models.diffusion.nets import MLPDenoiser
+from refgen.nn import MLPDenoiser
 from refgen.models.diffusion.ode import (METHODS, eps_in_sigma, euler_step, heun_step,
                                          karras_sigmas, schedule_sigmas)
 from refgen.models.diffusion.teacher import load_teacher

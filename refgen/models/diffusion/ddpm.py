@@ -38,7 +38,7 @@ from refgen.models.diffusion import guidance as G
 from refgen.models.diffusion.config import (NetworkConfig, ProcessConfig, SamplingConfig,
                                             split_options)
 from refgen.models.diffusion.losses import hybrid_loss, l_simple, regression_target, vlb
-from refgen.models.diffusion.nets import MLPDenoiser
+from refgen.nn import MLPDenoiser
 from refgen.models.diffusion.ode import METHODS as ODE_METHODS
 from refgen.models.diffusion.ode import ode_sample
 from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sample,

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from refgen.autograd import Tensor
 from refgen.backend import to_numpy
-from refgen.models.diffusion.nets import MLPDenoiser
+from refgen.nn import MLPDenoiser
 from refgen.nn import UNet, default_channel_mult, timestep_embedding
 from refgen.testing import check_vjp
 
