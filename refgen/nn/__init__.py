@@ -11,3 +11,4 @@ from refgen.nn.blocks import (group_count, MLPBlock, ResBlock, AttnBlock, CrossA
 from refgen.nn.transformer import TransformerBlock  # noqa: F401
 from refgen.nn.unet import UNet, default_channel_mult  # noqa: F401
 from refgen.nn.sizes import parse_hidden  # noqa: F401
+from refgen.nn.recurrent import lstm_update, LSTMCell, LSTM  # noqa: F401
