@@ -236,7 +236,7 @@ def _erfinv_array(x):
     t = 2.0 / (math.pi * a) - 0.5 * w
     y = xp.sign(xs) * xp.sqrt(xp.sqrt(t * t + w / a) - t)
     for _ in range(3):                                          # Halley: f = erf(y) - x
-        f = _erf(y) - xs
+        f = xp.asarray(_erf(y)) - xs
         fp = (2.0 / math.sqrt(math.pi)) * xp.exp(-y * y)        # f' ; f'' = -2 y f'
         y = y - f / (fp * (1.0 + y * f))
     edge = xp.where(x64 == 1.0, xp.inf, xp.where(x64 == -1.0, -xp.inf, xp.nan))

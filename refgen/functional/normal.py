@@ -47,7 +47,7 @@ def _log_ndtr_array(y):
     for k in range(59, 0, -1):
         m = t + k / m
     tail = _log_phi(t) - xp.log(m)                   # log Phi(-t) = log phi(t) - log M(t)
-    central = xp.log(0.5 * (1.0 + _erf(xp.maximum(v, -3.0) / math.sqrt(2.0))))
+    central = xp.log(0.5 * (1.0 + xp.asarray(_erf(xp.maximum(v, -3.0) / math.sqrt(2.0)))))
     low = xp.where(v < -3.0, tail, central)
     return xp.where(y <= 0, low, xp.log1p(-xp.exp(low)))   # Phi(y) = 1 - Phi(-y)
 

@@ -37,7 +37,7 @@ _EPS = 1e-12          # 2F - 1 is kept within 1 - eps of +-1: |y| <= 7.0
 
 def _phi_cdf2(t):
     """2 Phi(t) - 1 = erf(t / sqrt 2)."""
-    return erf(t / _SQRT2)
+    return asarray(erf(t / _SQRT2))
 
 
 class RBIG:
