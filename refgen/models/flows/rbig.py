@@ -42,12 +42,15 @@ def _phi_cdf2(t):
 
 class RBIG:
     """layers: Gaussianization iterations; max_points: KDE reference points per layer;
-    seed: the subsample of reference points."""
+    bandwidth: a factor on Silverman's bandwidth (which assumes one mode and oversmooths
+    multimodal marginals); seed: the subsample of reference points."""
 
-    def __init__(self, layers: int = 50, max_points: int = 1000, seed: int = 0):
+    def __init__(self, layers: int = 50, max_points: int = 1000, bandwidth: float = 1.0,
+                 seed: int = 0):
         if int(layers) < 1 or int(max_points) < 2:
             raise ValueError(f"RBIG needs layers >= 1 and max_points >= 2, got {layers}, {max_points}")
         self.layers, self.max_points, self.seed = int(layers), int(max_points), int(seed)
+        self.bandwidth = float(bandwidth)
         self.fitted = []            # per layer: (centres (N, D), bandwidth (D,), rotation (D, D))
 
     # --- one layer -------------------------------------------------------------------------
@@ -84,7 +87,7 @@ class RBIG:
         for _ in range(self.layers):
             idx = rng.permutation(x.shape[0])[:self.max_points]
             c = x[idx]
-            h = 1.06 * c.std(axis=0) * c.shape[0] ** -0.2 + 1e-6           # Silverman
+            h = self.bandwidth * 1.06 * c.std(axis=0) * c.shape[0] ** -0.2 + 1e-6  # Silverman x factor
             y = self._chunked(x, lambda xb: self._marginal(xb, c, h)[0])
             _, v = xp.linalg.eigh(xp.cov(y, rowvar=False).reshape(x.shape[1], x.shape[1]))
             x = y @ v
