@@ -11,3 +11,4 @@ from refgen.functional.conv import *  # noqa: F401,F403
 from refgen.functional.nn import *  # noqa: F401,F403
 from refgen.functional.loss import *  # noqa: F401,F403
 from refgen.functional.discrete import *  # noqa: F401,F403
+from refgen.functional.normal import *  # noqa: F401,F403

@@ -14,3 +14,4 @@ from refgen.nn.mlp import MLPDenoiser  # noqa: F401
 from refgen.nn.sizes import parse_hidden  # noqa: F401
 from refgen.nn.normalization import (BatchNorm, BatchNorm1d, BatchNorm2d, SpectralNorm,  # noqa: F401
                                      spectral_norm)
+from refgen.nn.recurrent import lstm_update, LSTMCell, LSTM  # noqa: F401

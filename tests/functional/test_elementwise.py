@@ -15,6 +15,18 @@ from refgen.testing import check_forward, check_grads, check_invariants, strateg
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
+def _erfinv_bisect(v):
+    """erf^{-1} by 200 bisections of math.erf on [-7, 7] (float64 exact to rounding)."""
+    lo, hi = -7.0, 7.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if math.erf(mid) < v else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+_erfinv = np.vectorize(_erfinv_bisect, otypes=[np.float64])
+
+
 class Case(NamedTuple):
     name: str
     f: Callable      # Tensors -> Tensor
@@ -86,6 +98,7 @@ CASES = [
     Case("logsigmoid", F.logsigmoid, lambda x: -np.log1p(np.exp(-x)), unary(rs.floats(-6, 6))),
     Case("silu", F.silu, lambda x: x * sigmoid(x), unary()),
     Case("erf", F.erf, _erf, unary()),
+    Case("erfinv", F.erfinv, _erfinv, unary(rs.floats(-0.95, 0.95))),
     Case("gelu", F.gelu, lambda x: 0.5 * x * (1 + _erf(x / math.sqrt(2))), unary()),
     Case("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"),
          lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
@@ -152,3 +165,18 @@ def test_piecewise_ops_take_the_conventional_subgradient_at_the_kink():
     x = Tensor(np.array([-0.5, 0.7, -0.6, 0.8]), requires_grad=True)
     (g,) = grad(F.clamp(x, -0.5, 0.7).sum(), [x])
     np.testing.assert_array_equal(to_numpy(g.data), [1.0, 1.0, 0.0, 0.0])
+
+
+def test_erfinv_tails_edges_and_normal_quantile():
+    x = np.array([-1.0, -1 + 1e-12, -0.999, -0.3, 0.0, 1e-9, 0.5, 0.999999, 1 - 1e-12, 1.0, 1.5])
+    y = to_numpy(F.erfinv(Tensor(x)).data)
+    assert y[0] == -np.inf and y[-2] == np.inf and np.isnan(y[-1])
+    mid = slice(1, -2)
+    # erf(erfinv(x)) = x to the rounding of x, and the bisection reference agrees
+    np.testing.assert_allclose(_erf(y[mid]), x[mid], rtol=0, atol=4e-16)
+    # against bisection, to within the rounding of x times the slope dy/dx = sqrt(pi)/2 e^{y^2}
+    ref = _erfinv(x[mid])
+    slope = math.sqrt(math.pi) / 2 * np.exp(ref ** 2)
+    assert np.all(np.abs(y[mid] - ref) <= 4 * np.spacing(np.abs(x[mid])) * slope + 4e-16 * np.abs(ref) + 1e-30)
+    # Phi^{-1}(0.975) = 1.959963984540054 (the 97.5% normal quantile)
+    assert abs(math.sqrt(2) * F.erfinv(Tensor(np.array(0.95))).item() - 1.959963984540054) < 1e-13

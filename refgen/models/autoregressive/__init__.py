@@ -19,3 +19,6 @@ __all__ += ["MaskedConv2d", "PixelModel", "PixelCNN", "GatedLayer", "GatedPixelC
 from refgen.models.autoregressive.gpt import GPT, Block, GPTModel, filter_logits
 
 __all__ += ["GPT", "Block", "GPTModel", "filter_logits"]
+from refgen.models.autoregressive.pixelrnn import DiagonalBiLSTM, PixelRNN, RowLSTM, skew, unskew
+
+__all__ += ["PixelRNN", "RowLSTM", "DiagonalBiLSTM", "skew", "unskew"]

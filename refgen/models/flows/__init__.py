@@ -12,7 +12,9 @@ prior (multiscale.py), the logit transform of [0, 1] images (preprocess.py), NIC
 diagonal scaling (nice.py) and MAF's MADE layer (maf.py).
 
 Registered models, each dense (MLP) for vectors and convolutional for images:
-``nice``, ``realnvp``, ``glow``, ``maf`` (MAF flattens images).
+``nice``, ``realnvp``, ``glow``, ``maf`` (MAF flattens images), ``gflow`` (Gaussianization
+flows: marginal Gaussianization and Householder rotations; rbig.py is its fitted, non-gradient
+ancestor RBIG).
 """
 from refgen.models.flows.base import (Flow, FlowLayer, FlowSequence, StandardLogistic,
                                       StandardNormal)
@@ -27,9 +29,13 @@ from refgen.models.flows.nice import NICE, DiagonalScaling
 from refgen.models.flows.realnvp import RealNVP
 from refgen.models.flows.glow import Glow
 from refgen.models.flows.maf import MAF, AutoregressiveAffine
+from refgen.models.flows.gaussianization import (GaussianizationFlow, HouseholderRotation,
+                                                 MarginalGaussianization)
+from refgen.models.flows.rbig import RBIG
 
 __all__ = ["Flow", "FlowLayer", "FlowSequence", "StandardNormal", "StandardLogistic",
            "ActNorm", "AdditiveCoupling", "AffineCoupling", "InvConv1x1", "InvConv1x1LU",
            "checkerboard_mask", "channel_mask", "ConditionalPrior", "MultiScale",
            "LogitTransform", "Shift", "Flatten", "Reverse", "Squeeze", "DiagonalScaling",
-           "NICE", "RealNVP", "Glow", "MAF", "AutoregressiveAffine"]
+           "NICE", "RealNVP", "Glow", "MAF", "AutoregressiveAffine",
+           "GaussianizationFlow", "MarginalGaussianization", "HouseholderRotation", "RBIG"]
