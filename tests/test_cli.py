@@ -376,19 +376,25 @@ def test_unwritable_run_directory_is_one_line(run_dir, tmp_path, capsys, monkeyp
     assert _snapshot(out) == before
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root writes through chmod; the test above covers root")
 def test_read_only_run_directory_by_chmod(run_dir, tmp_path, capsys):
+    """chmod 555 on the run directory: a user it stops gets one line and nothing changes; root,
+    whom mode bits do not stop (CI runs as root), is not refused on the mode bits alone and
+    the resumed run completes (the refusal itself is covered for root by the test above)."""
     out = _copy_run(run_dir, tmp_path)
     before = _snapshot(out)
     out.chmod(0o555)
     try:
+        really_read_only = not os.access(out, os.W_OK)
         rc = main(["train", "gmm", "--data", "8gaussians", "--out", str(out), "--resume",
-                   "--steps", "40", "-q"])
-        assert "cannot write" in _one_error_line(capsys, rc)
+                   "--steps", "40", "-q", "--no-eval"])
+        if really_read_only:
+            assert "cannot write" in _one_error_line(capsys, rc)
+            assert _snapshot(out) == before
+        else:
+            assert rc == 0, capsys.readouterr().err
+            assert io.load_checkpoint(out / "checkpoint.npz")[1]["step"] == 40
     finally:
         out.chmod(0o755)
-    assert _snapshot(out) == before
 
 
 def test_a_run_directory_being_written_is_locked(run_dir, tmp_path, capsys):
