@@ -24,7 +24,7 @@ from refgen import backend
 from refgen.autograd import Tensor
 from refgen.backend import xp
 
-__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "clip_grad_norm_", "EMA", "linear_warmup",
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "descend", "clip_grad_norm_", "EMA", "linear_warmup",
            "cosine_schedule", "LRScheduler"]
 
 
@@ -215,6 +215,17 @@ class AdamW(Adam):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def descend(loss, optimizers) -> None:
+    """One gradient step of every optimizer in ``optimizers`` (a dict, as a model's
+    ``train_step`` receives them) on ``loss``: zero the gradients, backward, step each."""
+    opts = list(optimizers.values())
+    for opt in opts:
+        opt.zero_grad()
+    loss.backward()
+    for opt in opts:
+        opt.step()
 
 
 def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, eps: float = 1e-6) -> float:

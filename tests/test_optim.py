@@ -288,3 +288,14 @@ def test_lr_scheduler_drives_the_optimizer():
     sched2 = optim.LRScheduler(opt2, lambda s: optim.linear_warmup(s, 4))
     sched2.load_state_dict(state)
     assert sched2.last_step == 4 and opt2.lr == pytest.approx(0.2)
+
+
+def test_descend_steps_every_optimizer_once_on_fresh_gradients():
+    """descend(loss, {name: opt}): stale gradients are cleared, then one step each."""
+    a, b = nn.Parameter(np.array([1.0, -2.0])), nn.Parameter(np.array([0.5]))
+    opts = {"a": optim.SGD([a], lr=0.1), "b": optim.SGD([b], lr=0.2)}
+    a.grad = Tensor(np.array([100.0, 100.0]))                  # stale: must not be used
+    optim.descend((a * a).sum() + 3.0 * b.sum(), opts)
+    np.testing.assert_allclose(a.numpy(), [1.0 - 0.1 * 2.0, -2.0 + 0.1 * 4.0])
+    np.testing.assert_allclose(b.numpy(), [0.5 - 0.2 * 3.0])
+    assert opts["a"].step_count == opts["b"].step_count == 1

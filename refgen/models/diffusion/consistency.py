@@ -45,11 +45,11 @@ from refgen.backend import default_rng, xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion.config import NetworkConfig, split_options
-from refgen.nn import MLPDenoiser
 from refgen.models.diffusion.ode import (METHODS, eps_in_sigma, euler_step, heun_step,
                                          karras_sigmas, schedule_sigmas)
 from refgen.models.diffusion.teacher import load_teacher
-from refgen.nn import Module, UNet, init
+from refgen.nn import MLPDenoiser, Module, UNet, init
+from refgen.optim import descend
 
 __all__ = ["c_skip", "c_out", "c_in", "c_noise", "karras_times", "ct_N", "ct_mu", "distance",
            "ConsistencyFunction", "consistency_sample", "ConsistencyDistillation",
@@ -213,11 +213,7 @@ class _Consistency(Module):
         """A gradient step on theta, then theta^- <- mu theta^- + (1 - mu) theta."""
         N, mu = self.current_N(), self.current_mu()                        # at step k
         loss = self.loss(batch)
-        for opt in optimizers.values():
-            opt.zero_grad()
-        loss.backward()
-        for opt in optimizers.values():
-            opt.step()
+        descend(loss, optimizers)
         for p_minus, p in zip(self.target.parameters(), self.online.parameters()):
             p_minus.data = mu * p_minus.data + (1.0 - mu) * p.data          # EMA target
         self.k[...] = int(self.k) + 1

@@ -30,6 +30,7 @@ from refgen.models.base import DataSpec
 from refgen.models.diffusion.process import coef, interpret
 from refgen.models.diffusion.teacher import clone, load_teacher
 from refgen.nn import Module
+from refgen.optim import descend
 
 __all__ = ["pd_grid", "ddim_move", "distillation_target", "snr_weight", "ddim_sample",
            "ProgressiveDistillation"]
@@ -139,11 +140,7 @@ class ProgressiveDistillation(Module):
         """One step of Algorithm 2; after ``round_steps`` steps the student becomes the
         teacher and N halves (until min_steps)."""
         loss = self.loss(batch)
-        for opt in optimizers.values():
-            opt.zero_grad()
-        loss.backward()
-        for opt in optimizers.values():
-            opt.step()
+        descend(loss, optimizers)
         self.round_step[...] = int(self.round_step) + 1
         if int(self.round_step) >= self.round_steps and int(self.N) > self.min_steps:
             self.teacher.load_state_dict(self.student.state_dict())       # eta <- theta
