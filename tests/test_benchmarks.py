@@ -31,6 +31,7 @@ SMOKE_RUNS = [
     ("flows_2d.py", [], False),
     ("flows_mnist.py", ["--model", "glow"], True),
     ("flows_mnist.py", ["--model", "maf", "--measure", "2"], True),
+    ("gan_mnist.py", [], True),
     ("gflow_2d.py", [], False),
     ("gpt_mnist14.py", [], True),
     ("made_mnist.py", [], True),

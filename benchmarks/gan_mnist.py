@@ -1,0 +1,189 @@
+"""DCGAN-style GAN on MNIST: train for a wall-clock budget, then FID, KID, precision, recall
+and the class-histogram KL of its samples, a sample grid and the D / G loss curves.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/gan_mnist.py --model nsgan --data mnist \\
+        --set channels=32 --budget-min 25 --eval-n 10000
+
+Trains with refgen.train.train in chunks of ``--chunk`` steps, each resuming the checkpoint
+of the run directory (``--out``, default /tmp/refgen_<tag>; it has the layout of ``refgen
+train``, so ``refgen sample DIR`` works on it), until ``--steps`` or ``--budget-min``
+minutes (checked between chunks). ``--budget-min 0`` with an existing run only evaluates it.
+
+Then, in eval mode (BatchNorm's running statistics) with the evaluation generator of
+refgen.metrics.evaluate:
+  - every sample metric of ``evaluate`` at N = ``--eval-n`` (fid_mnist, kid_mnist with its
+    standard error, precision / recall at k = 3, class_kl), and fid_mnist at N = 500 beside
+    the diffusion U-Net's FID at 500 (FID is biased upwards at small N: compare equal N);
+  - <tag>_samples.png (64 samples) and <tag>_losses.png (moving averages over 5 log lines
+    of the discriminator loss and of the generator loss).
+Writes benchmarks/results/<tag>.json (tag: gan_mnist, or gan_mnist14 for mnist-14).
+``--smoke``: 4 steps of a tiny GAN on 64 images, the metrics on 20 samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, rel,  # noqa: E402
+                    run_dir, sample_grid, write_result)
+
+import numpy as np  # noqa: E402
+
+from refgen import backend, io  # noqa: E402
+from refgen.metrics.evaluation import evaluate  # noqa: E402
+from refgen.runs import build_model, load_run, parse_sets  # noqa: E402
+from refgen.train import data_facts, train  # noqa: E402
+
+# the diffusion U-Net's FID at N = 500 on the same data, and the real-data floor at 500
+DIFFUSION_AT_500 = {
+    "mnist": ("benchmarks/results/diffusion_mnist28_small.json", ("samplers", "ddpm50")),
+    "mnist-14": ("benchmarks/results/diffusion_mnist14_cosine_fixed.json", ("samplers", "ddpm50")),
+}
+FLOOR_10K = {"mnist": 3.204}  # train vs test, benchmarks/results/fid_reference.json
+TARGETS = {"fid_mnist_at_10000": "<= 10", "precision": ">= 0.8", "recall": ">= 0.8",
+           "class_kl": "<= 0.05 nats"}
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="nsgan", choices=["gan", "nsgan", "wgan-gp", "cgan"])
+    ap.add_argument("--data", default="mnist", choices=["mnist", "mnist-14"])
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
+    ap.add_argument("--steps", type=int, default=1_000_000, help="most loop steps")
+    ap.add_argument("--budget-min", type=float, default=25.0, help="training minutes (0: none)")
+    ap.add_argument("--chunk", type=int, default=500, help="steps between checkpoints")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-n", type=int, default=10000, help="samples for the metrics")
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.steps, args.chunk, args.batch_size, args.eval_n = 4, 2, 8, 20
+        args.set = (args.set or []) + ["channels=4", "hidden=16", "z_dim=8"]
+    return args
+
+
+def train_in_chunks(model, ds, out, cfg, *, steps, budget_min, chunk, **train_kw):
+    """refgen.train.train in calls of ``chunk`` steps, each resuming the checkpoint in
+    ``out``, until ``steps`` or ``budget_min`` minutes. Returns the step the checkpoint holds."""
+    done = 0
+    if (out / "checkpoint.npz").exists():
+        done = int(io.load_checkpoint(out / "checkpoint.npz")[1]["step"])
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * budget_min if budget_min else -math.inf
+    while done < steps and time.perf_counter() < deadline:
+        m = train(model, ds, steps=min(steps, done + chunk), out_dir=out, ckpt_every=chunk,
+                  resume=done > 0, progress=False, samples=False, config=cfg, **train_kw)
+        done = m["steps"]
+        print(f"step {done}  d_loss {m['loss']:.4f}  wall {m['wall_s']:.0f}s", flush=True)
+    return done
+
+
+def moving_average(v, k):
+    """Means of each k consecutive values of v: len(v) - k + 1 of them."""
+    return np.convolve(np.asarray(v, dtype=np.float64), np.ones(k) / k, mode="valid")
+
+
+def loss_plot(out, path, points=60):
+    """The D loss (each log line's average since the previous one) and a moving average of
+    the logged G losses (one step's value per line), side by side, at most ``points``
+    points each; None when the log has fewer than two lines."""
+    lines = read_log(out, "g_loss")
+    if len(lines) < 2:
+        return None
+    k = min(5, len(lines))
+    steps = np.array([ln["step"] for ln in lines], dtype=np.float64)[k - 1:]
+    keep = np.unique(np.linspace(0, len(steps) - 1, points).round().astype(int))
+    panels = []
+    for key, label in (("loss", "D loss"), ("g_loss", "G loss")):
+        ys = moving_average([ln[key] for ln in lines], k)
+        panels.append(io.line_plot(steps[keep], ys[keep], xlabel="step", ylabel=label)[0])
+    io.write_png(path, io.concat_images_horizontal(panels))
+    return path
+
+
+def diffusion_at_500(data):
+    """The diffusion U-Net's FID at N = 500 and its file, where there is one."""
+    if data not in DIFFUSION_AT_500:
+        return None
+    path, keys = DIFFUSION_AT_500[data]
+    full = Path(__file__).resolve().parent.parent / path
+    if not full.is_file():
+        return None
+    d = json.loads(full.read_text())
+    entry = d
+    for k in keys:
+        entry = entry[k]
+    return {"fid_mnist": entry["fid_mnist"], "fid_n": entry["fid_n"], "sampler": keys[-1],
+            "fid_real_floor_at_500": d.get("fid_real_floor", {}).get("500"), "file": path}
+
+
+def main(argv=None):
+    args = parse(argv)
+    tag = args.tag or ("gan_mnist" if args.data == "mnist" else "gan_mnist14")
+    out = run_dir(tag, args.out)
+    settings = parse_sets(args.set)
+    train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
+    num_classes = train_ds.num_classes  # the model takes it only if it is conditional
+    st = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, optimizer="adam",
+              schedule="constant", log_every=max(args.chunk // 10, 1))
+    cfg_path = out / "config.json"
+    if cfg_path.exists():  # a run to continue: its own model settings
+        cfg = json.loads(cfg_path.read_text())
+        settings, st = cfg["model_kwargs"], {k: cfg["train"][k] for k in st}
+    cfg = {"model": args.model, "data": args.data, "model_kwargs": settings,
+           "data_dir": os.environ.get("REFGEN_DATA_DIR"), "data_facts": data_facts(train_ds),
+           "num_classes": num_classes, "vocab_size": None, "vocab": None,
+           "train": dict(st, steps=args.steps), "backend": backend.name(), "command": command()}
+    model = build_model(args.model, data_shape=train_ds.shape, num_classes=num_classes,
+                        seed=st["seed"], overrides=settings)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    done = train_in_chunks(model, train_ds, out, cfg, steps=args.steps,
+                           budget_min=args.budget_min, chunk=args.chunk, **st)
+    train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    model, run_cfg = load_run(out)  # the checkpoint's weights (also when only evaluating)
+    run_wall = float(io.load_checkpoint(out / "checkpoint.npz")[1].get("wall_s", train_wall))
+
+    result = {"model": args.model, "data": args.data, "command": command(),
+              "train_command": run_cfg.get("command"), "model_kwargs": run_cfg["model_kwargs"],
+              "train": dict(run_cfg["train"], steps=done), "steps": done,
+              "epochs": round(done * st["batch_size"] / len(train_ds.x), 2),
+              "params": model.num_parameters(), "train_wall_s": round(run_wall, 1),
+              "train_cpu_s_this_call": round(train_cpu, 1),
+              "train_s_per_step": round(run_wall / max(done, 1), 4),
+              "targets_for_a_longer_run": TARGETS}
+    n = args.eval_n
+    t = time.perf_counter()
+    result["metrics"] = evaluate(model, test_ds, n_samples=n)
+    result["eval_wall_s"] = round(time.perf_counter() - t, 1)
+    n500 = 20 if SMOKE else 500
+    t = time.perf_counter()
+    r500 = evaluate(model, test_ds, n_samples=n500)
+    result["fid_at_500"] = {"fid_mnist": r500["fid_mnist"], "fid_n_samples": r500["fid_n_samples"],
+                            "eval_wall_s": round(time.perf_counter() - t, 1)}
+    result["diffusion_unet_at_500"] = diffusion_at_500(args.data)
+    result["fid_real_floor_at_10000"] = FLOOR_10K.get(args.data)
+
+    grid = RESULTS / f"{tag}_samples.png"
+    sample_grid(model, grid, value_range=(-1.0, 1.0))
+    result["pngs"] = [rel(grid)]
+    plot = loss_plot(out, RESULTS / f"{tag}_losses.png")
+    if plot is not None:
+        result["pngs"].append(rel(plot))
+    result["log"] = read_log(out, "g_loss")
+    result["machine"] = machine()
+    write_result(tag, result)
+    print(json.dumps(dict(steps=done, train_wall_s=result["train_wall_s"], **result["metrics"],
+                          fid_at_500=result["fid_at_500"]["fid_mnist"])))
+
+
+if __name__ == "__main__":
+    main()
