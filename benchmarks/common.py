@@ -129,6 +129,25 @@ def write_result(tag: str, result: dict) -> Path:
     return write_json(RESULTS / f"{tag}.json", result)
 
 
+def train_and_load(model, train_ds, *, steps: int, batch_size: int, settings: dict, seed: int,
+                   quiet: bool = False) -> dict:
+    """Train ``model`` in a temporary run directory with ``settings`` (a model's
+    default_train: lr, ema, warmup), load the weights the run's samples would use (the EMA
+    where there is one) and return train_wall_s, final_loss and a ten-point loss_curve."""
+    from refgen import io
+    from refgen.train import CHECKPOINT, load_weights, train
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        m = train(model, train_ds, steps=steps, batch_size=batch_size, lr=settings["lr"],
+                  seed=seed, out_dir=tmp, ema_decay=settings["ema"],
+                  warmup=settings.get("warmup", 0), progress=not quiet, samples=False,
+                  log_every=max(1, steps // 10))
+        log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl"))]
+        load_weights(model, io.load_checkpoint(os.path.join(tmp, CHECKPOINT))[0])
+    return {"train_wall_s": round(time.perf_counter() - t0, 1), "final_loss": m["loss"],
+            "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log]}
+
+
 def read_log(run, key: str) -> list[dict]:
     """The lines of a run directory's log.jsonl that mention ``key``, parsed."""
     lines = (Path(run) / "log.jsonl").read_text().splitlines()

@@ -24,21 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SMOKE, add_smoke, command, load, machine, smoke, write_json  # noqa: E402
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, smoke,  # noqa: E402
+                    train_and_load, write_json)
 
 import numpy as np  # noqa: E402
 
 from refgen.runs import parse_sets  # noqa: E402
 from refgen import backend, data, io, metrics, models  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
-from refgen.train import CHECKPOINT, load_weights, train  # noqa: E402
 
 
 
@@ -65,17 +63,9 @@ def fit(name, args, settings, train_ds):
     model = models.create("ddpm", data_shape=(2,), seed=args.seed, **settings)
     out = {"data": name, "settings": settings, "steps": steps, "batch_size": batch_size,
            "lr": st["lr"], "ema": st["ema"]}
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        m = train(model, train_ds, steps=steps, batch_size=batch_size, lr=st["lr"],
-                  seed=args.seed, out_dir=tmp, ema_decay=st["ema"], warmup=st.get("warmup", 0),
-                  progress=not args.quiet, samples=False, log_every=max(1, steps // 10))
-        log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl"))]
-        # evaluate with the EMA weights (as refgen's own samples.png is drawn)
-        load_weights(model, io.load_checkpoint(os.path.join(tmp, CHECKPOINT))[0])
-    out["train_wall_s"] = round(time.perf_counter() - t0, 1)
-    out["final_loss"] = m["loss"]
-    out["loss_curve"] = [(r["step"], round(r["loss"], 4)) for r in log]
+    # evaluated with the EMA weights, as refgen's own samples.png is drawn
+    out.update(train_and_load(model, train_ds, steps=steps, batch_size=batch_size, settings=st,
+                              seed=args.seed, quiet=args.quiet))
     return model, out
 
 

@@ -29,7 +29,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -37,11 +36,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import RESULTS, command, machine, write_json  # noqa: E402
+from common import RESULTS, command, machine, train_and_load, write_json  # noqa: E402
 from refgen import backend, data, io, metrics, models  # noqa: E402
-from refgen.cli import parse_sets  # noqa: E402
+from refgen.runs import parse_sets  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
-from refgen.train import CHECKPOINT, load_weights, train  # noqa: E402
 
 
 def panel(points, reference=None):
@@ -67,16 +65,8 @@ def run(name, model_name, args):
     out = {"data": name, "model": model_name, "settings": settings, "steps": steps,
            "batch_size": st["batch_size"],
            "lr": st["lr"], "ema": st["ema"]}
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        m = train(model, train_ds, steps=steps, batch_size=st["batch_size"], lr=st["lr"],
-                  seed=args.seed, out_dir=tmp, ema_decay=st["ema"], warmup=st.get("warmup", 0),
-                  progress=not args.quiet, samples=False, log_every=max(1, steps // 10))
-        log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl"))]
-        load_weights(model, io.load_checkpoint(os.path.join(tmp, CHECKPOINT))[0])
-    out["train_wall_s"] = round(time.perf_counter() - t0, 1)
-    out["final_loss"] = m["loss"]
-    out["loss_curve"] = [(r["step"], round(r["loss"], 4)) for r in log]
+    out.update(train_and_load(model, train_ds, steps=steps, batch_size=st["batch_size"],
+                              settings=st, seed=args.seed, quiet=args.quiet))
     model.eval()
     ref = test_ds.x[:max(args.samples, 2000)]
     pictures = [panel(np.zeros((0, 2)), reference=test_ds.x[:3000])]

@@ -125,8 +125,8 @@ BAD = [  # (argv, where R is the existing run and N a path that must stay absent
      "components is an integer"),
     (["train", "made", "--data", "mnist-14-binary", "--data-dir", "N", "--out", "N"],
      "data directory N is not a directory"),
-    (["sample", "R", "--seed", "-1"], "-1 is negative; give an integer >= 0"),
-    (["train", "gmm", "--data", "8gaussians", "--seed", "-3", "--out", "N"], "is negative"),
+    (["sample", "R", "--seed", "-1"], "-1 is not an integer >= 0"),
+    (["train", "gmm", "--data", "8gaussians", "--seed", "-3", "--out", "N"], "is not an integer >= 0"),
 ]
 
 
