@@ -83,7 +83,7 @@ class TextEncoder(Module):
 
 @register("clip")
 class CLIP(Module):
-    """Contrastive image-text model. ``loss(batch)``: symmetric InfoNCE of the batch's
+    """Contrastive image-text model. ``loss(batch, rng)``: symmetric InfoNCE of the batch's
     (image, caption) pairs; ``encode_image``/``encode_text``: unit embeddings;
     ``zero_shot``/``clip_score``/``retrieve`` as in the paper's evaluations."""
 
