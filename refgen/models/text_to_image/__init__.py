@@ -4,3 +4,6 @@ from refgen.models.text_to_image.contrastive import (class_embeddings, clip_scor
                                                       logit_scale, normalize, retrieve,
                                                       zero_shot_logits)
 from refgen.models.text_to_image.clip import CLIP, ImageEncoder, TextEncoder  # noqa: F401
+from refgen.models.text_to_image.text_diffusion import (TextDiffusion, drop_captions,  # noqa: F401
+                                                        null_caption)
+from refgen.models.text_to_image.glide import GLIDE  # noqa: F401
