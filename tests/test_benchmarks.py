@@ -33,6 +33,7 @@ SMOKE_RUNS = [
     ("flows_mnist.py", ["--model", "maf", "--measure", "2"], True),
     ("gan_mnist.py", [], True),
     ("gflow_2d.py", [], False),
+    ("glide_mnist.py", [], True),
     ("gpt_mnist14.py", [], True),
     ("made_mnist.py", [], True),
     ("ops.py", [], False),

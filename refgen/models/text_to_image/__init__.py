@@ -7,3 +7,4 @@ from refgen.models.text_to_image.clip import CLIP, ImageEncoder, TextEncoder  # 
 from refgen.models.text_to_image.text_diffusion import (TextDiffusion, drop_captions,  # noqa: F401
                                                         null_caption)
 from refgen.models.text_to_image.glide import GLIDE  # noqa: F401
+from refgen.models.text_to_image.imagen import Imagen  # noqa: F401

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from refgen.autograd import Tensor, as_tensor, no_grad
 from refgen.backend import asarray, xp
 from refgen.data.captions import CONTEXT, Tokenizer
@@ -58,9 +56,9 @@ SAMPLING = dataclasses.replace(SamplingConfig(), sampler="ddim", sample_steps=50
 
 def null_caption(tok: Tokenizer, n: int = 1):
     """(n, context) ids of the empty caption <sot> <eot> <pad>...: the null condition."""
-    ids = np.full((n, tok.context), tok.pad, dtype=np.int64)
+    ids = xp.full((n, tok.context), tok.pad, dtype=xp.int64)
     ids[:, 0], ids[:, 1] = tok.sot, tok.eot
-    return asarray(ids)
+    return ids
 
 
 def drop_captions(ids, p_uncond: float, null, rng):
