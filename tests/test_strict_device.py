@@ -88,7 +88,9 @@ NO_SAMPLE = {"clip"}
 
 # text-to-image diffusion: trained on captions, sampled for captions, by their own test below
 TEXT_DIFFUSION = {"glide": dict(T=20, channels=8, heads=2, text_width=16, text_layers=1),
-                  "imagen": dict(T=20, channels=8, heads=2)}
+                  "imagen": dict(T=20, channels=8, heads=2),
+                  "unclip": dict(T=20, prior_T=20, channels=8, heads=2, prior_width=16,
+                                 prior_heads=2, prior_layers=1, clip_size=8)}
 
 
 def test_every_model_has_a_case():
@@ -106,7 +108,7 @@ def test_text_diffusion_trains_resumes_and_samples_on_the_device(name, tmp_path)
                             captions=cap.CaptionData(labels, lev))
     with strict_device():
         kw = dict(TEXT_DIFFUSION[name])
-        if name == "imagen":
+        if name in ("imagen", "unclip"):
             kw["clip"] = models.create("clip", data_shape=IMG, seed=0, embed_dim=8, width=16,
                                        layers=1, heads=2, channels=4)
         model = models.create(name, data_shape=IMG, seed=0, **kw)

@@ -151,35 +151,54 @@ class TextDiffusion(Module):
                          scale_shift=bool(scale_shift), context_dim=int(context_dim))
         self.unet.embed = TextTimeEmbedding(net.channels, 4 * net.channels, int(pooled_dim), rng=rng)
 
+    # ------------------------------------------------------------------------- the condition
+    # captions here; a subclass conditioned on something else (unCLIP's decoder: a CLIP
+    # image embedding) redefines these four
     def null(self, n: int = 1):
-        """(n, context) ids of the null caption."""
+        """The null condition for n samples: (n, context) ids of the empty caption."""
         return null_caption(self.tok, n)
 
-    def encode(self, ids):
-        """(tokens (B, L, W), pooled (B, P), mask (B, L) bool) of caption ids (B, L)."""
+    def condition(self, cond, n: int):
+        """``cond`` as the network's condition for n samples: caption ids (n, context)."""
+        return caption_batch(cond, n, self.tok)
+
+    def drop(self, cond, rng):
+        """The condition with each row replaced by the null one with probability p_uncond."""
+        return drop_captions(cond, self.p_uncond, self.null()[0], rng)
+
+    def encode(self, cond):
+        """(tokens (B, L, W), pooled (B, P), mask (B, L) bool or None) of a condition (B, ...)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------- the network
-    def eps_net(self, xt, t_net, ids, rng=None):
-        """The U-Net's output at x_t (B, C, H, W), network times t_net (B,), captions ids (B, L);
-        ``rng`` drives its dropout (training only)."""
-        tokens, pooled, mask = self.encode(ids)
+    def eps_net(self, xt, t_net, cond, rng=None):
+        """The U-Net's output at x_t (B, C, H, W), network times t_net (B,), conditions (B, ...)
+        (caption ids (B, L)); ``rng`` drives its dropout (training only)."""
+        tokens, pooled, mask = self.encode(cond)
         return self.unet(as_tensor(xt), t_net, pooled, rng, context=tokens, context_mask=mask)
 
     # ------------------------------------------------------------------------- training
-    def loss(self, batch, rng):
-        """L_simple (19) at one t ~ U{1..T} per example, captions dropped with p_uncond."""
+    def captions(self, batch):
+        """The batch's caption ids (B, L), or ValueError when it has none."""
         ids = batch.y
         if ids is None or getattr(ids, "ndim", 0) != 2:
             raise ValueError(f"{self.registry_name} trains on (image, caption ids) pairs; use "
                              "--data mnist-captions or mnist-captions-14")
-        x0 = as_tensor(batch.x)
+        return caption_batch(ids, ids.shape[0], self.tok)
+
+    def loss(self, batch, rng):
+        """L_simple (19) at one t ~ U{1..T} per example, captions dropped with p_uncond."""
+        return self.diffusion_loss(batch.x, self.captions(batch), rng)
+
+    def diffusion_loss(self, x0, cond, rng):
+        """L_simple (19) of images x0 (B, C, H, W) under conditions ``cond`` (B, ...), each
+        dropped to the null condition with probability p_uncond."""
+        x0 = as_tensor(x0)
         b = x0.shape[0]
         t = rng.integers(1, self.T + 1, size=b)                          # t ~ U{1, ..., T}
         eps = Tensor(rng.standard_normal(x0.shape, dtype=x0.dtype))       # eps ~ N(0, I)
         xt = q_sample(self.schedule, x0, t, eps)                          # (3)
-        ids = drop_captions(caption_batch(ids, b, self.tok), self.p_uncond, self.null()[0], rng)
-        out = self.eps_net(xt, self.schedule.net_t[t], ids, rng)
+        out = self.eps_net(xt, self.schedule.net_t[t], self.drop(cond, rng), rng)
         return l_simple(regression_target(self.schedule, x0, t, eps, self.parameterization), out)  # (19)
 
     # ------------------------------------------------------------------------- sampling
@@ -187,9 +206,9 @@ class TextDiffusion(Module):
         """predict(x_t, t) -> Prediction at step t of schedule ``sch`` for captions ``cond``
         (None: the null caption), classifier-free guided by w (eq. (26)) when w != 0."""
         w = self.sampling.guidance if guidance is None else float(guidance)
-        ids = self.null(n) if cond is None else caption_batch(cond, n, self.tok)
+        ids = self.null(n) if cond is None else self.condition(cond, n)
         guided = cond is not None and w != 0.0
-        if guided:  # conditional and null captions in one batch (2n, L)
+        if guided:  # conditional and null conditions in one batch (2n, ...)
             ids = xp.concatenate([ids, self.null(n)])
 
         def predict(x, t):
