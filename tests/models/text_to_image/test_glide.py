@@ -103,8 +103,12 @@ def test_guidance_is_eq_26_of_the_two_predictions(trained, w):
     m, x, sch = trained, images(seed=2), trained.schedule
     c, u = _eps(m, x, 11, ids()), _eps(m, x, 11, null_caption(TOK, 4))
     assert np.abs(c - u).max() > 1e-3                   # the caption matters here
-    got = npv(m.predictor(sch, 4, cond=ids(), guidance=w)(x, 11).eps)
-    np.testing.assert_allclose(got, (w + 1) * c - w * u, rtol=1e-5, atol=1e-5)
+    pred = m.predictor(sch, 4, cond=ids(), guidance=w)(x, 11)
+    eps = (w + 1) * c - w * u
+    np.testing.assert_allclose(npv(pred.eps), eps, rtol=1e-5, atol=1e-5)
+    ab = float(sch.alpha_bar[11])                       # and the x_0 it implies, eq. (11)
+    np.testing.assert_allclose(npv(pred.x0), (npv(x) - np.sqrt(1 - ab) * eps) / np.sqrt(ab),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_sample_takes_ids_or_texts_and_w_changes_the_images(trained):
@@ -148,6 +152,17 @@ def test_the_caption_reaches_the_unet_through_each_path(trained, cut):
         a = _eps(m, x, 9, ids())
         b = _eps(m, x, 9, ids(CAPTIONS[1:] + CAPTIONS[:1]))
     assert np.abs(a - b).max() > 1e-3
+
+
+def test_the_text_encoder_learns_through_both_paths():
+    """After three steps (the zero-initialised output layers of the U-Net, its ResBlocks and
+    attention blocks have moved), the loss has a gradient in the <eot> projection (used only
+    by the pooled path) and in the token embeddings."""
+    m = stepped(tiny(p_uncond=0.0), 3)
+    m.zero_grad()
+    m.loss(Batch(Tensor(images()), ids()), default_rng(1)).backward()
+    assert np.abs(npv(m.text.proj.weight.grad)).max() > 0
+    assert np.abs(npv(m.text.tok_emb.weight.grad)).max() > 0
 
 
 def test_tokens_after_eot_change_nothing(trained):

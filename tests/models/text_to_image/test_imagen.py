@@ -62,6 +62,7 @@ def trained():
 def test_the_text_encoder_gets_no_gradient_and_is_unchanged_after_a_step():
     m = tiny()
     before = clip_weights(m.clip)
+    assert not any(p.requires_grad for p in m.clip.parameters())
     ours = {id(p) for p in m.parameters()}
     assert not any(id(p) in ours for p in m.clip.parameters())   # not trained, not saved
     assert not any(k.startswith("clip") for k in m.state_dict())

@@ -193,6 +193,26 @@ def test_two_stage_sampling_is_eq_34(trained):
     assert not np.allclose(z0, z3)
 
 
+def test_one_prior_step_from_z_T_is_the_networks_clean_embedding(trained):
+    """With one DDIM step the prior's sample is f_theta(z_T, T, v) itself (alpha_bar_0 = 1):
+    the network's output is read as the clean embedding."""
+    m = trained
+    r = default_rng(4)
+    z_T = r.standard_normal((4, 8), dtype=np.float32)
+    with no_grad():
+        want = npv(m.prior(Tensor(z_T), backend.asarray(np.full(4, m.prior_schedule.T)),
+                           Tensor(m.embed_text(ids()))))
+    got = npv(m.sample_embeddings(4, ids(), rng=default_rng(4), guidance=0.0, steps=1))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_decoder_reads_z_as_tokens_and_as_the_pooled_vector(trained):
+    z = trained.embed_images(images(seed=2))
+    tokens, pooled, mask = trained.encode(z)
+    assert np.array_equal(npv(pooled), npv(z)) and mask is None
+    assert tokens.shape == (4, trained.k, 4 * trained.network.channels)
+
+
 def test_variations_decode_the_images_own_embedding(trained):
     m, x = trained, images(seed=5)
     got = npv(m.variations(x, rng=default_rng(2), steps=3))
