@@ -178,7 +178,7 @@ def test_tokens_after_eot_change_nothing(trained):
 # ----------------------------------------------------------------------------- the loss (19)
 @pytest.mark.parametrize("parameterization", ["eps", "v"])
 def test_loss_is_l_simple_with_the_captions_dropped(parameterization):
-    m = stepped(tiny(p_uncond=0.5, parameterization=parameterization))
+    m = stepped(tiny(p_uncond=0.5, parameterization=parameterization), 3)  # reads the caption
     x0 = images(seed=6)
     got = float(npv(m.loss(Batch(Tensor(x0), ids()), default_rng(9))))
     r = default_rng(9)                                  # the draws in loss's order
@@ -189,6 +189,8 @@ def test_loss_is_l_simple_with_the_captions_dropped(parameterization):
     c = np.where(keep[:, None], npv(ids()), npv(null_caption(TOK, 4)))
     xt = q_sample(m.schedule, x0, t, eps)               # (3)
     out = _eps_at(m, xt, m.schedule.net_t[t], c)
+    undropped = _eps_at(m, xt, m.schedule.net_t[t], npv(ids()))
+    assert np.abs(out - undropped).max() > 1e-4         # dropping shows in the prediction
     ab = npv(m.schedule.alpha_bar[t]).reshape(-1, 1, 1, 1)
     target = npv(eps) if parameterization == "eps" else np.sqrt(ab) * npv(eps) - np.sqrt(1 - ab) * npv(x0)
     assert got == pytest.approx(float(np.mean((target - out) ** 2)), rel=1e-5)
