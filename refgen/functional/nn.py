@@ -144,25 +144,35 @@ class _AffineNorm(Function):
         self.stat_shape, self.axes, self.param_shape, self.eps = stat_shape, axes, param_shape, eps
         xs = x.reshape(stat_shape)
         d = xs - xp.mean(xs, axis=axes, keepdims=True)
-        self.rstd = 1.0 / xp.sqrt(xp.mean(d * d, axis=axes, keepdims=True) + eps)
+        y = xp.square(d)                               # a buffer y reuses
+        self.rstd = 1.0 / xp.sqrt(xp.mean(y, axis=axes, keepdims=True) + eps)
         d *= self.rstd
         self.xhat = d.reshape(x.shape)                 # (stat_shape) -> x's shape
-        y = self.xhat * w.reshape(param_shape)
+        y = y.reshape(x.shape)
+        xp.multiply(self.xhat, w.reshape(param_shape), out=y)
         y += b.reshape(param_shape)
         return y
 
     def backward(self, gy):
         x, w, b = self.inputs
         axes, stat_shape, ps = self.axes, self.stat_shape, self.param_shape
-        if not is_grad_enabled():
-            g = (gy.data * w.data.reshape(ps)).reshape(stat_shape)
-            xhat = self.xhat.reshape(stat_shape)
-            gx = g - xp.mean(g, axis=axes, keepdims=True)
-            gx -= xhat * xp.mean(g * xhat, axis=axes, keepdims=True)
-            gx *= self.rstd
-            gw = sum_to(Tensor(gy.data * self.xhat), ps).data.reshape(w.shape)
-            gb = sum_to(gy, ps).data.reshape(b.shape)
-            return Tensor(gx.reshape(x.shape)), Tensor(gw), Tensor(gb)
+        if not is_grad_enabled():  # raw arrays, two full-size buffers
+            g, wb = gy.data, w.data.reshape(ps)
+            t = g * self.xhat                                           # dL/dy * xhat
+            gw = _sum_to_params(t, ps).reshape(w.shape)
+            t *= wb                                                     # g * xhat, g = dL/dy * w
+            m2 = xp.mean(t.reshape(stat_shape), axis=axes, keepdims=True)
+            gx = g * wb
+            m1 = xp.mean(gx.reshape(stat_shape), axis=axes, keepdims=True)
+            ts, gxs = t.reshape(stat_shape), gx.reshape(stat_shape)
+            xp.multiply(self.xhat.reshape(stat_shape), m2, out=ts)
+            ts += m1
+            gxs -= ts                                                   # g - mean(g) - xhat mean(g xhat)
+            gxs *= self.rstd
+            gb = _sum_to_params(g, ps).reshape(b.shape)
+            # gxs, not gx: a non-contiguous dL/dy gives products in its own layout, and the
+            # reshape to stat_shape is then a copy
+            return Tensor(gxs.reshape(x.shape)), Tensor(gw), Tensor(gb)
         xs = reshape(x, stat_shape)
         rstd = (var(xs, axes, unbiased=False, keepdim=True) + self.eps) ** -0.5
         xhat = (xs - mean(xs, axes, keepdim=True)) * rstd
@@ -171,6 +181,16 @@ class _AffineNorm(Function):
         gw = reshape(sum_to(gy * reshape(xhat, x.shape), ps), w.shape)
         gb = reshape(sum_to(gy, ps), b.shape)
         return reshape(gx, x.shape), gw, gb
+
+
+def _sum_to_params(a, ps):
+    """A raw array summed down to the parameter shape ``ps``: its trailing dims (layer norm)
+    or (1, C, 1, ...) (group norm), each summed along contiguous memory."""
+    if len(ps) < a.ndim:                                   # (..., *ps) -> ps
+        return xp.sum(a.reshape((-1,) + tuple(ps)), axis=0)
+    if ps[0] == 1 and all(n == 1 for n in ps[2:]):        # (N, C, ...) -> (1, C, 1, ...)
+        return xp.sum(xp.sum(a.reshape(a.shape[0], a.shape[1], -1), axis=2), axis=0).reshape(ps)
+    return sum_to(Tensor(a), ps).data
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):

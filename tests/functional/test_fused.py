@@ -127,6 +127,25 @@ def test_group_norm_fused_matches_composition_and_gradchecks(seed, n, groups, pe
     check_grads(fused, [x, w, b], order=2)
 
 
+@pytest.mark.parametrize("which", ["group", "layer"])
+def test_norms_with_transposed_inputs_and_upstream_gradients(which):
+    """Non-contiguous x and dL/dy (a transpose on either side), as inside a U-Net."""
+    r = np.random.default_rng(11)
+    x = r.standard_normal((2, 5, 4, 6)) * 2 + 1
+    c = 6 if which == "group" else 4  # the channels / the normalised dim after the transpose
+    w, b = r.standard_normal(c), r.standard_normal(c)
+    norm, comp = {"group": (lambda x, w, b: F.group_norm(x, 2, w, b),
+                            lambda x, w, b: group_norm_composite(x, 2, w, b)),
+                  "layer": (lambda x, w, b: F.layer_norm(x, 4, w, b),
+                            lambda x, w, b: layer_norm_composite(x, 4, w, b))}[which]
+
+    def around(f):  # (2, 5, 4, 6) -> x^T (2, 6, 4, 5) or (2, 5, 6, 4) -> f -> transposed back
+        axes = (1, 3) if which == "group" else (2, 3)
+        return lambda x, w, b: F.transpose(f(F.transpose(x, *axes), w, b), *axes)
+    _assert_same(around(norm), around(comp), [x, w, b], rtol=1e-12, atol=1e-12)
+    check_grads(around(norm), [x, w, b], order=2)
+
+
 def test_norms_float32_one_node_and_closed_form():
     r = np.random.default_rng(3)
     x = (r.standard_normal((4, 6, 5, 5)) * 3 + 1).astype(np.float32)
