@@ -25,7 +25,10 @@ and ops (forward + backward, float32):
 
 The PyTorch side mirrors each network module for module, under the same parameter names,
 and starts from refgen's weights (``weights_copied`` counts the tensors copied; every one of
-the torch model's parameters must be found). The result (command, CPU model, cores, load
+the torch model's parameters must be found); for GPT and the PixelCNN the result records the
+largest difference between the two networks' logits on the benchmark batch, and for the ops
+between the two forward values. (The U-Net's last convolution and attention projections
+start at zero, so its outputs agree trivially; its mirror is checked by names and shapes.) The result (command, CPU model, cores, load
 average before and after) goes to benchmarks/results/speed_cpu.json. ``--smoke``: tiny
 shapes, two pairs, written to a temporary directory.
 """
@@ -429,12 +432,14 @@ if torch is not None:
             self.layers = tnn.ModuleList([TGated(1, c, k0, True)] + [TGated(c, c, k, False) for _ in range(layers - 1)])
             self.head1, self.head2 = tnn.Conv2d(c, head, 1), tnn.Conv2d(head, 1, 1)
 
-        def loss(self, x):
+        def forward(self, x):  # (B, 1, H, W) -> (B, 1, H, W) Bernoulli logits
             v = hs = x
             for layer in self.layers:
                 v, hs = layer(v, hs)
-            logits = self.head2(TF.relu(self.head1(TF.relu(hs))))
-            return TF.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3)).mean()
+            return self.head2(TF.relu(self.head1(TF.relu(hs))))
+
+        def loss(self, x):
+            return TF.binary_cross_entropy_with_logits(self(x), x, reduction="none").sum((1, 2, 3)).mean()
 
 
 def pixelcnn_workload(rng):
@@ -448,7 +453,10 @@ def pixelcnn_workload(rng):
     tn = TGatedPixelCNN(cfg["channels"], cfg["layers"], cfg["first_kernel"], 3, 64)
     n = copy_weights(model, tn)
     xt = torch.from_numpy(x)
-    return ours, torch_step(tn, lambda: tn.loss(xt), 6e-3), {"weights_copied": n}
+    with torch.no_grad(), refgen.no_grad():
+        diff = float(np.max(np.abs(tn(xt).numpy()[:, 0] - model.logits(refgen.tensor(x)).data[:, 0, 0])))
+    return ours, torch_step(tn, lambda: tn.loss(xt), 6e-3), {"weights_copied": n,
+                                                             "max_abs_diff_logits": diff}
 
 
 # --- GPT -------------------------------------------------------------------------------------
@@ -474,12 +482,15 @@ if torch is not None:
             self.ln_f = tnn.LayerNorm(e)
             self.head = tnn.Linear(e, out, bias=False)
 
-        def loss(self, ids):  # ids (B, D) in {0, 1}; input [BOS, x_1 .. x_{D-1}]
-            bos = torch.full((ids.shape[0], 1), 2, dtype=torch.long)
-            h = self.tok_emb(torch.cat([bos, ids[:, :-1]], 1)) + self.pos_emb[:ids.shape[1]]
+        def forward(self, tokens):  # (B, T) ids -> (B, T, V) logits
+            h = self.tok_emb(tokens) + self.pos_emb[:tokens.shape[1]]
             for blk in self.blocks:
                 h = blk(h)
-            logits = self.head(self.ln_f(h))
+            return self.head(self.ln_f(h))
+
+        def loss(self, ids):  # ids (B, D) in {0, 1}; input [BOS, x_1 .. x_{D-1}]
+            bos = torch.full((ids.shape[0], 1), 2, dtype=torch.long)
+            logits = self(torch.cat([bos, ids[:, :-1]], 1))
             return TF.cross_entropy(logits.transpose(1, 2), ids, reduction="none").sum(1).mean()
 
 
@@ -496,7 +507,11 @@ def gpt_workload(rng):
     wrapper.net = tn  # refgen's parameters live under model.net
     n = copy_weights(model, wrapper)
     ids = torch.from_numpy(x.reshape(b, -1).astype(np.int64))
-    return ours, torch_step(tn, lambda: tn.loss(ids), 2e-3), {"weights_copied": n}
+    tokens = np.concatenate([np.full((b, 1), 2), x.reshape(b, -1)[:, :-1]], 1).astype(np.int64)
+    with torch.no_grad(), refgen.no_grad():  # the mirror computes the same logits
+        diff = float(np.max(np.abs(tn(torch.from_numpy(tokens)).numpy() - model.net(tokens).data)))
+    return ours, torch_step(tn, lambda: tn.loss(ids), 2e-3), {"weights_copied": n,
+                                                              "max_abs_diff_logits": diff}
 
 
 # --- ops -------------------------------------------------------------------------------------

@@ -304,9 +304,12 @@ class _GeluTanh(Function):
             d += 1.0
             d *= xd
             d *= 0.5 * _GELU_C                        # x c (1 + 3 a x^2) / 2
-            d *= 1.0 - t * t
-            d += 0.5
-            d += 0.5 * t
+            u = xp.asarray(t * t)
+            xp.subtract(1.0, u, out=u)                # 1 - t^2
+            d *= u
+            xp.multiply(t, 0.5, out=u)
+            d += u
+            d += 0.5                                  # + (1 + t) / 2
             d *= gy.data
             return Tensor(d)
         t = tanh(_GELU_C * (x + _GELU_A * (x * x * x)))

@@ -398,7 +398,7 @@ class _Attention(Function):
         if not is_grad_enabled():
             p, g = self.p, go.data
             dp = xp.matmul(g, xp.swapaxes(v.data, -1, -2))  # (..., L, S)
-            dp -= xp.sum(dp * p, axis=-1, keepdims=True)
+            dp -= xp.einsum("...j,...j->...", dp, p)[..., None]  # rowsum(dP * P), no (L, S) temporary
             dp *= p                                         # dS
             dp *= self.scale
             gq = xp.matmul(dp, k.data) if q.requires_grad else None
