@@ -203,8 +203,9 @@ def _sigmoid_array(x):
     """1 / (1 + e^-x) on a raw array, in place on one new buffer. For x below about -88
     (float32) e^-x overflows to inf and the result is the limit 0; above, the reciprocal keeps
     full relative precision in both tails. No select (``where``): 5x faster than one."""
+    y = xp.asarray(xp.negative(x))                  # asarray: a 0-d input gives a scalar
     with _overflow_ok():
-        y = xp.asarray(xp.exp(-x))                  # asarray: a 0-d input gives a scalar
+        xp.exp(y, out=y)
     y += 1.0
     return xp.reciprocal(y, out=y)
 
