@@ -35,7 +35,6 @@ shapes, two pairs, written to a temporary directory.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ import numpy as np  # noqa: E402
 import refgen  # noqa: E402
 import refgen.functional as F  # noqa: E402
 from refgen import models  # noqa: E402
+from refgen.backend import default_rng  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
 from refgen.optim import Adam  # noqa: E402
 
@@ -111,21 +111,15 @@ def paired(ours, theirs, pairs):
 
 # --- shared helpers --------------------------------------------------------------------------
 
-def _loss(model, batch, rng):
-    """model.loss(batch) or model.loss(batch, rng), whichever the model takes."""
-    params = inspect.signature(model.loss).parameters
-    return model.loss(batch, rng) if "rng" in params else model.loss(batch)
-
-
 def refgen_step(model, batch, lr):
     opt = Adam(list(model.parameters()), lr=lr)
     params = list(model.parameters())
-    rng = np.random.default_rng(0)
+    rng = default_rng(0)  # the step's noise (VAE, DDPM), as the training loop passes it
 
     def step():
         for p in params:
             p.grad = None
-        loss = _loss(model, batch, rng)
+        loss = model.loss(batch, rng)
         loss.backward()
         opt.step()
     return step
@@ -374,7 +368,7 @@ def ddim_workload(rng):
     seed = iter(range(10**6))
 
     def ours():
-        model.sample(n_img, cond, rng=np.random.default_rng(next(seed)), steps=steps,
+        model.sample(n_img, cond, rng=default_rng(next(seed)), steps=steps,
                      sampler="ddim", eta=0.0)
     if torch is None:
         return ours, None, {}
