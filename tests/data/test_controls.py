@@ -89,6 +89,8 @@ def test_edges_commute_with_transposes_and_flips():
 
 def test_outline_and_fill_of_hand_made_shapes():
     np.testing.assert_array_equal(outline(SQUARE[None, None])[0, 0], SQUARE_OUTLINE)
+    # the frame counts as outside: a full mask's outline is the frame's ring
+    np.testing.assert_array_equal(outline(np.ones((1, 1, 3, 4)))[0, 0], _rows("####\n#..#\n####"))
     # a closed ring is filled to the square; its outline is the ring's outer edge
     np.testing.assert_array_equal(fill(_image(SQUARE_OUTLINE))[0, 0], SQUARE)
     # an open ring (a gap in its side) is not: the background reaches the hole

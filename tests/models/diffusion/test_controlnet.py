@@ -217,3 +217,41 @@ def test_state_dict_round_trip():
     x, c = _pairs(2)
     t = np.array([4, 20])
     np.testing.assert_array_equal(other(Tensor(x), t, c).data, cn(Tensor(x), t, c).data)
+
+
+@pytest.mark.parametrize("which", ["skip0", "skip3", "mid"])
+def test_each_output_zero_conv_carries_the_copys_features(which):
+    """With only one Z2 made non-zero, the prediction depends on the control, and moves by
+    exactly what that Z2 adds: Z2 reads the copy's features (which saw the control)."""
+    base = _base()
+    cn = ControlNet(SHAPE, base=base)
+    z = cn.zero_mid if which == "mid" else cn.zero_skips[int(which[-1])]
+    g = np.random.default_rng(4)
+    for p in list(z.parameters()) + list(cn.zero_in.parameters()):
+        p.data = (0.5 * g.standard_normal(p.shape)).astype(np.float32)
+    x, c = _pairs(4)
+    t = np.array([2, 9, 14, 25])
+    a, b = cn(Tensor(x), t, c).data, cn(Tensor(x), t, 1.0 - c).data
+    assert np.abs(a - b).max() > 1e-4
+    # bias only (weight zeroed): a constant shift, independent of the control
+    z.weight.data = np.zeros_like(z.weight.data)
+    np.testing.assert_array_equal(cn(Tensor(x), t, c).data, cn(Tensor(x), t, 1.0 - c).data)
+
+
+def test_unet_encode_adds_the_hint_after_conv_in_and_forward_is_decode_of_encode():
+    base = _base()
+    net = base.net
+    x, _ = _pairs(3)
+    t = np.array([1, 12, 30])
+    e = net.embed(t, None)
+    h, skips = net.encode(Tensor(x), e)
+    assert [s.shape[1] for s in skips] == list(net.skip_channels) and h.shape[1] == net.mid_channels
+    np.testing.assert_array_equal(net.decode(h, skips, e).data, net(Tensor(x), t).data)
+    # a hint constant over positions acts as a shift of conv_in's bias
+    v = np.random.default_rng(5).standard_normal(net.skip_channels[0]).astype(np.float32)
+    hint = np.broadcast_to(v[None, :, None, None], (3, len(v)) + SHAPE[1:]).copy()
+    h1, s1 = net.encode(Tensor(x), e, hint=Tensor(hint))
+    net.conv_in.bias.data = net.conv_in.bias.data + v
+    h2, s2 = net.encode(Tensor(x), e)
+    np.testing.assert_allclose(h1.data, h2.data, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s1[0].data, s2[0].data, rtol=1e-6, atol=1e-6)
