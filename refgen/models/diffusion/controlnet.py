@@ -112,8 +112,8 @@ class ControlNet(Module):
         h, skips = b.net.encode(xt, e)                                    # F(x; Theta)
         hint = self.zero_in(self.hint(Tensor(control)))                   # Z(c; Theta_z1)
         h_c, skips_c = self.copy.encode(xt, self.copy.embed(t_net, y), hint=hint, rng=rng)  # F(x + Z(c); Theta_c)
-        skips = [s + z(s_c) for s, z, s_c in zip(skips, self.zero_skips, skips_c)]      # y_c = F + Z(F_c)
-        h = h + self.zero_mid(h_c)
+        skips = [s + z(s_c) for s, z, s_c in zip(skips, self.zero_skips, skips_c)]  # Zhang et al. 2023, eq. 2
+        h = h + self.zero_mid(h_c)                                        # y_c = F + Z(F_c) at the middle
         return b.net.decode(h, skips, e)                                  # (B, C_out, H, W)
 
     def _control(self, cond, n: int):

@@ -44,6 +44,7 @@ def _max_abs(grads):
 
 
 def test_initial_prediction_and_samples_equal_the_base_bit_for_bit():
+    """Zhang et al. 2023, eq. 2 with every Z zero: y_c = F(x; Theta), to the last bit."""
     base = _base()
     cn = ControlNet(SHAPE, base=base)
     x, c = _pairs(4)
@@ -149,7 +150,8 @@ def test_two_control_channels():
 
 
 def test_loss_is_l_simple_of_the_controlled_prediction():
-    """loss(batch, rng) = mean (eps - net(x_t, t, c))^2 with t, eps drawn from rng in that order."""
+    """loss(batch, rng) = L_simple (19) of the controlled prediction at x_t of eq. (3), with t
+    and eps drawn from rng in that order."""
     base = _base()
     cn = ControlNet(SHAPE, base=base)
     for p in cn.zero_mid.parameters():  # a ControlNet that changes the prediction
@@ -221,8 +223,9 @@ def test_state_dict_round_trip():
 
 @pytest.mark.parametrize("which", ["skip0", "skip3", "mid"])
 def test_each_output_zero_conv_carries_the_copys_features(which):
-    """With only one Z2 made non-zero, the prediction depends on the control, and moves by
-    exactly what that Z2 adds: Z2 reads the copy's features (which saw the control)."""
+    """Zhang et al. 2023, eq. 2 term by term: with only one Z2 made non-zero, the prediction
+    depends on the control (Z2 reads the copy's features, which saw it); with only its bias
+    non-zero, it does not."""
     base = _base()
     cn = ControlNet(SHAPE, base=base)
     z = cn.zero_mid if which == "mid" else cn.zero_skips[int(which[-1])]
