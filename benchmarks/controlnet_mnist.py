@@ -55,7 +55,7 @@ def train_base(args, ds):
     t0 = time.perf_counter()
     done = train_in_chunks(model, ds, out, steps=args.base_steps, budget_min=args.base_min,
                            chunk=args.chunk, batch_size=args.batch_size, lr=1e-3,
-                           ema_decay=0.999, warmup=smoke(200, 0), grad_clip=1.0,
+                           ema_decay=0.99, warmup=smoke(100, 0), grad_clip=1.0,
                            config=_config("ddpm", "mnist-14", ds, BASE_KW),
                            log_every=max(1, args.chunk // 4))
     wall = json.loads((out / "metrics.json").read_text())["wall_s"]          # over every call

@@ -54,7 +54,8 @@ def test_initial_prediction_and_samples_equal_the_base_bit_for_bit():
     s_cn = cn.sample(4, cond=c, rng=default_rng(5), steps=10)
     np.testing.assert_array_equal(s_cn, base.sample(4, rng=default_rng(5), steps=10))
     # the same holds for a class-conditional base (its null label) and learned variance
-    base2 = _base(1, class_cond=True, learn_sigma=True)
+    base2 = _base(1, num_classes=10, class_cond=True, learn_sigma=True)
+    assert base2.num_classes == 10
     cn2 = ControlNet(SHAPE, base=base2)
     np.testing.assert_array_equal(cn2.sample(4, cond=c, rng=default_rng(6), steps=5),
                                   base2.sample(4, rng=default_rng(6), steps=5))
