@@ -68,6 +68,8 @@ class ControlNet(Module):
 
     data_spec = DataSpec(kinds=("continuous",), ndims=(3,), image_range=(-1.0, 1.0))
     default_train = dict(steps=2000, batch_size=64, lr=1e-4, ema=None, warmup=0)
+    data_note = ("trains on (control, image) pairs: mnist-edges, mnist-14-edges, mnist-fill, "
+                 "mnist-14-fill; --set base=<ddpm run directory>")
 
     def __init__(self, data_shape, *, seed=0, base=None, hint_layers: int = 2,
                  hint_channels: int = 16, control_channels=None):
