@@ -94,8 +94,9 @@ def main():
     p.add_argument("--steps", type=int, default=smoke(20000, 4))
     p.add_argument("--cn-min", type=float, default=smoke(11, 0))
     p.add_argument("--chunk", type=int, default=smoke(200, 2))
-    p.add_argument("--batch-size", type=int, default=smoke(64, 8))
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=smoke(64, 8), help="the base's")
+    p.add_argument("--cn-batch-size", type=int, default=smoke(32, 8), help="ControlNet's")
+    p.add_argument("--lr", type=float, default=1e-3, help="ControlNet's (the base's is 1e-3)")
     p.add_argument("--n", type=int, default=smoke(256, 8), help="test controls scored (and FID N)")
     p.add_argument("--sample-steps", type=int, default=smoke(25, 2))
     args = p.parse_args()
@@ -113,7 +114,7 @@ def main():
     cn_kwargs = {"base": str(base_dir)}
     t0 = time.perf_counter()
     cn_done = train_in_chunks(cn, pairs, out, steps=args.steps, budget_min=args.cn_min,
-                              chunk=args.chunk, batch_size=args.batch_size, lr=args.lr,
+                              chunk=args.chunk, batch_size=args.cn_batch_size, lr=args.lr,
                               ema_decay=0.99, warmup=0, grad_clip=1.0,
                               config=_config("controlnet", data, pairs, cn_kwargs),
                               log_every=max(1, args.chunk // 4))
@@ -139,9 +140,11 @@ def main():
     res = {
         "command": command(), "machine": machine(), "task": args.task, "data": data,
         "base": {"run": str(base_dir), "model_kwargs": BASE_KW, "steps": base_done,
+                 "train": {"batch_size": args.batch_size, "lr": 1e-3, "ema": 0.99, "warmup": 100,
+                           "grad_clip": 1.0},
                  "train_wall_s_this_call": round(base_wall, 1), "train_wall_s": round(base_total, 1), "parameters": cn.base.num_parameters()},
         "controlnet": {"steps": cn_done, "train_wall_s": round(cn_wall, 1), "lr": args.lr,
-                       "batch_size": args.batch_size, "ema": 0.99,
+                       "batch_size": args.cn_batch_size, "ema": 0.99, "grad_clip": 1.0,
                        "trainable_parameters": cn.num_parameters(trainable_only=True)},
         "sampler": f"ddim{args.sample_steps} (eta 0)", "n": args.n,
         "edge_iou": float(iou.mean()), "edge_iou_target": 0.8,
