@@ -259,3 +259,28 @@ def test_unet_encode_adds_the_hint_after_conv_in_and_forward_is_decode_of_encode
     h2, s2 = net.encode(Tensor(x), e)
     np.testing.assert_allclose(h1.data, h2.data, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(s1[0].data, s2[0].data, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # a minute on two shared cores: two runs, each drawing its samples.png
+def test_the_cli_trains_a_controlnet_over_a_ddpm_run(tmp_path, mnist_dir):
+    """refgen train ddpm, then refgen train controlnet --set base=DIR on mnist-14-edges; the
+    run directory rebuilds (load_run) into a model whose controlled samples differ from the
+    base's and whose uncontrolled ones are the base's."""
+    from refgen.cli import main
+    from refgen.runs import load_run
+    base, run = tmp_path / "base", tmp_path / "cn"
+    net = ["--set", "channels=8", "--set", "num_res_blocks=1", "--set", "T=30",
+           "--set", "schedule=cosine", "--set", "class_cond=false"]
+    assert main(["train", "ddpm", "--data", "mnist-14", "--steps", "3", "--batch-size", "4",
+                 "--out", str(base), "-q", "--no-eval"] + net) == 0
+    assert main(["train", "controlnet", "--data", "mnist-14-edges", "--steps", "3",
+                 "--batch-size", "4", "--lr", "1e-2", "--out", str(run), "-q", "--no-eval",
+                 "--set", f"base={base}"]) == 0
+    cn = load_run(run)[0]
+    assert isinstance(cn, ControlNet)
+    c = np.zeros((2, 1, 14, 14), np.float32)
+    c[:, :, 4:10, 4:10] = 1
+    a = cn.sample(2, cond=c, rng=default_rng(0), steps=3)
+    b = cn.base.sample(2, rng=default_rng(0), steps=3)
+    assert a.shape == (2, 1, 14, 14) and not np.array_equal(a, b)
+    np.testing.assert_array_equal(cn.sample(2, rng=default_rng(0), steps=3), b)
