@@ -105,6 +105,12 @@ def main():
     p.add_argument("--set", action="append", default=[], help="model option key=value")
     p.add_argument("--out", help="run directory (default /tmp/refgen_glide_mnist14)")
     p.add_argument("--tag", default="glide_mnist14")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate the checkpoint already in --out (no training)")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
+    p.add_argument("--no-ema", action="store_true",
+                   help="sample with the trained weights, not their EMA (for short runs, where "
+                        "the average still holds much of the initialisation)")
     args = p.parse_args()
     settings = dict(channels=16, text_width=32, text_layers=1, heads=2)
     settings.update({k: json.loads(v) if v[:1].isdigit() or v[:1] in "[-" else v
@@ -116,13 +122,18 @@ def main():
                    seed=args.seed, **settings)
     out = run_dir(args.tag, args.out)
     t0, c0 = time.perf_counter(), time.process_time()
-    steps = train_chunks(model, train_ds, out, steps=smoke(args.steps, 4),
-                         budget_min=args.budget_min, chunk=smoke(args.chunk, 2),
-                         batch_size=smoke(args.batch_size, 8), lr=args.lr, seed=args.seed,
-                         ema_decay=0.999, warmup=smoke(200, 1), grad_clip=1.0,
-                         log_every=smoke(25, 1))
+    if args.eval_only:
+        arrays, meta = io.load_checkpoint(out / CHECKPOINT)
+        steps = int(meta["step"])
+    else:
+        steps = train_chunks(model, train_ds, out, steps=smoke(args.steps, 4),
+                             budget_min=args.budget_min, chunk=smoke(args.chunk, 2),
+                             batch_size=smoke(args.batch_size, 8), lr=args.lr, seed=args.seed,
+                             ema_decay=args.ema, warmup=smoke(200, 1), grad_clip=1.0,
+                             log_every=smoke(25, 1))
+        arrays = io.load_checkpoint(out / CHECKPOINT)[0]
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-    load_weights(model, io.load_checkpoint(out / CHECKPOINT)[0])  # the EMA weights
+    used_ema = load_weights(model, arrays, use_ema=not args.no_ema)
     model.eval()
 
     n = smoke(args.n, 16)
@@ -156,8 +167,10 @@ def main():
     result = {
         "command": command(), "machine": machine(), "data": DATA, "settings": settings,
         "parameters": model.num_parameters(), "steps": steps,
-        "batch_size": smoke(args.batch_size, 8), "lr": args.lr, "ema": 0.999,
-        "train_wall_s": round(train_s, 1), "train_cpu_s": round(train_cpu, 1),
+        "batch_size": smoke(args.batch_size, 8), "lr": args.lr, "ema": args.ema,
+        "sampled_with": "EMA weights" if used_ema else "trained weights (no EMA)",
+        "train_wall_s": round(read_log(out, "wall_s")[-1]["wall_s"], 1) if args.eval_only else round(train_s, 1),
+        "train_cpu_s": None if args.eval_only else round(train_cpu, 1),
         "loss_curve": [(r["step"], round(r["loss"], 4)) for r in read_log(out, "loss")][::4],
         "sampler": f"ddim{smoke(args.sample_steps, 3)}", "n": n,
         "prompts": "the test images' captions, training template i mod 8 for image i",
