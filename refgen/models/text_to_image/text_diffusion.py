@@ -131,7 +131,7 @@ class TextDiffusion(Module):
             raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
         if sa.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sa.sampler!r}")
-        self.schedule = make_schedule(schedule, int(T))                   # (22)
+        self.schedule = make_schedule(schedule, int(T))                   # linear or cosine
         self.T, self.parameterization, self.variance = int(T), parameterization, variance
         self.p_uncond = float(p_uncond)
         self.threshold = _threshold("static" if sa.threshold is None else sa.threshold)

@@ -197,6 +197,7 @@ class UnCLIP(TextDiffusion):
                sampler=None, eta=None, threshold=None, x_T=None):
         """n images for captions ``cond`` by eq. (34): z ~ prior, then x ~ decoder(z); None
         samples the decoder unconditionally (null embedding)."""
+        # (34): z ~ P(z | y), then x ~ P(x | z)
         z = None if cond is None else self.sample_embeddings(n, cond, rng=rng, guidance=prior_guidance)
         return super().sample(n, z, rng=rng, guidance=guidance, steps=steps, sampler=sampler,
                               eta=eta, threshold=threshold, x_T=x_T)

@@ -100,6 +100,7 @@ def test_a_dropped_caption_is_the_unconditional_model_bit_for_bit(trained):
 
 @pytest.mark.parametrize("w", [1.0, 3.0, 7.5])
 def test_guidance_is_eq_26_of_the_two_predictions(trained, w):
+    """Eq. (26) against two separate network calls, and the x_0 of eq. (11)."""
     m, x, sch = trained, images(seed=2), trained.schedule
     c, u = _eps(m, x, 11, ids()), _eps(m, x, 11, null_caption(TOK, 4))
     assert np.abs(c - u).max() > 1e-3                   # the caption matters here
@@ -178,6 +179,7 @@ def test_tokens_after_eot_change_nothing(trained):
 # ----------------------------------------------------------------------------- the loss (19)
 @pytest.mark.parametrize("parameterization", ["eps", "v"])
 def test_loss_is_l_simple_with_the_captions_dropped(parameterization):
+    """L_simple, eq. (19), at x_t of eq. (3), replayed from the generator's draws."""
     m = stepped(tiny(p_uncond=0.5, parameterization=parameterization), 3)  # reads the caption
     x0 = images(seed=6)
     got = float(npv(m.loss(Batch(Tensor(x0), ids()), default_rng(9))))

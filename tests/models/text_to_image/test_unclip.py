@@ -86,6 +86,7 @@ def test_the_prior_loss_is_zero_for_the_exact_embedding_and_its_squared_error_ot
 
 
 def test_the_prior_loss_regresses_the_clean_embedding_from_its_noised_copy():
+    """L_prior with z_t drawn by eq. (3), replayed from the generator's draws."""
     m = tiny(p_uncond_prior=0.5)
     z0, v = m.embed_images(images()), m.embed_text(ids())
     got = float(npv(m.prior_loss(z0, v, default_rng(5))))
@@ -179,7 +180,8 @@ def test_decoder_guidance_zero_and_the_null_embedding(trained):
 
 
 def test_two_stage_sampling_is_eq_34(trained):
-    """sample(captions) = the decoder's sample for the prior's embeddings, same generator."""
+    """Eq. (34): sample(captions) = the decoder's sample for the prior's embeddings, drawn
+    from the same generator."""
     m = trained
     got = npv(m.sample(4, cond=ids(), rng=default_rng(3), steps=3))
     r = default_rng(3)
@@ -204,6 +206,24 @@ def test_one_prior_step_from_z_T_is_the_networks_clean_embedding(trained):
                            Tensor(m.embed_text(ids()))))
     got = npv(m.sample_embeddings(4, ids(), rng=default_rng(4), guidance=0.0, steps=1))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("w", [1.0, 4.0])
+def test_prior_guidance_is_eq_26(trained, w):
+    """Eq. (26) on the prior, its eps turned back into z_0 by eq. (11): after one DDIM step
+    from z_T the sample is (w + 1) f(z_T, T, v) - w f(z_T, T, 0), as (11) is linear in eps."""
+    m = trained
+    z_T = default_rng(4).standard_normal((4, 8), dtype=np.float32)
+    t = backend.asarray(np.full(4, m.prior_schedule.T))
+    v = m.embed_text(ids())
+    with no_grad():
+        f_c = npv(m.prior(Tensor(z_T), t, Tensor(v)))
+        f_u = npv(m.prior(Tensor(z_T), t, Tensor(backend.asarray(np.zeros((4, 8), np.float32)))))
+    assert np.abs(f_c - f_u).max() > 0.1                # guidance moves z by w times this
+    got = npv(m.sample_embeddings(4, ids(), rng=default_rng(4), guidance=w, steps=1))
+    # the sampler goes z_0 -> eps -> z_0 in float32 through 1 / sqrt(alpha_bar_T) = 406
+    # (cosine, T = 20), so rounding of |z_T| ~ 3 comes back as up to ~(w + 1) 1e-4
+    np.testing.assert_allclose(got, (w + 1) * f_c - w * f_u, rtol=0, atol=2e-3)
 
 
 def test_the_decoder_reads_z_as_tokens_and_as_the_pooled_vector(trained):
