@@ -160,7 +160,7 @@ class LatentDiffusion(Module):
         b = z0.shape[0]
         t = rng.integers(1, self.T + 1, size=b)                           # t ~ U{1, ..., T}
         eps = Tensor(rng.standard_normal(z0.shape, dtype=z0.dtype))       # eps ~ N(0, I)
-        zt = q_sample(self.schedule, z0, t, eps)                          # (3)
+        zt = q_sample(self.schedule, z0, t, eps)                          # z_t by eq. (3)
         context = None
         if self.num_classes is not None:
             if batch.y is None:
@@ -200,8 +200,8 @@ class LatentDiffusion(Module):
                 return interpret(out, z, t, sch, self.parameterization, "beta_tilde")
             p_c = interpret(out[:n], z, t, sch, self.parameterization, "beta_tilde")
             p_u = interpret(out[n:], z, t, sch, self.parameterization, "beta_tilde")
-            eps = G.cfg_eps(p_c.eps, p_u.eps, w)                          # (26)
-            return p_c._replace(eps=eps, x0=x0_from_eps(sch, z, t, eps))  # (11)
+            eps = G.cfg_eps(p_c.eps, p_u.eps, w)                          # CFG, eq. (26)
+            return p_c._replace(eps=eps, x0=x0_from_eps(sch, z, t, eps))  # eq. (11)
         return predict
 
     def sample_latent(self, n, cond=None, *, rng, steps=None, sampler=None, eta=None,
