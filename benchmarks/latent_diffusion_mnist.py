@@ -18,6 +18,7 @@ Result: benchmarks/results/latent_diffusion_mnist.json (+ a PNG grid per model).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -105,7 +106,8 @@ def main():
     budget = {k: smoke(60 * v, 0.01) for k, v in (("ae", a.ae_min), ("ldm", a.ldm_min))}
     t_start = time.perf_counter()
     res = {"command": command(), "data": DATA, "fid_n": n, "sampler": f"ddim{steps}",
-           "samples": "class-balanced (label i mod 10), guidance 0", "train": TRAIN}
+           "samples": "class-balanced (label i mod 10), guidance 0", "train": TRAIN,
+           "load_avg_at_start": [round(v, 2) for v in os.getloadavg()]}
 
     ae_run = root / "ae"
     res["autoencoder"] = dict(model="kl-autoencoder", kwargs=AE, **train_budget(
