@@ -211,6 +211,50 @@ def test_frozen_autoencoder_gets_no_gradient_and_is_unchanged_by_a_step():
     assert not np.array_equal(to_numpy(m.net.conv_out.weight.data), net_before)
 
 
+@pytest.mark.parametrize("class_cond", [False, True])
+def test_ldm_loss_is_l_simple_19_on_the_scaled_latent_computed_by_hand(class_cond):
+    """(19): mean (eps - eps_theta(sqrt(abar_t) s z + sqrt(1 - abar_t) eps, t, tau(y)))^2, with
+    z a draw of the encoder, replayed from the same generator, on generic weights."""
+    ae = _randomize(_ae(), 13, scale=0.3)
+    m = _ldm(ae, class_cond=class_cond, p_uncond=0.5)
+    _randomize(m.net, 14, scale=0.1)
+    x, y = _x(6, 4), np.array([0, 1, 2, 0, 1, 2])
+    m.train()
+    m.measure_scale(x, default_rng(0))
+    s = float(m.scale_factor)
+    got = float(m.loss(Batch(Tensor(x), y), default_rng(5)).data)
+    r = default_rng(5)
+    z = to_numpy(ae.encode_latent(x, r).data).astype(np.float64)
+    t = r.integers(1, m.T + 1, size=6)
+    eps = r.standard_normal(z.shape, dtype=np.float32).astype(np.float64)
+    ab = to_numpy(m.schedule.alpha_bar)[t].reshape(-1, 1, 1, 1)
+    zt = np.sqrt(ab) * s * z + np.sqrt(1 - ab) * eps
+    ctx = None
+    if class_cond:
+        keep = r.random(6) >= 0.5
+        ctx = m.tau(np.where(keep, y, 3))
+        assert 0 < keep.sum() < 6                                      # both kinds in the batch
+    with no_grad():
+        out = to_numpy(m.net(Tensor(zt.astype(np.float32)), t, context=ctx).data)
+    np.testing.assert_allclose(got, ((eps - out) ** 2).mean(), rtol=1e-5)
+
+
+def test_guided_prediction_is_eq_26_on_the_latent():
+    """Classifier-free guidance (26): eps = (1 + w) eps(z, t, tau(y)) - w eps(z, t, tau(null))."""
+    m = _ldm()
+    _randomize(m.net, 15, scale=0.1)
+    sch, n, w = m.schedule.strided(5), 3, 1.5
+    z = np.random.default_rng(6).standard_normal((n,) + m.latent_shape).astype(np.float32)
+    y = np.array([2, 0, 1])
+    got = m.predictor(sch, n, y, guidance=w)(z, 4).eps
+    t = np.full(n, int(sch.net_t[4]))
+    with no_grad():
+        e_c = to_numpy(m.net(Tensor(z), t, context=m.tau(y)).data)
+        e_u = to_numpy(m.net(Tensor(z), t, context=m.tau(np.full(n, 3))).data)
+    np.testing.assert_allclose(to_numpy(got), (1 + w) * e_c - w * e_u, rtol=1e-4, atol=1e-5)
+    assert np.abs(e_c - e_u).max() > 1e-3
+
+
 def test_ldm_loss_is_l_simple_on_the_scaled_latent_and_decreases_in_a_tiny_overfit():
     """(19) on z_0 = s E(x): at fixed draws, the loss falls by half after 80 Adam steps on
     eight images."""
