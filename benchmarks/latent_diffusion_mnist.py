@@ -1,6 +1,6 @@
 """Latent diffusion against pixel diffusion on MNIST 28x28, at equal training CPU time.
 
-    nice python benchmarks/latent_diffusion_mnist.py [--ae-min 1.5] [--ldm-min 3.5] [--fid-n 500]
+    nice python benchmarks/latent_diffusion_mnist.py [--ae-min 1] [--ldm-min 2.5] [--fid-n 500]
 
 1. ``kl-autoencoder`` (28x28 -> a 4 x 7 x 7 latent, f = 4) for --ae-min CPU minutes;
 2. ``ldm`` (class tokens by cross-attention) on its frozen latent for --ldm-min CPU minutes;
@@ -93,10 +93,10 @@ def grid(x, tag):
 
 def main():
     p = add_smoke(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
-    p.add_argument("--ae-min", type=float, default=1.5, help="autoencoder CPU minutes")
-    p.add_argument("--ldm-min", type=float, default=3.5, help="latent diffusion CPU minutes")
+    p.add_argument("--ae-min", type=float, default=1.0, help="autoencoder CPU minutes")
+    p.add_argument("--ldm-min", type=float, default=2.5, help="latent diffusion CPU minutes")
     p.add_argument("--fid-n", type=int, default=500)
-    p.add_argument("--ddim", type=int, default=50, help="DDIM steps of every sampler")
+    p.add_argument("--ddim", type=int, default=25, help="DDIM steps of every sampler")
     p.add_argument("--chunk", type=int, default=100)
     a = p.parse_args()
     root = run_dir("latent_diffusion_mnist")
