@@ -82,7 +82,8 @@ def draw(model, n, steps, chunk=250):
             parts.append(backend.to_numpy(model.sample(k, cond=cond, rng=rng, steps=steps,
                                                        sampler="ddim", guidance=0.0)))
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    return np.concatenate(parts), {"sample_cpu_s_per_image": cpu / n, "sample_wall_s_per_image": wall / n}
+    return np.concatenate(parts), {"sample_cpu_s_per_image": cpu / n,
+                                   "sample_wall_s_per_image": wall / n}
 
 
 def grid(x, tag):
@@ -123,15 +124,17 @@ def main():
 
     ldm_kwargs = dict(LDM, autoencoder=str(ae_run))
     res["ldm"] = dict(model="ldm", kwargs=ldm_kwargs, **train_budget(
-        "ldm", ldm_kwargs, ds, root / "ldm", cpu_s=budget["ldm"], chunk=chunk, ema=0.995, warmup=100))
+        "ldm", ldm_kwargs, ds, root / "ldm", cpu_s=budget["ldm"], chunk=chunk, ema=0.995,
+        warmup=100))
     res["pixel"] = dict(model="ddpm", kwargs=PIXEL, **train_budget(
-        "ddpm", PIXEL, ds, root / "pixel", cpu_s=res["autoencoder"]["train_cpu_s"] + res["ldm"]["train_cpu_s"],
-        chunk=chunk, ema=0.995, warmup=100))
+        "ddpm", PIXEL, ds, root / "pixel", chunk=chunk, ema=0.995, warmup=100,
+        cpu_s=res["autoencoder"]["train_cpu_s"] + res["ldm"]["train_cpu_s"]))
     for key in ("ldm", "pixel"):
         model, _ = load_run(root / key)  # EMA weights
         if key == "ldm":
             res[key]["scale_factor"] = float(model.scale_factor)
-        res[key]["parameters"] = int(sum(q.data.size for q in model.parameters() if q.requires_grad))
+        trained = [q for q in model.parameters() if q.requires_grad]
+        res[key]["parameters"] = int(sum(q.data.size for q in trained))
         x, timing = draw(model, n, steps)
         res[key].update(timing, fid_mnist=fid(x, n), grid=grid(x, f"latent_diffusion_mnist_{key}"))
         print(key, {k: v for k, v in res[key].items() if k != "kwargs"}, flush=True)

@@ -111,7 +111,8 @@ class LatentDiffusion(Module):
         self.eta, self.guidance = float(eta), float(guidance)
         g = init.get_rng(int(seed))
         cond = self.num_classes is not None
-        self.tau = ClassTokens(self.num_classes, context_tokens, context_dim, rng=g) if cond else None
+        self.tau = (ClassTokens(self.num_classes, context_tokens, context_dim, rng=g) if cond
+                    else None)                                            # tau_theta
         self.net = UNet(c, c, h, channels, channel_mult, num_res_blocks, None, heads, groups, 0.0,
                         None, rng=g, context_dim=int(context_dim) if cond else None)
         self.last_stats = {}
@@ -150,7 +151,7 @@ class LatentDiffusion(Module):
     # ------------------------------------------------------------------------- training
     def loss(self, batch, rng=None):
         """L_simple (19) on z_0 = s E(x), at one t ~ U{1..T} per example."""
-        rng = rng if rng is not None else self.rng  # the loop's generator (model.rng) until it passes rng
+        rng = rng if rng is not None else self.rng  # model.rng: the loop's, until it passes rng
         if float(self.scale_factor) == 0.0:
             if not self.training:
                 raise ValueError("ldm's latent scale is measured on the first training batch; "

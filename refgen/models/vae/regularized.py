@@ -149,7 +149,7 @@ class KLAutoencoder(Module):
 
     def loss(self, batch, rng=None):
         """(R1): squared error summed over pixels + kl_weight KL, averaged over the batch."""
-        rng = rng if rng is not None else self.rng  # the loop's generator (model.rng) until it passes rng
+        rng = rng if rng is not None else self.rng  # model.rng: the loop's, until it passes rng
         x = as_tensor(batch.x)
         mu, logvar = self.posterior(x)
         eps = Tensor(rng.standard_normal(mu.shape, dtype=mu.dtype))

@@ -75,7 +75,8 @@ def test_cross_attention_is_eq_33_computed_directly(heads):
     heads_out = []
     for h in range(heads):
         s = slice(h * dh, (h + 1) * dh)
-        heads_out.append(_softmax(Q[..., s] @ K[..., s].transpose(0, 2, 1) / np.sqrt(dh)) @ V[..., s])
+        scores = Q[..., s] @ K[..., s].transpose(0, 2, 1) / np.sqrt(dh)  # Q K^T / sqrt(d)
+        heads_out.append(_softmax(scores) @ V[..., s])
     att = np.concatenate(heads_out, -1)                                # (B, HW, C)
     out = att @ to_numpy(a.out_proj.weight.data).T + to_numpy(a.out_proj.bias.data)
     want = z + out.transpose(0, 2, 1).reshape(z.shape)
@@ -197,7 +198,7 @@ def test_frozen_autoencoder_gets_no_gradient_and_is_unchanged_by_a_step():
     ae = _ae()
     m = _ldm(ae)
     m.train()
-    assert not ae.training                                            # the first stage stays in eval
+    assert not ae.training                                            # the first stage: eval mode
     before = {k: v.copy() for k, v in ae.state_dict().items()}
     net_before = to_numpy(m.net.conv_out.weight.data).copy()
     opt = optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
@@ -329,8 +330,9 @@ def test_the_loop_trains_and_resumes_ldm_bit_for_bit(tmp_path):
     for name, legs in (("straight", [4]), ("resumed", [2, 4])):
         m = _ldm(ae)
         for i, steps in enumerate(legs):
-            train(m, ds, out_dir=tmp_path / name, steps=steps, batch_size=4, lr=1e-3, ema_decay=0.9, resume=i > 0,
-                  progress=False, samples=False, evaluate_at_end=False)
+            train(m, ds, out_dir=tmp_path / name, steps=steps, batch_size=4, lr=1e-3,
+                  ema_decay=0.9, resume=i > 0, progress=False, samples=False,
+                  evaluate_at_end=False)
         runs[name] = m.state_dict()
     assert float(runs["straight"]["scale_factor"]) > 0
     for k, v in runs["straight"].items():
