@@ -149,9 +149,8 @@ class LatentDiffusion(Module):
         return None if self.tau is None else self.tau(y)
 
     # ------------------------------------------------------------------------- training
-    def loss(self, batch, rng=None):
+    def loss(self, batch, rng):
         """L_simple (19) on z_0 = s E(x), at one t ~ U{1..T} per example."""
-        rng = rng if rng is not None else self.rng  # model.rng: the loop's, until it passes rng
         if float(self.scale_factor) == 0.0:
             if not self.training:
                 raise ValueError("ldm's latent scale is measured on the first training batch; "

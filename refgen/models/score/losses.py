@@ -37,7 +37,7 @@ backward through the network. Both have the expectation of J.
 """
 from __future__ import annotations
 
-from refgen.autograd import Tensor, as_tensor
+from refgen.autograd import as_tensor
 from refgen.models.score.divergence import exact_divergence, hutchinson_divergence
 
 __all__ = ["dsm", "annealed_dsm", "sde_dsm", "explicit_score_matching",

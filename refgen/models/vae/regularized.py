@@ -142,14 +142,13 @@ class KLAutoencoder(Module):
         """z (B, c, h, w) -> the decoder's mean image (B, C, H, W)."""
         return self.decoder(as_tensor(z))
 
-    def reconstruct(self, x, rng=None):
+    def reconstruct(self, x):
         """D(mu(x)): the reconstruction from the posterior mean."""
         with no_grad():
             return self.decode_latent(self.posterior(x)[0]).data
 
-    def loss(self, batch, rng=None):
+    def loss(self, batch, rng):
         """(R1): squared error summed over pixels + kl_weight KL, averaged over the batch."""
-        rng = rng if rng is not None else self.rng  # model.rng: the loop's, until it passes rng
         x = as_tensor(batch.x)
         mu, logvar = self.posterior(x)
         eps = Tensor(rng.standard_normal(mu.shape, dtype=mu.dtype))

@@ -165,7 +165,7 @@ def test_vq_autoencoder_is_vqvae_without_its_prior():
                 channels="4,8", commitment=0.3)
     assert vq.prior is None and vq.latent_shape == (3, 2, 2)
     x = _x(4)[:, :, :8, :8]
-    loss = float(vq.loss(Batch(Tensor(x))).data)
+    loss = float(vq.loss(Batch(Tensor(x)), default_rng(0)).data)
     s = vq.last_stats
     np.testing.assert_allclose(loss, s["rec"] + 1.3 * s["commit"], rtol=1e-5)
     z = vq.encode_latent(x)

@@ -3,7 +3,6 @@ and the Fisher divergence differ by a constant (exact quadrature), explicit SM's
 against the Fisher divergence, sliced SM's expectation against explicit SM."""
 import numpy as np
 import pytest
-from numpy.polynomial.hermite_e import hermegauss
 
 import refgen
 import refgen.functional as F
