@@ -17,6 +17,8 @@ checkpoint and never trained (requires_grad off, encoding under no_grad, kept in
 """
 from __future__ import annotations
 
+import copy
+
 from refgen.autograd import Tensor, as_tensor, no_grad
 from refgen.backend import default_rng, xp
 from refgen.models import register
@@ -35,13 +37,15 @@ FIRST_STAGES = ("kl-autoencoder", "vq-autoencoder")
 
 
 def load_autoencoder(autoencoder, data_shape):
-    """The first stage, in eval mode: ``autoencoder`` itself when it is a model with
-    ``encode_latent``/``decode_latent``, else the run directory it names (EMA weights)."""
+    """The first stage, in eval mode: a copy of ``autoencoder`` on the active backend when it
+    is a model (so that freezing it leaves the caller's model alone), else the model in the
+    run directory it names (EMA weights)."""
     if autoencoder is None:
         raise ValueError("ldm diffuses in a trained autoencoder's latent: pass its run directory, "
                          "--set autoencoder=runs/<kl-autoencoder or vq-autoencoder run>")
     if isinstance(autoencoder, Module):
-        model = autoencoder
+        model = copy.deepcopy(autoencoder)
+        model.load_state_dict(autoencoder.state_dict())                   # onto the active backend
     else:
         from refgen.runs import UsageError, load_run, read_json, run_dir
         try:

@@ -195,8 +195,10 @@ def test_latent_scale_gives_unit_variance_latents_and_is_saved():
 
 
 def test_frozen_autoencoder_gets_no_gradient_and_is_unchanged_by_a_step():
-    ae = _ae()
-    m = _ldm(ae)
+    given = _ae()
+    m = _ldm(given)
+    ae = m.first_stage                                                # a frozen copy of the given one
+    assert ae is not given and all(p.requires_grad for p in given.parameters())
     m.train()
     assert not ae.training                                            # the first stage: eval mode
     before = {k: v.copy() for k, v in ae.state_dict().items()}
