@@ -35,6 +35,7 @@ SMOKE_RUNS = [
     ("gan_mnist.py", [], True),
     ("gflow_2d.py", [], False),
     ("gpt_mnist14.py", [], True),
+    ("latent_diffusion_mnist.py", [], True),
     ("made_mnist.py", [], True),
     ("ops.py", [], False),
     ("pixelcnn_mnist.py", [], True),

@@ -30,6 +30,7 @@ def _data(name, shape, n=16, classes=False):
 
 with use_backend("numpy"):
     _TEACHER = models.create("ddpm", data_shape=(2,), T=30, parameterization="v", hidden=16, depth=1)
+    _AUTOENCODER = models.create("kl-autoencoder", data_shape=IMG, channels=4, levels=1)
     _BASE = models.create("ddpm", data_shape=IMG, T=30, channels=8, groups=4, num_res_blocks=1,
                           class_cond=False, sample_steps=3)
 
@@ -59,6 +60,12 @@ CASES = {
     "ddpm": ("mnist", IMG, True, dict(T=30, num_classes=10, channels=8, groups=4,
                                       num_res_blocks=1, learn_sigma=True, guidance=1.0,
                                       sample_steps=5, vlb_timesteps=3)),
+    "kl-autoencoder": ("mnist", IMG, False, dict(channels=4, levels=1)),
+    "vq-autoencoder": ("mnist", IMG, False, dict(num_codes=8, code_dim=4, channels="8,8")),
+    # ldm copies its (frozen) autoencoder onto the active backend
+    "ldm": ("mnist", IMG, True, dict(autoencoder=_AUTOENCODER, num_classes=10, channels=8,
+                                     groups=4, num_res_blocks=1, T=30, sample_steps=3,
+                                     context_tokens=2, context_dim=8, guidance=1.0)),
     "ebm": ("8gaussians", (2,), False, dict(hidden=(8,), mcmc_steps=2, buffer_size=20, sample_steps=3)),
     "ebm-nce": ("8gaussians", (2,), False, dict(hidden=(8,), sample_steps=3)),
     "ebm-fce": ("8gaussians", (2,), False, dict(hidden=(8,), flow_couplings=2, flow_hidden=(8,),
