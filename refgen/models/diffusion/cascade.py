@@ -56,13 +56,13 @@ class CascadeSR(DDPM):
     """The super-resolution stage of a cascade: a DDPM on (C, H, W) images conditioned on their
     (C, H / factor, W / factor) low-resolution version. Takes every ddpm option (arch, T,
     schedule, ...) except class conditioning, plus factor and aug_max (the largest
-    augmentation level; 0 trains without augmentation). sample(n, cond=z_low, rng=...)."""
+    augmentation level, default T // 4; 0 trains without augmentation). sample(n, cond=z_low, rng=...)."""
 
     data_spec = DDPM.data_spec
     default_train = DDPM.default_train
     demo = False
 
-    def __init__(self, data_shape, *, seed=0, factor: int = 2, aug_max: int = 250,
+    def __init__(self, data_shape, *, seed=0, factor: int = 2, aug_max: int | None = None,
                  process: ProcessConfig = ProcessConfig(), network: NetworkConfig = NetworkConfig(),
                  sampling: SamplingConfig = SamplingConfig(), **options):
         shape = tuple(int(d) for d in data_shape)
@@ -72,7 +72,8 @@ class CascadeSR(DDPM):
         options["class_cond"] = False
         super().__init__(shape, seed=seed, process=process, network=network, sampling=sampling,
                          **options)
-        self.factor, self.aug_max = int(factor), int(aug_max)
+        self.factor = int(factor)
+        self.aug_max = self.T // 4 if aug_max is None else int(aug_max)
         if not 0 <= self.aug_max <= self.T:
             raise ValueError(f"aug_max must be in 0..T={self.T}, got {aug_max}")
         self.low_shape = (shape[0], shape[1] // self.factor, shape[2] // self.factor)
