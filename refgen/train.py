@@ -535,7 +535,8 @@ def _finish(st: _State, dataset, out: Path, eval_fn, test_dataset, progress, sam
                                                       progress) as stage:
                 ref = dataset.x[:2000] if tuple(dataset.shape) == (2,) else None
                 # a model conditioned on images (cascade-sr) samples from the first 64 examples'
-                cond = ({"cond": st.model.eval_cond(backend.asarray(dataset.x[:64]))}
+                first = dataset.x[np.arange(64) % len(dataset.x)]
+                cond = ({"cond": st.model.eval_cond(backend.asarray(first))}
                         if hasattr(st.model, "eval_cond") else None)
                 write_samples(st.model, out / "samples.png", reference=ref, stage=stage,
                               options=cond, **data_facts(dataset))

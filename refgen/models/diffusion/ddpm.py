@@ -175,7 +175,7 @@ class DDPM(Module):
             if batch.y is None:
                 raise ValueError("ddpm with class_cond needs labels; use --set class_cond=false")
             y = G.drop_labels(self._labels(batch.y, b), self.p_uncond, self.num_classes, self.rng)
-        return self._objective(x0, t, eps, self._net(xt, sch.net_t[t], y))
+        return self._objective(x0, t, eps, self._net(xt, sch.net_t[t], y))  # (19)
 
     def _objective(self, x0, t, eps, out):
         """L_simple (19), or L_hybrid with learn_sigma, of the network output ``out`` at

@@ -52,6 +52,7 @@ def test_registered_and_built_as_a_conditioned_unet():
 
 
 def test_augmentation_at_level_zero_is_the_identity_bit_for_bit():
+    """eq. (3) at s = 0: alpha_bar_0 = 1 returns z itself."""
     sch = CascadeSR((1, 8, 8), **TINY).schedule
     z = _images(4, 4)
     eps = np.random.default_rng(1).standard_normal(z.shape).astype(np.float32)
@@ -60,7 +61,8 @@ def test_augmentation_at_level_zero_is_the_identity_bit_for_bit():
 
 
 def test_augmentation_at_level_s_is_q_of_z_s_given_z():
-    """mean sqrt(alpha_bar_s) z and variance 1 - alpha_bar_s, per pixel, over 20,000 draws."""
+    """q(z_s | z) of eq. (3): mean sqrt(alpha_bar_s) z and variance 1 - alpha_bar_s, per
+    pixel, over 20,000 draws."""
     sch = CascadeSR((1, 8, 8), **TINY).schedule
     z = np.array([-0.8, 0.3, 0.9])
     n, s = 20000, 17
@@ -73,7 +75,7 @@ def test_augmentation_at_level_s_is_q_of_z_s_given_z():
 
 
 def test_loss_feeds_the_augmented_low_res_image():
-    """Through loss: level 0 gives up(down(x)) exactly; at level s > 0 the standardized
+    """Through loss, eq. (3) on the conditioning: level 0 gives up(down(x)) exactly; at level s > 0 the standardized
     z_s - sqrt(alpha_bar_s) z is N(0, 1); the levels are uniform on 0..aug_max."""
     m = CascadeSR((1, 8, 8), aug_max=30, **TINY)
     calls = _spy(m)
@@ -98,6 +100,7 @@ def test_loss_feeds_the_augmented_low_res_image():
 
 
 def test_sample_conditions_on_cond_at_the_asked_level():
+    """sample corrupts cond by eq. (3) at aug_level, not at all at level 0 or when told not to."""
     m = CascadeSR((1, 8, 8), **TINY)
     calls = _spy(m)
     z = _images(6, 4, 4)
@@ -130,6 +133,7 @@ def test_the_network_reads_the_conditioning():
 
 
 def test_loss_decreases_on_a_tiny_overfit():
+    """L_simple (19) of the super-resolution model, at fixed noise, falls on 8 images."""
     m = CascadeSR((1, 8, 8), seed=0, aug_max=10, **TINY)
     x = Tensor(_images(8, 8, 5))
 
