@@ -290,3 +290,14 @@ def test_ddpm_builds_each_arch_from_set_options():
     m = build_model("ddpm", data_shape=(1, 14, 14), overrides=parse_sets(
         ["arch=imagen", "channels=8", "num_res_blocks=[2, 3]"], DDPM))
     assert m.net.num_res_blocks == (2, 3) and m.net.resample_first and m.net.skip_scale == R2
+
+
+def test_every_unet_user_reads_the_arch():
+    """ddpm, cascade-sr and the consistency models build their U-Net from one NetworkConfig."""
+    from refgen.models import create
+    for name, extra in (("ddpm", dict(T=40)), ("cascade-sr", dict(T=40)), ("consistency-training", {})):
+        plain = create(name, data_shape=(1, 8, 8), channels=4, groups=2, **extra)
+        nets = [m for m in plain.modules() if isinstance(m, nn.UNet)]
+        assert nets and all(n.num_res_blocks == (2,) and n.skip_scale == 1.0 for n in nets)
+    m = create("consistency-training", data_shape=(1, 8, 8), channels=4, groups=2, arch="imagen")
+    assert all(n.skip_scale == R2 for n in m.modules() if isinstance(n, nn.UNet))

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 __all__ = ["ProcessConfig", "NetworkConfig", "SamplingConfig", "split_options", "ARCHS",
-           "unet_options"]
+           "unet_options", "make_unet"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,14 @@ def split_options(groups: dict, options: dict) -> dict:
         raise ValueError(f"ddpm has no option {unknown[0]!r}; accepted: {', '.join(fields)}")
     return {name: dataclasses.replace(cfg, **{k: v for k, v in options.items() if fields[k] == name})
             for name, cfg in groups.items()}
+
+
+def make_unet(net: NetworkConfig, c_in: int, c_out: int, image_size: int, num_classes=None,
+              rng=None, **extra):
+    """The refgen.nn.UNet that ``net`` describes (its arch and switches, unet_options), for
+    images of side image_size with c_in -> c_out channels; ``extra``: more UNet keywords."""
+    from refgen.nn import UNet, default_channel_mult
+    levels = len(net.channel_mult or default_channel_mult(image_size))
+    return UNet(c_in, c_out, image_size, net.channels, net.channel_mult, heads=net.heads,
+                groups=net.groups, dropout=net.dropout, num_classes=num_classes, rng=rng,
+                **unet_options(net, image_size, levels), **extra)

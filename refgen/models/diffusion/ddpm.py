@@ -40,7 +40,7 @@ from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion import guidance as G
 from refgen.models.diffusion.config import (NetworkConfig, ProcessConfig, SamplingConfig,
-                                            split_options, unet_options)
+                                            make_unet, split_options)
 from refgen.models.diffusion.losses import hybrid_loss, l_simple, regression_target, vlb
 from refgen.nn import MLPDenoiser
 from refgen.models.diffusion.ode import METHODS as ODE_METHODS
@@ -49,7 +49,7 @@ from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sam
                                              score_from_eps, x0_from_eps)
 from refgen.models.diffusion.sampling import SAMPLERS, sample_loop
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.nn import Module, UNet, default_channel_mult, init
+from refgen.nn import Module, init
 
 __all__ = ["DDPM"]
 
@@ -139,11 +139,7 @@ class DDPM(Module):
 
     def _unet(self, c_in, c_out, net, rng, **extra):
         """The U-Net of the network options (arch ddpm|adm|imagen, config.unet_options)."""
-        size = self.data_shape[-1]
-        levels = len(net.channel_mult or default_channel_mult(size))
-        return UNet(c_in, c_out, size, net.channels, net.channel_mult, heads=net.heads,
-                    groups=net.groups, dropout=net.dropout, num_classes=self.num_classes, rng=rng,
-                    **unet_options(net, size, levels), **extra)
+        return make_unet(net, c_in, c_out, self.data_shape[-1], self.num_classes, rng, **extra)
 
     def extra_repr(self):
         return (f"data_shape={self.data_shape}, T={self.T}, parameterization={self.parameterization}, "
