@@ -33,11 +33,11 @@ from refgen.optim import Adam  # noqa: E402
 def step_cost(model, ds, batch_size, n=3):
     """CPU seconds of this process per training step (forward, backward, Adam)."""
     opt = Adam(model.parameters(), lr=1e-4)
-    rng = np.random.default_rng(0)
+    rng, gen = np.random.default_rng(0), backend.default_rng(0)
     t0 = time.process_time()
     for _ in range(n):
         idx = rng.integers(0, len(ds.x), batch_size)
-        loss = model.loss(Batch(Tensor(ds.x[idx]), None))
+        loss = model.loss(Batch(Tensor(ds.x[idx]), None), gen)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -94,9 +94,9 @@ class CascadeSR(DDPM):
         return z
 
     # ------------------------------------------------------------------------- training
-    def loss(self, batch, rng=None):
-        """L_simple (19) (or L_hybrid) of p_theta(x | z_s), z_s the augmented low-res image."""
-        rng = self.rng if rng is None else rng  # until the loop passes rng (the RNG contract)
+    def loss(self, batch, rng):
+        """L_simple (19) (or L_hybrid) of p_theta(x | z_s), z_s the augmented low-res image;
+        rng: the backend generator of s, t and the noise."""
         x0 = as_tensor(batch.x)
         b, sch = x0.shape[0], self.schedule
         z = downsample(x0.data, self.factor)                              # (B, C, h, w)
@@ -113,7 +113,7 @@ class CascadeSR(DDPM):
         return downsample(xp.asarray(x), self.factor)
 
     # ------------------------------------------------------------------------- sampling
-    def sample(self, n, cond=None, rng=None, *, steps=None, sampler=None, eta=None,
+    def sample(self, n, cond=None, *, rng, steps=None, sampler=None, eta=None,
                threshold=None, aug_level: int = 0, corrupt: bool = True, x_T=None):
         """n high-resolution samples (n, C, H, W) given cond = the low-res images (n, C, h, w).
         aug_level s: corrupt cond to z_s ~ q(z_s | z) and tell the network s (0: as it is);
@@ -121,7 +121,6 @@ class CascadeSR(DDPM):
         if cond is None:
             raise ValueError("cascade-sr samples a high-resolution image for each low-resolution "
                              "one: pass cond (n, C, h, w) (sample_cascade draws them from a base ddpm)")
-        rng = default_rng(self.rng if rng is None else rng)
         if not 0 <= int(aug_level) <= self.T:
             raise ValueError(f"aug_level must be in 0..T={self.T}, got {aug_level}")
         z = self._low(cond, n).astype(self.dtype)
@@ -144,7 +143,7 @@ class CascadeSR(DDPM):
                                x_T=x_T, dtype=self.dtype)
 
     # ------------------------------------------------------------------------- likelihood
-    def vlb_terms(self, x, timesteps="default", rng=None, cond=None):
+    def vlb_terms(self, x, *, rng, timesteps="default", cond=None):
         """L_VLB of -log p_theta(x | down(x)) in nats per example (cond: other low-res images)."""
         x0 = as_tensor(x)
         n = x0.shape[0]
@@ -156,7 +155,6 @@ class CascadeSR(DDPM):
             out = self._sr_net(xt, self.schedule.net_t[t], z_up, s)
             return interpret(out, xt, t, self.schedule, self.parameterization, self.variance)
 
-        rng = default_rng(self.rng if rng is None else rng)
         k = self.vlb_timesteps if timesteps == "default" else timesteps
         return vlb(predict, self.schedule, x0, rng, self.discrete, k)
 
@@ -176,7 +174,7 @@ def sample_cascade(base, sr, n, *, rng, cond=None, steps=None, sr_steps=None, au
     z_0 and sr corrupts it to z_s ~ q(z_s | z_0); truncated, the base chain stops at step s
     (the nearest kept step at or below s on a strided schedule of ``steps``) and its z_s goes
     to sr as it is, with that level. steps / sr_steps: strided schedules of each chain."""
-    rng = default_rng(rng)
+    rng = default_rng(rng)  # a seed or a backend generator
     if not truncated or aug_level == 0:
         z = base.sample(n, cond, rng=rng, steps=steps)
         return sr.sample(n, cond=z, rng=rng, steps=sr_steps, aug_level=aug_level), z

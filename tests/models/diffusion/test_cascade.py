@@ -181,9 +181,9 @@ def test_cascade_truncated_and_not(monkeypatch):
     seen = []
     sample = sr.sample
 
-    def spy(n, cond=None, rng=None, **kw):
+    def spy(n, cond=None, *, rng, **kw):
         seen.append((np.array(cond), kw))
-        return sample(n, cond, rng, **kw)
+        return sample(n, cond, rng=rng, **kw)
     monkeypatch.setattr(sr, "sample", spy)
     x, z = sample_cascade(base, sr, 3, rng=0, steps=4, sr_steps=2, aug_level=15)
     assert x.shape == (3, 1, 8, 8) and z.shape == (3, 1, 4, 4)
