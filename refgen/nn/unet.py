@@ -141,6 +141,7 @@ class UNet(Module):
                 r //= 2
         # which down outputs are skip connections: all, except Imagen-order resamplings
         self.skip_from = [not (self.resample_first and self._is_resampler(b[0])) for b in self.down]
+        self.skip_channels, self.mid_channels = tuple(skips), c          # what encode returns
 
         self.mid1 = res(c, c)
         self.mid_attn, *cross = attn(c)
@@ -176,18 +177,33 @@ class UNet(Module):
         if (aug is None) != (self.aug_embed is None):
             raise ValueError("pass aug levels (B,) exactly when the U-Net was built with "
                              f"aug_embed (it was built with aug_embed={self.aug_embed is not None})")
-        run = dict(rng=rng, context=context, context_mask=context_mask)
         e = self.embed(t, y)                                              # (B, 4 ch)
         if self.aug_embed is not None:
             e = e + self.aug_embed(aug)                                   # + emb(s), the augmentation level
+        h, skips = self.encode(x, e, rng=rng, context=context, context_mask=context_mask)
+        return self.decode(h, skips, e, rng=rng, context=context, context_mask=context_mask)
+
+    def encode(self, x, e, *, hint=None, rng=None, context=None, context_mask=None):
+        """The down path and the middle: x (B, C, H, W), e (B, 4 ch) -> (h, skips), h the
+        middle's output (B, mid_channels, H', W') and skips the list of kept outputs, one per
+        entry of skip_channels. hint (B, ch, H, W), when given, is added to conv_in's output
+        (ControlNet's way in)."""
+        run = dict(rng=rng, context=context, context_mask=context_mask)
         h = self.conv_in(x)                                               # (B, C, H, W) -> (B, ch, H, W)
+        if hint is not None:
+            h = h + hint
         hs = [h]
         for blocks, keep in zip(self.down, self.skip_from):
             h = apply_blocks(blocks, h, e, **run)
             if keep:
                 hs.append(h)
         mid = [self.mid1, self.mid_attn] + ([self.mid_cross] if self.mid_cross is not None else []) + [self.mid2]
-        h = apply_blocks(mid, h, e, **run)
+        return apply_blocks(mid, h, e, **run), hs
+
+    def decode(self, h, skips, e, *, rng=None, context=None, context_mask=None):
+        """The up path and the output: (h, skips) of ``encode`` -> (B, out_channels, H, W)."""
+        run = dict(rng=rng, context=context, context_mask=context_mask)
+        hs = list(skips)
         for blocks in self.up:
             skip = hs.pop()
             skip = skip * self.skip_scale if self.skip_scale != 1.0 else skip  # Imagen: skip / sqrt(2)
