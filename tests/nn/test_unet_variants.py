@@ -301,3 +301,17 @@ def test_every_unet_user_reads_the_arch():
         assert nets and all(n.num_res_blocks == (2,) and n.skip_scale == 1.0 for n in nets)
     m = create("consistency-training", data_shape=(1, 8, 8), channels=4, groups=2, arch="imagen")
     assert all(n.skip_scale == R2 for n in m.modules() if isinstance(n, nn.UNet))
+
+
+@pytest.mark.parametrize("opts", [{}, dict(resample_first=True), dict(resblock_updown=True),
+                                  dict(num_res_blocks=(1, 3), resample_first=True)])
+def test_encode_returns_the_skips_it_announces(opts):
+    """encode's skips (what ControlNet adds to) match skip_channels in every layout, and
+    decode(encode) is forward."""
+    net = _randomize(nn.UNet(1, 1, 8, **dict(KW, **{k: v for k, v in opts.items() if k in KW}),
+                             **{k: v for k, v in opts.items() if k not in KW}), 6)
+    x, t = Tensor(_x((2, 1, 8, 8), 2)), np.array([4, 30])
+    e = net.embed(t)
+    h, skips = net.encode(x, e)
+    assert tuple(s.shape[1] for s in skips) == net.skip_channels and h.shape[1] == net.mid_channels
+    np.testing.assert_array_equal(net.decode(h, skips, e).numpy(), net(x, t).numpy())
