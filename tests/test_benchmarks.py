@@ -40,6 +40,7 @@ SMOKE_RUNS = [
     ("pixelcnn_mnist.py", [], True),
     ("pixelcnn_recipe.py", [], True),
     ("pixelcnn_step_cost.py", [], False),
+    ("speed.py", [], False),
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
