@@ -45,6 +45,7 @@ SMOKE_RUNS = [
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
+    ("unet_variants_mnist.py", [], True),
     ("vqvae_mnist.py", [], True),
 ]
 

@@ -91,6 +91,8 @@ CASES = {
     "sde-ve": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="ode", sample_steps=4)),
     "sde-vp": ("mnist", IMG, False, dict(channels=8, groups=4, num_res_blocks=1, sample_steps=3)),
     "sde-subvp": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="em", sample_steps=3)),
+    "cascade-sr": ("mnist", IMG, False, dict(T=30, channels=8, groups=4, num_res_blocks=1,
+                                             arch="adm", aug_max=10, sample_steps=3, vlb_timesteps=3)),
 }
 
 
@@ -156,8 +158,11 @@ def test_trains_resumes_and_samples_on_the_device(name, tmp_path):
         train(model, ds, steps=2, samples=True, **common)
         train(model, ds, steps=3, resume=True, samples=False, **common)
         model.eval()
+        # a model conditioned on images (cascade-sr) samples given the data's own low-res
+        cond = ({"cond": model.eval_cond(backend.asarray(ds.x[:3]))}
+                if hasattr(model, "eval_cond") else {})
         with no_grad():
-            x = model.sample(3, rng=backend.default_rng(0))
+            x = model.sample(3, rng=backend.default_rng(0), **cond)
         assert isinstance(x.data if isinstance(x, Tensor) else x, DeviceArray)
         assert np.all(np.isfinite(backend.to_numpy(x)))
         if labels == "control":  # and controlled samples

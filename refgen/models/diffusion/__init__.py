@@ -12,6 +12,8 @@
     ode.py        the probability-flow ODE in sigma-time, Euler and Heun steps (Phi of (31))
     teacher.py    a trained ddpm read from its run directory, for the distilled models
     distill.py    progressive distillation, ``progressive-distillation`` (Salimans & Ho 2022)
+    cascade.py    cascaded diffusion: the super-resolution model ``cascade-sr`` with noise
+                  conditioning augmentation, sample_cascade (Ho et al. 2021)
     consistency.py consistency models (30)-(32): ``consistency-distillation``,
                   ``consistency-training`` (Song et al. 2023)
     latent.py     latent diffusion ``ldm``: DDPM in a frozen autoencoder's latent, class
@@ -26,6 +28,7 @@ from refgen.models.diffusion.schedule import Schedule, make_schedule  # noqa: F4
 from refgen.models.diffusion.ddpm import DDPM  # noqa: F401
 from refgen.models.diffusion.classifier import NoisyClassifier  # noqa: F401
 from refgen.models.diffusion.distill import ProgressiveDistillation  # noqa: F401
+from refgen.models.diffusion.cascade import CascadeSR, sample_cascade  # noqa: F401
 from refgen.models.diffusion.consistency import (ConsistencyDistillation,  # noqa: F401
                                                  ConsistencyTraining)
 from refgen.models.diffusion.latent import LatentDiffusion  # noqa: F401
