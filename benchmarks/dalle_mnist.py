@@ -110,9 +110,10 @@ def prompt_grid(model, path, seed, per_prompt=8, **kw):
 
 def main():
     p = add_smoke(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    p.add_argument("--dvae-steps", type=int, default=2000)
-    p.add_argument("--clip-steps", type=int, default=800)
-    p.add_argument("--dalle-steps", type=int, default=2400)
+    p.add_argument("--dvae-steps", type=int, default=500)
+    p.add_argument("--dvae-anneal", type=int, default=400, help="steps over which tau goes 1 -> 1/16")
+    p.add_argument("--clip-steps", type=int, default=300)
+    p.add_argument("--dalle-steps", type=int, default=1400)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--n", type=int, default=2000, help="test prompts for cond_accuracy, FID, KID")
@@ -128,7 +129,7 @@ def main():
     t_start = time.perf_counter()
 
     dvae = create("dvae", data_shape=(1, 28, 28), seed=args.seed, num_codes=smoke(64, 8),
-                  anneal_steps=smoke(1500, 2))
+                  anneal_steps=smoke(args.dvae_anneal, 2))
     dvae_train = fit(dvae, mnist_tr, "dalle_mnist_dvae", smoke(args.dvae_steps, 2), smoke(64, 8), 1e-3,
                      args.seed)
     dvae_test = dvae_metrics(dvae, mnist_te.x[:smoke(2000, 16)])

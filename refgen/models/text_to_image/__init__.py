@@ -6,3 +6,4 @@ from refgen.models.text_to_image.contrastive import (class_embeddings, clip_scor
 from refgen.models.text_to_image.clip import CLIP, ImageEncoder, TextEncoder  # noqa: F401
 from refgen.models.text_to_image.dvae import DVAE, codebook_perplexity, kl_uniform, temperature  # noqa: F401
 from refgen.models.text_to_image.dalle import DALLE, DalleTransformer, attention_layout  # noqa: F401
+from refgen.models.text_to_image.noised_clip import NoisedCLIP, NoisedImageEncoder  # noqa: F401

@@ -72,7 +72,7 @@ class DVAE(Module):
     default_train = dict(steps=3000, batch_size=64, lr=1e-3)
 
     def __init__(self, data_shape=(1, 28, 28), *, seed: int = 0, num_codes: int = 64,
-                 code_dim: int = 32, channels: int = 64, beta: float = 1.0,
+                 code_dim: int = 32, channels: int = 64, beta: float = 0.25,
                  tau_start: float = 1.0, tau_end: float = 1.0 / 16, anneal_steps: int = 2000,
                  hard: bool = False):
         super().__init__()

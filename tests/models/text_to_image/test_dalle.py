@@ -98,6 +98,29 @@ def test_cached_sampling_draws_from_the_models_conditional(net):
     np.testing.assert_array_equal(greedy, np_(net.generate(text, default_rng(2), temperature=0)))
 
 
+def test_temperature_and_top_k_reshape_each_conditional():
+    """One image token (N = 1): at temperature tau the draws follow p^(1/tau) renormalised, and
+    top-k = 2 keeps only the two most likely codes (renormalised): chi-square tests."""
+    net = sharp(DalleTransformer(V, T, 4, 1, width=8, layers=2, heads=2, rng=0), seed=3, scale=0.3)
+    text = np.array([[2, 1, 3]])
+    with no_grad():
+        _, ce = net.nll_terms(np.repeat(text, 4, 0), np.arange(4)[:, None])
+    p = np.exp(-np_(ce).astype(np.float64))
+    n = 6000
+    for tau, top_k in ((0.5, None), (1.0, 2)):
+        want = p ** (1 / tau)
+        if top_k:
+            want[np.argsort(p)[:-top_k]] = 0
+        want /= want.sum()
+        z = np_(net.generate(np.repeat(text, n, 0), default_rng(7), temperature=tau, top_k=top_k))[:, 0]
+        counts = np.bincount(z, minlength=4)
+        keep = want > 0
+        assert counts[~keep].sum() == 0
+        chi2 = ((counts[keep] - n * want[keep]) ** 2 / (n * want[keep])).sum()
+        assert stats.chi2.sf(chi2, df=keep.sum() - 1) > 1e-3, (tau, top_k, counts / n, want)
+    assert np.abs(p ** 2 / (p ** 2).sum() - p).max() > 0.05               # tau = 0.5 visibly differs
+
+
 # ----------------------------------------------------------------------------- the model
 @pytest.fixture(scope="module")
 def dvae():
@@ -128,6 +151,7 @@ def test_loss_weights_text_and_image_per_token(dvae, w):
 
 def test_the_dvae_is_frozen(dvae):
     m = model(dvae)
+    assert m.text_weight == 1 / 8                                         # the paper's default
     m.loss(batch()).backward()
     assert all(p.grad is None for p in m.dvae.parameters())
     assert all(p.grad is not None for p in m.net.parameters())
