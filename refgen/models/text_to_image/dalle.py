@@ -148,7 +148,7 @@ class DALLE(Module):
                          grad_clip=1.0)
 
     def __init__(self, data_shape=(1, 28, 28), *, vocab_size=None, seed: int = 0, dvae=None,
-                 clip=None, width: int = 128, layers: int = 4, heads: int = 4,
+                 clip=None, width: int = 64, layers: int = 2, heads: int = 4,
                  text_weight: float = 1.0 / 8, context: int = CONTEXT):
         super().__init__()
         if dvae is None:
