@@ -178,7 +178,7 @@ class DALLE(Module):
         z = self.dvae.tokens(x)
         return z.reshape(z.shape[0], -1)
 
-    def loss(self, batch, rng=None):
+    def loss(self, batch, rng):  # draws no noise: rng is the contract's, unused
         ids = batch.y
         if ids is None or getattr(ids, "ndim", 0) != 2:
             raise ValueError("dalle trains on (image, caption ids) pairs; use --data mnist-captions")
@@ -198,14 +198,13 @@ class DALLE(Module):
         the vocabulary or a prompt longer than the context."""
         return self.tokenizer.encode(text)
 
-    def sample(self, n, cond=None, *, rng=None, temperature: float = 1.0, top_k=None,
+    def sample(self, n, cond=None, *, rng, temperature: float = 1.0, top_k=None,
                candidates: int = 1, clip=None):
         """Images (n, C, H, W) in [-1, 1] for caption ids ``cond`` ((n, T), or (T,) for one
         prompt repeated; None: a handwritten digit chosen at random per image).
 
         candidates > 1: draw that many per prompt and keep the highest CLIP score (``clip``, a
         CLIP model, or the run's ``clip``)."""
-        rng = rng if rng is not None else self.rng
         n = int(n)
         if cond is None:
             digits = to_numpy(rng.integers(10, size=n)).tolist()

@@ -136,8 +136,7 @@ class DVAE(Module):
         kl = kl_uniform(logits, dim=1).sum((1, 2))                                 # (B,)
         return rec, kl, logits
 
-    def loss(self, batch, rng=None):
-        rng = rng if rng is not None else self.rng   # the loop's generator until it passes rng
+    def loss(self, batch, rng):
         tau = self.tau()
         rec, kl, logits = self.terms(batch.x, rng, tau)
         if self.training:
@@ -147,9 +146,8 @@ class DVAE(Module):
                                                                          self.num_codes)}
         return (rec + self.beta * kl).mean()
 
-    def sample(self, n, cond=None, *, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """Images from tokens drawn from the uniform prior (B, C, H, W): what the dVAE alone
         generates; DALL-E's transformer replaces this prior."""
-        rng = rng if rng is not None else self.rng
         z = xp.asarray(rng.integers(self.num_codes, size=(int(n),) + self.grid))
         return self.decode_tokens(z)

@@ -81,8 +81,7 @@ class NoisedCLIP(CLIP):
         t = xp.zeros(x.shape[0], dtype=xp.int64) if t is None else asarray(t)
         return C.normalize(self.image_encoder(x, t))
 
-    def loss(self, batch, rng=None):
-        rng = rng if rng is not None else self.rng   # the loop's generator until it passes rng
+    def loss(self, batch, rng):
         ids = batch.y
         if ids is None or getattr(ids, "ndim", 0) != 2:
             raise ValueError("clip-noised trains on (image, caption ids) pairs; use --data mnist-captions")

@@ -145,16 +145,28 @@ def test_loss_weights_text_and_image_per_token(dvae, w):
     b = batch()
     ce_t, ce_z = m.net.nll_terms(b.y, m.image_tokens(b.x))
     want = w * np_(ce_t).mean() / (cap.CONTEXT - 1) + (1 - w) * np_(ce_z).mean() / 4   # N = 2 x 2
-    np.testing.assert_allclose(float(np_(m.loss(b))), want, rtol=1e-5)
+    np.testing.assert_allclose(float(np_(m.loss(b, default_rng(0)))), want, rtol=1e-5)
     np.testing.assert_allclose(m.log_prob(b.x, b.y), -(np_(ce_t) + np_(ce_z)), rtol=1e-5)
 
 
 def test_the_dvae_is_frozen(dvae):
     m = model(dvae)
     assert m.text_weight == 1 / 8                                         # the paper's default
-    m.loss(batch()).backward()
+    m.loss(batch(), default_rng(0)).backward()
     assert all(p.grad is None for p in m.dvae.parameters())
     assert all(p.grad is not None for p in m.net.parameters())
+
+
+def test_image_tokens_are_in_the_raster_order_sampling_decodes():
+    """The stream's image tokens, reshaped as sampling reshapes them, decode to the dVAE's
+    reconstruction of the image."""
+    m = model(sharp(create("dvae", data_shape=(1, 8, 8), seed=2, num_codes=5, code_dim=4, channels=4),
+                    seed=1, scale=1.0))
+    x = np.random.default_rng(3).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    z = m.image_tokens(x)                                                   # (4, N)
+    assert len(np.unique(np_(z))) > 1
+    np.testing.assert_array_equal(np_(m.dvae.decode_tokens(np_(z).reshape(4, 2, 2))),
+                                  np_(m.dvae.reconstruct(x)))
 
 
 def test_sample_shapes_and_range(dvae):
@@ -181,7 +193,7 @@ def test_bad_input(dvae):
         create("dalle", data_shape=(1, 8, 8))
     m = model(dvae)
     with pytest.raises(ValueError, match="mnist-captions"):
-        m.loss(Batch(batch().x, None))
+        m.loss(Batch(batch().x, None), default_rng(0))
     with pytest.raises(ValueError, match="CLIP"):
         m.sample(2, cond=np.asarray(batch(2).y), rng=default_rng(0), candidates=3)
     with pytest.raises(ValueError, match="outside the vocabulary: zebra"):
