@@ -40,6 +40,7 @@ __all__ = ["attention_layout", "DalleTransformer", "DALLE"]
 def attention_layout(text_len: int, image_len: int):
     """Boolean (L, L), L = T + N, True where position i may attend to position j: text rows
     causal over the text only; image rows all of the text and the image up to themselves."""
+    # Ramesh et al. 2021, attention layout
     i = xp.arange(text_len + image_len)[:, None]
     j = xp.arange(text_len + image_len)[None, :]
     text_row, text_col = i < text_len, j < text_len
@@ -88,6 +89,7 @@ class DalleTransformer(Module):
 
     def nll_terms(self, text, image):
         """(-log prod_i p(t_i | t_<i), -log prod_j p(z_j | t, z_<j)), each (B,), nats."""
+        # Ramesh et al. 2021, sec. 2.2: -log p(t, z) as two sums of cross-entropies
         text, image = asarray(text), asarray(image)
         t = self.text_len
         h = self.hidden(self.embed(text, image[:, :-1]))                      # (B, T + N - 1, E)
@@ -99,12 +101,14 @@ class DalleTransformer(Module):
 
     def log_prob(self, text, image):
         """log p(t_2..t_T, z | t_1) (B,), nats: the joint model of the stream."""
+        # Ramesh et al. 2021, sec. 2.2: the joint model
         ce_text, ce_image = self.nll_terms(text, image)
         return -(ce_text + ce_image)
 
     def generate(self, text, rng, temperature: float = 1.0, top_k=None):
         """Image tokens (n, N) drawn given text ids (n, T), one position at a time with the
         key/value cache (each step runs the network on the newest token only)."""
+        # Ramesh et al. 2021, sampling: top-k, temperature, one position per step
         text = asarray(text)
         caches = [dict() for _ in self.blocks]
         with no_grad():
@@ -186,7 +190,7 @@ class DALLE(Module):
         t, n = self.net.text_len - 1, self.net.image_len
         self.last_stats = {"text_nats": float(ce_text.data.mean()) / t,
                            "image_nats": float(ce_image.data.mean()) / n}
-        # Ramesh et al. 2021, sec. 2.2: per-token cross-entropies weighted 1/8 (text), 7/8 (image)
+        # Ramesh et al. 2021, 1/8 and 7/8: per-token cross-entropies, text weighted 1/8, image 7/8
         return self.text_weight * ce_text.mean() / t + (1.0 - self.text_weight) * ce_image.mean() / n
 
     def log_prob(self, x, ids):
@@ -205,6 +209,7 @@ class DALLE(Module):
 
         candidates > 1: draw that many per prompt and keep the highest CLIP score (``clip``, a
         CLIP model, or the run's ``clip``)."""
+        # Ramesh et al. 2021, sec. 2.5: re-ranking by CLIP score
         n = int(n)
         if cond is None:
             digits = to_numpy(rng.integers(10, size=n)).tolist()

@@ -39,6 +39,7 @@ __all__ = ["DVAE", "kl_uniform", "temperature", "codebook_perplexity"]
 
 def kl_uniform(logits, dim: int = 1):
     """KL(softmax(logits) || U(K)) = sum_k q_k log q_k + log K, per slice along ``dim``."""
+    # Ramesh et al. 2021, uniform prior: KL(q || U(K)) = log K - H(q)
     logq = F.log_softmax(logits, dim)
     k = logits.shape[dim]
     return F.sum(F.exp(logq) * logq, dim=dim) + math.log(k)         # = log K - H(q)
@@ -46,6 +47,7 @@ def kl_uniform(logits, dim: int = 1):
 
 def temperature(step, tau_start: float, tau_end: float, anneal_steps: int) -> float:
     """tau_start (tau_end / tau_start)^(min(step, anneal_steps) / anneal_steps)."""
+    # Ramesh et al. 2021, tau annealing: geometric from tau_start to tau_end
     frac = min(max(float(step), 0.0), float(anneal_steps)) / max(int(anneal_steps), 1)
     return float(tau_start * (tau_end / tau_start) ** frac)
 
@@ -102,6 +104,7 @@ class DVAE(Module):
     # ------------------------------------------------------------------ the pieces
     def encode(self, x):
         """x (B, C, H, W) in [-1, 1] -> logits l (B, K, h, w)."""
+        # Ramesh et al. 2021, sec. 2.1: the logits of q(z | x), one categorical per cell
         return self.to_logits(F.relu(self.enc2(F.relu(self.enc1(as_tensor(x))))))
 
     def decode(self, y):
@@ -113,11 +116,13 @@ class DVAE(Module):
 
     def tokens(self, x):
         """Image tokens z = argmax_k l (B, h, w) int64."""
+        # Ramesh et al. 2021, sec. 2.1: z = argmax_k l
         with no_grad():
             return xp.argmax(self.encode(x).data, axis=1)
 
     def decode_tokens(self, z):
         """Token grids z (B, h, w) -> images (B, C, H, W) in [-1, 1]: 2 sigmoid(D(one_hot z)) - 1."""
+        # Ramesh et al. 2021, sec. 2.1: the decoder at one-hot codes
         with no_grad():
             y = F.permute(F.one_hot(xp.asarray(z), self.num_codes), (0, 3, 1, 2))  # (B, K, h, w)
             return 2.0 * F.sigmoid(self.decode(y)).data - 1.0
@@ -128,6 +133,7 @@ class DVAE(Module):
     # ------------------------------------------------------------------ the objective
     def terms(self, x, rng, tau: float):
         """Per image (B,): reconstruction -log p(x | y) (nats) and sum_ij KL(q_ij || U(K))."""
+        # Ramesh et al. 2021, ELBO: its two terms per image
         x = as_tensor(x)
         logits = self.encode(x)                                                    # (B, K, h, w)
         y = F.gumbel_softmax(logits, tau=tau, hard=self.hard, dim=1, rng=rng)     # (B, K, h, w)
@@ -137,6 +143,7 @@ class DVAE(Module):
         return rec, kl, logits
 
     def loss(self, batch, rng):
+        # Ramesh et al. 2021, ELBO: reconstruction + beta KL
         tau = self.tau()
         rec, kl, logits = self.terms(batch.x, rng, tau)
         if self.training:

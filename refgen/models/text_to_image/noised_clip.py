@@ -72,6 +72,7 @@ class NoisedCLIP(CLIP):
 
     def noise(self, x0, t, eps):
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t (B,) in 0..T      (3)"""
+        # (3)
         ab = self.schedule.alpha_bar[asarray(t)].reshape((-1,) + (1,) * (x0.ndim - 1))
         return (xp.sqrt(ab) * x0 + xp.sqrt(1.0 - ab) * eps).astype(x0.dtype)
 
@@ -82,6 +83,7 @@ class NoisedCLIP(CLIP):
         return C.normalize(self.image_encoder(x, t))
 
     def loss(self, batch, rng):
+        # Nichol et al. 2022, noised CLIP: InfoNCE of noised images at random t
         ids = batch.y
         if ids is None or getattr(ids, "ndim", 0) != 2:
             raise ValueError("clip-noised trains on (image, caption ids) pairs; use --data mnist-captions")
@@ -94,6 +96,7 @@ class NoisedCLIP(CLIP):
     def guidance_grad(self, x_t, t, ids):
         """grad_{x_t} (u(x_t, t) . v(c)) per image (B, C, H, W): the direction that raises the
         similarity of each noised image to its caption."""
+        # Nichol et al. 2022, CLIP guidance: grad_{x_t} (u . v)
         x = Tensor(asarray(x_t), requires_grad=True)
         sim = F.sum(self.encode_image(x, t) * self.encode_text(ids))
         return refgen.grad(sim, [x])[0].data

@@ -40,6 +40,7 @@ def net():
 
 
 def test_attention_layout():
+    # Ramesh et al. 2021, attention layout
     m = np_(attention_layout(2, 3))
     want = np.array([[1, 0, 0, 0, 0],      # text: causal over the text
                      [1, 1, 0, 0, 0],
@@ -52,6 +53,7 @@ def test_attention_layout():
 def test_no_position_depends_on_a_later_one_and_text_never_on_the_image(net):
     """d hidden_i / d input_j == 0 exactly where the layout forbids i -> j, and nonzero where it
     allows it (so the image sees the whole text)."""
+    # Ramesh et al. 2021, attention layout
     L = T + N
     h0 = net.embed(np.array([[1, 3, 0]]), np.array([[1, 0, 1]]))          # (1, L, E)
     x = Tensor(h0.data.copy(), requires_grad=True)
@@ -67,6 +69,7 @@ def test_no_position_depends_on_a_later_one_and_text_never_on_the_image(net):
 
 def test_the_joint_model_normalises_over_every_sequence(net):
     """sum over t_2..t_T in V^(T-1) and z in K^N of p(t_2.., z | t_1) == 1, for each t_1."""
+    # Ramesh et al. 2021, sec. 2.2
     rest = np.array(list(itertools.product(range(V), repeat=T - 1)))       # (V^(T-1), T-1)
     imgs = np.array(list(itertools.product(range(K), repeat=N)))           # (K^N, N)
     for t1 in range(V):
@@ -82,6 +85,7 @@ def test_the_joint_model_normalises_over_every_sequence(net):
 def test_cached_sampling_draws_from_the_models_conditional(net):
     """Image tokens drawn by ``generate`` (key/value cache, temperature 1, no top-k) have the
     frequencies p(z | t) = exp(-CE_image) of the full forward pass: chi-square."""
+    # Ramesh et al. 2021, sampling
     text = np.array([[2, 1, 3]])
     imgs = np.array(list(itertools.product(range(K), repeat=N)))
     with no_grad():
@@ -101,6 +105,7 @@ def test_cached_sampling_draws_from_the_models_conditional(net):
 def test_temperature_and_top_k_reshape_each_conditional():
     """One image token (N = 1): at temperature tau the draws follow p^(1/tau) renormalised, and
     top-k = 2 keeps only the two most likely codes (renormalised): chi-square tests."""
+    # Ramesh et al. 2021, sampling
     net = sharp(DalleTransformer(V, T, 4, 1, width=8, layers=2, heads=2, rng=0), seed=3, scale=0.3)
     text = np.array([[2, 1, 3]])
     with no_grad():
@@ -141,6 +146,7 @@ def batch(n=4):
 
 @pytest.mark.parametrize("w", [1 / 8, 0.3])
 def test_loss_weights_text_and_image_per_token(dvae, w):
+    # Ramesh et al. 2021, 1/8 and 7/8
     m = model(dvae, text_weight=w)
     b = batch()
     ce_t, ce_z = m.net.nll_terms(b.y, m.image_tokens(b.x))
@@ -177,6 +183,7 @@ def test_sample_shapes_and_range(dvae):
 
 
 def test_reranking_keeps_the_candidate_clip_scores_highest(dvae):
+    # Ramesh et al. 2021, sec. 2.5
     clip = create("clip", data_shape=(1, 8, 8), seed=0, embed_dim=8, width=16, layers=1, channels=4)
     m = model(dvae, clip=clip)
     ids = np.asarray(batch(2).y)

@@ -33,6 +33,7 @@ def np_(t):
 def test_gumbel_softmax_approaches_the_categorical_as_tau_goes_to_zero():
     """Soft samples at small tau are near one-hot (more so as tau falls), and their soft counts
     match the categorical's n p: a chi-square test."""
+    # Jang et al. 2017
     p = np.array([0.45, 0.3, 0.15, 0.07, 0.03])
     n = 20000
     near_one_hot = []
@@ -57,6 +58,7 @@ def test_gumbel_softmax_soft_mean_is_not_the_categorical_at_large_tau():
 def test_straight_through_gradient_is_the_soft_jacobian():
     """hard=True: forward the one-hot of the argmax, backward d y_soft / d l =
     diag(y) - y y^T, over tau (the Jacobian of softmax((l + g) / tau))."""
+    # Jang et al. 2017
     rng = np.random.default_rng(0)
     logits, w, tau = rng.standard_normal((4, 6)), rng.standard_normal((4, 6)), 0.37
     l = t64(logits)
@@ -80,6 +82,7 @@ def test_gumbel_softmax_gradients_second_order(seed, tau):
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 10**6), st.integers(2, 9))
 def test_kl_to_uniform_is_log_k_minus_entropy(seed, k):
+    # Ramesh et al. 2021, uniform prior
     logits = np.random.default_rng(seed).standard_normal((3, k, 2)) * 2.0
     q = np.exp(logits - logits.max(1, keepdims=True))
     q /= q.sum(1, keepdims=True)
@@ -103,6 +106,7 @@ def images(n=3, seed=0):
 
 
 def test_dvae_kl_term_is_log_k_minus_the_entropy_of_the_encoder():
+    # Ramesh et al. 2021, uniform prior
     m = small_dvae()
     x = images()
     _, kl, logits = m.terms(x, default_rng(0), tau=0.5)
@@ -114,6 +118,7 @@ def test_dvae_kl_term_is_log_k_minus_the_entropy_of_the_encoder():
 
 
 def test_dvae_loss_is_reconstruction_plus_beta_kl_per_image():
+    # Ramesh et al. 2021, ELBO
     m = small_dvae()
     x = images()
     rec, kl, _ = m.terms(x, default_rng(4), tau=m.tau())
@@ -129,6 +134,7 @@ def test_dvae_loss_is_reconstruction_plus_beta_kl_per_image():
 
 
 def test_temperature_anneals_geometrically_and_with_the_training_steps():
+    # Ramesh et al. 2021, tau annealing
     assert temperature(0, 1.0, 1 / 16, 100) == 1.0
     assert temperature(50, 1.0, 1 / 16, 100) == pytest.approx(0.25)       # geometric midpoint
     assert temperature(100, 1.0, 1 / 16, 100) == pytest.approx(1 / 16)
@@ -152,6 +158,7 @@ def test_codebook_perplexity():
 
 
 def test_tokens_and_decoding():
+    # Ramesh et al. 2021, sec. 2.1
     m = small_dvae()
     z = m.tokens(images())
     assert z.shape == (3, 2, 2) and z.dtype.kind == "i"

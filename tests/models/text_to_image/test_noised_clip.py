@@ -31,6 +31,7 @@ def data(n=3):
 
 
 def test_noising_is_the_closed_form_and_has_its_moments(model):
+    # (3)
     ab = backend.to_numpy(make_schedule("cosine", 50).alpha_bar)
     x0 = np.full((4000, 1, 2, 2), 0.6, dtype=np.float32)
     t = np.repeat([0, 10, 30, 50], 1000)
@@ -46,6 +47,7 @@ def test_noising_is_the_closed_form_and_has_its_moments(model):
 
 
 def test_loss_is_info_nce_of_the_noised_images(model):
+    # Nichol et al. 2022, noised CLIP
     x, ids = data()
     loss = float(np_(model.loss(Batch(Tensor(backend.asarray(x)), ids), rng=default_rng(7))))
     g = default_rng(7)                                                      # the same draws
@@ -67,6 +69,7 @@ def test_the_image_embedding_depends_on_t(model):
 
 
 def test_guidance_gradient_matches_finite_differences(model):
+    # Nichol et al. 2022, CLIP guidance
     x, ids = data()
     t = np.array([3, 20, 45])
     g = np_(model.guidance_grad(x, t, ids))
