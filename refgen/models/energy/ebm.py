@@ -67,6 +67,8 @@ class PersistentChains:
         except NonFiniteEnergy as e:
             raise sampling_failed(e) from e
         self.buffer.push(idx, x)
+        if self.mcmc != "ula":  # MALA and random-walk MH accept or reject: into the log line
+            self.last_stats = {"acceptance_rate": float(self.last_acceptance_rate)}
         return x
 
 

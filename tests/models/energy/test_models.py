@@ -184,6 +184,18 @@ def test_a_non_finite_energy_stops_training_and_keeps_the_checkpoint(tmp_path):
     assert meta["step"] == 2
 
 
+def test_mala_negatives_log_their_acceptance_rate_and_ula_logs_none(tmp_path):
+    for mcmc in ("mala", "ula"):
+        model = EBM((2,), seed=0, mcmc=mcmc, mcmc_steps=3, buffer_size=40, **SMALL)
+        train(model, _toy(), steps=2, batch_size=8, lr=1e-3, out_dir=tmp_path / mcmc,
+              progress=False, samples=False, log_every=1)
+        log = [json.loads(x) for x in (tmp_path / mcmc / "log.jsonl").read_text().splitlines()]
+        if mcmc == "mala":
+            assert all(0.0 < r["acceptance_rate"] <= 1.0 for r in log)
+        else:
+            assert not any("acceptance_rate" in r for r in log)
+
+
 def test_samplers_and_bad_settings_are_one_clear_error():
     model = EBM((2,), seed=0, **SMALL)
     for sampler in ("mala", "ula", "rwm"):
