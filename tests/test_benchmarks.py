@@ -22,6 +22,7 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 # script -> (extra arguments, reads MNIST); one script may appear with several argument sets
 SMOKE_RUNS = [
     ("clip_mnist.py", [], True),
+    ("controlnet_mnist.py", [], True),
     ("dalle_mnist.py", [], True),
     ("diffusion_2d.py", ["--quiet"], False),
     ("diffusion_2d.py", ["--quiet", "--variant", "hybrid", "--set", "learn_sigma=true"], False),
@@ -35,11 +36,13 @@ SMOKE_RUNS = [
     ("gan_mnist.py", [], True),
     ("gflow_2d.py", [], False),
     ("gpt_mnist14.py", [], True),
+    ("latent_diffusion_mnist.py", [], True),
     ("made_mnist.py", [], True),
     ("ops.py", [], False),
     ("pixelcnn_mnist.py", [], True),
     ("pixelcnn_recipe.py", [], True),
     ("pixelcnn_step_cost.py", [], False),
+    ("speed.py", [], False),
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),

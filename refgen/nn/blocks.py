@@ -128,6 +128,8 @@ class CrossAttnBlock(Module):
         if context is None:
             raise ValueError("a cross-attention block needs a context (B, S, context_dim)")
         mask = key_padding_mask(mask)                                     # (B, S) -> (B, 1, 1, S)
+        # (33): softmax(Q K^T / sqrt(d)) V, Q = W_Q phi(z_t) (the normed pixels as tokens),
+        # K = W_K tau(y), V = W_V tau(y) (the context), then the output projection, residual
         return x + _image(self.attn(_tokens(self.norm(x)), context, attn_mask=mask), x.shape)
 
 

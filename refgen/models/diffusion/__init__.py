@@ -14,6 +14,9 @@
     distill.py    progressive distillation, ``progressive-distillation`` (Salimans & Ho 2022)
     consistency.py consistency models (30)-(32): ``consistency-distillation``,
                   ``consistency-training`` (Song et al. 2023)
+    latent.py     latent diffusion ``ldm``: DDPM in a frozen autoencoder's latent, class
+                  tokens read by cross-attention (33) (Rombach et al. 2022)
+    controlnet.py ControlNet over a frozen ddpm U-Net, ``controlnet`` (Zhang, Rao & Agrawala 2023)
 
 Equation numbers (n) are those of the numbered diffusion derivation, "What are Diffusion Models
 and Study Notes?" (2024), an annotated edition of Lilian Weng's "What are Diffusion Models?"
@@ -25,3 +28,6 @@ from refgen.models.diffusion.classifier import NoisyClassifier  # noqa: F401
 from refgen.models.diffusion.distill import ProgressiveDistillation  # noqa: F401
 from refgen.models.diffusion.consistency import (ConsistencyDistillation,  # noqa: F401
                                                  ConsistencyTraining)
+from refgen.models.diffusion.latent import LatentDiffusion  # noqa: F401
+from refgen.models.diffusion.controlnet import ControlNet  # noqa: F401
+
