@@ -2,7 +2,7 @@
 (``--set T=100``, ``DDPM(shape, T=100)``); None always means "not set: use the default".
 
     ProcessConfig   the diffusion and the training objective
-    NetworkConfig   the denoiser (an MLP for vectors, a U-Net for images)
+    NetworkConfig   the denoiser (an MLP for vectors, a U-Net or a DiT for images)
     SamplingConfig  what ``sample`` does when its keywords are not given
 """
 from __future__ import annotations
@@ -35,7 +35,9 @@ class ProcessConfig:
 @dataclass(frozen=True)
 class NetworkConfig:
     """MLP: hidden (width), depth (residual blocks). U-Net: channels, channel_mult (None: by
-    image size), num_res_blocks, attn_res (None: the lowest resolution), heads, dropout, groups."""
+    image size), num_res_blocks, attn_res (None: the lowest resolution), heads, dropout, groups.
+    net unet|dit: the image network. DiT: patch_size, dit_width, dit_depth, dit_heads,
+    dit_cond adaln_zero|in_context|cross_attn (refgen.nn.dit)."""
     hidden: int = 128
     depth: int = 3
     channels: int = 32
@@ -45,6 +47,12 @@ class NetworkConfig:
     heads: int = 1
     dropout: float = 0.0
     groups: int = 8
+    net: str = "unet"
+    patch_size: int = 2
+    dit_width: int = 64
+    dit_depth: int = 4
+    dit_heads: int = 4
+    dit_cond: str = "adaln_zero"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@
                optionally thresholded, guided by a classifier (25) or classifier-free (26)
     likelihood elbo(x) = -L_VLB (13)-(16), exact in t or stratified
 
-The network is an MLP for vectors (2D toys) and a U-Net for images, chosen from data_shape.
+The network is an MLP for vectors (2D toys) and, for images, a U-Net or (net=dit) a diffusion
+transformer.
 Options (``--set key=value``, or ``DDPM(shape, key=value)``), in three groups
 (refgen.models.diffusion.config: ProcessConfig, NetworkConfig, SamplingConfig; None = not set):
 
@@ -23,6 +24,8 @@ Options (``--set key=value``, or ``DDPM(shape, key=value)``), in three groups
     data_scale                         the model sees x / data_scale (the density is mapped back)
     hidden, depth                      MLP width and number of residual blocks
     channels, channel_mult, num_res_blocks, attn_res, heads, dropout, groups   U-Net
+    net unet|dit                       the image network
+    patch_size, dit_width, dit_depth, dit_heads, dit_cond adaln_zero|in_context|cross_attn   DiT
     vlb_timesteps                      strata of t per example for elbo (100; None: every t,
                                        exact in t, T network passes per example)
 """
@@ -45,7 +48,7 @@ from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sam
                                              score_from_eps, x0_from_eps)
 from refgen.models.diffusion.sampling import SAMPLERS, sample_loop
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.nn import Module, UNet, init
+from refgen.nn import DiT, Module, UNet, init
 
 __all__ = ["DDPM"]
 
@@ -123,7 +126,14 @@ class DDPM(Module):
         c = self.data_shape[0]
         out = 2 * c if self.learn_sigma else c                            # mean, and var_frac (eq. (23)'s v)
         g = init.get_rng(int(seed))
-        if self.image:
+        if net.net not in ("unet", "dit"):
+            raise ValueError(f"net must be 'unet' or 'dit', got {net.net!r}")
+        if net.net == "dit" and not self.image:
+            raise ValueError("net=dit is an image network (C, H, W); vectors use the MLP")
+        if net.net == "dit":
+            self.net = DiT(c, out, self.data_shape[-1], net.patch_size, net.dit_width, net.dit_depth,
+                           net.dit_heads, net.dit_cond, self.num_classes, rng=g)
+        elif self.image:
             self.net = UNet(c, out, self.data_shape[-1], net.channels, net.channel_mult,
                             net.num_res_blocks, net.attn_res, net.heads, net.groups, net.dropout,
                             self.num_classes, rng=g)
