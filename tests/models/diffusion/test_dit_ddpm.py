@@ -1,5 +1,6 @@
 """ddpm with net=dit: the options reach the transformer, the learned-variance channels come out
 of it, bad choices are one clear line, and the public loss falls on a tiny overfit."""
+import inspect
 import math
 
 import numpy as np
@@ -22,8 +23,12 @@ def _images(n, seed=0, size=8):
 
 
 def _loss(m, batch, seed):
-    """The public loss with its noise drawn from a generator seeded ``seed``."""
-    m.rng = default_rng(seed)
+    """The public loss with its noise drawn from a generator seeded ``seed`` (passed as
+    ``loss(batch, rng)`` where the model takes it, else set as the model's generator)."""
+    rng = default_rng(seed)
+    if "rng" in inspect.signature(m.loss).parameters:
+        return m.loss(batch, rng)
+    m.rng = rng
     return m.loss(batch)
 
 
