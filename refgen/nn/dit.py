@@ -133,6 +133,8 @@ class DiT(Module):
     patch_size p (H and W divisible by p), width D (divisible by 4 and by heads), depth
     blocks, heads; conditioning adaln_zero | in_context | cross_attn (module docstring);
     num_classes: a label embedding with num_classes + 1 rows, the last the null label.
+    forward's ``rng`` is accepted for the U-Net's signature and unused (no dropout). Weights
+    not started at zero take refgen's (torch's) default initialisation.
     """
 
     def __init__(self, in_channels: int, out_channels: int, image_size: int, patch_size: int = 2,
