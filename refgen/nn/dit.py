@@ -178,6 +178,9 @@ class DiT(Module):
         return out
 
     def forward(self, x, t, y=None, rng=None):
+        side = self.grid * self.patch_size
+        if tuple(x.shape[2:]) != (side, side):
+            raise ValueError(f"this DiT takes {side}x{side} images, got shape {tuple(x.shape)}")
         h = self.patch_embed(patchify(x, self.patch_size)) + self.pos_embed  # (B, N, D)
         conds = self._conditions(t, y)
         if self.conditioning == "adaln_zero":

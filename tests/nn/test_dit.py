@@ -275,3 +275,5 @@ def test_bad_options_are_one_clear_line():
         _dit("adaln_zero", patch_size=3)
     with pytest.raises(ValueError, match="heads"):
         _dit("adaln_zero", heads=3)
+    with pytest.raises(ValueError, match="takes 4x4 images"):
+        _dit("adaln_zero")(Tensor(np.zeros((1, 1, 4, 6))), np.array([1]), np.array([0]))
