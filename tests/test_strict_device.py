@@ -154,9 +154,9 @@ class _LeakyGMM(models.get("gmm")):
     """A GMM whose loss adds a host array to the batch's device array: the bug the stand-in
     must catch. (Tensors move host arrays to the device themselves; raw arrays do not.)"""
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         shift = batch.x.data + np.ones(batch.x.shape[1:], np.float32)      # (B, 2) + host (2,)
-        return super().loss(batch) + 0.0 * float(shift.sum())
+        return super().loss(batch, rng) + 0.0 * float(shift.sum())
 
 
 def test_a_host_array_in_a_loss_is_caught(tmp_path):

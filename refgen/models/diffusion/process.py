@@ -44,12 +44,12 @@ VARIANCES = ("beta", "beta_tilde", "learned")
 
 
 def coef(a, t, x):
-    """a[t] for steps t, shaped (B, 1, ..., 1) (or a scalar) to broadcast against x, in x's dtype."""
-    arr = x.data if isinstance(x, Tensor) else x
+    """a[t] for steps t, shaped (B, 1, ..., 1) (or a scalar) to broadcast against x, in x's
+    dtype; x is read for its ndim and dtype only (a Tensor in training, an array in sampling)."""
     a_t = a[t]
     if getattr(a_t, "ndim", 0):
-        a_t = a_t.reshape(a_t.shape + (1,) * (arr.ndim - a_t.ndim))
-    return xp.asarray(a_t, dtype=arr.dtype)
+        a_t = a_t.reshape(a_t.shape + (1,) * (x.ndim - a_t.ndim))
+    return xp.asarray(a_t, dtype=x.dtype)
 
 
 # ----------------------------------------------------------------------------- forward
