@@ -1,6 +1,5 @@
 """ddpm with net=dit: the options reach the transformer, the learned-variance channels come out
 of it, bad choices are one clear line, and the public loss falls on a tiny overfit."""
-import inspect
 import math
 
 import numpy as np
@@ -23,13 +22,8 @@ def _images(n, seed=0, size=8):
 
 
 def _loss(m, batch, seed):
-    """The public loss with its noise drawn from a generator seeded ``seed`` (passed as
-    ``loss(batch, rng)`` where the model takes it, else set as the model's generator)."""
-    rng = default_rng(seed)
-    if "rng" in inspect.signature(m.loss).parameters:
-        return m.loss(batch, rng)
-    m.rng = rng
-    return m.loss(batch)
+    """The public loss with its noise drawn from a generator seeded ``seed``."""
+    return m.loss(batch, default_rng(seed))
 
 
 def test_the_cli_options_build_the_transformer():
@@ -51,7 +45,7 @@ def test_the_output_has_the_variance_channels_when_learned(learn):
     loss = _loss(m, Batch(_images(4), np.array([0, 1, 2, 1])), 0)
     loss.backward()
     assert math.isfinite(loss.item()) and all(p.grad is not None for p in m.parameters())
-    s = m.sample(2, cond=np.array([1, 2]), rng=1, steps=3)
+    s = m.sample(2, cond=np.array([1, 2]), rng=default_rng(1), steps=3)
     assert s.shape == (2, 1, 8, 8) and np.all(np.abs(s) <= 1 + 1e-6)
 
 
@@ -94,5 +88,6 @@ def test_dit_runs_on_a_device_backend():
             m = DDPM((1, 8, 8), num_classes=4, learn_sigma=True, dit_cond=cond, **SMALL)
             batch = Batch(Tensor(backend.asarray(x.numpy())), backend.asarray(y))
             _loss(m, batch, 0).backward()
-            s = m.sample(2, cond=backend.asarray(np.array([1, 2])), rng=0, sampler="ddim", steps=2)
+            s = m.sample(2, cond=backend.asarray(np.array([1, 2])), rng=default_rng(0),
+                         sampler="ddim", steps=2)
             assert isinstance(s, DeviceArray) and np.all(np.isfinite(backend.to_numpy(s)))
