@@ -23,7 +23,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.nn import (Embedding, LayerNorm, Linear, Module, ModuleList, Parameter,

@@ -16,7 +16,7 @@ import math
 
 from refgen import functional as F
 from refgen.autograd import as_tensor
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.nn import Module, Parameter, init

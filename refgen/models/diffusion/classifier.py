@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import refgen.functional as F
 from refgen.autograd import as_tensor
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models.diffusion.process import q_sample
 from refgen.models.diffusion.schedule import make_schedule
 from refgen.nn import (AttnBlock, Conv2d, Downsample, GroupNorm, Linear, MLPBlock, Module,

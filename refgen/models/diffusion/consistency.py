@@ -41,7 +41,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion.config import NetworkConfig, split_options

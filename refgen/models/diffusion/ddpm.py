@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion import guidance as G
@@ -62,8 +62,8 @@ def _threshold(kind):
 
 
 def _as_labels(y, n):
-    """(n,) int64 labels from an array, a Tensor, or a single label repeated n times."""
-    y = xp.asarray(y.data if isinstance(y, Tensor) else y).astype(xp.int64).reshape(-1)
+    """(n,) int64 labels from an integer array (n,), or a single label repeated n times."""
+    y = xp.asarray(y).astype(xp.int64).reshape(-1)
     if y.shape[0] == 1 and n > 1:
         y = xp.full((n,), int(y[0]), dtype=xp.int64)
     if y.shape[0] != n:

@@ -23,7 +23,7 @@ x_tilde is the x_0 with which one student DDIM step from t lands on the teacher'
 from __future__ import annotations
 
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 import refgen.functional as F
 from refgen.models import register
 from refgen.models.base import DataSpec

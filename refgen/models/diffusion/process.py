@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from refgen.autograd import Tensor
 from refgen.backend import xp
 
 __all__ = ["coef", "q_step", "q_sample", "q_mean_var", "q_posterior", "x0_from_eps",
@@ -152,7 +151,7 @@ def interpret(out, xt, t, sch, parameterization: str = "eps", variance: str = "b
         var_frac = (raw + 1.0) * 0.5
     else:
         var_frac = None
-    if stop_mean_grad and isinstance(out, Tensor):
+    if stop_mean_grad:
         out = out.detach()
     if parameterization == "eps":
         eps = out

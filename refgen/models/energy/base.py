@@ -20,7 +20,7 @@ import math
 
 from refgen import samplers
 from refgen.autograd import as_tensor
-from refgen.backend import asarray, default_rng, xp
+from refgen.backend import asarray, xp
 from refgen.models.base import DataSpec
 from refgen.models.energy.nets import energy_net
 from refgen.models.energy.quadrature import grid_log_normalizer

@@ -24,7 +24,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.nn import Module, ModuleList
 
 __all__ = ["FlowLayer", "FlowSequence", "StandardNormal", "StandardLogistic", "Flow",

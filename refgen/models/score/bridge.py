@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models.score.sampling import sde_log_likelihood, sde_sample
 from refgen.models.score.sde import VPSDE
 

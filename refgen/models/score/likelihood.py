@@ -23,7 +23,7 @@ import math
 
 from refgen.autograd import Tensor, enable_grad
 from refgen.backend import xp
-from refgen.models.score.divergence import exact_divergence, hutchinson_divergence, rademacher
+from refgen.score_matching import exact_divergence, hutchinson_divergence, rademacher
 from refgen.progress import SolverProgress
 from refgen.models.score.solvers import rk4, rk45
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, erf, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.score.losses import annealed_dsm

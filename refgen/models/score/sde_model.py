@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import as_tensor
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.score.likelihood import dequantize

@@ -25,7 +25,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import as_tensor
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.vae.likelihoods import GaussianLikelihood

@@ -32,7 +32,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.distributions import Normal, kl_normal_std
 from refgen.metrics.likelihood import iwae as iwae_estimator
 from refgen.models import register

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.autoregressive.pixelcnn import PixelCNN
 from refgen.models.base import DataSpec

@@ -13,7 +13,7 @@ from refgen.backend import default_rng
 from refgen.models.base import Batch
 from refgen.models.diffusion import DDPM
 from refgen.models.diffusion.consistency import (ConsistencyDistillation, ConsistencyTraining,
-                                                 c_in, c_noise, c_out, c_skip, consistency_sample,
+                                                 c_in, c_noise, c_out, c_skip,
                                                  ct_mu, ct_N, distance, karras_times)
 from refgen.nn import Module
 from tests.models.diffusion.fewsteps_oracle import (M, S, consistency_exact, eps_exact_sigma,
