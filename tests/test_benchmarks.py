@@ -22,6 +22,7 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 # script -> (extra arguments, reads MNIST); one script may appear with several argument sets
 SMOKE_RUNS = [
     ("clip_mnist.py", [], True),
+    ("controlnet_mnist.py", [], True),
     ("diffusion_2d.py", ["--quiet"], False),
     ("diffusion_2d.py", ["--quiet", "--variant", "hybrid", "--set", "learn_sigma=true"], False),
     ("diffusion_classifier_guidance.py", [], True),
