@@ -36,14 +36,17 @@ SMOKE_RUNS = [
     ("gan_mnist.py", [], True),
     ("gflow_2d.py", [], False),
     ("gpt_mnist14.py", [], True),
+    ("latent_diffusion_mnist.py", [], True),
     ("made_mnist.py", [], True),
     ("ops.py", [], False),
     ("pixelcnn_mnist.py", [], True),
     ("pixelcnn_recipe.py", [], True),
     ("pixelcnn_step_cost.py", [], False),
+    ("speed.py", [], False),
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
+    ("unet_variants_mnist.py", [], True),
     ("vqvae_mnist.py", [], True),
 ]
 
