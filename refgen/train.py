@@ -217,10 +217,11 @@ def draw_samples(model, n: int, rng, stage=None, chunk: int = 16, options=None) 
 
 
 def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_SEED,
-                  value_range=None, reference=None, stage=None, options=None):
+                  value_range=None, reference=None, stage=None, options=None, caption=None):
     """Draw ``n`` samples with a generator seeded by ``seed`` and write a PNG of them: a grid
     for images (``value_range`` of the data mapped to black..white), a scatter in orange
-    over ``reference`` points (the data, in blue) for 2D. Returns the path written, or None
+    over ``reference`` points (the data, in blue) for 2D; ``caption``: a text drawn above a grid
+    (the prompt of a text-to-image model). Returns the path written, or None
     for data that has no picture (text) and for models that do not sample (CLIP). Images are
     drawn in chunks reported to ``stage``."""
     shape = tuple(shape)
@@ -234,7 +235,8 @@ def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_
     if image:
         lo, hi = value_range if value_range is not None else (float(np.nanmin(x)), float(np.nanmax(x)))
         x = x.reshape((n,) + shape)
-        io.write_png(path, io.image_grid((x - lo) / max(hi - lo, 1e-12)))
+        grid = io.image_grid((x - lo) / max(hi - lo, 1e-12))
+        io.write_png(path, io.captioned(grid, caption) if caption else grid)
     else:
         io.scatter_png(path, x.reshape(n, 2), reference=reference)
     return path

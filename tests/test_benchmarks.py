@@ -23,6 +23,7 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 SMOKE_RUNS = [
     ("clip_mnist.py", [], True),
     ("controlnet_mnist.py", [], True),
+    ("dalle_mnist.py", [], True),
     ("diffusion_2d.py", ["--quiet"], False),
     ("diffusion_2d.py", ["--quiet", "--variant", "hybrid", "--set", "learn_sigma=true"], False),
     ("diffusion_classifier_guidance.py", [], True),

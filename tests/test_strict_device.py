@@ -81,6 +81,7 @@ CASES = {
     "consistency-training": ("8gaussians", (2,), False, dict(K=5, hidden=16, depth=1)),
     "controlnet": ("mnist-14-edges", IMG, "control", dict(base=_BASE, hint_channels=4)),
     "gan": ("8gaussians", (2,), False, dict(hidden=[8], r1=1.0)),
+    "dvae": ("mnist", IMG, False, dict(num_codes=5, code_dim=4, channels=4)),
     "nsgan": ("mnist", (1, 14, 14), False, dict(channels=4, hidden=[8], z_dim=4, pack=2)),
     "wgan": ("8gaussians", (2,), False, dict(hidden=[8])),
     "wgan-gp": ("8gaussians", (2,), False, dict(hidden=[8], g_norm="batch", d_norm="spectral")),
@@ -98,10 +99,45 @@ CASES = {
 
 # models that draw no samples: trained and resumed on the stand-in by their own test below
 NO_SAMPLE = {"clip"}
+# models that need captions and other trained models: their own tests below
+CAPTIONED = {"dalle", "clip-noised"}
 
 
 def test_every_model_has_a_case():
-    assert set(CASES) | NO_SAMPLE == set(models.names())
+    assert set(CASES) | NO_SAMPLE | CAPTIONED == set(models.names())
+
+
+def _captioned_stand_in():
+    from refgen.data import captions as cap
+    rng = np.random.default_rng(0)
+    labels, lev = rng.integers(0, 10, 16), rng.integers(0, 3, (16, 4))
+    x = rng.uniform(-1, 1, (16,) + IMG).astype(np.float32)
+    return cap.CaptionDataset("mnist-captions", "train", x, labels, "continuous", IMG, num_classes=10,
+                              vocab=cap.Tokenizer().words, value_range=(-1.0, 1.0),
+                              captions=cap.CaptionData(labels, lev))
+
+
+def test_dalle_and_the_noised_clip_train_resume_and_sample_on_the_device(tmp_path):
+    ds = _captioned_stand_in()
+    common = dict(batch_size=4, lr=1e-3, ema_decay=0.9, progress=False, log_every=1, ckpt_every=2,
+                  samples=False)
+    with strict_device():
+        clip = models.create("clip-noised", data_shape=IMG, seed=0, embed_dim=8, width=16, layers=1,
+                             heads=2, channels=4, T=20)
+        train(clip, ds, steps=2, out_dir=tmp_path / "clip", **common)
+        train(clip, ds, steps=3, resume=True, out_dir=tmp_path / "clip", **common)
+        dvae = models.create("dvae", data_shape=IMG, seed=0, num_codes=5, code_dim=4, channels=4)
+        model = models.create("dalle", data_shape=IMG, seed=0, dvae=dvae, clip=clip, width=16, layers=1,
+                              heads=2)
+        train(model, ds, steps=2, out_dir=tmp_path / "dalle", **common)
+        train(model, ds, steps=3, resume=True, out_dir=tmp_path / "dalle", **common)
+        model.eval()
+        x = model.sample(3, cond=model.encode_prompt("a thick seven"), rng=backend.default_rng(0),
+                         top_k=3, candidates=2)
+        g = clip.guidance_grad(x, backend.asarray(np.array([1, 5, 19])),
+                               backend.asarray(ds.batch(np.arange(3), 0)[1]))
+        assert isinstance(x, DeviceArray) and isinstance(g, DeviceArray)
+        assert np.all(np.isfinite(backend.to_numpy(x))) and np.all(np.isfinite(backend.to_numpy(g)))
 
 
 def test_clip_trains_resumes_and_embeds_on_the_device(tmp_path):
