@@ -29,6 +29,7 @@ SMOKE_RUNS = [
     ("diffusion_classifier_guidance.py", [], True),
     ("diffusion_fewsteps_2d.py", [], False),
     ("diffusion_mnist.py", [], True),
+    ("dit_mnist.py", [], True),
     ("fid_reference.py", [], True),
     ("flows_2d.py", [], False),
     ("flows_mnist.py", ["--model", "glow"], True),

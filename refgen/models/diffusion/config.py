@@ -2,7 +2,7 @@
 (``--set T=100``, ``DDPM(shape, T=100)``); None always means "not set: use the default".
 
     ProcessConfig   the diffusion and the training objective
-    NetworkConfig   the denoiser (an MLP for vectors, a U-Net for images)
+    NetworkConfig   the denoiser (an MLP for vectors, a U-Net or a DiT for images)
     SamplingConfig  what ``sample`` does when its keywords are not given
 """
 from __future__ import annotations
@@ -39,7 +39,9 @@ class NetworkConfig:
     image size), num_res_blocks (an int or one per level), attn_res, heads, dropout, groups,
     and the architecture: arch ddpm|adm|imagen sets the defaults of num_res_blocks, attn_res,
     head_channels, scale_shift, resblock_updown, rescale_residual, rescale_skip and
-    resample_first (see ARCHS and unet_options); any of them set by name overrides its arch."""
+    resample_first (see ARCHS and unet_options); any of them set by name overrides its arch.
+    net unet|dit: the image network. DiT: patch_size, dit_width, dit_depth, dit_heads,
+    dit_cond adaln_zero|in_context|cross_attn (refgen.nn.dit)."""
     hidden: int = 128
     depth: int = 3
     channels: int = 32
@@ -56,6 +58,12 @@ class NetworkConfig:
     rescale_residual: bool | None = None
     rescale_skip: bool | None = None
     resample_first: bool | None = None
+    net: str = "unet"
+    patch_size: int = 2
+    dit_width: int = 64
+    dit_depth: int = 4
+    dit_heads: int = 4
+    dit_cond: str = "adaln_zero"
 
 
 def _imagen_blocks(levels: int) -> tuple:

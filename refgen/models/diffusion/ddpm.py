@@ -7,7 +7,8 @@
                optionally thresholded, guided by a classifier (25) or classifier-free (26)
     likelihood elbo(x) = -L_VLB (13)-(16), exact in t or stratified
 
-The network is an MLP for vectors (2D toys) and a U-Net for images, chosen from data_shape.
+The network is an MLP for vectors (2D toys) and, for images, a U-Net or (net=dit) a diffusion
+transformer.
 Options (``--set key=value``, or ``DDPM(shape, key=value)``), in three groups
 (refgen.models.diffusion.config: ProcessConfig, NetworkConfig, SamplingConfig; None = not set):
 
@@ -27,6 +28,8 @@ Options (``--set key=value``, or ``DDPM(shape, key=value)``), in three groups
                                        (head_channels, scale_shift, resblock_updown,
                                        rescale_residual, rescale_skip, resample_first) can be
                                        set on its own
+    net unet|dit                       the image network
+    patch_size, dit_width, dit_depth, dit_heads, dit_cond adaln_zero|in_context|cross_attn   DiT
     vlb_timesteps                      strata of t per example for elbo (100; None: every t,
                                        exact in t, T network passes per example)
 """
@@ -49,7 +52,7 @@ from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sam
                                              score_from_eps, x0_from_eps)
 from refgen.models.diffusion.sampling import SAMPLERS, sample_loop
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.nn import Module, init
+from refgen.nn import DiT, Module, init
 
 __all__ = ["DDPM"]
 
@@ -127,7 +130,14 @@ class DDPM(Module):
         c = self.data_shape[0]
         out = 2 * c if self.learn_sigma else c                            # mean, and var_frac (eq. (23)'s v)
         g = init.get_rng(int(seed))
-        if self.image:
+        if net.net not in ("unet", "dit"):
+            raise ValueError(f"net must be 'unet' or 'dit', got {net.net!r}")
+        if net.net == "dit" and not self.image:
+            raise ValueError("net=dit is an image network (C, H, W); vectors use the MLP")
+        if net.net == "dit":
+            self.net = DiT(c, out, self.data_shape[-1], net.patch_size, net.dit_width, net.dit_depth,
+                           net.dit_heads, net.dit_cond, self.num_classes, rng=g)
+        elif self.image:
             self.net = self._unet(c, out, net, g)
         else:
             self.net = MLPDenoiser(c, out, net.hidden, net.depth, self.num_classes, rng=g)
