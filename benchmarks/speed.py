@@ -262,6 +262,7 @@ if torch is not None:
         """refgen.nn.UNet's layout (plain ResBlocks, self-attention only), same names."""
 
         def __init__(self, cin, cout, size, ch, mult, nres, attn_res, heads, num_classes):
+            """nres: residual blocks per level (a tuple, as refgen's U-Net keeps it)."""
             super().__init__()
             emb = 4 * ch
             self.ch = ch
@@ -271,7 +272,7 @@ if torch is not None:
             self.conv_in = tnn.Conv2d(cin, ch, 3, padding=1)
             self.down, skips, c, r = tnn.ModuleList(), [ch], ch, size
             for level, m in enumerate(mult):
-                for _ in range(nres):
+                for _ in range(nres[level]):
                     blocks = tnn.ModuleList([TResBlock(c, ch * m, emb)])
                     c = ch * m
                     if r in attn_res:
@@ -285,12 +286,12 @@ if torch is not None:
             self.mid1, self.mid_attn, self.mid2 = TResBlock(c, c, emb), TAttnBlock(c, heads), TResBlock(c, c, emb)
             self.up = tnn.ModuleList()
             for level, m in reversed(list(enumerate(mult))):
-                for i in range(nres + 1):
+                for i in range(nres[level] + 1):
                     blocks = tnn.ModuleList([TResBlock(c + skips.pop(), ch * m, emb)])
                     c = ch * m
                     if r in attn_res:
                         blocks.append(TAttnBlock(c, heads))
-                    if level > 0 and i == nres:
+                    if level > 0 and i == nres[level]:
                         blocks.append(TUp(c))
                         r *= 2
                     self.up.append(blocks)

@@ -238,11 +238,26 @@ def sample_options(model, steps=None, sampler=None) -> dict:
     return options
 
 
+def prompt_ids(model, prompt: str):
+    """The caption ids of ``--prompt`` for a text-to-image model; one line for a model that
+    takes no prompt and for a prompt its tokenizer refuses (empty, unknown words, too long)."""
+    encode = getattr(model, "encode_prompt", None)
+    if encode is None:
+        raise UsageError(f"model {getattr(model, 'registry_name', type(model).__name__)!r} takes "
+                         "no --prompt; text-to-image models (dalle) do")
+    try:
+        return encode(prompt)
+    except ValueError as e:
+        raise UsageError(f"--prompt {prompt!r}: {e}") from None
+
+
 def cmd_sample(args):
     d = run_dir(args.dir)
     model, cfg = load_run(d)
     facts = cfg["data_facts"]
     options = sample_options(model, args.steps, args.sampler)
+    if args.prompt is not None:
+        options["cond"] = prompt_ids(model, args.prompt)
     text = facts["kind"] == "categorical"
     if args.out is not None:
         _check_out_file(Path(args.out), args.force, "samples.txt" if text else "samples.png")
@@ -260,7 +275,7 @@ def cmd_sample(args):
                 ref = _load_data(cfg["data"], "test", cfg.get("data_dir"), cfg["train"]["seed"]).x[:2000]
             try:
                 written = write_samples(model, out, n=args.n, seed=args.seed, reference=ref,
-                                        stage=stage, options=options, **facts)
+                                        stage=stage, options=options, caption=args.prompt, **facts)
             except ValueError as e:  # a sampler name or step count the model refuses
                 raise UsageError(str(e)) from None
             if written is None:
@@ -391,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling steps, for iterative samplers (diffusion, distilled, MCMC)")
     s.add_argument("--sampler", metavar="NAME", help="which sampler, where a model has several "
                    "(ddpm: ddpm, ddim, euler, heun)")
+    s.add_argument("--prompt", metavar="TEXT", help="the caption to draw, for text-to-image models "
+                   "(dalle); written above the grid")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     s.set_defaults(func=cmd_sample)
 

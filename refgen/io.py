@@ -25,7 +25,7 @@ from refgen.backend import to_numpy
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "write_png", "png_bytes",
            "to_uint8", "colormap", "image_grid", "scatter_image", "scatter_png", "heatmap_image", "heatmap_png",
-           "grid_points", "concat_images_horizontal", "atomic_write", "draw_text", "text_width",
+           "grid_points", "concat_images_horizontal", "captioned", "atomic_write", "draw_text", "text_width",
            "line_plot", "is_refgen_png"]
 
 _META_KEY = "__meta__"
@@ -179,6 +179,17 @@ def image_grid(images, nrow: int | None = None, pad: int = 2, pad_value: float =
     x = x.reshape(nrows * (h + pad), ncol * (w + pad), c)
     x = np.pad(x, ((pad, 0), (pad, 0), (0, 0)), constant_values=pad_value)
     return x[:, :, 0] if c == 1 else x
+
+
+def captioned(img, text: str, scale: int = 2, pad: int = 4):
+    """A gray image (H, W) in [0, 1] with ``text`` drawn in a white band above it (the band
+    and the image widened to the text when it is wider)."""
+    img = np.asarray(img, dtype=np.float64)
+    w = max(img.shape[1], text_width(text, scale) + 2 * pad)
+    band = np.ones((5 * scale + 2 * pad, w))
+    draw_text(band, text, pad, pad, scale)
+    body = np.pad(img, ((0, 0), (0, w - img.shape[1])), constant_values=1.0)
+    return np.concatenate([band, body], axis=0)
 
 
 def concat_images_horizontal(images, pad: int = 4, pad_value: int = 255) -> np.ndarray:

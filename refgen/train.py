@@ -205,7 +205,10 @@ def draw_samples(model, n: int, rng, stage=None, chunk: int = 16, options=None) 
     try:
         with no_grad():
             for i in range(0, n, step):
-                parts.append(backend.to_numpy(model.sample(min(step, n - i), rng=rng, **options)))
+                chunk_options = dict(options)
+                if "cond" in options:  # one condition per sample: this chunk's share
+                    chunk_options["cond"] = options["cond"][i:i + step]
+                parts.append(backend.to_numpy(model.sample(min(step, n - i), rng=rng, **chunk_options)))
                 if stage is not None:
                     stage.update(i + len(parts[-1]), n, "samples")
     finally:
@@ -214,10 +217,11 @@ def draw_samples(model, n: int, rng, stage=None, chunk: int = 16, options=None) 
 
 
 def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_SEED,
-                  value_range=None, reference=None, stage=None, options=None):
+                  value_range=None, reference=None, stage=None, options=None, caption=None):
     """Draw ``n`` samples with a generator seeded by ``seed`` and write a PNG of them: a grid
     for images (``value_range`` of the data mapped to black..white), a scatter in orange
-    over ``reference`` points (the data, in blue) for 2D. Returns the path written, or None
+    over ``reference`` points (the data, in blue) for 2D; ``caption``: a text drawn above a grid
+    (the prompt of a text-to-image model). Returns the path written, or None
     for data that has no picture (text) and for models that do not sample (CLIP). Images are
     drawn in chunks reported to ``stage``."""
     shape = tuple(shape)
@@ -231,7 +235,8 @@ def write_samples(model, path, *, shape, kind="continuous", n=None, seed=SAMPLE_
     if image:
         lo, hi = value_range if value_range is not None else (float(np.nanmin(x)), float(np.nanmax(x)))
         x = x.reshape((n,) + shape)
-        io.write_png(path, io.image_grid((x - lo) / max(hi - lo, 1e-12)))
+        grid = io.image_grid((x - lo) / max(hi - lo, 1e-12))
+        io.write_png(path, io.captioned(grid, caption) if caption else grid)
     else:
         io.scatter_png(path, x.reshape(n, 2), reference=reference)
     return path
@@ -531,6 +536,10 @@ def _finish(st: _State, dataset, out: Path, eval_fn, test_dataset, progress, sam
         with ema_weights(st.model, st.ema), Stage(f"drawing samples -> {out / 'samples.png'}",
                                                   progress) as stage:
             ref = dataset.x[:2000] if tuple(dataset.shape) == (2,) else None
+            # a model conditioned on images (cascade-sr) samples from the first 64 examples'
+            first = dataset.x[np.arange(64) % len(dataset.x)]
+            cond = ({"cond": st.model.eval_cond(backend.asarray(first))}
+                    if hasattr(st.model, "eval_cond") else None)
             write_samples(st.model, out / "samples.png", reference=ref, stage=stage,
-                          **data_facts(dataset))
+                          options=cond, **data_facts(dataset))
     return metrics

@@ -23,11 +23,13 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 SMOKE_RUNS = [
     ("clip_mnist.py", [], True),
     ("controlnet_mnist.py", [], True),
+    ("dalle_mnist.py", [], True),
     ("diffusion_2d.py", ["--quiet"], False),
     ("diffusion_2d.py", ["--quiet", "--variant", "hybrid", "--set", "learn_sigma=true"], False),
     ("diffusion_classifier_guidance.py", [], True),
     ("diffusion_fewsteps_2d.py", [], False),
     ("diffusion_mnist.py", [], True),
+    ("dit_mnist.py", [], True),
     ("fid_reference.py", [], True),
     ("flows_2d.py", [], False),
     ("flows_mnist.py", ["--model", "glow"], True),
@@ -36,6 +38,7 @@ SMOKE_RUNS = [
     ("gflow_2d.py", [], False),
     ("glide_mnist.py", [], True),
     ("gpt_mnist14.py", [], True),
+    ("latent_diffusion_mnist.py", [], True),
     ("made_mnist.py", [], True),
     ("ops.py", [], False),
     ("pixelcnn_mnist.py", [], True),
@@ -45,6 +48,7 @@ SMOKE_RUNS = [
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
+    ("unet_variants_mnist.py", [], True),
     ("vqvae_mnist.py", [], True),
 ]
 

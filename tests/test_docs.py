@@ -94,7 +94,7 @@ def test_readme_python_examples_run():
         exec(compile(body, "README.md", "exec"), {"__name__": "readme_example"})
 
 
-@pytest.mark.parametrize("page", ["docs/engine.md"])
+@pytest.mark.parametrize("page", ["docs/engine.md", "docs/dit.md"])
 def test_doc_python_examples_run(page):
     blocks = [body for lang, body in _code_blocks((REPO / page).read_text()) if lang == "python"]
     assert blocks

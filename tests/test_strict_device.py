@@ -30,6 +30,7 @@ def _data(name, shape, n=16, classes=False):
 
 with use_backend("numpy"):
     _TEACHER = models.create("ddpm", data_shape=(2,), T=30, parameterization="v", hidden=16, depth=1)
+    _AUTOENCODER = models.create("kl-autoencoder", data_shape=IMG, channels=4, levels=1)
     _BASE = models.create("ddpm", data_shape=IMG, T=30, channels=8, groups=4, num_res_blocks=1,
                           class_cond=False, sample_steps=3)
 
@@ -59,6 +60,12 @@ CASES = {
     "ddpm": ("mnist", IMG, True, dict(T=30, num_classes=10, channels=8, groups=4,
                                       num_res_blocks=1, learn_sigma=True, guidance=1.0,
                                       sample_steps=5, vlb_timesteps=3)),
+    "kl-autoencoder": ("mnist", IMG, False, dict(channels=4, levels=1)),
+    "vq-autoencoder": ("mnist", IMG, False, dict(num_codes=8, code_dim=4, channels="8,8")),
+    # ldm copies its (frozen) autoencoder onto the active backend
+    "ldm": ("mnist", IMG, True, dict(autoencoder=_AUTOENCODER, num_classes=10, channels=8,
+                                     groups=4, num_res_blocks=1, T=30, sample_steps=3,
+                                     context_tokens=2, context_dim=8, guidance=1.0)),
     "ebm": ("8gaussians", (2,), False, dict(hidden=(8,), mcmc_steps=2, buffer_size=20, sample_steps=3)),
     "ebm-nce": ("8gaussians", (2,), False, dict(hidden=(8,), sample_steps=3)),
     "ebm-fce": ("8gaussians", (2,), False, dict(hidden=(8,), flow_couplings=2, flow_hidden=(8,),
@@ -74,6 +81,7 @@ CASES = {
     "consistency-training": ("8gaussians", (2,), False, dict(K=5, hidden=16, depth=1)),
     "controlnet": ("mnist-14-edges", IMG, "control", dict(base=_BASE, hint_channels=4)),
     "gan": ("8gaussians", (2,), False, dict(hidden=[8], r1=1.0)),
+    "dvae": ("mnist", IMG, False, dict(num_codes=5, code_dim=4, channels=4)),
     "nsgan": ("mnist", (1, 14, 14), False, dict(channels=4, hidden=[8], z_dim=4, pack=2)),
     "wgan": ("8gaussians", (2,), False, dict(hidden=[8])),
     "wgan-gp": ("8gaussians", (2,), False, dict(hidden=[8], g_norm="batch", d_norm="spectral")),
@@ -84,11 +92,15 @@ CASES = {
     "sde-ve": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="ode", sample_steps=4)),
     "sde-vp": ("mnist", IMG, False, dict(channels=8, groups=4, num_res_blocks=1, sample_steps=3)),
     "sde-subvp": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="em", sample_steps=3)),
+    "cascade-sr": ("mnist", IMG, False, dict(T=30, channels=8, groups=4, num_res_blocks=1,
+                                             arch="adm", aug_max=10, sample_steps=3, vlb_timesteps=3)),
 }
 
 
 # models that draw no samples: trained and resumed on the stand-in by their own test below
 NO_SAMPLE = {"clip"}
+# models that need captions and other trained models: their own tests below
+CAPTIONED = {"dalle", "clip-noised"}
 
 
 # text-to-image diffusion: trained on captions, sampled for captions, by their own test below
@@ -99,18 +111,46 @@ TEXT_DIFFUSION = {"glide": dict(T=20, channels=8, heads=2, text_width=16, text_l
 
 
 def test_every_model_has_a_case():
-    assert set(CASES) | NO_SAMPLE | set(TEXT_DIFFUSION) == set(models.names())
+    assert set(CASES) | NO_SAMPLE | CAPTIONED | set(TEXT_DIFFUSION) == set(models.names())
+
+
+def _captioned_stand_in():
+    from refgen.data import captions as cap
+    rng = np.random.default_rng(0)
+    labels, lev = rng.integers(0, 10, 16), rng.integers(0, 3, (16, 4))
+    x = rng.uniform(-1, 1, (16,) + IMG).astype(np.float32)
+    return cap.CaptionDataset("mnist-captions", "train", x, labels, "continuous", IMG, num_classes=10,
+                              vocab=cap.Tokenizer().words, value_range=(-1.0, 1.0),
+                              captions=cap.CaptionData(labels, lev))
+
+
+def test_dalle_and_the_noised_clip_train_resume_and_sample_on_the_device(tmp_path):
+    ds = _captioned_stand_in()
+    common = dict(batch_size=4, lr=1e-3, ema_decay=0.9, progress=False, log_every=1, ckpt_every=2,
+                  samples=False)
+    with strict_device():
+        clip = models.create("clip-noised", data_shape=IMG, seed=0, embed_dim=8, width=16, layers=1,
+                             heads=2, channels=4, T=20)
+        train(clip, ds, steps=2, out_dir=tmp_path / "clip", **common)
+        train(clip, ds, steps=3, resume=True, out_dir=tmp_path / "clip", **common)
+        dvae = models.create("dvae", data_shape=IMG, seed=0, num_codes=5, code_dim=4, channels=4)
+        model = models.create("dalle", data_shape=IMG, seed=0, dvae=dvae, clip=clip, width=16, layers=1,
+                              heads=2)
+        train(model, ds, steps=2, out_dir=tmp_path / "dalle", **common)
+        train(model, ds, steps=3, resume=True, out_dir=tmp_path / "dalle", **common)
+        model.eval()
+        x = model.sample(3, cond=model.encode_prompt("a thick seven"), rng=backend.default_rng(0),
+                         top_k=3, candidates=2)
+        g = clip.guidance_grad(x, backend.asarray(np.array([1, 5, 19])),
+                               backend.asarray(ds.batch(np.arange(3), 0)[1]))
+        assert isinstance(x, DeviceArray) and isinstance(g, DeviceArray)
+        assert np.all(np.isfinite(backend.to_numpy(x))) and np.all(np.isfinite(backend.to_numpy(g)))
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_DIFFUSION))
 def test_text_diffusion_trains_resumes_and_samples_on_the_device(name, tmp_path):
     from refgen.data import captions as cap
-    rng = np.random.default_rng(0)
-    labels, lev = rng.integers(0, 10, 16), rng.integers(0, 3, (16, 4))
-    x = rng.uniform(-1, 1, (16,) + IMG).astype(np.float32)
-    ds = cap.CaptionDataset("mnist-captions-14", "train", x, labels, "continuous", IMG,
-                            num_classes=10, vocab=cap.Tokenizer().words, value_range=(-1.0, 1.0),
-                            captions=cap.CaptionData(labels, lev))
+    ds = _captioned_stand_in()
     with strict_device():
         kw = dict(TEXT_DIFFUSION[name])
         if name in ("imagen", "unclip"):
@@ -184,8 +224,11 @@ def test_trains_resumes_and_samples_on_the_device(name, tmp_path):
         train(model, ds, steps=2, samples=True, **common)
         train(model, ds, steps=3, resume=True, samples=False, **common)
         model.eval()
+        # a model conditioned on images (cascade-sr) samples given the data's own low-res
+        cond = ({"cond": model.eval_cond(backend.asarray(ds.x[:3]))}
+                if hasattr(model, "eval_cond") else {})
         with no_grad():
-            x = model.sample(3, rng=backend.default_rng(0))
+            x = model.sample(3, rng=backend.default_rng(0), **cond)
         assert isinstance(x.data if isinstance(x, Tensor) else x, DeviceArray)
         assert np.all(np.isfinite(backend.to_numpy(x)))
         if labels == "control":  # and controlled samples

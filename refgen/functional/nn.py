@@ -279,6 +279,7 @@ def dropout(x, p: float = 0.5, training: bool = True, rng=None):
 def gumbel_softmax(logits, tau: float = 1.0, hard: bool = False, dim: int = -1, rng=None):
     """softmax((logits + g) / tau) with g ~ Gumbel(0, 1); ``hard`` returns the one-hot of
     its argmax with the soft sample's gradient (straight-through)."""
+    # Jang et al. 2017: the Gumbel-softmax relaxation of a categorical draw
     logits = as_tensor(logits)
     u = _uniform(rng, logits.shape, logits.dtype)
     u = xp.clip(u, xp.finfo(u.dtype).tiny, None)  # U = 0 would give g = -inf

@@ -10,6 +10,7 @@ from refgen.nn.blocks import (group_count, MLPBlock, ResBlock, AttnBlock, CrossA
                               Downsample, Upsample, apply_blocks)
 from refgen.nn.transformer import TransformerBlock  # noqa: F401
 from refgen.nn.unet import UNet, default_channel_mult  # noqa: F401
+from refgen.nn.dit import DiT, AdaLNZeroBlock, patchify, unpatchify  # noqa: F401
 from refgen.nn.mlp import MLPDenoiser  # noqa: F401
 from refgen.nn.sizes import parse_hidden  # noqa: F401
 from refgen.nn.normalization import (BatchNorm, BatchNorm1d, BatchNorm2d, SpectralNorm,  # noqa: F401

@@ -18,10 +18,10 @@ self-attention's). GLIDE writes the guidance as eps(null) + s (eps(c) - eps(null
 scale s is w + 1 here.
 
 Options: text_width, text_layers, text_heads (the transformer); schedule, T,
-parameterization, variance, p_uncond (the diffusion); the U-Net's scale_shift (AdaGN, as in
-GLIDE; default on), channels, channel_mult,
-num_res_blocks, attn_res, heads, dropout, groups; sampling defaults sampler, sample_steps,
-eta, guidance, threshold (refgen.models.diffusion.config).
+parameterization, variance, p_uncond (the diffusion); the U-Net's options of
+refgen.models.diffusion.config.NetworkConfig (channels, channel_mult, num_res_blocks,
+attn_res, heads, dropout, groups, arch and its switches; scale_shift, AdaGN as in GLIDE, on
+by default); sampling defaults sampler, sample_steps, eta, guidance, threshold.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class GLIDE(TextDiffusion):
     def __init__(self, data_shape=(1, 14, 14), *, vocab_size=None, seed: int = 0,
                  text_width: int = 64, text_layers: int = 2, text_heads: int = 4,
                  schedule: str = "cosine", T: int = 1000, parameterization: str = "eps",
-                 variance: str = "beta_tilde", p_uncond: float = 0.2, scale_shift: bool = True,
+                 variance: str = "beta_tilde", p_uncond: float = 0.2,
                  network=NETWORK, sampling=SAMPLING, **options):
         super().__init__()
         self._setup(data_shape, schedule, T, parameterization, variance, p_uncond, network,
@@ -51,8 +51,7 @@ class GLIDE(TextDiffusion):
         vocab_size = int(vocab_size or len(self.tok))
         self.text = TextEncoder(vocab_size, self.tok.context, int(text_width), int(text_width),
                                 int(text_layers), int(text_heads), eot=self.tok.eot, rng=g)
-        self._build_unet(context_dim=text_width, pooled_dim=text_width, rng=g,
-                         scale_shift=scale_shift)
+        self._build_unet(context_dim=text_width, pooled_dim=text_width, rng=g)
 
     def encode(self, ids):
         """h(c) (B, L, W), g(c) = W_p h(c)_<eot> (B, W), mask (B, L): True up to <eot>."""

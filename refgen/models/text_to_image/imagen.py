@@ -23,9 +23,9 @@ percentile s (p = 0.995) so the pixels stay in range without flattening (refgen.
 diffusion.sampling.threshold_x0, applied by the sampler at every step).
 
 Options: clip (a run directory, or a CLIP model); p_uncond; the diffusion's schedule, T,
-parameterization, variance; the U-Net's scale_shift, channels, channel_mult, num_res_blocks,
-attn_res, heads, dropout, groups; sampling defaults sampler, sample_steps, eta, guidance
-(5), threshold (dynamic).
+parameterization, variance; the U-Net's options of NetworkConfig (arch=imagen gives the
+efficient U-Net's block layout; scale_shift on by default); sampling defaults sampler,
+sample_steps, eta, guidance (5), threshold (dynamic).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class Imagen(TextDiffusion):
 
     def __init__(self, data_shape=(1, 14, 14), *, seed: int = 0, clip="runs/clip",
                  schedule: str = "cosine", T: int = 1000, parameterization: str = "eps",
-                 variance: str = "beta_tilde", p_uncond: float = 0.1, scale_shift: bool = True,
+                 variance: str = "beta_tilde", p_uncond: float = 0.1,
                  network=NETWORK, sampling=IMAGEN_SAMPLING, **options):
         super().__init__()
         self._setup(data_shape, schedule, T, parameterization, variance, p_uncond, network,
@@ -80,7 +80,7 @@ class Imagen(TextDiffusion):
         object.__setattr__(self, "clip", frozen)  # outside the module tree: never trained, never saved
         text = frozen.text_encoder
         self._build_unet(context_dim=text.pos_emb.shape[1], pooled_dim=text.proj.out_features,
-                         rng=init.get_rng(int(seed)), scale_shift=scale_shift)
+                         rng=init.get_rng(int(seed)))
 
     def encode(self, ids):
         """h(c) (B, L, W) and v(c) (B, D) of the frozen encoder (constants), mask (B, L)."""

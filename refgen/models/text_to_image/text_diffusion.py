@@ -40,17 +40,18 @@ from refgen.backend import asarray, xp
 from refgen.data.captions import CONTEXT, Tokenizer
 from refgen.models.base import DataSpec
 from refgen.models.diffusion import guidance as G
-from refgen.models.diffusion.config import NetworkConfig, SamplingConfig, split_options
+from refgen.models.diffusion.config import NetworkConfig, SamplingConfig, make_unet, split_options
 from refgen.models.diffusion.losses import l_simple, regression_target
 from refgen.models.diffusion.process import PARAMETERIZATIONS, interpret, q_sample, x0_from_eps
 from refgen.models.diffusion.sampling import SAMPLERS, THRESHOLDS, sample_loop
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.nn import Linear, Module, TimeEmbedding, UNet
+from refgen.nn import Linear, Module, TimeEmbedding
 
 __all__ = ["TextTimeEmbedding", "TextDiffusion", "null_caption", "drop_captions", "caption_batch"]
 
 # the network and sampler defaults of the text-conditioned models (MNIST scale, a CPU)
-NETWORK = dataclasses.replace(NetworkConfig(), channels=32, num_res_blocks=1, heads=4)
+NETWORK = dataclasses.replace(NetworkConfig(), channels=32, num_res_blocks=1, heads=4,
+                              scale_shift=True)
 SAMPLING = dataclasses.replace(SamplingConfig(), sampler="ddim", sample_steps=50, guidance=3.0)
 
 
@@ -139,16 +140,18 @@ class TextDiffusion(Module):
         self.dtype = xp.float32
         self.eval_samples = 1000
 
-    def _build_unet(self, context_dim: int, pooled_dim: int, rng, scale_shift: bool = True):
-        """The U-Net with cross-attention to the tokens and the pooled vector in its time
-        embedding. scale_shift: AdaGN ResBlocks, GN(h) (1 + s) + b with (s, b) from the
-        embedding, as GLIDE's and Imagen's U-Nets have (an embedding added before a GroupNorm
-        whose groups hold one channel each would be subtracted away with the mean)."""
+    def _build_unet(self, context_dim: int, pooled_dim: int, rng):
+        """The U-Net (refgen.models.diffusion.config.make_unet: its arch and switches) with
+        cross-attention to the tokens and the pooled vector in its time embedding. The
+        default network has AdaGN ResBlocks (scale_shift), GN(h) (1 + s) + b with (s, b) from
+        the embedding, as GLIDE's and Imagen's U-Nets have (an embedding added before a
+        GroupNorm whose groups hold one channel each would be subtracted away with the mean)."""
         net = self.network
+        if net.net != "unet":
+            raise ValueError(f"{self.registry_name} conditions a U-Net on text: net must be 'unet', "
+                             f"got {net.net!r}")
         c, size = self.data_shape[0], self.data_shape[-1]
-        self.unet = UNet(c, c, size, net.channels, net.channel_mult, net.num_res_blocks,
-                         net.attn_res, net.heads, net.groups, net.dropout, None, rng=rng,
-                         scale_shift=bool(scale_shift), context_dim=int(context_dim))
+        self.unet = make_unet(net, c, c, size, None, rng, context_dim=int(context_dim))
         self.unet.embed = TextTimeEmbedding(net.channels, 4 * net.channels, int(pooled_dim), rng=rng)
 
     # ------------------------------------------------------------------------- the condition

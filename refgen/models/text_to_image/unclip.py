@@ -93,7 +93,7 @@ class UnCLIP(TextDiffusion):
                  prior_layers: int = 2, prior_heads: int = 4, prior_T: int = 1000,
                  prior_steps: int = 50, prior_guidance: float = 1.0, p_uncond_prior: float = 0.1,
                  schedule: str = "cosine", T: int = 1000, parameterization: str = "eps",
-                 variance: str = "beta_tilde", p_uncond: float = 0.1, scale_shift: bool = True,
+                 variance: str = "beta_tilde", p_uncond: float = 0.1,
                  network=NETWORK, sampling=dataclasses.replace(SAMPLING, guidance=1.0), **options):
         super().__init__()
         self._setup(data_shape, schedule, T, parameterization, variance, p_uncond, network,
@@ -115,7 +115,7 @@ class UnCLIP(TextDiffusion):
         self.prior = EmbeddingPrior(d, int(prior_width), int(prior_layers), int(prior_heads), rng=g)
         width = self.network.channels * 4
         self.tokens = Linear(d, self.k * width, rng=g)                    # z -> k context tokens
-        self._build_unet(context_dim=width, pooled_dim=d, rng=g, scale_shift=scale_shift)
+        self._build_unet(context_dim=width, pooled_dim=d, rng=g)
         self.last_stats = {}
 
     # ------------------------------------------------------------------------- CLIP, frozen
