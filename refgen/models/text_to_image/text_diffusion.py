@@ -161,6 +161,11 @@ class TextDiffusion(Module):
         """The null condition for n samples: (n, context) ids of the empty caption."""
         return null_caption(self.tok, n)
 
+    def encode_prompt(self, text: str):
+        """Caption ids (context,) of a prompt (what ``refgen sample --prompt`` passes as cond);
+        ValueError in one line for an empty prompt, unknown words or too many words."""
+        return self.tok.encode(text)
+
     def condition(self, cond, n: int):
         """``cond`` as the network's condition for n samples: caption ids (n, context)."""
         return caption_batch(cond, n, self.tok)

@@ -273,3 +273,22 @@ def test_bad_input_is_one_clear_line(trained):
         tiny(p_uncond=1.0)
     with pytest.raises(ValueError, match="has no option"):
         tiny(colour=3)
+
+
+def test_refgen_sample_draws_a_prompt(tmp_path, capsys):
+    """`refgen train glide`, then `refgen sample DIR --prompt TEXT` on the run directory."""
+    from refgen.cli import main
+    from refgen.train import train
+    run = tmp_path / "run"
+    m = tiny()
+    cfg = {"model": "glide", "data": "mnist-captions-14", "data_facts": {"shape": [1, 8, 8],
+           "kind": "continuous"}, "train": {"seed": 0}, "vocab_size": len(TOK),
+           "model_kwargs": dict(T=20, channels=8, text_width=16, text_layers=1, text_heads=2, heads=2)}
+    train(m, _captioned14(), steps=1, batch_size=8, lr=1e-3, seed=0, out_dir=run, progress=False,
+          samples=False, evaluate_at_end=False, config=cfg)
+    out = tmp_path / "seven.png"
+    assert main(["sample", str(run), "--prompt", "a thick seven", "-n", "2", "--steps", "3",
+                 "--out", str(out), "-q"]) == 0
+    assert out.exists()
+    assert main(["sample", str(run), "--prompt", "a purple seven", "-n", "2", "-q"]) == 2
+    assert "outside the vocabulary" in capsys.readouterr().err
