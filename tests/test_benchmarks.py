@@ -22,6 +22,7 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 # script -> (extra arguments, reads MNIST); one script may appear with several argument sets
 SMOKE_RUNS = [
     ("clip_mnist.py", [], True),
+    ("conv_speed.py", [], False),
     ("diffusion_2d.py", ["--quiet"], False),
     ("diffusion_2d.py", ["--quiet", "--variant", "hybrid", "--set", "learn_sigma=true"], False),
     ("diffusion_classifier_guidance.py", [], True),
@@ -34,6 +35,7 @@ SMOKE_RUNS = [
     ("gan_mnist.py", [], True),
     ("gflow_2d.py", [], False),
     ("gpt_mnist14.py", [], True),
+    ("gpu_check.py", [], False),
     ("made_mnist.py", [], True),
     ("ops.py", [], False),
     ("pixelcnn_mnist.py", [], True),
