@@ -9,12 +9,15 @@ The shapes are those of one training step of two recipes: the 28x28 diffusion U-
 Their convolutions are recorded while the step runs (each conv layer's input, weight and
 geometry, and for --tune each raw kernel call), then re-run alone on random arrays:
 
-- default mode: each conv layer's forward and backward (input and weight gradients) through
-  refgen's autograd, 3 x 2 x N x O x C/g x kh x kw x Ho x Wo floating-point operations, as
+- default mode: each conv layer's forward and backward (the input gradient where the step
+  needs one, and the weight gradient) through refgen's autograd, 2 x N x O x C/g x kh x kw x
+  Ho x Wo floating-point operations for each of the three (or two) products, as
   GFLOP/s, "before" (every shape forced to im2col at CHUNK_BYTES: the implementation without
   the table) and "after" (the table), timed alternately so both see the same machine load,
-  and set against a 1024 x 1024 float32 matmul timed between them. Medians of process CPU
-  time, one BLAS thread: on a shared machine CPU time, not wall time, is what a run costs.
+  and set against a 1024 x 1024 float32 matmul timed between them. Then whole training
+  steps in fresh processes: CPU seconds and page faults per step with and without
+  refgen.allocator, and with neither it nor the table. Medians of process CPU time, one BLAS
+  thread: on a shared machine CPU time, not wall time, is what a run costs.
 - --tune: every stride-1, one-group raw kernel (forward, and weight gradient) under both
   algorithms at chunks of 256 KiB, 1 MiB and 4 MiB, rounds in rotating order; prints the
   shapes where a candidate beat im2col at CHUNK_BYTES by more than 10%.
@@ -85,9 +88,11 @@ class Recorder:
 
 
 def layer_calls(model, batch):
-    """The conv layers of one forward pass: (kind, x shape, w shape, geom, out_hw) per call."""
+    """The conv layers of one forward pass: (kind, x shape, w shape, geom, out_hw, whether x
+    needs a gradient) per call."""
     def key(kind):
-        return lambda fn_self, x, w, *b, geom, out_hw: (kind, x.shape, w.shape, geom, tuple(out_hw))
+        return lambda fn_self, x, w, *b, geom, out_hw: (kind, x.shape, w.shape, geom, tuple(out_hw),
+                                                        fn_self.inputs[0].requires_grad)
     with Recorder(conv._Conv2d, "forward", key("conv2d")) as a, \
             Recorder(conv._ConvTranspose2d, "forward", key("conv_transpose2d")) as b:
         loss(model, batch)
@@ -128,7 +133,8 @@ def forced(alg, chunk=None):
     return restore
 
 
-def layer_flops(kind, xs, ws, geom, out_hw):
+def layer_flops(kind, xs, ws, geom, out_hw, x_grad=True):
+    """Multiply-adds x 2 of the forward pass; the backward does it again per gradient."""
     n = xs[0]
     if kind == "conv2d":  # 2 N O (C/g) kh kw Ho Wo
         return 2 * n * ws[0] * ws[1] * ws[2] * ws[3] * out_hw[0] * out_hw[1]
@@ -137,9 +143,9 @@ def layer_flops(kind, xs, ws, geom, out_hw):
 
 def time_layer(call, rng, repeat):
     """Median CPU seconds of forward and of backward for one layer call, before and after."""
-    kind, xs, ws, geom, out_hw = call
+    kind, xs, ws, geom, out_hw, x_grad = call
     fn = conv._Conv2d if kind == "conv2d" else conv._ConvTranspose2d
-    x = Tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=True)
+    x = Tensor(rng.standard_normal(xs).astype(np.float32), requires_grad=x_grad)
     w = Tensor(0.1 * rng.standard_normal(ws).astype(np.float32), requires_grad=True)
     y0 = fn.apply(x, w, geom=geom, out_hw=out_hw)
     gy = Tensor(rng.standard_normal(y0.shape).astype(np.float32))
@@ -170,9 +176,10 @@ def measure(repeat):
             count = calls.count(call)
             t = time_layer(call, rng, repeat)
             mm.append(matmul_s())
-            fl = 3 * layer_flops(*call)
+            fl = (3 if call[5] else 2) * layer_flops(*call)
             rows.append({"layer": f"{call[0]} x{list(call[1])} w{list(call[2])} stride {call[3][0]} "
-                                  f"padding {call[3][1]}", "count": count, "gflop": round(fl / 1e9, 4),
+                                  f"padding {call[3][1]}" + ("" if call[5] else " (no input gradient)"),
+                         "count": count, "gflop": round(fl / 1e9, 4),
                          **{f"gflops_{k}": round(fl / sum(v) / 1e9, 1) for k, v in t.items()}})
             tot["flops"] += count * fl
             for k in ("before", "after"):
@@ -232,13 +239,15 @@ def tune(repeat):
     return rows, table
 
 
-def probe_step(name, repeat):
+def probe_step(name, repeat, im2col):
     """Print one JSON line: the CPU seconds and minor page faults per training step of a
-    recipe (run in a fresh process by ``allocator``)."""
+    recipe (run in a fresh process by ``allocator``); ``im2col``: every conv forced to it."""
     import json
     import resource
 
     from refgen.optim import Adam
+    if im2col:
+        forced("im2col")
     model, batch = recipes()[name]
     opt = Adam(list(model.parameters()), lr=1e-4)
 
@@ -256,25 +265,29 @@ def probe_step(name, repeat):
 
 
 def allocator(repeat, rounds=3):
-    """Per recipe: CPU seconds and page faults per step with refgen.allocator's thresholds
-    (the default) and with glibc's own (REFGEN_MALLOC=system), fresh processes alternating."""
+    """Per recipe: CPU seconds and page faults per whole training step with
+    refgen.allocator's thresholds and the conv table (``refgen``: the default), with glibc's
+    own thresholds (REFGEN_MALLOC=system) and the table (``system``), and with glibc's and
+    every conv on im2col (``before``: neither change); fresh processes in turn."""
     import json
     import os
     import subprocess
     out = {}
     for name in ("unet28", "gated_pixelcnn"):
-        runs = {"refgen": [], "system": []}
+        runs = {"refgen": [], "system": [], "before": []}
         for _ in range(rounds):
             for label in runs:
                 env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
                 env["REFGEN_MALLOC"] = "refgen" if label == "refgen" else "system"
                 argv = [sys.executable, __file__, "--probe-step", name, "--repeat", str(repeat)]
                 argv += ["--smoke"] if SMOKE else []
+                argv += ["--probe-im2col"] if label == "before" else []
                 proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
                 runs[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
         out[name] = {f"{label}_{k}": round(statistics.median(r[k] for r in rs), 4)
                      for label, rs in runs.items() for k in ("cpu_s", "faults")}
         out[name]["cpu_saving"] = round(1 - out[name]["refgen_cpu_s"] / out[name]["system_cpu_s"], 3)
+        out[name]["step_cpu_saving_both"] = round(1 - out[name]["refgen_cpu_s"] / out[name]["before_cpu_s"], 3)
     return out
 
 
@@ -283,10 +296,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--tune", action="store_true", help="time both algorithms per raw shape")
     ap.add_argument("--probe-step", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-im2col", action="store_true", help=argparse.SUPPRESS)
     args = add_smoke(ap).parse_args()
     repeat = smoke(args.repeat, 1)
     if args.probe_step:
-        return probe_step(args.probe_step, repeat)
+        return probe_step(args.probe_step, repeat, args.probe_im2col)
     res = {"command": command()}
     if args.tune or SMOKE:
         rows, table = tune(repeat)
@@ -306,7 +320,8 @@ def main():
         res["allocator"] = allocator(repeat, rounds=smoke(3, 1))
         for name, r in res["allocator"].items():
             print(f"{name} per step: {r['system_faults']:.0f} -> {r['refgen_faults']:.0f} page faults, "
-                  f"{r['system_cpu_s']:.3f} -> {r['refgen_cpu_s']:.3f} CPU s (glibc's -> refgen.allocator's)")
+                  f"{r['system_cpu_s']:.3f} -> {r['refgen_cpu_s']:.3f} CPU s (glibc's -> refgen.allocator's); "
+                  f"whole step before both changes {r['before_cpu_s']:.3f} CPU s")
     res["machine"] = machine()
     write_json(RESULTS / ("conv_tune_cpu.json" if args.tune else "conv_speed_cpu.json"), res)
 

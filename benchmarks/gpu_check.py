@@ -1,6 +1,6 @@
 """The GPU check: on a machine with a GPU and CuPy, everything in one run of under 10 minutes.
 
-    REFGEN_BACKEND=cupy python benchmarks/gpu_check.py   # writes results/gpu_check.json
+    REFGEN_BACKEND=cupy python benchmarks/gpu_check.py   # writes results/gpu_check.json (--out)
     benchmarks/gpu_check.sh                              # the same, installing CuPy if missing
     python benchmarks/gpu_check.py --smoke               # NumPy, tiny: what the tests run
 
@@ -257,13 +257,17 @@ def train_for(model_name, data_name, kwargs, batch_size, lr, seconds):
 
 # --- main ------------------------------------------------------------------------------------
 
-def part(res, name, fn):
+def part(res, name, fn, out):
+    """Run one part, record its result or its error, and rewrite the result file (so a run
+    stopped from outside keeps the parts that finished)."""
     t = time.perf_counter()
     try:
         res[name] = fn()
     except Exception as e:  # record and go on: one broken part must not hide the others
         res[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
     print(f"[{time.perf_counter() - T0:6.1f} s] {name}: {time.perf_counter() - t:.1f} s", flush=True)
+    res["total_wall_s"] = round(time.perf_counter() - T0, 1)
+    write_json(out, dict(res, machine=machine()))
 
 
 T0 = time.perf_counter()
@@ -275,28 +279,27 @@ def main():
     ap.add_argument("--train-s", type=int, default=100, help="seconds of training per model")
     ap.add_argument("--repeat", type=int, default=10, help="timed calls per op")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,timings,training")
+    ap.add_argument("--out", default=None, help="result file (default: results/gpu_check.json)")
     args = add_smoke(ap).parse_args()
+    out = Path(args.out) if args.out and not SMOKE else RESULTS / "gpu_check.json"
     skip = set(filter(None, args.skip.split(",")))
     if backend.name() != "cupy" and not SMOKE:
         print("note: REFGEN_BACKEND is not cupy: this runs on the CPU", file=sys.stderr)
     res = {"command": command()}
-    part(res, "device", device)
+    part(res, "device", device, out)
     print(json.dumps(res["device"]), flush=True)
     if "tests" not in skip:
         paths = ["tests/functional/test_discrete.py"] if SMOKE else []
-        part(res, "tests", lambda: run_tests(paths, smoke(args.tests_s, 120)))
+        part(res, "tests", lambda: run_tests(paths, smoke(args.tests_s, 120)), out)
     if "timings" not in skip:
-        part(res, "timings", lambda: timings(smoke(args.repeat, 1)))
+        part(res, "timings", lambda: timings(smoke(args.repeat, 1)), out)
     if "training" not in skip:
         secs = smoke(args.train_s, 1)
         part(res, "train_unet28", lambda: train_for(
             "ddpm", "mnist", dict(channels=smoke(16, 4), num_res_blocks=1, **({"groups": 2} if SMOKE else {})),
-            64, 1e-3, secs))
+            64, 1e-3, secs), out)
         part(res, "train_gated_pixelcnn", lambda: train_for(
-            "gated-pixelcnn", "mnist-binary", ({"channels": 4, "layers": 2} if SMOKE else {}), 16, 1e-3, secs))
-    res["total_wall_s"] = round(time.perf_counter() - T0, 1)
-    res["machine"] = machine()
-    write_json(RESULTS / "gpu_check.json", res)
+            "gated-pixelcnn", "mnist-binary", ({"channels": 4, "layers": 2} if SMOKE else {}), 16, 1e-3, secs), out)
     failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
     if failed:
         print(f"parts that failed: {', '.join(failed)}", file=sys.stderr)

@@ -4,11 +4,11 @@ A training step allocates and frees thousands of temporary arrays of a few recur
 glibc's malloc serves large blocks with fresh ``mmap`` pages and gives them back on ``free``,
 and trims the top of its heap once more than 128 KiB there is free, so each step gets its
 arrays as new pages again and every first touch of a page is a fault: about 28,000 faults per
-28x28 U-Net step at batch 64, some 6% of its CPU time. Raising the mmap threshold to its
+28x28 U-Net step at batch 64, some 9% of its CPU time. Raising the mmap threshold to its
 ceiling (32 MiB on 64-bit glibc; larger blocks are still mapped and unmapped) and the trim
 threshold to 1 GiB lets blocks up to 32 MiB come from the heap and stay there between steps:
-about 200 faults per step. Both settings are needed; either alone makes it worse (a fixed
-threshold turns off glibc's own adaptive one), as measured in docs/engine.md. The process
+about 100-200 faults per step (docs/engine.md has the measurements). Both settings are
+needed; either alone makes it worse (a fixed threshold turns off glibc's adaptive one). The process
 keeps up to 1 GiB of freed memory instead of returning it, which a training process would
 have asked for again at the next step anyway.
 
