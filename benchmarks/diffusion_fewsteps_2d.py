@@ -62,12 +62,12 @@ def timed(fn):
 def fit(model, train_ds, steps, lr, seed, batch_size=256, ema=None, log=None):
     """Steps of model.train_step (or loss + Adam) on random batches; returns wall seconds."""
     opts = {"model": optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)}
-    rng = np.random.default_rng(seed)
+    rng, noise = np.random.default_rng(seed), backend.default_rng(seed)
     model.train()
     t = time.perf_counter()
     for k in range(steps):
         xb = train_ds.x[rng.integers(0, len(train_ds.x), batch_size)]
-        info = model.train_step(Batch(Tensor(backend.asarray(xb))), opts)
+        info = model.train_step(Batch(Tensor(backend.asarray(xb))), opts, noise)
         if log is not None and (k + 1) % max(1, steps // 5) == 0:
             log.append((k + 1, round(info["loss"], 5)))
     model.eval()
@@ -125,7 +125,6 @@ def main():
     # 2. progressive distillation, 64 -> 1
     pd = models.create("progressive-distillation", data_shape=(2,), seed=args.seed, teacher=teacher,
                        teacher_steps=64, round_steps=args.round_steps, min_steps=1)
-    pd.rng = backend.default_rng(args.seed)
     res["progressive"] = {"round_steps": args.round_steps, "lr": 3e-4, "rounds": {}}
     wall = 0.0
     for r in range(6):
@@ -149,7 +148,6 @@ def main():
     ct = models.create("consistency-training", data_shape=(2,), seed=args.seed, K=args.cm_steps,
                        sigma_data=sd)
     for label, cm in (("consistency_distillation", cd), ("consistency_training", ct)):
-        cm.rng = backend.default_rng(args.seed)
         log = []
         w_train = fit(cm, train_ds, args.cm_steps, 4e-4, args.seed, log=log)
         res[label] = {"train_steps": args.cm_steps, "lr": 4e-4, "sigma_data": sd, "loss": log,

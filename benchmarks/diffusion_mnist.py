@@ -78,8 +78,10 @@ def measure(args):
     batch = Batch(Tensor(backend.asarray(ds.x[idx])), backend.asarray(ds.y[idx]))
     rss0 = _rss_mib()
 
+    noise = backend.default_rng(0)
+
     def step():
-        loss = model.loss(batch)
+        loss = model.loss(batch, noise)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -67,7 +67,7 @@ def run_one(name, data_name, seed, steps, batch_size, out_dir, schedule="cosine"
           schedule=schedule, progress=False, samples=False, ckpt_every=steps)
     wall = time.perf_counter() - t0
     model.eval()
-    x = backend.to_numpy(model.sample(N_SAMPLES, rng=10_000 + seed)).astype(np.float64)
+    x = backend.to_numpy(model.sample(N_SAMPLES, rng=backend.default_rng(10_000 + seed))).astype(np.float64)
     centres, std = data.toy2d.modes(data_name)
     published = metrics.mode_stats(x, centres, std, min_share=0)
     strict = metrics.mode_stats(x, centres, std)

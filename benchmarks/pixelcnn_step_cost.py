@@ -30,7 +30,7 @@ from common import RESULTS, SMOKE, add_smoke, command, machine, smoke, write_jso
 import numpy as np  # noqa: E402
 
 from pixelcnn_mnist import architecture  # noqa: E402
-from refgen import models  # noqa: E402
+from refgen import backend, models  # noqa: E402
 from refgen.autograd import Tensor  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
 from refgen.nn import Conv2d  # noqa: E402
@@ -94,10 +94,10 @@ def training_step(model, batch_size, shape):
     """One forward, backward and Adam step on a fixed random binary batch, as a function."""
     opt = Adam(list(model.parameters()), lr=1e-3)
     x = (np.random.default_rng(0).random((batch_size,) + shape) < 0.2).astype(np.float32)
-    batch = Batch(Tensor(x), None)
+    batch, noise = Batch(Tensor(x), None), backend.default_rng(0)
 
     def step():
-        loss = model.loss(batch)
+        loss = model.loss(batch, noise)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -107,7 +107,6 @@ def fit_one(args, beta, train_ds, test_ds):
               seed=args.seed, out_dir=run_dir(f"vae_beta_{beta:g}"), schedule="cosine",
               log_every=max(args.steps // 20, 1), ckpt_every=args.steps, samples=False)
     model.eval()
-    model.rng = backend.default_rng(0)
     t = test_elbo_terms(model, test_ds.x)
     run = {"beta": beta, "rate_nats": t["kl_nats"], "distortion_nats": -t["rec_nats"],
            "elbo_nats": t["elbo_nats"], "train_wall_s": m["wall_s"]}

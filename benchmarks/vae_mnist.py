@@ -48,25 +48,25 @@ PAPERS = {  # test NLL, nats (IWAE bound with k = 5000), Burda et al. 2016, one 
 }
 
 
-def iwae_test(model, x, k, y=None, batch=100):
+def iwae_test(model, x, k, y=None, batch=100, seed=0):
     """The IWAE bound L_k of each row of x (float64 NumPy), ``batch`` images at a time."""
-    out = []
+    out, rng = [], backend.default_rng(seed)
     with no_grad():
         for i in range(0, len(x), batch):
             yb = None if y is None else backend.asarray(y[i:i + batch])
-            out.append(backend.to_numpy(model.iwae(Tensor(backend.asarray(x[i:i + batch])), k, yb).data))
+            out.append(backend.to_numpy(model.iwae(Tensor(backend.asarray(x[i:i + batch])), k, yb, rng=rng).data))
             if (i // batch) % 10 == 9:
                 print(f"IWAE k={k}: {i + batch}/{len(x)} test images", file=sys.stderr, flush=True)
     return np.concatenate(out).astype(np.float64)
 
 
-def test_elbo_terms(model, x, y=None, batch=500):
+def test_elbo_terms(model, x, y=None, batch=500, seed=0):
     """Mean ELBO, reconstruction term and KL (rate) over the test set, nats."""
-    rec, kl = [], []
+    rec, kl, rng = [], [], backend.default_rng(seed)
     with no_grad():
         for i in range(0, len(x), batch):
             yb = None if y is None else backend.asarray(y[i:i + batch])
-            r, k = model.elbo_terms(Tensor(backend.asarray(x[i:i + batch])), yb)
+            r, k = model.elbo_terms(Tensor(backend.asarray(x[i:i + batch])), yb, rng=rng)
             rec.append(backend.to_numpy(r.data))
             kl.append(backend.to_numpy(k.data))
     rec, kl = np.concatenate(rec).astype(np.float64), np.concatenate(kl).astype(np.float64)
@@ -140,7 +140,6 @@ def main(argv=None):
     metrics = fit(args, model, train_ds, test_ds, y_test, out)
     train_wall, train_cpu = metrics["wall_s"], time.process_time() - cpu0
     model.eval()
-    model.rng = backend.default_rng(0)  # evaluation noise: its own fixed generator
     result = {
         "model": args.model, "data": "mnist-binary", "command": command(),
         "train_command": train_command(tag, args.resume), "machine": machine(),
@@ -212,7 +211,6 @@ def pictures(args, model, test_ds, y_test, tag):
     """Samples, reconstructions, the 2-d latent grid, and for cvae one row per class and the
     classifier's agreement with the labels asked for."""
     out = {}
-    model.rng = backend.default_rng(1234)
     x = backend.to_numpy(model.sample(64, rng=backend.default_rng(1234), cond=(
         backend.asarray(np.arange(64) % 10) if args.model == "cvae" else None)))
     io.write_png(RESULTS / f"{tag}_samples.png", io.image_grid(x))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from refgen import backend, data, io, models
+from refgen.data.controls import NAMES as CONTROL_DATA
 from refgen.data.datasets import check_data_dir, describe
 from refgen.metrics.evaluation import AFTER_TRAINING, METRIC_NAMES, counts_used, evaluate
 from refgen.models.base import check_data, hyperparameters
@@ -116,6 +117,8 @@ def cmd_list(args):
                                                   else "x".join(map(str, shape)) + " images")
         exact = ", exact density" if name in data.toy2d.DENSITIES else ""
         labelled = ", labelled (10 classes)" if name.startswith("mnist") else ""
+        if name in CONTROL_DATA:
+            labelled = ", with a control image per example (y)"
         print(f"  {name:<18} {kind}, {what}{exact}{labelled}")
     print("metrics (keys of metrics.json; NLLs are positive nats, elbo_nats and iwae_nats are "
           "lower bounds on log p(x)):")

@@ -7,6 +7,10 @@ a terminal, a plain line every ``every`` steps otherwise.
 ``what ...`` then its time, ``what ... 12.3 s``. On a terminal the line shows how far the
 work is and its ETA while it runs; elsewhere a count is appended at most every 15 s, so a
 log file still gets one line per stage.
+
+``SolverProgress``: the line of a long sampler or ODE solve (step i of total, the solver's
+time t, steps/s, ETA), rewritten in place at most every ``every`` seconds; shown only on a
+terminal unless asked for.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import math
 import sys
 import time
 
-__all__ = ["StepProgress", "Stage", "clock"]
+__all__ = ["StepProgress", "Stage", "SolverProgress", "clock"]
 
 
 def clock(seconds: float) -> str:
@@ -90,4 +94,39 @@ class Stage:
     def _write(self, text):
         if self.enabled:
             sys.stderr.write(text)
+            sys.stderr.flush()
+
+
+class SolverProgress:
+    """``update(i, total=None, t=None)``; enabled=None shows it when stderr is a terminal."""
+
+    def __init__(self, label: str, total=None, enabled=None, every: float = 0.5):
+        self.label, self.total = label, total
+        self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
+        self.t0 = self.last = time.perf_counter()
+        self.every = every
+        self.shown = False
+
+    def __call__(self, i, total=None, t=None):
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        total = total or self.total
+        if now - self.last < self.every and i != total:
+            return
+        self.last = now
+        rate = i / max(now - self.t0, 1e-9)
+        line = f"{self.label}: step {i}" + (f"/{total}" if total else "")
+        if t is not None:
+            line += f"  t={t:.4f}"
+        line += f"  {rate:.1f} steps/s"
+        if total:
+            line += f"  ETA {max(total - i, 0) / max(rate, 1e-9):.0f}s"
+        sys.stderr.write("\r" + line + " " * 4)
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self):
+        if self.enabled and self.shown:
+            sys.stderr.write("\n")
             sys.stderr.flush()

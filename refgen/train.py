@@ -5,15 +5,16 @@
 
 Each step reads in order: the learning rate (``optim.LRScheduler`` per optimizer, driven by
 ``TrainConfig.lr_factor``: warmup, then constant or cosine), the batch, the update (the
-model's ``train_step(batch, optimizers)`` where one backward and one step is not its
-algorithm, as for GANs and EMA teachers, else ``loss(batch)``, zero_grad, backward, clip,
+model's ``train_step(batch, optimizers, rng)`` where one backward and one step is not its
+algorithm, as for GANs and EMA teachers, else ``loss(batch, rng)``, zero_grad, backward, clip,
 step), the divergence check, the EMA, then the log line, the evaluation and the checkpoint
 when they are due. A model may set ``self.last_stats`` (a dict of floats about its last
 loss, e.g. its terms); the loop writes it into each log line.
 
 Everything random is owned here and saved in each checkpoint: the NumPy generator that
 shuffles the data and drives per-batch transforms (dynamic binarization, dequantization)
-and the backend generator ``model.rng`` that models draw their noise from. So on NumPy a
+and the backend generator ``rng`` handed to ``loss`` / ``train_step`` at every step, the only
+source of the noise a model draws while it trains (models keep no generator). So on NumPy a
 run resumed from step k ends bit-for-bit equal to the run that was never interrupted.
 
 A run directory holds log.jsonl (one line per logged step), checkpoint.npz (atomic,
@@ -135,7 +136,7 @@ def _rng_state(rng):
         return None
 
 
-def _model_rng(seed: int, step: int = 0):
+def _loop_rng(seed: int, step: int = 0):
     # fresh runs: seeded by the run's seed; a resume without a saved state (CuPy): by step too
     return backend.default_rng(int(seed) if step == 0 else int(seed) * 1_000_003 + int(step))
 
@@ -305,6 +306,7 @@ class _State:
     scheds: dict
     ema: object
     batcher: Batcher
+    rng: object                            # the backend generator the model's noise comes from
     step: int = 0
     saved_step: int | None = None          # step of the checkpoint on disk, if any
     resumed_from: int | None = None        # step of the checkpoint this call started from
@@ -323,19 +325,19 @@ class _State:
 
     def meta(self, config) -> dict:
         return {"step": self.step, "batcher": self.batcher.state(),
-                "model_rng": _rng_state(self.model.rng), "wall_s": self.wall(),
+                "rng": _rng_state(self.rng), "wall_s": self.wall(),
                 "loss_sum": self.loss_sum, "loss_n": self.loss_n, "train": self.cfg.as_dict(),
                 "config": config or {}, "backend": backend.name()}
 
 
 def _start(model, dataset, cfg: TrainConfig, ckpt_path: Path, resume: bool) -> _State:
-    """Optimizers, schedules, EMA, batcher and model.rng: fresh, or from the checkpoint."""
+    """Optimizers, schedules, EMA, batcher and the loop's generator: fresh, or from the checkpoint."""
     from refgen import optim
     opts, _ = _make_optimizers(model, cfg.optimizer, cfg.lr)
     scheds = {name: optim.LRScheduler(opt, cfg.lr_factor) for name, opt in opts.items()}
     ema = optim.EMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    model.rng = _model_rng(cfg.seed)
-    st = _State(model, cfg, opts, scheds, ema, Batcher(len(dataset), cfg.batch_size, cfg.seed))
+    st = _State(model, cfg, opts, scheds, ema, Batcher(len(dataset), cfg.batch_size, cfg.seed),
+                _loop_rng(cfg.seed))
     if resume:
         arrays, meta = io.load_checkpoint(ckpt_path)
         load_run_state(model, arrays, ema)
@@ -348,10 +350,10 @@ def _start(model, dataset, cfg: TrainConfig, ckpt_path: Path, resume: bool) -> _
         for sched in scheds.values():
             sched.load_state_dict({"last_step": st.step, "base_lr": sched.base_lr})
         st.batcher.set_state(meta["batcher"])
-        if meta.get("model_rng") is not None:
-            model.rng.bit_generator.state = meta["model_rng"]
+        if meta.get("rng") is not None:
+            st.rng.bit_generator.state = meta["rng"]
         else:  # a backend whose generator has no state to save (CuPy)
-            model.rng = _model_rng(cfg.seed, st.step)
+            st.rng = _loop_rng(cfg.seed, st.step)
         st.wall_before = float(meta.get("wall_s", 0.0))
         st.loss_sum, st.loss_n = float(meta.get("loss_sum", 0.0)), int(meta.get("loss_n", 0))
     st.t_window, st.step_window = time.perf_counter(), st.step
@@ -364,13 +366,14 @@ def _next_batch(dataset, batcher: Batcher) -> Batch:
     return _to_batch(xb, yb)
 
 
-def _optimize(model, batch: Batch, opts: dict, grad_clip) -> dict:
-    """One update: the model's own ``train_step``, or loss, zero_grad, backward, clip, step.
-    Returns {'loss': float, ...}; nothing is stepped when the loss is not finite."""
+def _optimize(model, batch: Batch, opts: dict, grad_clip, rng) -> dict:
+    """One update: the model's own ``train_step``, or loss, zero_grad, backward, clip, step,
+    the model's noise drawn from ``rng``. Returns {'loss': float, ...}; nothing is stepped
+    when the loss is not finite."""
     from refgen import optim
     if hasattr(model, "train_step"):
-        return {k: float(v) for k, v in model.train_step(batch, opts).items()}
-    loss = model.loss(batch)
+        return {k: float(v) for k, v in model.train_step(batch, opts, rng).items()}
+    loss = model.loss(batch, rng)
     info = {"loss": float(loss.item())}
     if not math.isfinite(info["loss"]):
         return info
@@ -442,19 +445,18 @@ def _log_cut_back_on_failure(st: _State, log_path: Path, bar: StepProgress):
 
 
 def _evaluate(st: _State, eval_fn, test_dataset, progress=None) -> dict:
-    """eval_fn(model, test) in eval mode, with the EMA weights, without moving the training
-    generator; an eval_fn with a ``progress`` parameter gets ``progress`` (done, total, label)."""
-    model, saved_rng = st.model, st.model.rng
+    """eval_fn(model, test) in eval mode, with the EMA weights (the training generator is not
+    the evaluation's: eval_fn seeds its own); an eval_fn with a ``progress`` parameter gets
+    ``progress`` (done, total, label)."""
+    model = st.model
     kw = {}
     if progress is not None and "progress" in inspect.signature(eval_fn).parameters:
         kw["progress"] = progress
-    model.rng = backend.default_rng(SAMPLE_SEED)
     model.eval()
     try:
         with ema_weights(model, st.ema):
             return dict(eval_fn(model, test_dataset, **kw))
     finally:
-        model.rng = saved_rng
         model.train()
 
 
@@ -498,7 +500,7 @@ def train(model, dataset, *, out_dir, settings: TrainConfig | None = None, resum
         while st.step < cfg.steps:
             lr = next(iter(st.opts.values())).lr                      # learning rate
             batch = _next_batch(dataset, st.batcher)                  # batch
-            info = _optimize(model, batch, st.opts, cfg.grad_clip)    # step
+            info = _optimize(model, batch, st.opts, cfg.grad_clip, st.rng)  # step
             _check_finite(info["loss"], st, ckpt_path)                # divergence check
             _advance(st, info["loss"])
             bar.update(st.step, st.loss_sum / st.loss_n, st.rate(), final=st.step == cfg.steps)
@@ -526,13 +528,9 @@ def _finish(st: _State, dataset, out: Path, eval_fn, test_dataset, progress, sam
         metrics["eval_wall_s"] = round(time.perf_counter() - t, 3)
     _write_json(out / "metrics.json", metrics)
     if samples and dataset.kind != "categorical":  # text: no picture
-        saved_rng = st.model.rng
-        try:
-            with ema_weights(st.model, st.ema), Stage(f"drawing samples -> {out / 'samples.png'}",
-                                                      progress) as stage:
-                ref = dataset.x[:2000] if tuple(dataset.shape) == (2,) else None
-                write_samples(st.model, out / "samples.png", reference=ref, stage=stage,
-                              **data_facts(dataset))
-        finally:
-            st.model.rng = saved_rng
+        with ema_weights(st.model, st.ema), Stage(f"drawing samples -> {out / 'samples.png'}",
+                                                  progress) as stage:
+            ref = dataset.x[:2000] if tuple(dataset.shape) == (2,) else None
+            write_samples(st.model, out / "samples.png", reference=ref, stage=stage,
+                          **data_facts(dataset))
     return metrics

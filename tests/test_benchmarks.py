@@ -23,6 +23,7 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 SMOKE_RUNS = [
     ("clip_mnist.py", [], True),
     ("conv_speed.py", [], False),
+    ("controlnet_mnist.py", [], True),
     ("diffusion_2d.py", ["--quiet"], False),
     ("diffusion_2d.py", ["--quiet", "--variant", "hybrid", "--set", "learn_sigma=true"], False),
     ("diffusion_classifier_guidance.py", [], True),
@@ -41,6 +42,7 @@ SMOKE_RUNS = [
     ("pixelcnn_mnist.py", [], True),
     ("pixelcnn_recipe.py", [], True),
     ("pixelcnn_step_cost.py", [], False),
+    ("speed.py", [], False),
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),

@@ -184,9 +184,9 @@ class _NaNGMM(GaussianMixture):
         super().__init__(data_shape, seed=seed)
         self.nan_at, self.calls = nan_at, 0
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         self.calls += 1
-        return super().loss(batch) * (float("nan") if self.calls >= self.nan_at else 1.0)
+        return super().loss(batch, rng) * (float("nan") if self.calls >= self.nan_at else 1.0)
 
 
 @pytest.fixture
@@ -517,8 +517,8 @@ def test_sample_steps_and_sampler_reach_the_models_sampler(run_dir, tmp_path, ca
                  "--no-eval", "--set", "T=40", "--set", "hidden=8", "--set", "depth=1"]) == 0
     calls, real = [], DDPM.sample
 
-    def spy(self, n, cond=None, rng=None, **kw):
-        x = real(self, n, cond, rng, **kw)
+    def spy(self, n, cond=None, *, rng, **kw):
+        x = real(self, n, cond, rng=rng, **kw)
         calls.append((kw, np.asarray(x).copy()))
         return x
     monkeypatch.setattr(DDPM, "sample", spy)

@@ -22,12 +22,16 @@ def _data(name, shape, n=16, classes=False):
     x = (x < 0.3) if name.endswith("binary") else lo + (hi - lo) * x
     kind = "binary" if name.endswith("binary") else "continuous"
     y = rng.integers(0, 10, n) if classes else None
+    if classes == "control":  # a control image per example (the ControlNet data sets)
+        y = (rng.random((n,) + shape) > 0.5).astype(np.float32)
     return Dataset(name, "train", x.astype(np.float32), y, kind, shape,
-                   num_classes=10 if classes else None, value_range=value_range(name))
+                   num_classes=10 if classes is True else None, value_range=value_range(name))
 
 
 with use_backend("numpy"):
     _TEACHER = models.create("ddpm", data_shape=(2,), T=30, parameterization="v", hidden=16, depth=1)
+    _BASE = models.create("ddpm", data_shape=IMG, T=30, channels=8, groups=4, num_res_blocks=1,
+                          class_cond=False, sample_steps=3)
 
 # model -> (data set name, example shape, labels?, tiny constructor arguments)
 CASES = {
@@ -68,6 +72,7 @@ CASES = {
     "consistency-distillation": ("8gaussians", (2,), False, dict(teacher=_TEACHER, N=4, hidden=16,
                                                                  depth=1)),
     "consistency-training": ("8gaussians", (2,), False, dict(K=5, hidden=16, depth=1)),
+    "controlnet": ("mnist-14-edges", IMG, "control", dict(base=_BASE, hint_channels=4)),
     "gan": ("8gaussians", (2,), False, dict(hidden=[8], r1=1.0)),
     "nsgan": ("mnist", (1, 14, 14), False, dict(channels=4, hidden=[8], z_dim=4, pack=2)),
     "wgan": ("8gaussians", (2,), False, dict(hidden=[8])),
@@ -148,15 +153,18 @@ def test_trains_resumes_and_samples_on_the_device(name, tmp_path):
             x = model.sample(3, rng=backend.default_rng(0))
         assert isinstance(x.data if isinstance(x, Tensor) else x, DeviceArray)
         assert np.all(np.isfinite(backend.to_numpy(x)))
+        if labels == "control":  # and controlled samples
+            x = model.sample(2, cond=backend.asarray(ds.y[:2]), rng=backend.default_rng(0))
+            assert isinstance(x, DeviceArray) and np.all(np.isfinite(backend.to_numpy(x)))
 
 
 class _LeakyGMM(models.get("gmm")):
     """A GMM whose loss adds a host array to the batch's device array: the bug the stand-in
     must catch. (Tensors move host arrays to the device themselves; raw arrays do not.)"""
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         shift = batch.x.data + np.ones(batch.x.shape[1:], np.float32)      # (B, 2) + host (2,)
-        return super().loss(batch) + 0.0 * float(shift.sum())
+        return super().loss(batch, rng) + 0.0 * float(shift.sum())
 
 
 def test_a_host_array_in_a_loss_is_caught(tmp_path):

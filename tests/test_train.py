@@ -20,10 +20,10 @@ def _small_noisy_data(n=100, seed=0):
 
 
 class NoisyGMM(GaussianMixture):
-    """A GMM whose loss draws noise from ``self.rng``, the generator the loop owns."""
+    """A GMM whose loss draws noise from ``rng``, the generator the loop owns and hands it."""
 
-    def loss(self, batch):
-        noise = self.rng.standard_normal(batch.x.shape, dtype=np.float32)
+    def loss(self, batch, rng):
+        noise = rng.standard_normal(batch.x.shape, dtype=np.float32)
         return -self.log_prob(batch.x + 0.1 * noise).mean()
 
 
@@ -34,9 +34,9 @@ class NaNAt(GaussianMixture):
         super().__init__(data_shape, seed=seed)
         self.nan_at, self.calls = nan_at, 0
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         self.calls += 1
-        loss = super().loss(batch)
+        loss = super().loss(batch, rng)
         return loss * float("nan") if self.calls >= self.nan_at else loss
 
 
@@ -82,7 +82,7 @@ def test_resume_is_bit_for_bit(tmp_path, ema_decay):
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     assert meta_a["step"] == meta_b["step"] == 40
-    assert meta_a["batcher"] == meta_b["batcher"] and meta_a["model_rng"] == meta_b["model_rng"]
+    assert meta_a["batcher"] == meta_b["batcher"] and meta_a["rng"] == meta_b["rng"]
     # the log of the resumed run reads as one run
     la = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
@@ -141,9 +141,9 @@ class TwoStep(GaussianMixture):
     def param_groups(self):
         return {"means": [self.mu], "rest": dict(params=[self.logits, self.log_sigma], lr=0.0)}
 
-    def train_step(self, batch, optimizers):
+    def train_step(self, batch, optimizers, rng):
         assert sorted(optimizers) == ["means", "rest"] and optimizers["rest"].lr == 0.0
-        loss = self.loss(batch)
+        loss = self.loss(batch, rng)
         for opt in optimizers.values():
             opt.zero_grad()
         loss.backward()
@@ -280,9 +280,10 @@ def test_evaluation_does_not_move_the_training_generator(tmp_path):
     ds = _small_noisy_data()
     calls = []
 
-    def eval_fn(model, test):  # draws from model.rng, as a sampler-based metric would
+    def eval_fn(model, test):  # samples, as a sampler-based metric would, from its own generator
         calls.append(model.training)
-        return {"probe": float(model.rng.standard_normal())}
+        assert not hasattr(model, "rng")  # the loop's generator is out of its reach
+        return {"probe": float(to_numpy(model.sample(4, rng=backend.default_rng(0))).sum())}
 
     a, b = NoisyGMM((2,), seed=1), NoisyGMM((2,), seed=1)
     _run(a, ds, tmp_path / "a", 30)
@@ -307,8 +308,8 @@ def test_samples_png_for_images(tmp_path):
 class WithStats(GaussianMixture):
     """A model that describes its last loss in ``last_stats``, as the VAEs and DDPM do."""
 
-    def loss(self, batch):
-        loss = super().loss(batch)
+    def loss(self, batch, rng):
+        loss = super().loss(batch, rng)
         self.last_stats = {"half_loss": 0.5 * float(loss.item()), "calls": 1.0}
         return loss
 

@@ -2,9 +2,10 @@
 input's shape with ``sum_to``, the adjoint of broadcasting."""
 from __future__ import annotations
 
+import contextlib
 import math
 
-from refgen.autograd import Function, Tensor, as_tensor
+from refgen.autograd import Function, Tensor, as_tensor, is_grad_enabled
 from refgen.backend import xp, erf as _erf
 
 __all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt",
@@ -193,16 +194,127 @@ class _Tanh(Function):
         return gy * (1.0 - y * y)  # tanh' = 1 - tanh^2
 
 
+def _overflow_ok():
+    """Silence NumPy's overflow warning for a block whose overflow to inf is intended."""
+    return xp.errstate(over="ignore") if hasattr(xp, "errstate") else contextlib.nullcontext()
+
+
+def _sigmoid_array(x):
+    """1 / (1 + e^-x) on a raw array, in place on one new buffer. For x below about -88
+    (float32) e^-x overflows to inf and the result is the limit 0; above, the reciprocal keeps
+    full relative precision in both tails. No select (``where``): 5x faster than one."""
+    y = xp.asarray(xp.negative(x))                  # asarray: a 0-d input gives a scalar
+    with _overflow_ok():
+        xp.exp(y, out=y)
+    y += 1.0
+    return xp.reciprocal(y, out=y)
+
+
 class _Sigmoid(Function):
     def forward(self, x):
-        # 1 / (1 + e^-x), written with e = exp(-|x|) <= 1 so neither tail overflows or
-        # rounds to 0 early: x >= 0 gives 1 / (1 + e), x < 0 gives e / (1 + e)
-        e = xp.exp(-xp.abs(x))
-        return xp.where(x >= 0, 1.0, e) / (1.0 + e)
+        return _sigmoid_array(x)
 
     def backward(self, gy):
         y = self.output
-        return gy * y * (1.0 - y)
+        if not is_grad_enabled():  # no graph to record: one pass on raw arrays
+            d = 1.0 - y.data
+            d *= y.data
+            d *= gy.data
+            return Tensor(d)
+        return gy * y * (1.0 - y)  # sigma' = sigma (1 - sigma)
+
+
+class _Silu(Function):
+    """y = x sigma(x), one node: dy/dx = sigma (1 + x (1 - sigma))."""
+
+    def forward(self, x):
+        self.s = _sigmoid_array(x)
+        return x * self.s
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if not is_grad_enabled():
+            s = self.s
+            d = 1.0 - s
+            d *= x.data
+            d += 1.0
+            d *= s
+            d *= gy.data
+            return Tensor(d)
+        s = sigmoid(x)  # recorded: the derivative is a function of x again
+        return gy * (s * (1.0 + x * (1.0 - s)))
+
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+class _Gelu(Function):
+    """y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, one node: dy/dx = Phi + x phi(x)."""
+
+    def forward(self, x):
+        cdf = xp.asarray(_erf(x * _SQRT1_2))
+        cdf += 1.0
+        cdf *= 0.5
+        self.cdf = cdf
+        return x * cdf
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if not is_grad_enabled():
+            xd = x.data
+            d = xp.asarray(xd * xd)
+            d *= -0.5
+            xp.exp(d, out=d)
+            d *= _INV_SQRT_2PI
+            d *= xd                                  # x phi(x)
+            d += self.cdf
+            d *= gy.data
+            return Tensor(d)
+        cdf = 0.5 * (1.0 + erf(x * _SQRT1_2))
+        pdf = _INV_SQRT_2PI * exp(-0.5 * (x * x))
+        return gy * (cdf + x * pdf)
+
+
+_GELU_C, _GELU_A = math.sqrt(2.0 / math.pi), 0.044715
+
+
+class _GeluTanh(Function):
+    """y = x (1 + t) / 2, t = tanh(c (x + a x^3)), one node:
+    dy/dx = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2."""
+
+    def forward(self, x):
+        t = xp.asarray(x * x)
+        t *= _GELU_A
+        t += 1.0
+        t *= x
+        t *= _GELU_C                                  # c (x + a x^3)
+        xp.tanh(t, out=t)
+        self.t = t
+        y = t + 1.0
+        y *= x
+        y *= 0.5
+        return y
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if not is_grad_enabled():
+            xd, t = x.data, self.t
+            d = xd * xd
+            d *= 3.0 * _GELU_A
+            d += 1.0
+            d *= xd
+            d *= 0.5 * _GELU_C                        # x c (1 + 3 a x^2) / 2
+            u = xp.asarray(t * t)
+            xp.subtract(1.0, u, out=u)                # 1 - t^2
+            d *= u
+            xp.multiply(t, 0.5, out=u)
+            d += u
+            d += 0.5                                  # + (1 + t) / 2
+            d *= gy.data
+            return Tensor(d)
+        t = tanh(_GELU_C * (x + _GELU_A * (x * x * x)))
+        return gy * (0.5 * (1.0 + t) + 0.5 * _GELU_C * x * (1.0 - t * t) * (1.0 + 3.0 * _GELU_A * (x * x)))
 
 
 class _Softplus(Function):
@@ -403,16 +515,28 @@ def elu(x, alpha: float = 1.0):
 
 
 def silu(x):
-    """x * sigmoid(x)."""
-    return x * sigmoid(x)
+    """x * sigmoid(x), one graph node (its backward differentiates again)."""
+    return _Silu.apply(as_tensor(x))
 
 
 def gelu(x, approximate: str = "none"):
-    """x * Phi(x); ``approximate='tanh'`` uses the tanh form of Phi."""
+    """x * Phi(x); ``approximate='tanh'`` uses the tanh form of Phi. One graph node each."""
     x = as_tensor(x)
     if approximate == "tanh":
-        c = math.sqrt(2.0 / math.pi)
-        return 0.5 * x * (1.0 + tanh(c * (x + 0.044715 * x * x * x)))
+        return _GeluTanh.apply(x)
     if approximate != "none":
         raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
-    return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+    return _Gelu.apply(x)
+
+
+def silu_composite(x):
+    """x * sigmoid(x) as two nodes: the reference the fused :func:`silu` is tested against."""
+    return x * sigmoid(x)
+
+
+def gelu_composite(x, approximate: str = "none"):
+    """GELU as a composition of elementwise nodes: the reference for the fused :func:`gelu`."""
+    x = as_tensor(x)
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + tanh(_GELU_C * (x + _GELU_A * x * x * x)))
+    return 0.5 * x * (1.0 + erf(x * _SQRT1_2))

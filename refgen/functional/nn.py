@@ -17,7 +17,7 @@ from refgen.backend import xp, default_rng, name as _backend_name
 from refgen.functional.elementwise import exp, where
 from refgen.functional.linalg import matmul
 from refgen.functional.reduction import mean, sum, var
-from refgen.functional.shape import getitem, reshape, transpose
+from refgen.functional.shape import getitem, reshape, sum_to, transpose
 
 __all__ = ["linear", "softmax", "log_softmax", "layer_norm", "group_norm", "dropout",
            "embedding", "one_hot", "gumbel_softmax", "straight_through",
@@ -129,14 +129,91 @@ class _Standardize(Function):
         return rstd * (gy - mean(gy, axes, keepdim=True) - xhat * mean(gy * xhat, axes, keepdim=True))
 
 
+class _AffineNorm(Function):
+    """y = xhat * w + b in one node, xhat the standardisation of x viewed as ``stat_shape``
+    over ``axes``; w and b broadcast against x from ``param_shape``.
+
+    Backward, with g = dL/dy * w seen in ``stat_shape`` (the standardisation's adjoint):
+        dL/dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
+        dL/dw = sum of dL/dy * xhat,  dL/db = sum of dL/dy  (over the broadcast dims).
+    When the backward itself is recorded (create_graph) the same formulas are written with
+    refgen ops on a recomputed xhat, so they differentiate again.
+    """
+
+    def forward(self, x, w, b, stat_shape, axes, param_shape, eps):
+        self.stat_shape, self.axes, self.param_shape, self.eps = stat_shape, axes, param_shape, eps
+        # the statistics' axes are the trailing ones: x as rows (R, M), one row per statistic;
+        # row means are matrix-vector products with a (M,) vector of 1/M (BLAS: several times
+        # faster than a reduction along a short last axis)
+        m = math.prod(stat_shape[a] for a in axes)
+        self.avg = xp.full((m,), 1.0 / m, dtype=x.dtype)
+        xs = x.reshape(-1, m)                                          # (R, M)
+        d = xs - (xs @ self.avg)[:, None]
+        var_ = xp.einsum("ij,ij->i", d, d) * (1.0 / m)                 # no (R, M) temporary
+        self.rstd = (1.0 / xp.sqrt(var_ + eps))[:, None]               # (R, 1)
+        d *= self.rstd
+        self.xhat = d.reshape(x.shape)                                 # (R, M) -> x's shape
+        y = self.xhat * w.reshape(param_shape)
+        y += b.reshape(param_shape)
+        return y
+
+    def backward(self, gy):
+        x, w, b = self.inputs
+        axes, stat_shape, ps = self.axes, self.stat_shape, self.param_shape
+        if not is_grad_enabled():  # raw arrays, two full-size buffers
+            g, wb, avg = gy.data, w.data.reshape(ps), self.avg
+            m = avg.shape[0]
+            t = g * self.xhat                                           # dL/dy * xhat
+            gw = _sum_to_params(t, ps).reshape(w.shape)
+            t *= wb                                                     # g * xhat, g = dL/dy * w
+            t = t.reshape(-1, m)
+            m2 = (t @ avg)[:, None]                                     # mean(g xhat) per row
+            gx = (g * wb).reshape(-1, m)
+            m1 = (gx @ avg)[:, None]                                    # mean(g) per row
+            xp.multiply(self.xhat.reshape(-1, m), m2, out=t)
+            t += m1
+            gx -= t                                                     # g - mean(g) - xhat mean(g xhat)
+            gx *= self.rstd
+            gb = _sum_to_params(g, ps).reshape(b.shape)
+            # a non-contiguous dL/dy gives products in its own layout, and a reshape is then
+            # a copy: gx is the updated (R, M) array itself, reshaped only at the end
+            return Tensor(gx.reshape(x.shape)), Tensor(gw), Tensor(gb)
+        xs = reshape(x, stat_shape)
+        rstd = (var(xs, axes, unbiased=False, keepdim=True) + self.eps) ** -0.5
+        xhat = (xs - mean(xs, axes, keepdim=True)) * rstd
+        g = reshape(gy * reshape(w, ps), stat_shape)
+        gx = rstd * (g - mean(g, axes, keepdim=True) - xhat * mean(g * xhat, axes, keepdim=True))
+        gw = reshape(sum_to(gy * reshape(xhat, x.shape), ps), w.shape)
+        gb = reshape(sum_to(gy, ps), b.shape)
+        return reshape(gx, x.shape), gw, gb
+
+
+def _sum_to_params(a, ps):
+    """A raw array summed down to the parameter shape ``ps``: its trailing dims (layer norm)
+    or (1, C, 1, ...) (group norm), the sums as matrix-vector products with ones."""
+    if len(ps) < a.ndim:                                   # (..., *ps) -> ps
+        rows = a.reshape(-1, math.prod(ps))
+        return (xp.ones((rows.shape[0],), dtype=a.dtype) @ rows).reshape(ps)
+    if ps[0] == 1 and all(n == 1 for n in ps[2:]):        # (N, C, ...) -> (1, C, 1, ...)
+        rows = a.reshape(a.shape[0] * a.shape[1], -1)      # (N C, positions)
+        per = (rows @ xp.ones((rows.shape[1],), dtype=a.dtype)).reshape(a.shape[0], a.shape[1])
+        return xp.sum(per, axis=0).reshape(ps)
+    return sum_to(Tensor(a), ps).data
+
+
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
-    """Normalise over the trailing ``normalized_shape`` dims, then scale and shift."""
+    """Normalise over the trailing ``normalized_shape`` dims, then scale and shift (one
+    graph node when both weight and bias are given)."""
     x = as_tensor(x)
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if x.shape[x.ndim - len(ns):] != ns:
         raise ValueError(f"layer_norm: normalized_shape {ns} does not match the trailing "
                          f"dims of an input of shape {x.shape}")
-    y = _Standardize.apply(x, axes=tuple(range(x.ndim - len(ns), x.ndim)), eps=eps)
+    axes = tuple(range(x.ndim - len(ns), x.ndim))
+    if weight is not None and bias is not None:
+        return _AffineNorm.apply(x, as_tensor(weight), as_tensor(bias), stat_shape=x.shape,
+                                 axes=axes, param_shape=ns, eps=eps)
+    y = _Standardize.apply(x, axes=axes, eps=eps)
     if weight is not None:
         y = y * weight
     if bias is not None:
@@ -145,19 +222,39 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
 
 
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
-    """Normalise (N, C, ...) over each group of C/num_groups channels and all positions."""
+    """Normalise (N, C, ...) over each group of C/num_groups channels and all positions
+    (one graph node when both weight and bias are given)."""
     x = as_tensor(x)
     n, c = x.shape[:2]
     if c % num_groups:
         raise ValueError(f"group_norm: {c} channels are not divisible into {num_groups} groups")
-    xg = reshape(x, (n, num_groups, -1))  # (N, C, ...) -> (N, G, C/G * ...)
-    y = reshape(_Standardize.apply(xg, axes=(2,), eps=eps), x.shape)
+    groups = (n, num_groups, x.size // (n * num_groups))  # (N, C, ...) -> (N, G, C/G * ...)
     per_channel = (1, c) + (1,) * (x.ndim - 2)  # (C,) -> (1, C, 1, ...)
+    if weight is not None and bias is not None:
+        return _AffineNorm.apply(x, as_tensor(weight), as_tensor(bias), stat_shape=groups,
+                                 axes=(2,), param_shape=per_channel, eps=eps)
+    y = reshape(_Standardize.apply(reshape(x, groups), axes=(2,), eps=eps), x.shape)
     if weight is not None:
         y = y * reshape(weight, per_channel)
     if bias is not None:
         y = y + reshape(bias, per_channel)
     return y
+
+
+def layer_norm_composite(x, normalized_shape, weight, bias, eps: float = 1e-5):
+    """Standardise, then ``* weight + bias`` as separate nodes: the reference for the fused
+    :func:`layer_norm`."""
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    y = _Standardize.apply(x, axes=tuple(range(x.ndim - len(ns), x.ndim)), eps=eps)
+    return y * weight + bias
+
+
+def group_norm_composite(x, num_groups: int, weight, bias, eps: float = 1e-5):
+    """The unfused :func:`group_norm`: standardise each group, then scale and shift."""
+    n, c = x.shape[:2]
+    per_channel = (1, c) + (1,) * (x.ndim - 2)
+    y = reshape(_Standardize.apply(reshape(x, (n, num_groups, -1)), axes=(2,), eps=eps), x.shape)
+    return y * reshape(weight, per_channel) + reshape(bias, per_channel)
 
 
 # --- noise -------------------------------------------------------------------------------
@@ -252,6 +349,91 @@ def one_hot(indices, num_classes: int = -1, dtype=None):
 
 # --- attention ---------------------------------------------------------------------------
 
+_CAUSAL_MASKS: dict = {}  # (L, S, dtype, backend) -> additive (L, S) mask: 0 on and below the diagonal, -inf above
+
+
+def _causal_additive(L, S, dtype):
+    key = (L, S, xp.dtype(dtype).str, _backend_name())
+    if key not in _CAUSAL_MASKS:
+        if len(_CAUSAL_MASKS) > 64:
+            _CAUSAL_MASKS.clear()
+        _CAUSAL_MASKS[key] = xp.where(xp.tri(L, S, 0, dtype=bool), 0.0, -math.inf).astype(dtype)
+    return _CAUSAL_MASKS[key]
+
+
+def _additive_mask(L, S, dtype, is_causal, mask):
+    """The scores' additive mask (0 = may attend, -inf = may not), broadcastable to
+    (..., L, S), or None. ``mask`` is a raw boolean or float array, or None."""
+    add = _causal_additive(L, S, dtype) if is_causal else None
+    if mask is not None:
+        m = xp.where(mask, 0.0, -math.inf).astype(dtype) if mask.dtype == bool else mask.astype(dtype, copy=False)
+        add = m if add is None else add + m
+    return add
+
+
+def _softmax_rows_(s):
+    """softmax over the last axis of a raw array, in place; an all -inf row gives zeros."""
+    m = xp.max(s, axis=-1, keepdims=True)
+    m[~xp.isfinite(m)] = 0                            # all -inf row: exp gives 0, not NaN
+    s -= m
+    xp.exp(s, out=s)
+    z = xp.sum(s, axis=-1, keepdims=True)
+    z[z == 0] = 1
+    s /= z
+    return s
+
+
+class _Attention(Function):
+    """O = P V, P = softmax(Q K^T * scale + M), M an additive constant mask; one node.
+
+    Forward keeps only P (..., L, S). Backward, with dP = dO V^T:
+        dS = P * (dP - rowsum(dP * P)),  dQ = scale dS K,  dK = scale dS^T Q,  dV = P^T dO.
+    When the backward itself is recorded (create_graph) P is recomputed with refgen ops
+    (matmul, softmax) and the same formulas are written with refgen ops, so they
+    differentiate again.
+    """
+
+    def forward(self, q, k, v, scale, mask):
+        self.scale, self.mask = scale, mask
+        s = xp.matmul(q * scale, xp.swapaxes(k, -1, -2))   # (..., L, S)
+        if mask is not None:
+            s += mask
+        self.p = _softmax_rows_(s)
+        return xp.matmul(self.p, v)                        # (..., L, Ev)
+
+    def backward(self, go):
+        q, k, v = self.inputs
+        if not is_grad_enabled():
+            p, g = self.p, go.data
+            dp = xp.matmul(g, xp.swapaxes(v.data, -1, -2))  # (..., L, S)
+            dp -= xp.einsum("...j,...j->...", dp, p)[..., None]  # rowsum(dP * P), no (L, S) temporary
+            dp *= p                                         # dS
+            dp *= self.scale
+            gq = xp.matmul(dp, k.data) if q.requires_grad else None
+            gk = xp.matmul(xp.swapaxes(dp, -1, -2), q.data) if k.requires_grad else None
+            gv = xp.matmul(xp.swapaxes(p, -1, -2), g) if v.requires_grad else None
+            return tuple(None if a is None else Tensor(_sum_to_raw(a, t.shape))
+                         for a, t in zip((gq, gk, gv), (q, k, v)))
+        p = _attention_probs(q, k, self.scale, self.mask)
+        dp = matmul(go, transpose(v, -1, -2))
+        ds = p * (dp - sum(dp * p, -1, keepdim=True)) * self.scale
+        return (sum_to(matmul(ds, k), q.shape), sum_to(matmul(transpose(ds, -1, -2), q), k.shape),
+                sum_to(matmul(transpose(p, -1, -2), go), v.shape))
+
+
+def _sum_to_raw(a, shape):
+    """A raw gradient summed over the leading dims it was broadcast along."""
+    return a if a.shape == shape else sum_to(Tensor(a), shape).data
+
+
+def _attention_probs(q, k, scale, mask):
+    """softmax(Q K^T * scale + M) with refgen ops (the differentiable form of P)."""
+    scores = matmul(q * scale, transpose(k, -1, -2))
+    if mask is not None:
+        scores = scores + Tensor(mask)
+    return _Softmax.apply(scores, axis=scores.ndim - 1, safe=True)
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal: bool = False,
                                  dropout_p: float = 0.0, scale=None, rng=None):
     """softmax(Q K^T * scale + mask) V: (..., L, E), (..., S, E), (..., S, Ev) -> (..., L, Ev).
@@ -261,7 +443,30 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal: b
     j <= i (top-left aligned when L != S, as torch); it combines with attn_mask.
     scale defaults to 1/sqrt(E). A query with no key to attend to gets zeros, not NaN.
     dropout_p > 0 drops attention weights (pass 0 at evaluation), drawn from ``rng``.
+
+    Without dropout and with a constant mask this is one graph node (:class:`_Attention`):
+    the causal mask is a cached additive (L, S) array and the softmax runs in place. With
+    dropout or a mask that requires grad it is the composition of refgen ops
+    (:func:`scaled_dot_product_attention_composite`).
     """
+    q, k, v = as_tensor(query), as_tensor(key), as_tensor(value)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    grad_mask = isinstance(attn_mask, Tensor) and attn_mask.requires_grad
+    if dropout_p > 0.0 or grad_mask:
+        return scaled_dot_product_attention_composite(q, k, v, attn_mask, is_causal, dropout_p,
+                                                      scale, rng)
+    mask = None if attn_mask is None else (attn_mask.data if isinstance(attn_mask, Tensor)
+                                           else xp.asarray(attn_mask))
+    add = _additive_mask(q.shape[-2], k.shape[-2], q.dtype, is_causal, mask)
+    return _Attention.apply(q, k, v, scale=scale, mask=add)
+
+
+def scaled_dot_product_attention_composite(query, key, value, attn_mask=None,
+                                           is_causal: bool = False, dropout_p: float = 0.0,
+                                           scale=None, rng=None):
+    """:func:`scaled_dot_product_attention` as a composition of refgen ops (matmul, where,
+    softmax, dropout): its form for dropout and learned masks, and the reference the fused
+    node is tested against."""
     q, k, v = as_tensor(query), as_tensor(key), as_tensor(value)
     L, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale

@@ -51,12 +51,15 @@ split of the same data set (for binary data its fixed binarization).
 
 Everything is evaluated in eval mode without a graph (a model whose ``log_prob`` needs
 gradients inside opens ``refgen.enable_grad()`` itself), with the model's noise drawn from
-one generator seeded by ``rng`` (default 0), so two evaluations of a model agree; the model's
-own ``rng`` and train/eval mode are restored afterwards. Models may set the attributes
+one generator seeded by ``rng`` (default 0) and handed to every method that names an ``rng``
+parameter, so two evaluations of a model agree; its train/eval mode is restored afterwards. Models may set the attributes
 ``eval_samples`` and ``eval_iwae_k`` to change the defaults for themselves (a sampler that
 takes seconds per image on a CPU).
 """
 from __future__ import annotations
+
+import functools
+import inspect
 
 import numpy as np
 
@@ -161,14 +164,13 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
     x = ds.x if max_test is None else ds.x[:int(max_test)]
     out = {}
     gen = backend.default_rng(EVAL_SEED if rng is None else rng)
-    had_rng = "rng" in vars(model)
-    saved_rng, was_training = getattr(model, "rng", None), model.training
-    model.rng = gen  # elbo / iwae / log_prob draw their noise from model.rng
+    was_training = model.training
     model.eval()
     try:
         with no_grad():
             if hasattr(model, "log_prob"):
-                nll = float(-_per_example(model.log_prob, x, batch_size, report("log p(x)")).mean())
+                nll = float(-_per_example(_noisy(model.log_prob, gen), x, batch_size,
+                                          report("log p(x)")).mean())
                 to_bpd = _bpd_rule(model, ds)
                 out["test_nll_nats"] = nll
                 if to_bpd is not None:
@@ -177,14 +179,16 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
                     h = toy2d.entropy(ds.name)[0]
                     out["entropy_gap_nats"] = float(entropy_gap_nats(nll, h))
             if hasattr(model, "elbo"):
-                out["elbo_nats"] = float(_per_example(model.elbo, x, batch_size, report("ELBO")).mean())
+                out["elbo_nats"] = float(_per_example(_noisy(model.elbo, gen), x, batch_size,
+                                                      report("ELBO")).mean())
                 if ("test_bpd" not in out and getattr(model, "discrete", False) is True
                         and _mnist_range(ds.name) == (-1.0, 1.0)):
                     out["test_bpd"] = float(bits_per_dim(-out["elbo_nats"], int(np.prod(ds.shape))))
             if hasattr(model, "iwae"):
                 k = int(iwae_k if iwae_k is not None
                         else getattr(model, "eval_iwae_k", DEFAULT_IWAE_K))
-                lk = _per_example(lambda xb: model.iwae(xb, k), x, max(1, batch_size // 5), report("IWAE"))
+                iwae = _noisy(model.iwae, gen)
+                lk = _per_example(lambda xb: iwae(xb, k), x, max(1, batch_size // 5), report("IWAE"))
                 out["iwae_nats"] = float(lk.mean())
             if hasattr(model, "sample"):
                 n = int(n_samples if n_samples is not None
@@ -198,12 +202,17 @@ def evaluate(model, test_dataset, run_dir=None, n_samples=None, rng=None, *, iwa
                     m = min(_MMD_N, n, len(ds.x))
                     out["mmd"] = float(mmd(s[:m], ds.x[:m]))
     finally:
-        if had_rng:
-            model.rng = saved_rng
-        else:
-            vars(model).pop("rng", None)
         model.train(was_training)
     return out
+
+
+def _noisy(method, gen):
+    """``method`` with its noise drawn from ``gen`` where it draws any: an estimator that
+    samples (a VAE's ELBO, an ODE likelihood's trace) names an ``rng`` parameter, an exact
+    one does not."""
+    if "rng" in inspect.signature(method).parameters:
+        return functools.partial(method, rng=gen)
+    return method
 
 
 def _image_metrics(model, ds, n, gen, chunk, report=None):

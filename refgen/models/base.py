@@ -2,11 +2,11 @@
 
 A model is an ``nn.Module`` registered under a name, with
 
-- ``loss(batch)``: the scalar training objective, as the derivation writes it;
-- ``sample(n, cond=None, rng=None)``: ``n`` samples in data space, an xp array;
+- ``loss(batch, rng)``: the scalar training objective, as the derivation writes it;
+- ``sample(n, cond=None, *, rng)``: ``n`` samples in data space, an xp array;
 - where the family has them: ``log_prob(x)`` (exact, nats per example), ``elbo(x)``,
   ``iwae(x, k)``, ``energy(x)``, ``score(x, t)``;
-- ``train_step(batch, optimizers)`` only where one backward and one step is not the
+- ``train_step(batch, optimizers, rng)`` only where one backward and one step is not the
   algorithm (GAN alternation, EMA teachers, replay buffers).
 
 ``batch`` is a :class:`Batch`: ``x`` a Tensor of examples (B, *data_shape) and ``y`` an
@@ -25,12 +25,13 @@ Class attributes the tools read (all optional):
   uses for flags that are not given;
 - ``demo = True``: ``refgen demo`` trains this model on the toy 2D data.
 
-Randomness. Any noise a model draws inside ``loss`` or ``train_step`` (time steps, noise,
-dropout masks, latent samples) must come from ``self.rng``: a backend generator
-(``refgen.backend.default_rng``) that the training loop creates from the run's seed, assigns
-to ``model.rng`` before the first step and saves in every checkpoint. That is what makes a
-resumed run on NumPy end bit-for-bit equal to an uninterrupted one. ``sample(n, rng=None)``
-uses ``rng`` when given, else ``self.rng`` (else a fresh generator).
+Randomness. A model keeps no generator: every method that draws noise takes it as ``rng``, a
+backend generator (``refgen.backend.default_rng``). In training that is the loop's generator,
+created from the run's seed, handed to ``loss`` / ``train_step`` at every step and saved in
+every checkpoint: that is what makes a resumed run on NumPy end bit-for-bit equal to an
+uninterrupted one. ``sample`` and the estimators that sample (a VAE's ``elbo`` and ``iwae``, an
+ODE likelihood's probes) take ``rng`` as a required keyword; the evaluation hands them one
+seeded generator, so two evaluations of a model agree.
 
 Several optimizers. A model with ``train_step`` may define ``param_groups() -> dict`` mapping
 a name to a list of parameters, or to ``dict(params=[...], lr=..., optimizer='rmsprop',

@@ -177,19 +177,20 @@ class GroupNorm(Module):
 class Dropout(Module):
     """Zero each element with probability p in training, scaling the rest by 1 / (1 - p).
 
-    rng: the noise generator (a backend generator or seed; None: refgen.functional's default).
+    forward(x, rng): the mask is drawn from ``rng`` (a backend generator; None:
+    refgen.functional's default generator).
     """
 
-    def __init__(self, p: float = 0.5, rng=None):
+    def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p, self.rng = p, rng
+        self.p = p
 
-    def forward(self, x):
+    def forward(self, x, rng=None):
         if not self.training or self.p == 0.0:
             return x
-        return F.dropout(x, self.p, training=True, rng=self.rng)
+        return F.dropout(x, self.p, training=True, rng=rng)
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -85,6 +85,7 @@ class UNet(Module):
                 self.down.append(ModuleList([Downsample(c, **kw)]))
                 skips.append(c)
                 r //= 2
+        self.skip_channels, self.mid_channels = tuple(skips), c          # what encode returns
 
         self.mid1 = res(c, c)
         self.mid_attn, *cross = attn(c)
@@ -110,15 +111,30 @@ class UNet(Module):
         if (context is None) != (self.context_dim is None):
             raise ValueError("pass a context (B, S, context_dim) exactly when the U-Net was built "
                              f"with context_dim (it was built with context_dim={self.context_dim})")
-        run = dict(rng=rng, context=context, context_mask=context_mask)
         e = self.embed(t, y)                                              # (B, 4 ch)
+        h, skips = self.encode(x, e, rng=rng, context=context, context_mask=context_mask)
+        return self.decode(h, skips, e, rng=rng, context=context, context_mask=context_mask)
+
+    def encode(self, x, e, *, hint=None, rng=None, context=None, context_mask=None):
+        """The down path and the middle: x (B, C, H, W), e (B, 4 ch) -> (h, skips), h the
+        middle's output (B, mid_channels, H', W') and skips the list of kept outputs, one per
+        entry of skip_channels. hint (B, ch, H, W), when given, is added to conv_in's output
+        (ControlNet's way in)."""
+        run = dict(rng=rng, context=context, context_mask=context_mask)
         h = self.conv_in(x)                                               # (B, C, H, W) -> (B, ch, H, W)
+        if hint is not None:
+            h = h + hint
         hs = [h]
         for blocks in self.down:
             h = apply_blocks(blocks, h, e, **run)
             hs.append(h)
         mid = [self.mid1, self.mid_attn] + ([self.mid_cross] if self.mid_cross is not None else []) + [self.mid2]
-        h = apply_blocks(mid, h, e, **run)
+        return apply_blocks(mid, h, e, **run), hs
+
+    def decode(self, h, skips, e, *, rng=None, context=None, context_mask=None):
+        """The up path and the output: (h, skips) of ``encode`` -> (B, out_channels, H, W)."""
+        run = dict(rng=rng, context=context, context_mask=context_mask)
+        hs = list(skips)
         for blocks in self.up:
             h = F.cat([h, hs.pop()], dim=1)                               # (B, c + c_skip, H, W)
             h = apply_blocks(blocks, h, e, **run)

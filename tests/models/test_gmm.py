@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+from refgen.backend import default_rng
 import pytest
 from hypothesis import given, strategies as st
 
@@ -59,7 +60,7 @@ def test_log_prob_is_the_mixture_formula(k, d, b, seed):
     got = to_numpy(m.log_prob(Tensor(x)).data)
     assert got.shape == (b,)
     np.testing.assert_allclose(got, _reference_log_prob(x, logits, mu, log_sigma), rtol=1e-10, atol=1e-10)
-    assert float(m.loss(Batch(Tensor(x))).item()) == pytest.approx(-got.mean(), rel=1e-12)
+    assert float(m.loss(Batch(Tensor(x)), default_rng(0)).item()) == pytest.approx(-got.mean(), rel=1e-12)
 
 
 @on_backend("numpy")  # compares with NumPy in float64 / finite differences: run there
@@ -87,28 +88,27 @@ def test_samples_follow_the_mixture():
     w = np.array([0.25, 0.75])
     _set(m, np.log(w).astype(np.float32), np.array([[-5.0, 0.0], [5.0, 1.0]], np.float32),
          np.log(np.array([[0.5, 1.0], [1.0, 0.2]], np.float32)))
-    x = to_numpy(m.sample(20000, rng=0))
+    x = to_numpy(m.sample(20000, rng=default_rng(0)))
     assert x.shape == (20000, 2) and x.dtype == np.float32
     left = x[:, 0] < 0
     assert left.mean() == pytest.approx(0.25, abs=0.015)  # mixing weights
     np.testing.assert_allclose(x[left].mean(0), [-5.0, 0.0], atol=0.05)
     np.testing.assert_allclose(x[left].std(0), [0.5, 1.0], rtol=0.05)
     np.testing.assert_allclose(x[~left].std(0), [1.0, 0.2], rtol=0.05)
-    assert np.array_equal(x, to_numpy(m.sample(20000, rng=0)))  # the rng decides everything
+    assert np.array_equal(x, to_numpy(m.sample(20000, rng=default_rng(0))))  # the rng decides everything
 
 
-def test_sample_uses_the_loops_generator():
-    from refgen.backend import default_rng
+def test_sample_draws_from_its_rng_alone():
     m = GaussianMixture((2,))
-    m.rng = default_rng(5)
-    a = to_numpy(m.sample(10))
-    m.rng = default_rng(5)
-    assert np.array_equal(a, to_numpy(m.sample(10)))
+    a = to_numpy(m.sample(10, rng=default_rng(5)))
+    assert np.array_equal(a, to_numpy(m.sample(10, rng=default_rng(5))))
+    with pytest.raises(TypeError, match="rng"):
+        m.sample(10)                                      # no generator of its own to fall back on
 
 
 def test_loss_gradient_reaches_every_parameter():
     m = GaussianMixture((2,), components=4)
-    m.loss(Batch(Tensor(np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)))).backward()
+    m.loss(Batch(Tensor(np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32))), default_rng(0)).backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and np.all(np.isfinite(to_numpy(p.grad.data))), name
         assert p.grad.dtype == np.float32

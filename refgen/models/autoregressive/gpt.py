@@ -23,7 +23,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.nn import (Embedding, LayerNorm, Linear, Module, ModuleList, Parameter,
@@ -152,7 +152,6 @@ class GPTModel(Module):
             vocab, block = self.levels + 1, self.dim           # + BOS = id `levels`, read only
         self.net = GPT(vocab, block, n_layer, n_head, n_embd,
                        out_size=None if self.text else self.levels, rng=init.get_rng(int(seed)))
-        self.rng = default_rng(seed)
 
     def extra_repr(self):
         return f"data_shape={self.data_shape}, text={self.text}"
@@ -189,7 +188,7 @@ class GPTModel(Module):
         logits = self.net(self._shifted(ids))                               # (B, D, V)
         return -F.cross_entropy(F.transpose(logits, 1, 2), ids, reduction="none").sum(1)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """Text: mean cross-entropy per character (nats). Images: mean NLL per image (nats)."""
         if self.text:
             logits = self.net(batch.x)                                          # (B, T, V)
@@ -198,7 +197,7 @@ class GPTModel(Module):
         return -self.log_prob(batch.x).mean()
 
     # --- sampling --------------------------------------------------------------------------
-    def generate(self, idx, steps: int, rng=None, temperature: float = 1.0, top_k=None,
+    def generate(self, idx, steps: int, *, rng, temperature: float = 1.0, top_k=None,
                  top_p=None, use_cache: bool = True):
         """Append ``steps`` sampled tokens to ids (n, t0); returns (n, t0 + steps).
 
@@ -206,7 +205,6 @@ class GPTModel(Module):
         are cached); without, each step re-runs the last ``block_size`` tokens. Once the
         cache is full, each step re-runs the last ``block_size`` tokens, as without it.
         """
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         idx = xp.asarray(idx, dtype=xp.int64)
         bs = self.net.block_size
         with no_grad():
@@ -227,11 +225,10 @@ class GPTModel(Module):
                 idx = xp.concatenate([idx, nxt[:, None].astype(xp.int64)], axis=1)
         return idx
 
-    def sample(self, n, cond=None, rng=None, temperature: float = 1.0, top_k=None, top_p=None,
+    def sample(self, n, cond=None, *, rng, temperature: float = 1.0, top_k=None, top_p=None,
                use_cache: bool = True):
         """Images: (n, C, H, W). Text: (n, block_size) ids, continuing ``cond`` (a prompt of ids,
         (n, t0)) or a first character drawn uniformly."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         kw = dict(rng=rng, temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache)
         n = int(n)
         if self.text:

@@ -28,7 +28,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.autoregressive.masks import made_degrees, made_masks
 from refgen.models.base import DataSpec
@@ -141,7 +141,6 @@ class MADEDensity(Module):
         k = 1 if likelihood == "bernoulli" else 3 * self.components  # (logit, mu, log sigma) x K
         self.net = MADE(self.dim, hidden, out_per_dim=k, num_masks=num_masks, order=o,
                         random_order=bool(random_order), rng=init.get_rng(int(seed)))
-        self.rng = default_rng(seed)
 
     def extra_repr(self):
         return f"data_shape={self.data_shape}, likelihood={self.likelihood!r}, order={self.order!r}"
@@ -177,13 +176,13 @@ class MADEDensity(Module):
         per_mask = F.stack([self.log_prob_mask(x, i) for i in range(m)], dim=0)  # (M, B)
         return F.logsumexp(per_mask, dim=0) - math.log(m)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """Mean NLL (nats per example) under one mask set drawn for this batch."""
         x = as_tensor(batch.x)
         if self.likelihood == "bernoulli" and bool(((x.data != 0) & (x.data != 1)).any()):
             raise ValueError("made with likelihood='bernoulli' needs binary {0, 1} data; "
                              "use --set likelihood=gaussian for continuous data")
-        m = int(self.rng.integers(self.net.num_masks)) if self.net.num_masks > 1 else 0
+        m = int(rng.integers(self.net.num_masks)) if self.net.num_masks > 1 else 0
         return -self.log_prob_mask(x, m).mean()
 
     # --- sampling --------------------------------------------------------------------------
@@ -199,10 +198,9 @@ class MADEDensity(Module):
         sigma_k = xp.exp(xp.take_along_axis(log_sigma, k, 1))
         return (mu_k + sigma_k * eps)[:, 0].astype(params.dtype)
 
-    def sample(self, n, cond=None, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """n samples (n, *shape): a mask set m ~ U{0..M-1} per sample (the ensemble is a
         mixture), then x_{o(1)}, x_{o(2)}, ... one dimension per forward pass."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         dtype = self.net.layers[0].weight.dtype
         x = xp.zeros((int(n), self.dim), dtype=dtype)
         which = rng.integers(self.net.num_masks, size=int(n)) if self.net.num_masks > 1 \
@@ -235,13 +233,12 @@ def ensemble_log_prob(models, x):
     return F.logsumexp(per_model, dim=0) - math.log(len(models))
 
 
-def ensemble_sample(models, n, rng=None):
+def ensemble_sample(models, n, *, rng):
     """n samples (n, ...) from the uniform mixture of ``ensemble_log_prob``: a member j ~ U{1..J}
     per sample, then that member's own draw."""
     models = list(models)
     if not models:
         raise ValueError("ensemble_sample needs at least one model")
-    rng = default_rng(rng)
     pick = rng.integers(len(models), size=int(n))
     out = None
     for j, m in enumerate(models):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.autoregressive.masks import pixelcnn_mask
 from refgen.models.base import DataSpec
@@ -65,7 +65,6 @@ class PixelModel(Module):
         if self.levels < 2:
             raise ValueError(f"levels must be at least 2, got {levels}")
         self.k = 1 if self.levels == 2 else self.levels  # logits per sub-pixel
-        self.rng = default_rng(seed)
 
     def extra_repr(self):
         return f"data_shape={self.data_shape}, levels={self.levels}"
@@ -104,16 +103,15 @@ class PixelModel(Module):
             lp = -F.cross_entropy(F.transpose(logits, 1, 2), t, reduction="none")  # (B, C, H, W)
         return F.sum_except_batch(lp)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """Mean NLL, nats per image."""
         return -self.log_prob(batch.x).mean()
 
-    def sample(self, n, cond=None, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """n images, one sub-pixel per forward pass in raster order (row, column, channel).
 
         Row i's logits depend on rows <= i only, so each pass runs on the rows 0..i
         (exact, and half the work on average)."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         c, h, w = self.data_shape
         dtype = next(self.parameters()).dtype
         x = xp.zeros((int(n), c, h, w), dtype=dtype)

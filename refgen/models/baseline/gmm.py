@@ -16,7 +16,7 @@ import math
 
 from refgen import functional as F
 from refgen.autograd import as_tensor
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.nn import Module, Parameter, init
@@ -57,15 +57,12 @@ class GaussianMixture(Module):
         log_pi = self.logits - F.logsumexp(self.logits, dim=0)               # (K,)
         return F.logsumexp(log_normal + log_pi, dim=1)                       # (B,)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """Mean negative log-likelihood (nats per example)."""
         return -self.log_prob(batch.x).mean()
 
-    def sample(self, n, cond=None, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """n draws (n, D): a component k ~ Categorical(pi), then mu_k + sigma_k * eps."""
-        if rng is None:
-            rng = getattr(self, "rng", None)  # the generator the training loop owns
-        rng = default_rng(rng)
         p = xp.exp(self.logits.data - self.logits.data.max())
         cdf = xp.cumsum(p / p.sum())
         k = xp.searchsorted(cdf, rng.random(n) * cdf[-1])                   # inverse CDF

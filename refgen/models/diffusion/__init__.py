@@ -14,6 +14,7 @@
     distill.py    progressive distillation, ``progressive-distillation`` (Salimans & Ho 2022)
     consistency.py consistency models (30)-(32): ``consistency-distillation``,
                   ``consistency-training`` (Song et al. 2023)
+    controlnet.py ControlNet over a frozen ddpm U-Net, ``controlnet`` (Zhang, Rao & Agrawala 2023)
 
 Equation numbers (n) are those of the numbered diffusion derivation, "What are Diffusion Models
 and Study Notes?" (2024), an annotated edition of Lilian Weng's "What are Diffusion Models?"
@@ -25,3 +26,5 @@ from refgen.models.diffusion.classifier import NoisyClassifier  # noqa: F401
 from refgen.models.diffusion.distill import ProgressiveDistillation  # noqa: F401
 from refgen.models.diffusion.consistency import (ConsistencyDistillation,  # noqa: F401
                                                  ConsistencyTraining)
+from refgen.models.diffusion.controlnet import ControlNet  # noqa: F401
+

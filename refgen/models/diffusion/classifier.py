@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import refgen.functional as F
 from refgen.autograd import as_tensor
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models.diffusion.process import q_sample
 from refgen.models.diffusion.schedule import make_schedule
 from refgen.nn import (AttnBlock, Conv2d, Downsample, GroupNorm, Linear, MLPBlock, Module,
@@ -56,7 +56,6 @@ class NoisyClassifier(Module):
             self.inp = Linear(self.data_shape[0], hidden, rng=g)
             self.blocks = ModuleList([MLPBlock(hidden, hidden, rng=g) for _ in range(depth)])
             self.head = Linear(hidden, self.num_classes, rng=g)
-        self.rng = default_rng(seed)
 
     def forward(self, x, t):
         t = xp.broadcast_to(xp.asarray(t, dtype=xp.int64), (x.shape[0],))
@@ -72,12 +71,12 @@ class NoisyClassifier(Module):
             h = F.silu(h)
         return self.head(h)                                               # (B, num_classes)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """Cross-entropy of the label given x_t at one t ~ U{1..T} per example."""
         x0 = as_tensor(batch.x)
         if batch.y is None:
             raise ValueError("the noisy classifier needs labelled data")
-        t = self.rng.integers(1, self.T + 1, size=x0.shape[0])
-        eps = self.rng.standard_normal(x0.shape, dtype=x0.dtype)
+        t = rng.integers(1, self.T + 1, size=x0.shape[0])
+        eps = rng.standard_normal(x0.shape, dtype=x0.dtype)
         xt = q_sample(self.schedule, x0, t, eps)                          # (3)
         return F.cross_entropy(self(xt, t), xp.asarray(batch.y).astype(xp.int64))

@@ -41,7 +41,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion.config import NetworkConfig, split_options
@@ -108,9 +108,8 @@ def distance(x, y, kind: str = "l2"):
 
 
 def _bcast(a, x):
-    """(B,) float64 -> (B, 1, ..., 1) in x's dtype."""
-    arr = x.data if isinstance(x, Tensor) else x
-    return xp.asarray(a, dtype=arr.dtype).reshape((-1,) + (1,) * (arr.ndim - 1))
+    """(B,) float64 -> (B, 1, ..., 1) in x's dtype (x read for its ndim and dtype only)."""
+    return xp.asarray(a, dtype=x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
 
 
 class ConsistencyFunction(Module):
@@ -181,7 +180,6 @@ class _Consistency(Module):
         for p in self.target.parameters():
             p.requires_grad = False
         self.register_buffer("k", xp.asarray(0, dtype=xp.int64))         # training steps done
-        self.rng = default_rng(seed)
         self.dtype = xp.float32
 
     # the schedules (CD: fixed; CT overrides them)
@@ -195,24 +193,24 @@ class _Consistency(Module):
         """The target network's input at t_n (CD: an ODE step; CT: x + t_n z)."""
         raise NotImplementedError
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta^-(x_hat_{t_n}, t_n)), lambda = 1."""
         x = as_tensor(batch.x).data * (1.0 / self.data_scale)
         b = x.shape[0]
         t = karras_times(self.current_N(), self.epsilon, self.T, self.rho)
-        i = self.rng.integers(0, len(t) - 1, size=b)                      # n ~ U{1..N-1}
+        i = rng.integers(0, len(t) - 1, size=b)                      # n ~ U{1..N-1}
         t_n, t_next = t[i], t[i + 1]
-        z = self.rng.standard_normal(x.shape, dtype=x.dtype)
+        z = rng.standard_normal(x.shape, dtype=x.dtype)
         x_next = x + _bcast(t_next, x) * z                                 # x_{t_{n+1}}
         with no_grad():
             target = self.target(self.x_hat(x, x_next, t_n, t_next, z), t_n).data
         online = self.online(Tensor(x_next), t_next)
         return F.mean(distance(online, Tensor(target), self.distance))     # (31), (32)
 
-    def train_step(self, batch, optimizers):
+    def train_step(self, batch, optimizers, rng):
         """A gradient step on theta, then theta^- <- mu theta^- + (1 - mu) theta."""
         N, mu = self.current_N(), self.current_mu()                        # at step k
-        loss = self.loss(batch)
+        loss = self.loss(batch, rng)
         descend(loss, optimizers)
         for p_minus, p in zip(self.target.parameters(), self.online.parameters()):
             p_minus.data = mu * p_minus.data + (1.0 - mu) * p.data          # EMA target
@@ -227,12 +225,11 @@ class _Consistency(Module):
             raise ValueError(f"steps must be >= 1, got {steps}")
         return karras_sigmas(steps + 1, self.epsilon, self.T, self.rho, zero=False)[:-1]
 
-    def sample(self, n, cond=None, rng=None, *, steps: int = 1, times=None, x_T=None):
+    def sample(self, n, cond=None, *, rng, steps: int = 1, times=None, x_T=None):
         """n samples by one (steps = 1) or several consistency steps (Algorithm 1); times: an
         explicit decreasing list starting at T, instead of sample_times(steps)."""
         if cond is not None:
             raise ValueError(f"{self.registry_name} samples unconditionally: leave cond None")
-        rng = default_rng(getattr(self, "rng", None) if rng is None else rng)
         times = self.sample_times(steps) if times is None else [float(v) for v in times]
         with no_grad():
             x = consistency_sample(lambda xx, tt: self.online(Tensor(xx), tt).data,
@@ -268,7 +265,7 @@ class ConsistencyDistillation(_Consistency):
     def x_hat(self, x, x_next, t_n, t_next, z):
         """x_hat_{t_n} = x_{t_{n+1}} + (t_n - t_{n+1}) Phi(x_{t_{n+1}}, t_{n+1}; phi)  (31)."""
         step = heun_step if self.solver == "heun" else euler_step
-        return step(lambda xx, s: eps_in_sigma(self.teacher, xx, s).data, x_next, t_next, t_n)
+        return step(lambda xx, s: eps_in_sigma(self.teacher, xx, s), x_next, t_next, t_n)
 
 
 @register("consistency-training")

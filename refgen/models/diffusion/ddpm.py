@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion import guidance as G
@@ -59,8 +59,8 @@ def _threshold(kind):
 
 
 def _as_labels(y, n):
-    """(n,) int64 labels from an array, a Tensor, or a single label repeated n times."""
-    y = xp.asarray(y.data if isinstance(y, Tensor) else y).astype(xp.int64).reshape(-1)
+    """(n,) int64 labels from an integer array (n,), or a single label repeated n times."""
+    y = xp.asarray(y).astype(xp.int64).reshape(-1)
     if y.shape[0] == 1 and n > 1:
         y = xp.full((n,), int(y[0]), dtype=xp.int64)
     if y.shape[0] != n:
@@ -130,7 +130,6 @@ class DDPM(Module):
         else:
             self.net = MLPDenoiser(c, out, net.hidden, net.depth, self.num_classes, rng=g)
         self.dtype = xp.float32
-        self.rng = default_rng(seed)
         self.last_stats = {}  # the parts of the last loss, logged by the training loop
         # evaluation defaults read by refgen.metrics.evaluate: a thousand-step sampler on a CPU
         self.eval_samples = 1000 if self.image else 2000
@@ -148,24 +147,25 @@ class DDPM(Module):
             return xp.full((n,), self.num_classes, dtype=xp.int64)
         return _as_labels(y, n)
 
-    def _net(self, xt, t_net, y):
-        return self.net(xt, t_net, y, rng=self.rng)
+    def _net(self, xt, t_net, y, rng=None):
+        """The network's output; ``rng`` drives its dropout (training only)."""
+        return self.net(xt, t_net, y, rng=rng)
 
     # ------------------------------------------------------------------------- training
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """L_simple (19), or L_hybrid (with learn_sigma), at one t ~ U{1..T} per example."""
         x0 = as_tensor(batch.x) * (1.0 / self.data_scale)
         b = x0.shape[0]
         sch = self.schedule
-        t = self.rng.integers(1, self.T + 1, size=b)                     # t ~ U{1, ..., T}
-        eps = Tensor(self.rng.standard_normal(x0.shape, dtype=x0.dtype))  # eps ~ N(0, I)
+        t = rng.integers(1, self.T + 1, size=b)                          # t ~ U{1, ..., T}
+        eps = Tensor(rng.standard_normal(x0.shape, dtype=x0.dtype))       # eps ~ N(0, I)
         xt = q_sample(sch, x0, t, eps)                                    # (3)
         y = None
         if self.num_classes is not None:
             if batch.y is None:
                 raise ValueError("ddpm with class_cond needs labels; use --set class_cond=false")
-            y = G.drop_labels(self._labels(batch.y, b), self.p_uncond, self.num_classes, self.rng)
-        out = self._net(xt, sch.net_t[t], y)
+            y = G.drop_labels(self._labels(batch.y, b), self.p_uncond, self.num_classes, rng)
+        out = self._net(xt, sch.net_t[t], y, rng)
         if self.learn_sigma:
             loss, simple, l_vlb = hybrid_loss(sch, x0, t, eps, out, self.parameterization,
                                               self.discrete, self.hybrid_lambda)
@@ -220,7 +220,7 @@ class DDPM(Module):
         return predict
 
     # ------------------------------------------------------------------------- sampling
-    def sample(self, n, cond=None, rng=None, *, steps=None, sampler=None, eta=None,
+    def sample(self, n, cond=None, *, rng, steps=None, sampler=None, eta=None,
                guidance=None, threshold=None, classifier=None, classifier_scale: float = 1.0,
                unconditional: bool = False, variance=None, x_T=None):
         """n samples in data space, (n, *data_shape) xp array.
@@ -231,10 +231,7 @@ class DDPM(Module):
         fixed-variance model with the other fixed sigma^2 ('beta' or 'beta_tilde'). steps: a strided
         schedule of that many steps (default: the model's sample_steps, else all T). threshold:
         'none', 'static' or 'dynamic'. Other arguments default to the model's options of the
-        same name; None (not set) means that default."""
-        if rng is None:
-            rng = getattr(self, "rng", None)
-        rng = default_rng(rng)
+        same name; None (not set) means that default. rng: the backend generator of the noise."""
         if sampler in ODE_METHODS:  # the probability-flow ODE in sigma-time (ode.py)
             with no_grad():
                 return ode_sample(self, n, rng, steps=steps or 18, method=sampler, cond=cond,
@@ -252,8 +249,9 @@ class DDPM(Module):
         return x * self.data_scale
 
     # ------------------------------------------------------------------------- likelihood
-    def vlb_terms(self, x, timesteps="default", rng=None, cond=None):
-        """L_VLB of each example of x in nats (data space) and its parts; see losses.vlb."""
+    def vlb_terms(self, x, *, rng, timesteps="default", cond=None):
+        """L_VLB of each example of x in nats (data space) and its parts, the time steps and
+        noise drawn from ``rng``; see losses.vlb."""
         x = as_tensor(x)
         n = x.shape[0]
         x0 = x * (1.0 / self.data_scale)
@@ -263,17 +261,16 @@ class DDPM(Module):
             out = self._net(xt, self.schedule.net_t[t], y)
             return interpret(out, xt, t, self.schedule, self.parameterization, self.variance)
 
-        rng = default_rng(getattr(self, "rng", None) if rng is None else rng)
         k = self.vlb_timesteps if timesteps == "default" else timesteps
         parts = vlb(predict, self.schedule, x0, rng, self.discrete, k)
         # p(x) = p_z(x / s) / s^D: the bound moves by D log s in data space
         parts["vlb"] = parts["vlb"] + math.prod(self.data_shape) * math.log(self.data_scale)
         return parts
 
-    def elbo(self, x):
+    def elbo(self, x, *, rng):
         """-L_VLB per example (nats): a lower bound on log p_theta(x) (of the 8-bit pixels'
         probability for images, of the density for vectors)."""
-        return -self.vlb_terms(x)["vlb"]
+        return -self.vlb_terms(x, rng=rng)["vlb"]
 
     def score(self, x, t):
         """s_theta(x, t) = -eps_theta(x, t) / sqrt(1 - alpha_bar_t), eq. (21), in data space;

@@ -23,7 +23,7 @@ x_tilde is the x_0 with which one student DDIM step from t lands on the teacher'
 from __future__ import annotations
 
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 import refgen.functional as F
 from refgen.models import register
 from refgen.models.base import DataSpec
@@ -118,17 +118,16 @@ class ProgressiveDistillation(Module):
         self.round_steps, self.min_steps = int(round_steps), int(min_steps)
         self.register_buffer("N", xp.asarray(int(teacher_steps) // 2, dtype=xp.int64))
         self.register_buffer("round_step", xp.asarray(0, dtype=xp.int64))
-        self.rng = default_rng(seed)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """Algorithm 2's weighted regression of x_hat_theta(z_t) on x_tilde."""
         sch, N = self.schedule, int(self.N)
         x = as_tensor(batch.x) * (1.0 / self.student.data_scale)
         b = x.shape[0]
         grid = pd_grid(sch.T, 2 * N)                                      # teacher's grid
-        i = self.rng.integers(1, N + 1, size=b)                           # i ~ U{1..N}
+        i = rng.integers(1, N + 1, size=b)                           # i ~ U{1..N}
         t, t_mid, t_next = grid[2 * i], grid[2 * i - 1], grid[2 * i - 2]
-        eps = self.rng.standard_normal(x.shape, dtype=x.dtype)
+        eps = rng.standard_normal(x.shape, dtype=x.dtype)
         z = coef(sch.sqrt_alpha_bar, t, x) * x.data + coef(sch.sqrt_one_minus_alpha_bar, t, x) * eps  # (3)
         with no_grad():
             x_tilde = distillation_target(sch, lambda zz, tt: _x0(self.teacher, Tensor(zz), tt).data,
@@ -136,10 +135,10 @@ class ProgressiveDistillation(Module):
         d = Tensor(x_tilde) - _x0(self.student, Tensor(z), t)
         return F.mean(Tensor(snr_weight(sch, t, z)) * d * d)
 
-    def train_step(self, batch, optimizers):
+    def train_step(self, batch, optimizers, rng):
         """One step of Algorithm 2; after ``round_steps`` steps the student becomes the
         teacher and N halves (until min_steps)."""
-        loss = self.loss(batch)
+        loss = self.loss(batch, rng)
         descend(loss, optimizers)
         self.round_step[...] = int(self.round_step) + 1
         if int(self.round_step) >= self.round_steps and int(self.N) > self.min_steps:
@@ -148,11 +147,10 @@ class ProgressiveDistillation(Module):
             self.round_step[...] = 0
         return {"loss": float(loss.item()), "N": float(self.N)}
 
-    def sample(self, n, cond=None, rng=None, *, steps=None, x_T=None):
+    def sample(self, n, cond=None, *, rng, steps=None, x_T=None):
         """n samples by the student's deterministic DDIM on pd_grid(T, steps) (default: its N)."""
         if cond is not None:
             raise ValueError("progressive-distillation samples unconditionally: leave cond None")
-        rng = default_rng(getattr(self, "rng", None) if rng is None else rng)
         steps = int(self.N) if steps is None else int(steps)
         shape = (n,) + tuple(self.data_shape)
         z = rng.standard_normal(shape, dtype=xp.float32) if x_T is None else xp.asarray(x_T, xp.float32)

@@ -62,9 +62,10 @@ def eps_weight(sch, t, log_var, like):
 
     The derivation's display divides by ||Sigma_theta||_2^2; with Sigma_theta = sigma_t^2 I
     the KL between the two Gaussians divides by sigma_t^2 (once, not squared), as Ho et al.
-    (2020) write it, and that is what this computes."""
+    (2020) write it, and that is what this computes. log_var: log sigma_t^2 as an array (a
+    weight: nothing here is differentiated); like: x_t, for the shape and dtype."""
     w = sch.beta ** 2 / (2.0 * sch.alpha * xp.maximum(1.0 - sch.alpha_bar, 1e-300))
-    return coef(w, t, like) / xp.exp(log_var.data if isinstance(log_var, Tensor) else log_var)  # (18)
+    return coef(w, t, like) / xp.exp(log_var)                             # (18)
 
 
 def prior_kl(sch, x0):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 
-from refgen.autograd import Tensor
+from refgen.autograd import Tensor, no_grad
 from refgen.backend import xp
 
 __all__ = ["schedule_sigmas", "sigma_to_t", "karras_sigmas", "eps_in_sigma", "eps_fn",
@@ -65,11 +65,10 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, 
 
 
 def eps_in_sigma(model, x, sigma, y=None):
-    """eps_theta of a DDPM ``model`` at x = x_0 + sigma eps (x: Tensor or array (B, ...);
-    sigma: a float or (B,)), as a Tensor. The network sees x_t = x / sqrt(1 + sigma^2) at the
+    """eps_theta of a DDPM ``model`` at x = x_0 + sigma eps (x: an array (B, ...); sigma: a
+    float or (B,)), as an array (no graph: this is the ODE's drift). The network sees x_t = x / sqrt(1 + sigma^2) at the
     fractional step t(sigma); its v or x_0 output is turned into eps with the continuous
     sqrt(alpha_bar) = 1 / sqrt(1 + sigma^2)."""
-    x = x if isinstance(x, Tensor) else Tensor(x)
     n = x.shape[0]
     sig = xp.broadcast_to(xp.asarray(sigma, dtype=xp.float64), (n,))
     shape = (n,) + (1,) * (x.ndim - 1)
@@ -77,7 +76,8 @@ def eps_in_sigma(model, x, sigma, y=None):
     s = (sig.reshape(shape) * a).astype(x.dtype)                           # sqrt(1 - alpha_bar)
     xt = x * a                                                             # x_t = sqrt(ab) x
     t_net = sigma_to_t(model.schedule, sig)                                # fractional steps
-    out = model._net(xt, t_net, model._labels(y, n))
+    with no_grad():
+        out = model._net(Tensor(xt), t_net, model._labels(y, n)).data
     if model.learn_sigma:
         out = out[:, :out.shape[1] // 2]
     if model.parameterization == "eps":
@@ -89,7 +89,7 @@ def eps_in_sigma(model, x, sigma, y=None):
 
 def eps_fn(model, y=None):
     """(x, sigma) -> eps as an array: a DDPM as the drift of the ODE (no graph)."""
-    return lambda x, sigma: eps_in_sigma(model, x, sigma, y).data
+    return lambda x, sigma: eps_in_sigma(model, x, sigma, y)
 
 
 def _h(sigma, sigma_next, x):

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from refgen.autograd import Tensor
 from refgen.backend import xp
 
 __all__ = ["coef", "q_step", "q_sample", "q_mean_var", "q_posterior", "x0_from_eps",
@@ -44,12 +43,12 @@ VARIANCES = ("beta", "beta_tilde", "learned")
 
 
 def coef(a, t, x):
-    """a[t] for steps t, shaped (B, 1, ..., 1) (or a scalar) to broadcast against x, in x's dtype."""
-    arr = x.data if isinstance(x, Tensor) else x
+    """a[t] for steps t, shaped (B, 1, ..., 1) (or a scalar) to broadcast against x, in x's
+    dtype; x is read for its ndim and dtype only (a Tensor in training, an array in sampling)."""
     a_t = a[t]
     if getattr(a_t, "ndim", 0):
-        a_t = a_t.reshape(a_t.shape + (1,) * (arr.ndim - a_t.ndim))
-    return xp.asarray(a_t, dtype=arr.dtype)
+        a_t = a_t.reshape(a_t.shape + (1,) * (x.ndim - a_t.ndim))
+    return xp.asarray(a_t, dtype=x.dtype)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -152,7 +151,7 @@ def interpret(out, xt, t, sch, parameterization: str = "eps", variance: str = "b
         var_frac = (raw + 1.0) * 0.5
     else:
         var_frac = None
-    if stop_mean_grad and isinstance(out, Tensor):
+    if stop_mean_grad:
         out = out.detach()
     if parameterization == "eps":
         eps = out

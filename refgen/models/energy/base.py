@@ -20,7 +20,7 @@ import math
 
 from refgen import samplers
 from refgen.autograd import as_tensor
-from refgen.backend import asarray, default_rng, xp
+from refgen.backend import asarray, xp
 from refgen.models.base import DataSpec
 from refgen.models.energy.nets import energy_net
 from refgen.models.energy.quadrature import grid_log_normalizer
@@ -115,10 +115,9 @@ class EnergyModel(Module):
         self.last_acceptance_rate = out.acceptance_rate
         return out.x
 
-    def sample(self, n, cond=None, rng=None, steps=None):
+    def sample(self, n, cond=None, *, rng, steps=None):
         """n samples (n, *data_shape): ``steps`` (default sample_steps) of the model's sampler
         from uniform noise."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         x0 = self.noise(n, rng)
         return self.run_chains(x0, self.sample_steps if steps is None else int(steps),
                                self.sample_step_size, rng, self.sampler)

@@ -57,15 +57,18 @@ class PersistentChains:
         self.buffer = ReplayBuffer(int(buffer_size), self.initial_noise(buffer_size, seed + 1),
                                    reinit)
 
-    def negatives(self, n):
-        """n samples x- from the persistent chains (an xp array), the buffer updated."""
-        x0, idx = self.buffer.draw(n, self.rng, self.noise)
+    def negatives(self, n, rng):
+        """n samples x- from the persistent chains (an xp array), the buffer updated; the
+        reinitialised chains and the chains' noise drawn from ``rng``."""
+        x0, idx = self.buffer.draw(n, rng, self.noise)
         try:
-            x = self.run_chains(x0, self.mcmc_steps, self.mcmc_step_size, self.rng, self.mcmc,
+            x = self.run_chains(x0, self.mcmc_steps, self.mcmc_step_size, rng, self.mcmc,
                                 self.noise_scale)
         except NonFiniteEnergy as e:
             raise sampling_failed(e) from e
         self.buffer.push(idx, x)
+        if self.mcmc != "ula":  # MALA and random-walk MH accept or reject: into the log line
+            self.last_stats = {"acceptance_rate": float(self.last_acceptance_rate)}
         return x
 
 
@@ -93,7 +96,7 @@ class EBM(PersistentChains, EnergyModel):
         self._init_chains(buffer_size, reinit, int(seed), mcmc, mcmc_steps, mcmc_step_size,
                           noise_scale)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """The contrastive loss on a batch x+ and as many negatives x- from the chains."""
-        x_neg = self.negatives(batch.x.shape[0])
+        x_neg = self.negatives(batch.x.shape[0], rng)
         return contrastive_loss(self.energy(batch.x), self.energy(Tensor(x_neg)), self.alpha)

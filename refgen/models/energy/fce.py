@@ -56,21 +56,22 @@ class EBMFCE(EnergyModel):
         """G(x) = -E(x) - c - log q_alpha(x), (B,)."""
         return -self.energy(x) - self.log_z - self.flow.log_prob(x)
 
-    def value_loss(self, x):
-        """L = -V: the energy minimises it, the flow maximises it. Also the classifier's accuracy."""
-        z = self.rng.standard_normal((x.shape[0], math.prod(self.data_shape)), dtype=xp.float32)
+    def value_loss(self, x, rng):
+        """L = -V: the energy minimises it, the flow maximises it. Also the classifier's
+        accuracy. The flow's samples y start from z ~ N(0, I) drawn from ``rng``."""
+        z = rng.standard_normal((x.shape[0], math.prod(self.data_shape)), dtype=xp.float32)
         y = self.flow.inverse(Tensor(z))                        # differentiable in alpha
         g_x, g_y = self.log_ratio(x), self.log_ratio(y)
         acc = 0.5 * (float((g_x.data > 0).mean()) + float((g_y.data < 0).mean()))
         return nce_loss(g_x, g_y), acc
 
-    def loss(self, batch):
-        return self.value_loss(batch.x)[0]
+    def loss(self, batch, rng):
+        return self.value_loss(batch.x, rng)[0]
 
-    def train_step(self, batch, optimizers):
+    def train_step(self, batch, optimizers, rng):
         for opt in optimizers.values():
             opt.zero_grad()
-        loss, acc = self.value_loss(batch.x)
+        loss, acc = self.value_loss(batch.x, rng)
         loss.backward()                                         # dL/dtheta and dL/dalpha
         for p in self.flow.parameters():                        # the flow ascends L (= -V)
             if p.grad is not None:

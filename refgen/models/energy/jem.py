@@ -52,14 +52,14 @@ class JEM(PersistentChains, EnergyModel):
         """E_theta(x) = -logsumexp_y f_theta(x)[y], (B,)."""
         return -F.logsumexp(self.logits(x), dim=1)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """cross-entropy(f(x), y) + mean E(x+) - mean E(x-) (+ alpha * energy magnitudes)."""
         if batch.y is None:
             raise ValueError("jem trains on labelled data: the batch has no labels")
         ce = F.cross_entropy(self.logits(batch.x), batch.y)                  # -log p(y | x)
-        x_neg = self.negatives(batch.x.shape[0])
+        x_neg = self.negatives(batch.x.shape[0], rng)
         return ce + contrastive_loss(self.energy(batch.x), self.energy(Tensor(x_neg)), self.alpha)
 
-    def sample(self, n, cond=None, rng=None, steps=None):
+    def sample(self, n, cond=None, *, rng, steps=None):
         """n samples of p_theta(x) by the model's sampler from noise (``cond`` is not used)."""
         return super().sample(n, rng=rng, steps=steps)

@@ -58,6 +58,6 @@ class EBMNCE(EnergyModel):
         """G(x) = -E(x) - c - log q(x), (B,)."""
         return -self.energy(x) - self.log_z - gaussian_log_prob(x, self.noise_std)
 
-    def loss(self, batch):
-        y = self.noise_std * self.rng.standard_normal(batch.x.shape, dtype=xp.float32)
+    def loss(self, batch, rng):
+        y = self.noise_std * rng.standard_normal(batch.x.shape, dtype=xp.float32)
         return nce_loss(self.log_ratio(batch.x), self.log_ratio(Tensor(y)))

@@ -6,10 +6,8 @@ gradient) would be the wrong choice here.
 """
 from __future__ import annotations
 
-import math
 
 import refgen.functional as F
-from refgen.backend import xp
 from refgen.nn import Conv2d, Linear, Module, ModuleList, init
 
 __all__ = ["MLPEnergy", "ConvEnergy", "energy_net"]

@@ -33,8 +33,8 @@ class EBMSM(EnergyModel):
         self.exact = math.prod(self.data_shape) <= int(exact_max_dim)
         self.projections = int(projections)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         score = energy_score(self.energy)
         if self.exact:
             return exact_score_matching(score, batch.x)
-        return sliced_score_matching(score, batch.x, rng=self.rng, n_projections=self.projections)
+        return sliced_score_matching(score, batch.x, rng=rng, n_projections=self.projections)

@@ -24,7 +24,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.nn import Module, ModuleList
 
 __all__ = ["FlowLayer", "FlowSequence", "StandardNormal", "StandardLogistic", "Flow",
@@ -144,7 +144,7 @@ class Flow(Module):
         z, logdet = self.flow(as_tensor(x))
         return self.base.log_prob(z) + logdet        # change of variables
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """Mean negative log-likelihood, nats per example."""
         return -self.log_prob(batch.x).mean()
 
@@ -153,9 +153,8 @@ class Flow(Module):
             return p.dtype
         return xp.float32
 
-    def sample(self, n, cond=None, rng=None, temperature: float = 1.0):
+    def sample(self, n, cond=None, *, rng, temperature: float = 1.0):
         """n samples (n, *data_shape): z ~ p_Z (scaled by ``temperature``), x = f^{-1}(z)."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         z = self.base.sample((int(n), self.dim), rng, self._dtype())
         if temperature != 1.0:
             z = z * temperature

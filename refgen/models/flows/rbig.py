@@ -127,8 +127,8 @@ class RBIG:
         z, ld = self.forward(x)
         return -0.5 * (z * z).sum(axis=1) - z.shape[1] * _HALF_LOG_2PI + ld
 
-    def sample(self, n, rng=None):
-        rng = default_rng(rng if rng is not None else self.seed + 1)
+    def sample(self, n, cond=None, *, rng):
+        """n samples (n, D): z ~ N(0, I) from ``rng``, mapped back through the fitted layers."""
         d = self.fitted[0][0].shape[1]
         return self.inverse(rng.standard_normal((int(n), d)))
 

@@ -98,7 +98,8 @@ class AdversarialModel(Module):
     def g_objective(self, fake_scores):
         raise NotImplementedError
 
-    def penalty(self, real, fake, y):
+    def penalty(self, real, fake, y, rng):
+        """The discriminator's regulariser (None: none); ``rng`` for penalties that sample."""
         return None
 
     def _group(self, params, lr, optimizer, **options):
@@ -115,46 +116,44 @@ class AdversarialModel(Module):
             return xp.arange(n) % self.num_classes       # balanced labels
         return backend.asarray(cond).astype(xp.int64).reshape(n)
 
-    def generate(self, n, y=None, rng=None):
-        """G(z), z ~ N(0, I): (n, *data_shape) Tensor, in the graph of G's parameters."""
-        rng = rng if rng is not None else self.rng
+    def generate(self, n, y, rng):
+        """G(z), z ~ N(0, I) drawn from ``rng``: (n, *data_shape) Tensor, in the graph of G's
+        parameters; y: labels (n,) or None."""
         dtype = next(iter(self.G.parameters())).dtype
         z = rng.standard_normal((n, self.z_dim), dtype=dtype)         # z ~ N(0, I): (n, z_dim)
         return self.G(Tensor(z), y)
 
-    def sample(self, n, cond=None, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """n samples as an xp array (balanced labels for a conditional model without cond)."""
-        rng = backend.default_rng(rng) if rng is not None else getattr(self, "rng", None)
-        rng = rng if rng is not None else backend.default_rng()
         with no_grad():
             return self.generate(int(n), self._labels(int(n), cond), rng).data
 
-    def d_loss(self, x, fake, y=None):
+    def d_loss(self, x, fake, y, rng):
         """The discriminator's loss on real x and generated ``fake`` (constants), with penalty."""
         loss = self.d_objective(self.D(x, y), self.D(fake, y))
-        extra = self.penalty(x, fake, y)
+        extra = self.penalty(x, fake, y, rng)
         return loss if extra is None else loss + extra
 
-    def g_loss(self, n, y=None):
+    def g_loss(self, n, y, rng):
         """The generator's loss on n fresh samples (differentiable in G's parameters)."""
-        return self.g_objective(self.D(self.generate(n, y), y))
+        return self.g_objective(self.D(self.generate(n, y, rng), y))
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """The discriminator's training loss on ``batch`` against as many generated samples."""
         with no_grad():
-            fake = self.generate(batch.x.shape[0], batch.y)
-        return self.d_loss(batch.x, Tensor(fake.data), batch.y)
+            fake = self.generate(batch.x.shape[0], batch.y, rng)
+        return self.d_loss(batch.x, Tensor(fake.data), batch.y, rng)
 
     def _check_labels(self, batch):
         if self.num_classes is not None and batch.y is None:
             raise ValueError("a conditional GAN needs labelled data (e.g. --data mnist)")
 
-    def train_step(self, batch, optimizers):
+    def train_step(self, batch, optimizers, rng):
         """One discriminator step; then a generator step when its step count hits n_critic."""
         self._check_labels(batch)
         y = batch.y if self.num_classes is not None else None
         opt_d, opt_g = optimizers["D"], optimizers["G"]
-        d_loss = self.loss(batch._replace(y=y))
+        d_loss = self.loss(batch._replace(y=y), rng)
         opt_d.zero_grad()
         d_loss.backward()
         opt_d.step()
@@ -163,7 +162,7 @@ class AdversarialModel(Module):
                 p.data = xp.clip(p.data, -self.clip, self.clip)
         info = {"loss": d_loss.item(), "d_loss": d_loss.item()}
         if opt_d.step_count % self.n_critic == 0:
-            g_loss = self.g_loss(batch.x.shape[0], y)
+            g_loss = self.g_loss(batch.x.shape[0], y, rng)
             opt_g.zero_grad()
             g_loss.backward()
             opt_g.step()
@@ -193,7 +192,7 @@ class _Minimax(AdversarialModel):
             return L.g_loss_saturating(fake_scores)                # E log(1 - D(G(z)))
         return L.g_loss_nonsaturating(fake_scores)                 # -E log D(G(z))
 
-    def penalty(self, real, fake, y):
+    def penalty(self, real, fake, y, rng):
         if not self.r1:
             return None
         return L.r1_penalty(lambda x: self.D(x, y), real, self.r1, group=self.pack)
@@ -283,10 +282,10 @@ class WGAN(AdversarialModel):
     def g_objective(self, fake_scores):
         return L.g_loss_wgan(fake_scores)                          # -E_q f
 
-    def penalty(self, real, fake, y):
+    def penalty(self, real, fake, y, rng):
         if not self.gp:
             return None
-        return L.gradient_penalty(lambda x: self.D(x, y), real, fake, self.rng, self.gp,
+        return L.gradient_penalty(lambda x: self.D(x, y), real, fake, rng, self.gp,
                                   group=self.pack)
 
     def param_groups(self):

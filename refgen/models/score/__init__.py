@@ -2,8 +2,8 @@
 
     losses.py      denoising score matching per level and over a ladder, in continuous time
                    (with lambda = sigma^2 or the likelihood weighting g^2); explicit and
-                   sliced score matching
-    divergence.py  exact divergence and the Skilling-Hutchinson estimator, by autograd
+                   sliced score matching and the divergence estimators are in
+                   refgen.score_matching, shared with the energy family
     sde.py         VE, VP, sub-VP: drift, diffusion, perturbation kernel, prior
     solvers.py     RK4 and adaptive Dormand-Prince RK45
     samplers.py    Langevin, annealed Langevin, reverse-SDE Euler-Maruyama, predictor-corrector,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models.score.sampling import sde_log_likelihood, sde_sample
 from refgen.models.score.sde import VPSDE
 
@@ -69,17 +69,15 @@ class DDPMScore:
         """grad_x log p_t(x) in data space: s(x / c, t) / c."""
         return self._score_z(as_tensor(x) * (1.0 / self.c), t) * (1.0 / self.c)
 
-    def sample(self, n, rng=None, sampler: str = "pc", steps=None, **kw):
-        rng = default_rng(self.ddpm.rng if rng is None else rng)
+    def sample(self, n, *, rng, sampler: str = "pc", steps=None, **kw):
         with no_grad():
             z = sde_sample(self.sde, self._score_z, (n,) + self.data_shape, rng, sampler, steps,
                            **kw)
         return z * self.c
 
-    def log_prob(self, x, rng=None, divergence: str = "auto", **kw):
+    def log_prob(self, x, *, rng, divergence: str = "auto", **kw):
         """log p(x) per example by the PF-ODE of the DDPM's VP SDE (density of the continuous
         x; for 8-bit images use refgen.models.score.sampling.sde_bits_per_dim)."""
-        rng = default_rng(self.ddpm.rng if rng is None else rng)
         xa = as_tensor(x).data / self.c
         logp = sde_log_likelihood(self.sde, self._score_z, xa, rng, divergence, **kw)
         return logp - math.prod(self.data_shape) * math.log(self.c)

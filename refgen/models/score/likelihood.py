@@ -23,8 +23,8 @@ import math
 
 from refgen.autograd import Tensor, enable_grad
 from refgen.backend import xp
-from refgen.models.score.divergence import exact_divergence, hutchinson_divergence, rademacher
-from refgen.models.score.progress import Progress
+from refgen.score_matching import exact_divergence, hutchinson_divergence, rademacher
+from refgen.progress import SolverProgress
 from refgen.models.score.solvers import rk4, rk45
 
 __all__ = ["ode_log_likelihood", "check_range", "dequantize", "bits_per_dim", "DIVERGENCES"]
@@ -76,7 +76,7 @@ def ode_log_likelihood(sde, score, x, *, divergence: str = "exact", rng=None,
                                div.data.reshape(b, 1).astype(xp.float64)], axis=1)
 
     y0 = xp.concatenate([x.reshape(b, d), xp.zeros((b, 1))], axis=1)
-    bar = Progress(f"PF-ODE likelihood ({method})", steps if method == "rk4" else None, progress)
+    bar = SolverProgress(f"PF-ODE likelihood ({method})", steps if method == "rk4" else None, progress)
     if method == "rk4":
         y1, stats = rk4(f, y0, sde.eps, sde.T, steps, callback=bar)
     elif method == "rk45":

@@ -21,27 +21,14 @@ The same loss in continuous time for an SDE with kernel N(m(t) x_0, s(t)^2 I) (S
 lambda(t) = s(t)^2 ("sigma2") or the likelihood weighting lambda(t) = g(t)^2 (Song, Durkan,
 Murray & Ermon 2021, whose weighted loss bounds the KL divergence, hence the NLL).
 
-Explicit score matching (Hyvarinen 2005): for data x ~ p, up to a constant,
-
-    J(theta) = E_p[ tr(grad_x s(x)) + 1/2 ||s(x)||^2 ] = 1/2 E_p || s - grad log p ||^2 - C
-
-with the exact trace (one backward pass per dimension: for low dimension). Sliced score
-matching (Song, Garg, Shi & Ermon 2019) replaces the trace by random projections v:
-
-    J_SSM    = E_p E_v[ v^T grad_x (v^T s(x)) + 1/2 (v^T s(x))^2 ]
-    J_SSM-VR = E_p E_v[ v^T grad_x (v^T s(x)) ] + 1/2 E_p ||s(x)||^2   (variance reduced:
-               E_v[(v^T s)^2] = ||s||^2 for E[v v^T] = I, taken in closed form)
-
-v^T grad_x(v^T s) is a Hessian-vector product of log p when s = grad log p: a double
-backward through the network. Both have the expectation of J.
+Explicit (Hyvarinen 2005) and sliced (Song, Garg, Shi & Ermon 2019) score matching, which
+need no noise, live in refgen.score_matching, shared with the energy family.
 """
 from __future__ import annotations
 
-from refgen.autograd import Tensor, as_tensor
-from refgen.models.score.divergence import exact_divergence, hutchinson_divergence
+from refgen.autograd import as_tensor
 
-__all__ = ["dsm", "annealed_dsm", "sde_dsm", "explicit_score_matching",
-           "sliced_score_matching", "WEIGHTINGS"]
+__all__ = ["dsm", "annealed_dsm", "sde_dsm", "WEIGHTINGS"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
 
@@ -86,22 +73,3 @@ def sde_dsm(score_fn, sde, x0, t, z, weighting: str = "sigma2"):
     err = _sq(score_fn(xt, t) + z / std)                                  # grad log p_0t = -z / s
     lam = std.reshape(-1) ** 2 if weighting == "sigma2" else sde.diffusion(t) ** 2
     return err * lam.astype(x0.dtype)
-
-
-def explicit_score_matching(score_fn, x):
-    """tr(grad_x s(x)) + 1/2 ||s(x)||^2 per example, with the exact trace (Hyvarinen 2005)."""
-    x = as_tensor(x).detach().requires_grad_()
-    s = score_fn(x)
-    return exact_divergence(s, x, create_graph=True) + 0.5 * _sq(s)
-
-
-def sliced_score_matching(score_fn, x, v, variance_reduced: bool = True):
-    """v^T grad_x(v^T s) + 1/2 (v^T s)^2 per example (or + 1/2 ||s||^2, variance reduced);
-    v (B, ...) a projection with E[v v^T] = I (Gaussian or Rademacher)."""
-    x = as_tensor(x).detach().requires_grad_()
-    s = score_fn(x)
-    hvp = hutchinson_divergence(s, x, v, create_graph=True)               # v^T grad(v^T s) v
-    if variance_reduced:
-        return hvp + 0.5 * _sq(s)
-    vs = (s * v).reshape(x.shape[0], -1).sum(1)                           # v^T s
-    return hvp + 0.5 * vs * vs

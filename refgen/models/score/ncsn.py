@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, erf, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.score.losses import annealed_dsm
@@ -110,7 +110,6 @@ class NCSN(Module):
                                                   else float(sigma_max)))
         self.net = make_net(self.data_shape, init.get_rng(int(seed)), hidden, depth, channels,
                             channel_mult, num_res_blocks, attn_res, heads, groups)
-        self.rng = default_rng(seed)
         self.eval_samples = 1000 if len(self.data_shape) == 3 else 2000
 
     # ------------------------------------------------------------------ the noise ladder
@@ -144,24 +143,23 @@ class NCSN(Module):
         sigma = self.sigmas[idx].astype(x.dtype).reshape((b,) + (1,) * (len(x.shape) - 1))
         return self.net(x, c) * (1.0 / sigma)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """1/L sum_i sigma_i^2 l(theta; sigma_i), one level per example (Song & Ermon 2019)."""
         x = as_tensor(batch.x)
         if not math.isfinite(float(self.sigma_max[0])):                  # technique 1, once
             self.sigma_max[...] = sigma_max_from_data(x.data)
         sig = self.sigmas
-        idx = self.rng.integers(0, sig.shape[0], size=x.shape[0])          # i ~ U{1..L}
-        z = self.rng.standard_normal(x.shape, dtype=x.dtype)
+        idx = rng.integers(0, sig.shape[0], size=x.shape[0])          # i ~ U{1..L}
+        z = rng.standard_normal(x.shape, dtype=x.dtype)
         return annealed_dsm(self.score, x, sig, idx, z).mean()
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, n, cond=None, rng=None, *, steps=None, eps=None, denoise=None, x=None,
+    def sample(self, n, cond=None, *, rng, steps=None, eps=None, denoise=None, x=None,
                progress=None):
         """n samples by annealed Langevin dynamics (steps = T per level, eps the base step),
         started from U[-1, 1] as Song & Ermon do (x: a given start)."""
         if cond is not None:
             raise ValueError("ncsn is unconditional: cond must be None")
-        rng = default_rng(self.rng if rng is None else rng)
         sig = self.sigmas
         if x is None:
             x = rng.uniform(-1.0, 1.0, size=(n,) + self.data_shape).astype(xp.float32)

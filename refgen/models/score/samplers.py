@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from refgen.backend import xp
-from refgen.models.score.progress import Progress
+from refgen.progress import SolverProgress
 from refgen.models.score.solvers import rk4, rk45
 
 __all__ = ["check_sigmas", "langevin", "annealed_langevin", "euler_maruyama",
@@ -53,7 +53,7 @@ def annealed_langevin(score, x, sigmas, eps: float, T: int, rng, denoise: bool =
     """
     sigmas = check_sigmas(sigmas)
     L = sigmas.shape[0]
-    bar = Progress("annealed Langevin", L * int(T), progress)
+    bar = SolverProgress("annealed Langevin", L * int(T), progress)
     for i in range(L):
         alpha = eps * float(sigmas[i] / sigmas[-1]) ** 2                  # alpha_i
         for j in range(int(T)):
@@ -90,7 +90,7 @@ def euler_maruyama(sde, score, shape, rng, steps: int = 1000, x=None, progress=N
     the last step returns its mean (no noise is added after the final step)."""
     ts, dt = _times(sde, steps)
     x = sde.prior_sample(shape, rng, dtype) if x is None else x
-    bar = Progress("reverse SDE (Euler-Maruyama)", len(ts), progress)
+    bar = SolverProgress("reverse SDE (Euler-Maruyama)", len(ts), progress)
     mean = x
     for i, t in enumerate(ts):
         x, mean = _predictor(sde, score, x, float(t), dt, rng)
@@ -119,7 +119,7 @@ def predictor_corrector(sde, score, shape, rng, steps: int = 1000, snr: float = 
     steps, then one reverse-SDE Euler-Maruyama predictor step; returns the final mean."""
     ts, dt = _times(sde, steps)
     x = sde.prior_sample(shape, rng, dtype) if x is None else x
-    bar = Progress("predictor-corrector", len(ts), progress)
+    bar = SolverProgress("predictor-corrector", len(ts), progress)
     mean = x
     for i, t in enumerate(ts):
         for _ in range(int(n_corrector)):
@@ -141,7 +141,7 @@ def ode_sample(sde, score, shape, rng, method: str = "rk45", steps: int = 100,
         tb = xp.full((shape[0],), t)
         return sde.ode_drift(y, tb, score(y, tb)).astype(y.dtype)
 
-    bar = Progress(f"probability-flow ODE ({method})", steps if method == "rk4" else None, progress)
+    bar = SolverProgress(f"probability-flow ODE ({method})", steps if method == "rk4" else None, progress)
     if method == "rk4":
         y, _ = rk4(f, x, sde.T, sde.sampling_eps, steps, callback=bar)
     elif method == "rk45":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import as_tensor
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.score.likelihood import dequantize
@@ -66,7 +66,6 @@ class ScoreSDE(Module):
         self.levels = 256 if self.image else None   # log_prob of images: of the 8-bit values
         self.net = make_net(self.data_shape, init.get_rng(int(seed)), hidden, depth, channels,
                             channel_mult, num_res_blocks, attn_res, heads, groups)
-        self.rng = default_rng(seed)
         self.eval_samples = 1000 if self.image else 2000
         self.eval_max_test = 200 if len(self.data_shape) == 3 else 2000  # an ODE per test batch
 
@@ -81,28 +80,26 @@ class ScoreSDE(Module):
         std = self.sde.marginal(t)[1].astype(x.dtype).reshape((b,) + (1,) * (len(x.shape) - 1))
         return self.net(x, 999.0 * t) * (1.0 / std)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         x0 = as_tensor(batch.x)
         b = x0.shape[0]
-        t = self.rng.uniform(self.sde.eps, self.sde.T, size=b)            # t ~ U(eps, 1)
-        z = self.rng.standard_normal(x0.shape, dtype=x0.dtype)
+        t = rng.uniform(self.sde.eps, self.sde.T, size=b)            # t ~ U(eps, 1)
+        z = rng.standard_normal(x0.shape, dtype=x0.dtype)
         return sde_dsm(self.score, self.sde, x0, t, z, self.weighting).mean()
 
-    def sample(self, n, cond=None, rng=None, *, sampler=None, steps=None, progress=None, x=None):
+    def sample(self, n, cond=None, *, rng, sampler=None, steps=None, progress=None, x=None):
         """n samples (n, *data_shape) by sampler em|pc|ode (default: the model's)."""
         if cond is not None:
             raise ValueError(f"{self.registry_name} is unconditional: cond must be None")
-        rng = default_rng(self.rng if rng is None else rng)
         return sde_sample(self.sde, self.score, (n,) + self.data_shape, rng,
                           sampler or self.sampler, self.sample_steps if steps is None else steps,
                           snr=self.snr, n_corrector=self.n_corrector, method=self.ode_method,
                           rtol=self.rtol, atol=self.atol, progress=progress, x=x)
 
-    def log_prob(self, x, rng=None, divergence: str = "auto", **kw):
+    def log_prob(self, x, *, rng, divergence: str = "auto", **kw):
         """log p(x) per example (nats) by the probability-flow ODE. Images (8-bit values in
         [-1, 1]) are dequantised first and the result is the bound on log P(x) of the 8-bit
         values, E_u log p(x + u) + D log(2 / 256)."""
-        rng = default_rng(self.rng if rng is None else rng)
         kw = dict(dict(method=self.ode_method, rtol=self.rtol, atol=self.atol), **kw)
         xa = as_tensor(x).data
         d = math.prod(self.data_shape)

@@ -83,7 +83,7 @@ class TextEncoder(Module):
 
 @register("clip")
 class CLIP(Module):
-    """Contrastive image-text model. ``loss(batch)``: symmetric InfoNCE of the batch's
+    """Contrastive image-text model. ``loss(batch, rng)``: symmetric InfoNCE of the batch's
     (image, caption) pairs; ``encode_image``/``encode_text``: unit embeddings;
     ``zero_shot``/``clip_score``/``retrieve`` as in the paper's evaluations."""
 
@@ -114,7 +114,7 @@ class CLIP(Module):
         """Unit text embeddings v (B, D) of caption ids (B, T)."""
         return C.normalize(self.text_encoder(ids))
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         ids = batch.y
         if ids is None or getattr(ids, "ndim", 0) != 2:
             raise ValueError("clip trains on (image, caption ids) pairs; use --data mnist-captions")

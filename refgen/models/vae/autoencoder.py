@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.vae.nets import Decoder, Encoder
@@ -41,9 +41,8 @@ class _CodeMoments(Module):
         self.code_mean = a * self.code_mean + (1 - a) * zd.mean(0)
         self.code_var = a * self.code_var + (1 - a) * zd.var(0)
 
-    def sample(self, n, cond=None, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """n decodings of z ~ N(code_mean, diag(code_var)) (see the module docstring)."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         with no_grad():
             eps = rng.standard_normal((int(n), self.latent_dim), dtype=self.code_mean.dtype)
             z = self.code_mean + xp.sqrt(self.code_var) * eps
@@ -76,7 +75,6 @@ class Autoencoder(_CodeMoments):
         self.decoder = Decoder(self.data_shape, self.latent_dim, hidden[::-1], arch, activation,
                                channels=channels, rng=g)
         self._init_moments(self.latent_dim)
-        self.rng = default_rng(seed)
 
     def encode(self, x):
         return self.encoder(as_tensor(x))                    # (B, latent)
@@ -91,7 +89,7 @@ class Autoencoder(_CodeMoments):
         with no_grad():
             return self._output(self.decode(self.encode(x))).data
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """||x - d(e(x))||^2 (A1) (or the cross-entropy), summed over dims, batch mean."""
         x = as_tensor(batch.x)
         z = self.encode(x)
@@ -123,7 +121,6 @@ class LinearAutoencoder(_CodeMoments):
                                    0.0, init_std, rng=g)
         self.offset = Parameter(xp.zeros((dim,), dtype=xp.float32))
         self._init_moments(self.latent_dim)
-        self.rng = default_rng(seed)
 
     def encode(self, x):
         x = F.flatten(as_tensor(x), 1)
@@ -140,7 +137,7 @@ class LinearAutoencoder(_CodeMoments):
         with no_grad():
             return self.decode(self.encode(x)).data
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         x = as_tensor(batch.x)
         z = self.encode(x)
         self._track(z)

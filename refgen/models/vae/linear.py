@@ -25,7 +25,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import as_tensor
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.vae.likelihoods import GaussianLikelihood
@@ -77,7 +77,6 @@ class LinearGaussianVAE(VAE):
         self.encoder = LinearEncoder(self.data_shape[0], self.latent_dim, rng=g)
         self.decoder = Linear(self.latent_dim, self.data_shape[0], rng=g)   # W z + b
         self.likelihood = GaussianLikelihood(1, log_sigma=init_log_sigma)
-        self.rng = default_rng(seed)
 
     # ------------------------------------------------------------------ parameters by name
     @property
@@ -148,14 +147,13 @@ class LinearGaussianVAE(VAE):
         mu, logvar = self.encode(as_tensor(x))
         return self.expected_log_likelihood(x) - self.kl(mu, logvar)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         if self.expectation == "exact":
             return -self.elbo_exact(batch.x).mean()
-        return super().loss(batch)
+        return super().loss(batch, rng)
 
-    def sample(self, n, cond=None, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """Draws of x = W z + b + sigma eps (the model's samples, not the decoder's mean)."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         dt = self.W.dtype
         z = rng.standard_normal((int(n), self.latent_dim), dtype=dt)
         eps = rng.standard_normal((int(n), self.data_shape[0]), dtype=dt)

@@ -32,7 +32,7 @@ import math
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.distributions import Normal, kl_normal_std
 from refgen.metrics.likelihood import iwae as iwae_estimator
 from refgen.models import register
@@ -95,7 +95,6 @@ class VAE(Module):
         self.decoder = Decoder(self.data_shape, self.latent_dim, hidden[::-1], arch,
                                activation, self.num_classes, channels, rng=g)
         self.likelihood = make_likelihood(likelihood, len(self.data_shape))
-        self.rng = default_rng(seed)  # replaced by the training loop's generator
 
     def extra_repr(self):
         return (f"data_shape={self.data_shape}, latent_dim={self.latent_dim}, "
@@ -111,10 +110,9 @@ class VAE(Module):
         """p(x | z): the decoder's output (logits or means), (..., latent) -> (..., *data_shape)."""
         return self.decoder(z, y)
 
-    def reparameterize(self, mu, logvar, rng=None, k=None):
-        """z = mu + sigma * eps, eps ~ N(0, I)  (V4); ``k`` draws give (k, B, latent)."""
+    def reparameterize(self, mu, logvar, rng, k=None):
+        """z = mu + sigma * eps, eps ~ N(0, I) from ``rng`` (V4); ``k`` draws give (k, B, latent)."""
         shape = tuple(mu.shape) if k is None else (int(k),) + tuple(mu.shape)
-        rng = self.rng if rng is None else rng
         eps = Tensor(rng.standard_normal(shape, dtype=mu.dtype))
         return mu + F.exp(0.5 * logvar) * eps
 
@@ -129,50 +127,50 @@ class VAE(Module):
         return y
 
     # ------------------------------------------------------------------ bounds
-    def elbo_terms(self, x, y=None):
+    def elbo_terms(self, x, y=None, *, rng):
         """One-sample estimates of E_q[log p(x | z)] and the exact KL, each (B,) nats."""
         x = as_tensor(x)
         self.likelihood.check(x.data)
         mu, logvar = self.encode(x, y)
-        z = self.reparameterize(mu, logvar)                            # (B, latent)
+        z = self.reparameterize(mu, logvar, rng)                       # (B, latent)
         rec = self.likelihood.log_prob(x, self.decode(z, y))           # log p(x | z), (B,)
         return rec, self.kl(mu, logvar)
 
-    def elbo(self, x, y=None):
+    def elbo(self, x, y=None, *, rng):
         """ELBO(x) = E_q[log p(x | z)] - KL(q || p(z)) per example, nats (V2); one-sample
         estimate of the expectation. A conditional model given no labels returns the bound
         log (1/C) sum_y exp ELBO(x | y) on log p(x) = log (1/C) sum_y p(x | y)."""
         if self.num_classes is not None and y is None:
-            return self._over_labels(self.elbo, x)
-        rec, kl = self.elbo_terms(x, self._labels(y))
+            return self._over_labels(lambda xx, yy: self.elbo(xx, yy, rng=rng), x)
+        rec, kl = self.elbo_terms(x, self._labels(y), rng=rng)
         return rec - kl
 
-    def log_weights(self, x, k, y=None):
+    def log_weights(self, x, k, y=None, *, rng):
         """log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x), z_i ~ q: (k, B), differentiable."""
         x = as_tensor(x)
         self.likelihood.check(x.data)
         mu, logvar = self.encode(x, y)
-        return self._log_weights(x, mu, logvar, k, y)
+        return self._log_weights(x, mu, logvar, k, y, rng)
 
-    def _log_weights(self, x, mu, logvar, k, y):
-        z = self.reparameterize(mu, logvar, k=k)                       # (k, B, latent)
+    def _log_weights(self, x, mu, logvar, k, y, rng):
+        z = self.reparameterize(mu, logvar, rng, k=k)                  # (k, B, latent)
         log_px_z = self.likelihood.log_prob(x, self.decode(z, y))      # (k, B)
         log_qz = Normal.from_logvar(mu, logvar).log_prob(z).sum(-1)     # (k, B)
         return log_px_z + log_standard_normal(z) - log_qz
 
-    def iwae(self, x, k, y=None, chunk=None):
+    def iwae(self, x, k, y=None, chunk=None, *, rng):
         """The IWAE bound L_k per example, nats (V7): an estimate of log p(x) from below that
         tightens as k grows. Samples go ``chunk`` at a time (default: ~10,000 decoder rows),
         so k = 5000 fits in memory. Not differentiated (training uses ``log_weights``)."""
         if self.num_classes is not None and y is None:
-            return self._over_labels(lambda xx, yy: self.iwae(xx, k, yy, chunk), x)
+            return self._over_labels(lambda xx, yy: self.iwae(xx, k, yy, chunk, rng=rng), x)
         x = as_tensor(x)
         self.likelihood.check(x.data)
         with no_grad():
             mu, logvar = self.encode(x, y)
             b = x.shape[0]
             chunk = int(chunk or max(1, 10_000 // max(b, 1)))
-            lw = lambda xb, n: self._log_weights(x, mu, logvar, n, y).data  # noqa: E731
+            lw = lambda xb, n: self._log_weights(x, mu, logvar, n, y, rng).data  # noqa: E731
             return Tensor(iwae_estimator(lw, x.data, k, chunk=chunk, batch_size=b))
 
     def _over_labels(self, fn, x):
@@ -183,15 +181,15 @@ class VAE(Module):
         return F.logsumexp(F.stack(per_class, 0), 0) - math.log(self.num_classes)
 
     # ------------------------------------------------------------------ training
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """The mean over the batch of -ELBO with beta on the KL (V3, V6), or of -L_k (V7)."""
         y = self._labels(batch.y) if self.num_classes is not None else None
         if self.objective == "iwae":
-            lw = self.log_weights(batch.x, self.k, y)                     # (k, B)
+            lw = self.log_weights(batch.x, self.k, y, rng=rng)            # (k, B)
             bound = F.logsumexp(lw, 0) - math.log(self.k)                  # L_k, (B,)
             self.last_stats = {"iwae": float(bound.data.mean())}
             return -bound.mean()
-        rec, kl = self.elbo_terms(batch.x, y)
+        rec, kl = self.elbo_terms(batch.x, y, rng=rng)
         self.last_stats = {"rec": float(rec.data.mean()), "kl": float(kl.data.mean())}
         return -(rec - self.beta * kl).mean()
 
@@ -201,10 +199,9 @@ class VAE(Module):
             return self.likelihood.mean(out).data
         return self.likelihood.sample(out, rng).data
 
-    def sample(self, n, cond=None, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """n images: z ~ N(0, I), then the decoder's mean (or a draw); labels ``cond`` (n,)
         for a conditional model (None: drawn uniformly)."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         dtype = next(self.parameters()).dtype
         with no_grad():
             z = Tensor(rng.standard_normal((int(n), self.latent_dim), dtype=dtype))

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import refgen.functional as F
 from refgen.autograd import Tensor, as_tensor, no_grad
-from refgen.backend import default_rng, xp
+from refgen.backend import xp
 from refgen.models import register
 from refgen.models.autoregressive.pixelcnn import PixelCNN
 from refgen.models.base import DataSpec
@@ -128,7 +128,6 @@ class VQVAE(Module):
         self.prior = PixelCNN((1,) + self.grid, seed=int(seed) + 1, channels=prior_channels,
                               blocks=prior_blocks, kernel=3, head_channels=prior_channels,
                               levels=self.num_codes, one_hot=bool(prior_one_hot))
-        self.rng = default_rng(seed)
 
     def extra_repr(self):
         return (f"data_shape={self.data_shape}, num_codes={self.num_codes}, "
@@ -183,7 +182,7 @@ class VQVAE(Module):
         count = (self.ema_count + eps) / (n + self.num_codes * eps) * n          # Laplace smoothing
         self.codebook = (self.ema_sum / count[:, None]).astype(self.codebook.dtype)
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         """(Q2) (with (Q3) for ema=True) plus the prior's NLL of the batch's codes."""
         x = as_tensor(batch.x)
         if not self.train_autoencoder:  # stage 2: the autoencoder is fixed, only p(k) learns
@@ -213,9 +212,8 @@ class VQVAE(Module):
         return total + prior_nll
 
     # ------------------------------------------------------------------ generation
-    def sample(self, n, cond=None, rng=None):
+    def sample(self, n, cond=None, *, rng):
         """k ~ p(k) by the PixelCNN (h w passes), then the decoder's mean at e_k."""
-        rng = default_rng(rng if rng is not None else getattr(self, "rng", None))
         with no_grad():
             v = self.prior.sample(int(n), rng=rng)                                  # (n, 1, h, w)
             k = F.to_levels(v[:, 0], self.num_codes)                                # (n, h, w) code ids

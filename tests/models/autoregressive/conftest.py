@@ -37,10 +37,10 @@ def train_briefly(model, x, steps=40, lr=1e-2, batch_size=64, seed=0):
     """A few Adam steps on rows of ``x`` (a stand-in for refgen.train in unit tests)."""
     rng = np.random.default_rng(seed)
     opt = optim.Adam(model.parameters(), lr=lr)
-    model.rng = refgen.backend.default_rng(seed)
+    noise = refgen.backend.default_rng(seed)
     for _ in range(steps):
         xb = x[rng.integers(len(x), size=batch_size)]
-        loss = model.loss(Batch(Tensor(xb)))
+        loss = model.loss(Batch(Tensor(xb)), noise)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -141,10 +141,10 @@ def test_bernoulli_rejects_continuous_data():
     from refgen.models.base import Batch
     model = create("made", data_shape=(1, 3, 3), seed=0, hidden=(8,))
     with pytest.raises(ValueError, match="binary"):
-        model.loss(Batch(Tensor(np.full((2, 1, 3, 3), 0.5, np.float32))))
+        model.loss(Batch(Tensor(np.full((2, 1, 3, 3), 0.5, np.float32))), np.random.default_rng(0))
     with pytest.raises(ValueError, match="likelihood"):
         create("made", data_shape=(2,), likelihood="poisson")
-    assert math.isfinite(float(model.loss(Batch(Tensor(np.ones((2, 1, 3, 3), np.float32)))).item()))
+    assert math.isfinite(float(model.loss(Batch(Tensor(np.ones((2, 1, 3, 3), np.float32))), np.random.default_rng(0)).item()))
 
 
 @given(d=st.integers(1, 9), hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),

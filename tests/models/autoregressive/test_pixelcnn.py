@@ -161,7 +161,7 @@ def test_bad_data_is_refused_in_one_line():
     from refgen.models.base import Batch
     model = create("pixelcnn", data_shape=(1, 3, 3), **SMALL["pixelcnn"])
     with pytest.raises(ValueError, match="levels=256"):
-        model.loss(Batch(Tensor(np.full((2, 1, 3, 3), 0.5, np.float32))))
+        model.loss(Batch(Tensor(np.full((2, 1, 3, 3), 0.5, np.float32))), np.random.default_rng(0))
     with pytest.raises(ValueError, match="one-channel"):
         create("gated-pixelcnn", data_shape=(3, 4, 4))
 

@@ -1,6 +1,7 @@
 """DDPM's option groups: flat keywords, groups and --set values build the same model, None is
 the one "not set" value, and the CLI sees every field as a hyperparameter."""
 import numpy as np
+from refgen.backend import default_rng
 import pytest
 
 from refgen.backend import to_numpy
@@ -48,10 +49,10 @@ def test_sample_threshold_none_means_the_models_own():
     m = DDPM((1, 4, 4), T=30, channels=4, num_res_blocks=1, groups=2, sample_steps=3)
     for p in m.parameters():   # a non-zero output, large enough to leave [-1, 1]
         p.data = p.data + np.float32(0.3)
-    kw = dict(rng=3, sampler="ddim")
-    static, off = m.sample(2, **kw), m.sample(2, threshold="none", **kw)
-    assert np.array_equal(to_numpy(m.sample(2, threshold=None, **kw)), to_numpy(static))
-    assert np.array_equal(to_numpy(m.sample(2, threshold="static", **kw)), to_numpy(static))
+    kw = dict(sampler="ddim")
+    static, off = m.sample(2, **kw, rng=default_rng(3)), m.sample(2, threshold="none", **kw, rng=default_rng(3))
+    assert np.array_equal(to_numpy(m.sample(2, threshold=None, **kw, rng=default_rng(3))), to_numpy(static))
+    assert np.array_equal(to_numpy(m.sample(2, threshold="static", **kw, rng=default_rng(3))), to_numpy(static))
     assert not np.allclose(to_numpy(static), to_numpy(off))
 
 

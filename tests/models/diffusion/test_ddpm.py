@@ -3,6 +3,7 @@ and sampler path, guidance, likelihood, and a short training run on 2D data."""
 import math
 
 import numpy as np
+from refgen.backend import default_rng
 import pytest
 
 from refgen import models
@@ -33,7 +34,7 @@ def test_registered_and_built_like_the_cli():
 def test_vector_model_options(param, learn):
     m = DDPM((2,), T=100, parameterization=param, learn_sigma=learn, hidden=16, depth=1)
     x = Tensor(np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32))
-    loss = m.loss(Batch(x))
+    loss = m.loss(Batch(x), default_rng(0))
     assert loss.shape == () and math.isfinite(loss.item())
     loss.backward()
     assert all(p.grad is not None for p in m.parameters())
@@ -41,9 +42,9 @@ def test_vector_model_options(param, learn):
         assert set(m.last_stats) == {"l_simple", "l_vlb"}
     for kw in (dict(), dict(sampler="ddim", steps=7), dict(sampler="ddim", eta=1.0, steps=7),
                dict(steps=5, threshold="dynamic")):
-        s = m.sample(6, rng=0, **kw)
+        s = m.sample(6, rng=default_rng(0), **kw)
         assert s.shape == (6, 2) and s.dtype == np.float32 and np.all(np.isfinite(s))
-    parts = m.vlb_terms(x.data[:4], timesteps=5, rng=0)
+    parts = m.vlb_terms(x.data[:4], timesteps=5, rng=default_rng(0))
     assert parts["vlb"].shape == (4,) and np.all(np.isfinite(parts["vlb"]))
 
 
@@ -52,18 +53,18 @@ def test_image_model_guidance_and_likelihood():
              guidance=2.0, threshold="static")
     rng = np.random.default_rng(0)
     x = Tensor(np.rint(rng.uniform(0, 255, (4, 1, 8, 8))).astype(np.float32) / 127.5 - 1)
-    loss = m.loss(Batch(x, np.array([0, 1, 2, 1])))
+    loss = m.loss(Batch(x, np.array([0, 1, 2, 1])), default_rng(0))
     loss.backward()
     assert math.isfinite(loss.item())
-    s = m.sample(3, cond=np.array([0, 1, 2]), rng=1, steps=3)           # classifier-free (26)
+    s = m.sample(3, cond=np.array([0, 1, 2]), rng=default_rng(1), steps=3)           # classifier-free (26)
     assert s.shape == (3, 1, 8, 8) and np.all(np.abs(s) <= 1.0 + 1e-6)
-    assert m.sample(2, rng=1, steps=2).shape == (2, 1, 8, 8)              # unconditional
+    assert m.sample(2, rng=default_rng(1), steps=2).shape == (2, 1, 8, 8)              # unconditional
     clf = NoisyClassifier((1, 8, 8), 3, T=30, channels=8)
-    clf.loss(Batch(x, np.array([0, 1, 2, 1]))).backward()
-    s = m.sample(2, cond=np.array([2]), rng=2, steps=3, guidance=0.0, classifier=clf,
+    clf.loss(Batch(x, np.array([0, 1, 2, 1])), default_rng(0)).backward()
+    s = m.sample(2, cond=np.array([2]), rng=default_rng(2), steps=3, guidance=0.0, classifier=clf,
                  classifier_scale=3.0)                                    # classifier (25)
     assert s.shape == (2, 1, 8, 8)
-    elbo = m.elbo(x.data[:2])
+    elbo = m.elbo(x.data[:2], rng=default_rng(0))
     assert elbo.shape == (2,) and np.all(elbo < 0)                       # log P(pixels) < 0
 
 
@@ -76,17 +77,17 @@ def test_classifier_guidance_of_the_unconditional_mode():
         p.data += asarray(0.05 * np.random.default_rng(1).standard_normal(p.data.shape).astype(p.data.dtype))
     clf = NoisyClassifier((1, 8, 8), 3, T=30, channels=8)
     y = np.array([0, 1, 2])
-    kw = dict(rng=5, steps=4, threshold="none")
-    uncond, cond = m.sample(3, **kw), m.sample(3, cond=y, guidance=0.0, **kw)
+    kw = dict(steps=4, threshold="none")
+    uncond, cond = m.sample(3, **kw, rng=default_rng(5)), m.sample(3, cond=y, guidance=0.0, **kw, rng=default_rng(5))
     assert np.abs(uncond - cond).max() > 1e-4                            # the label matters
-    g0 = m.sample(3, cond=y, classifier=clf, classifier_scale=0.0, unconditional=True, **kw)
+    g0 = m.sample(3, cond=y, classifier=clf, classifier_scale=0.0, unconditional=True, **kw, rng=default_rng(5))
     np.testing.assert_array_equal(g0, uncond)
-    c0 = m.sample(3, cond=y, guidance=0.0, classifier=clf, classifier_scale=0.0, **kw)
+    c0 = m.sample(3, cond=y, guidance=0.0, classifier=clf, classifier_scale=0.0, **kw, rng=default_rng(5))
     np.testing.assert_array_equal(c0, cond)
-    g = m.sample(3, cond=y, classifier=clf, classifier_scale=50.0, unconditional=True, **kw)
+    g = m.sample(3, cond=y, classifier=clf, classifier_scale=50.0, unconditional=True, **kw, rng=default_rng(5))
     assert np.abs(g - uncond).max() > 1e-4
     with pytest.raises(ValueError, match="classifier"):
-        m.sample(3, cond=y, unconditional=True, **kw)
+        m.sample(3, cond=y, unconditional=True, **kw, rng=default_rng(5))
 
 
 def test_sampling_variance_override_equals_a_model_built_with_it():
@@ -95,11 +96,11 @@ def test_sampling_variance_override_equals_a_model_built_with_it():
     a = DDPM((2,), T=40, hidden=16, depth=1, variance="beta_tilde")
     b = DDPM((2,), T=40, hidden=16, depth=1, variance="beta")
     b.load_state_dict(a.state_dict())
-    kw = dict(rng=3, steps=5, sampler="ddpm")
-    np.testing.assert_array_equal(a.sample(6, variance="beta", **kw), b.sample(6, **kw))
-    assert np.abs(a.sample(6, **kw) - b.sample(6, **kw)).max() > 1e-4  # the choice matters
+    kw = dict(steps=5, sampler="ddpm")
+    np.testing.assert_array_equal(a.sample(6, variance="beta", **kw, rng=default_rng(3)), b.sample(6, **kw, rng=default_rng(3)))
+    assert np.abs(a.sample(6, **kw, rng=default_rng(3)) - b.sample(6, **kw, rng=default_rng(3))).max() > 1e-4  # the choice matters
     with pytest.raises(ValueError, match="variance"):
-        DDPM((2,), T=40, hidden=16, depth=1, learn_sigma=True).sample(2, variance="beta", **kw)
+        DDPM((2,), T=40, hidden=16, depth=1, learn_sigma=True).sample(2, variance="beta", **kw, rng=default_rng(3))
 
 
 @pytest.mark.parametrize("param,learn", [("eps", False), ("x0", False), ("v", False),
@@ -115,8 +116,8 @@ def test_loss_value_is_l_simple_on_the_models_own_draws(param, learn):
     m = DDPM((2,), T=T, parameterization=param, learn_sigma=learn, hidden=16, depth=1,
              data_scale=2.0)
     x = np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32)
-    m.rng = np.random.default_rng(3)
-    loss = float(m.loss(Batch(Tensor(x))).item())
+    noise = np.random.default_rng(3)
+    loss = float(m.loss(Batch(Tensor(x)), noise).item())
     rng = np.random.default_rng(3)
     t = rng.integers(1, T + 1, size=16)
     eps = rng.standard_normal((16, 2), dtype=np.float32).astype(np.float64)

@@ -84,7 +84,7 @@ def test_student_starts_as_the_teacher_and_refuses_eps_teachers():
     pd = ProgressiveDistillation((2,), teacher=t, teacher_steps=8)
     z = rng.standard_normal((6, 2)).astype(np.float32)
     # before training, the student's 4 steps are the teacher's 4 steps (theta <- eta)
-    x4 = pd.sample(6, steps=4, x_T=z)
+    x4 = pd.sample(6, steps=4, x_T=z, rng=default_rng(0))
     x_t4 = ddim_sample(lambda zz, tt: _x0(t, zz, tt), t.schedule, 4, z)
     np.testing.assert_allclose(x4, x_t4, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="v or x0"):
@@ -108,7 +108,7 @@ def test_halving_loop_swaps_teacher_and_halves_N():
     x = Tensor(np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32))
     seen = []
     for _ in range(7):
-        seen.append(pd.train_step(Batch(x), opts)["N"])
+        seen.append(pd.train_step(Batch(x), opts, default_rng(0))["N"])
         if len(seen) == 4:  # this step ended a round: the teacher is now the student
             for k, v in pd.student.state_dict().items():
                 np.testing.assert_array_equal(pd.teacher.state_dict()[k], v)
@@ -118,7 +118,7 @@ def test_halving_loop_swaps_teacher_and_halves_N():
     assert all(np.array_equal(given[k], v) for k, v in t.state_dict().items())
     # the teacher is frozen: its weights are the student's at the last swap, not later ones
     before = {k: np.array(v) for k, v in pd.teacher.state_dict().items()}
-    pd.train_step(Batch(x), opts)
+    pd.train_step(Batch(x), opts, default_rng(0))
     assert all(np.array_equal(before[k], v) for k, v in pd.teacher.state_dict().items())
 
 
@@ -129,8 +129,8 @@ def test_loss_is_algorithm_2():
     pd = ProgressiveDistillation((2,), teacher=teacher, teacher_steps=16)
     pd.student = oracle("x0", T=1000)          # a student whose x_hat differs from x_tilde
     data = np.random.default_rng(0).standard_normal((512, 2)) * S + M
-    pd.rng = default_rng(11)
-    got = pd.loss(Batch(Tensor(data))).item()
+    noise = default_rng(11)
+    got = pd.loss(Batch(Tensor(data)), noise).item()
     g, sch = default_rng(11), teacher.schedule
     i = g.integers(1, 9, size=512)
     eps = g.standard_normal((512, 2), dtype=np.float64)
@@ -152,15 +152,15 @@ def test_one_round_on_the_2d_oracle_matches_the_teachers_two_steps():
     pd = ProgressiveDistillation((2,), teacher=teacher, teacher_steps=8, round_steps=10 ** 6)
     # an oracle has no weights to copy: this student starts from a fresh network
     pd.student = DDPM((2,), T=1000, parameterization="v", hidden=64, depth=2, seed=1)
-    pd.rng = default_rng(0)
+    noise = default_rng(0)
     opts = {"model": optim.Adam(list(pd.student.parameters()), lr=3e-3)}
     data = np.random.default_rng(0).standard_normal((20000, 2)) * S + M
     pick = np.random.default_rng(1)
     for step in range(1500):
         xb = data[pick.integers(0, len(data), 256)].astype(np.float32)
-        pd.train_step(Batch(Tensor(xb)), opts)
+        pd.train_step(Batch(Tensor(xb)), opts, noise)
     z = np.random.default_rng(7).standard_normal((2000, 2)).astype(np.float32)
-    student = pd.sample(2000, x_T=z)
+    student = pd.sample(2000, x_T=z, rng=noise)
     teacher8 = ddim_sample(lambda zz, tt: x0_exact(teacher.schedule, zz, tt), teacher.schedule, 8,
                            z.astype(np.float64))
     err = np.abs(student - teacher8).mean(0) / S

@@ -50,7 +50,7 @@ def test_eps_in_sigma_is_the_networks_eps_at_integer_steps(param):
     xt = rng.standard_normal((4, 2)).astype(np.float32)
     want = interpret(m._net(xt, t, None), xt, t, m.schedule, param, m.variance).eps.data
     x = xt / np.sqrt(m.schedule.alpha_bar[t]).reshape(-1, 1)
-    got = eps_in_sigma(m, x.astype(np.float32), schedule_sigmas(m.schedule)[t]).data
+    got = eps_in_sigma(m, x.astype(np.float32), schedule_sigmas(m.schedule)[t])
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
 
 

@@ -40,12 +40,12 @@ def test_reverse_step_draws_from_p_theta(kind, t, log_var, seed):
 def test_ddpm_loss_is_l_simple_at_the_forward_sample(param):
     """DDPM.loss is eq. (19): the mean of ||target - net(x_t, t)||^2 with t ~ U{1..T},
     eps ~ N(0, I) and x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (eq. (3)),
-    replayed here from a generator seeded as the model's; the target is eps, x_0 or
+    replayed here from a generator seeded as the one handed to loss; the target is eps, x_0 or
     v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
     m = DDPM((2,), T=50, parameterization=param, hidden=16, depth=1, data_scale=2.0, seed=1)
     x = np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32) * 1.7
-    m.rng, replay = default_rng(5), default_rng(5)
-    loss = m.loss(Batch(Tensor(asarray(x)))).item()
+    replay = default_rng(5)
+    loss = m.loss(Batch(Tensor(asarray(x))), default_rng(5)).item()
 
     t = to_numpy(replay.integers(1, m.T + 1, size=16))                 # the loss's own draws
     eps = to_numpy(replay.standard_normal((16, 2), dtype=np.float32)).astype(np.float64)

@@ -10,7 +10,7 @@ from refgen import optim
 from refgen.autograd import Tensor, grad
 from refgen.backend import default_rng
 from refgen.models.energy import MLPEnergy, contrastive_loss, gaussian_log_prob, nce_loss
-from refgen.score_matching import (energy_score, exact_score_matching, score_divergence,
+from refgen.score_matching import (energy_score, exact_divergence, exact_score_matching,
                                    sliced_score_matching)
 from refgen.testing import check_grads
 
@@ -129,7 +129,8 @@ def test_the_hessian_trace_by_double_backward_equals_finite_differences():
     net = _net(3)
     score = energy_score(net)
     x = np.random.default_rng(1).standard_normal((5, 3))
-    got = score_divergence(score, Tensor(x)).data
+    xt = Tensor(x, requires_grad=True)
+    got = exact_divergence(score(xt), xt).data
     h, fd = 1e-5, np.zeros(5)
     for i in range(3):
         e = np.zeros(3)
@@ -195,4 +196,6 @@ def test_score_matching_reductions_and_bad_input():
     with pytest.raises(ValueError, match="reduction must be"):
         exact_score_matching(energy_score(net), x, reduction="sum")
     with pytest.raises(ValueError, match="dist must be"):
-        sliced_score_matching(energy_score(net), x, dist="uniform")
+        sliced_score_matching(energy_score(net), x, rng=default_rng(0), dist="uniform")
+    with pytest.raises(ValueError, match="exactly one of rng"):
+        sliced_score_matching(energy_score(net), x)

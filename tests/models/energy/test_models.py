@@ -61,10 +61,10 @@ def test_the_model_density_integrates_to_one():
 # ----------------------------------------------------------------------------- losses
 def test_ebm_loss_is_the_contrastive_loss_on_its_chains():
     model = EBM((2,), seed=0, alpha=0.2, mcmc_steps=3, buffer_size=50, **SMALL).double()
-    model.rng = default_rng(0)
+    noise = default_rng(0)
     x = Tensor(toy2d.sample("8gaussians", 8, 1))
     before = model.buffer.chains.copy()
-    loss = model.loss(Batch(x)).item()
+    loss = model.loss(Batch(x), noise).item()
     _, idx = model.buffer.draw(8, default_rng(0), model.noise)       # the same chains again
     x_neg = model.buffer.chains[idx]                                  # where they ended
     want = contrastive_loss(model.energy(x), model.energy(Tensor(x_neg)), 0.2).item()
@@ -75,9 +75,9 @@ def test_ebm_loss_is_the_contrastive_loss_on_its_chains():
 def test_nce_loss_uses_the_learned_log_z_and_gaussian_noise():
     model = EBMNCE((2,), seed=0, noise_std=1.5, **SMALL).double()
     model.log_z.data = np.array(0.7)
-    model.rng = default_rng(4)
+    noise = default_rng(4)
     x = Tensor(toy2d.sample("8gaussians", 8, 1))
-    got = model.loss(Batch(x)).item()
+    got = model.loss(Batch(x), noise).item()
     y = 1.5 * default_rng(4).standard_normal((8, 2), dtype=np.float32).astype(np.float64)
     q = lambda t: -0.5 * (t ** 2).sum(1) / 1.5 ** 2 - 2 * math.log(1.5) - math.log(2 * math.pi)
     g = lambda t: -model.energy(Tensor(t)).data - 0.7 - q(t)
@@ -89,14 +89,13 @@ def test_fce_steps_the_energy_down_and_the_flow_up_the_same_loss():
     model = EBMFCE((2,), seed=0, flow_couplings=2, flow_hidden=(8,), **SMALL).double()
     x = Tensor(toy2d.sample("8gaussians", 16, 1))
     groups = model.param_groups()
-    model.rng = default_rng(0)
-    loss, _ = model.value_loss(x)
+    loss, _ = model.value_loss(x, default_rng(0))
     loss.backward()
     grads = {id(p): p.grad.data.copy() for p in model.parameters()}
     before = {id(p): p.data.copy() for p in model.parameters()}
     opts = {"energy": SGD(groups["energy"], lr=1e-3), "flow": SGD(groups["flow"]["params"], lr=1e-3)}
-    model.rng = default_rng(0)                                        # the same flow samples
-    model.train_step(Batch(x), opts)
+    noise = default_rng(0)                                        # the same flow samples
+    model.train_step(Batch(x), opts, noise)
     for p in groups["energy"]:
         np.testing.assert_allclose(p.data, before[id(p)] - 1e-3 * grads[id(p)], rtol=1e-10, atol=1e-14)
     for p in groups["flow"]["params"]:
@@ -108,12 +107,12 @@ def test_sm_uses_the_exact_trace_in_2d_and_the_sliced_one_above():
     from refgen.score_matching import energy_score, exact_score_matching, sliced_score_matching
     model = EBMSM((2,), seed=0, **SMALL).double()
     x = toy2d.sample("8gaussians", 8, 1)
-    assert model.loss(Batch(Tensor(x))).item() == pytest.approx(
+    assert model.loss(Batch(Tensor(x)), default_rng(0)).item() == pytest.approx(
         exact_score_matching(energy_score(model.energy), x).item(), rel=1e-12)
     model = EBMSM((3,), seed=0, exact_max_dim=2, **SMALL).double()
-    model.rng = default_rng(5)
+    noise = default_rng(5)
     x = np.random.default_rng(0).standard_normal((8, 3))
-    assert model.loss(Batch(Tensor(x))).item() == pytest.approx(
+    assert model.loss(Batch(Tensor(x)), noise).item() == pytest.approx(
         sliced_score_matching(energy_score(model.energy), x, rng=default_rng(5)).item(), rel=1e-12)
 
 
@@ -122,15 +121,15 @@ def test_jem_energies_are_minus_logsumexp_of_the_logits():
     x = Tensor(np.random.default_rng(0).standard_normal((5, 2)))
     f = model.logits(x).data
     np.testing.assert_allclose(model.energy(x).data, -np.log(np.exp(f).sum(1)), rtol=1e-12)
-    model.rng = default_rng(0)
+    noise = default_rng(0)
     y = np.array([0, 2, 1, 1, 0])
-    loss = model.loss(Batch(x, y)).item()
+    loss = model.loss(Batch(x, y), noise).item()
     ce = -(f[np.arange(5), y] - np.log(np.exp(f).sum(1))).mean()
     assert loss == pytest.approx(ce + model.energy(x).data.mean()
                                  - model.energy(Tensor(model.buffer.chains[_last_idx(model)])).data.mean(),
                                  rel=1e-9)
     with pytest.raises(ValueError, match="no labels"):
-        model.loss(Batch(x))
+        model.loss(Batch(x), noise)
     with pytest.raises(ValueError, match="num_classes"):
         JEM((2,), num_classes=None)
 
@@ -169,11 +168,11 @@ class _Poisoned(EBM):
 
     calls = 0
 
-    def loss(self, batch):
+    def loss(self, batch, rng):
         self.calls += 1
         if self.calls == 3:
             self.net.layers[0].weight.data[:] = np.inf
-        return super().loss(batch)
+        return super().loss(batch, rng)
 
 
 def test_a_non_finite_energy_stops_training_and_keeps_the_checkpoint(tmp_path):
@@ -183,6 +182,18 @@ def test_a_non_finite_energy_stops_training_and_keeps_the_checkpoint(tmp_path):
               samples=False, ckpt_every=1)
     _, meta = io.load_checkpoint(tmp_path / "checkpoint.npz")
     assert meta["step"] == 2
+
+
+def test_mala_negatives_log_their_acceptance_rate_and_ula_logs_none(tmp_path):
+    for mcmc in ("mala", "ula"):
+        model = EBM((2,), seed=0, mcmc=mcmc, mcmc_steps=3, buffer_size=40, **SMALL)
+        train(model, _toy(), steps=2, batch_size=8, lr=1e-3, out_dir=tmp_path / mcmc,
+              progress=False, samples=False, log_every=1)
+        log = [json.loads(x) for x in (tmp_path / mcmc / "log.jsonl").read_text().splitlines()]
+        if mcmc == "mala":
+            assert all(0.0 < r["acceptance_rate"] <= 1.0 for r in log)
+        else:
+            assert not any("acceptance_rate" in r for r in log)
 
 
 def test_samplers_and_bad_settings_are_one_clear_error():

@@ -82,11 +82,11 @@ def grid_integral(model, half_width=7.0, n=250):
 
 def train_briefly(model, x, steps=100, lr=3e-3, batch_size=256, seed=0):
     """A few Adam steps on rows of ``x`` (a stand-in for refgen.train in unit tests)."""
-    rng = np.random.default_rng(seed)
+    rng, noise = np.random.default_rng(seed), refgen.backend.default_rng(seed)
     opt = optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
-        loss = model.loss(Batch(Tensor(x[rng.integers(len(x), size=batch_size)])))
+        loss = model.loss(Batch(Tensor(x[rng.integers(len(x), size=batch_size)])), noise)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -102,14 +102,15 @@ def test_loss_sample_and_conventions(name):
     assert constructor_kwargs(cls, data_shape=(2,), num_classes=10, seed=3) == {"data_shape": (2,), "seed": 3}
     model = SMALL_2D[name]()
     x = Tensor(np.random.default_rng(0).standard_normal((8, 2)).astype(np.float32))
-    loss = model.loss(Batch(x))
+    loss = model.loss(Batch(x), default_rng(0))
     assert loss.dtype == np.float32 and math.isfinite(loss.item())
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
-    model.rng = default_rng(5)
-    s1, s2 = model.sample(4), model.sample(4, rng=default_rng(5))
+    s1, s2 = model.sample(4, rng=default_rng(5)), model.sample(4, rng=default_rng(5))
     assert s1.shape == (4, 2) and s1.dtype == np.float32
-    np.testing.assert_array_equal(to_numpy(s1), to_numpy(s2))     # rng=None uses self.rng
+    np.testing.assert_array_equal(to_numpy(s1), to_numpy(s2))     # the noise is rng's alone
+    with pytest.raises(TypeError, match="rng"):
+        model.sample(4)                                           # no hidden generator
     cold = model.sample(4, rng=default_rng(5), temperature=0.0)
     np.testing.assert_allclose(to_numpy(cold), to_numpy(model.inverse(Tensor(np.zeros((1, 2), np.float32))).data)
                                .repeat(4, 0), atol=1e-6)

@@ -74,9 +74,8 @@ def test_optimal_discriminator_and_jensen_shannon():
 
 
 def _g_grad_norm(model, n=64):
-    model.rng = backend.default_rng(3)
     model.zero_grad()
-    model.g_loss(n).backward()
+    model.g_loss(n, None, backend.default_rng(3)).backward()
     return math.sqrt(sum(float((p.grad.data ** 2).sum()) for p in model.G.parameters()))
 
 
@@ -84,9 +83,8 @@ def test_saturating_generator_gradient_vanishes_when_d_is_confident():
     sat, ns = create("gan", data_shape=(2,), seed=0), create("nsgan", data_shape=(2,), seed=0)
     for m in (sat, ns):
         m.D.head.bias.data = m.D.head.bias.data - 12.0     # D(G(z)) = sigmoid(~-12): confident
-        m.rng = backend.default_rng(3)
         with refgen.no_grad():
-            assert m.D(m.generate(64)).data.max() < -9.0
+            assert m.D(m.generate(64, None, backend.default_rng(3))).data.max() < -9.0
     ratio = _g_grad_norm(sat) / _g_grad_norm(ns)
     assert 0 < ratio < 1e-3                      # sigmoid(a) / (1 - sigmoid(a)) ~ e^-12
     # without the confident D the two gradients are of one size
@@ -152,13 +150,13 @@ def test_wgan_gp_critic_estimates_w1():
     the wrong sign would have to cross slope 0, where the penalty is largest."""
     mu = np.array([0.3, -0.4])                              # |mu| = 0.5
     model = create("wgan-gp", data_shape=(2,), seed=0, hidden=[32, 32]).double()
-    model.rng = backend.default_rng(0)
+    noise = backend.default_rng(0)
     opt = optim.Adam(model.D.parameters(), lr=3e-3, betas=(0.0, 0.9))
     r = np.random.default_rng(7)
     for i in range(700):
         opt.lr = 3e-3 if i < 500 else 3e-4                  # a smaller step to settle
         x, y = Tensor(r.normal(0, 1, (256, 2))), Tensor(r.normal(mu, 1, (256, 2)))
-        loss = model.d_loss(x, y)
+        loss = model.d_loss(x, y, None, noise)
         opt.zero_grad()
         loss.backward()
         opt.step()

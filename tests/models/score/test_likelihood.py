@@ -7,7 +7,7 @@ import pytest
 
 from refgen.autograd import Tensor, enable_grad
 from refgen.backend import use_backend
-from refgen.models.score.divergence import exact_divergence, hutchinson_divergence, rademacher
+from refgen.score_matching import exact_divergence, hutchinson_divergence, rademacher
 from refgen.models.score.likelihood import bits_per_dim, dequantize, ode_log_likelihood
 from refgen.models.score.mixture import GaussianMixture
 from refgen.models.score.sde import SubVPSDE, VESDE, VPSDE

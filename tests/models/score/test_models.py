@@ -53,7 +53,7 @@ def test_ncsn_sets_its_ladder_from_the_first_batch():
     with pytest.raises(ValueError, match="sigma_max='auto'"):
         m.sigmas
     x = np.random.default_rng(1).standard_normal((64, 2)).astype(np.float32)
-    m.loss(Batch(Tensor(x)))
+    m.loss(Batch(Tensor(x)), default_rng(0))
     s = m.sigmas
     assert np.isclose(s[0], sigma_max_from_data(x)) and np.isclose(s[-1], 0.01) and len(s) == 10
     assert np.allclose(s[:-1] / s[1:], s[0] / s[1])                   # geometric
@@ -82,26 +82,26 @@ def test_contract_and_a_short_run_lowers_the_loss(name):
     held = Batch(Tensor(ds.x[:4000].astype(np.float32)))
 
     def held_out():                                   # the same noise every time
-        m.rng = default_rng(11)
+        noise = default_rng(11)
         with no_grad():
-            return m.loss(held).item()
-    m.rng = default_rng(0)
-    m.loss(Batch(Tensor(ds.x[:256].astype(np.float32))))           # ncsn: sets its ladder
+            return m.loss(held, noise).item()
+    noise = default_rng(0)
+    m.loss(Batch(Tensor(ds.x[:256].astype(np.float32))), noise)           # ncsn: sets its ladder
     before = held_out()
     assert np.isclose(before, 2.0, rtol=0.05)         # zero-initialised output: E||z||^2 = D
-    m.rng = default_rng(1)
+    noise = default_rng(1)
     for _ in range(200):
         xb = ds.x[rng.integers(0, len(ds.x), 128)].astype(np.float32)
-        loss = m.loss(Batch(Tensor(xb)))
+        loss = m.loss(Batch(Tensor(xb)), noise)
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert held_out() < 0.85 * before
     kw = dict(steps=5) if name == "ncsn" else dict(steps=20, sampler="em")
-    s = m.sample(7, **kw)
+    s = m.sample(7, **kw, rng=noise)
     assert s.shape == (7, 2) and np.isfinite(s).all()
     with pytest.raises(ValueError, match="unconditional"):
-        m.sample(2, cond=np.zeros(2))
+        m.sample(2, cond=np.zeros(2), rng=noise)
 
 
 def test_sde_model_log_prob_matches_its_own_ode():
@@ -114,7 +114,7 @@ def test_sde_model_log_prob_matches_its_own_ode():
     x = np.array([[0.3, -1.2], [2.0, 0.5]])
     sde = m.sde
     with no_grad():
-        got = m.log_prob(x, rtol=1e-8, atol=1e-8)
+        got = m.log_prob(x, rng=default_rng(0), rtol=1e-8, atol=1e-8)
     dB = float(sde.B(1.0) - sde.B(sde.eps))
     z = x * math.exp(-dB / 2)
     want = sde.prior_logp(z) - 2 * dB / 2
@@ -125,7 +125,7 @@ def test_sde_model_refuses_images_outside_its_range():
     m = models.create("sde-vp", data_shape=(1, 8, 8), seed=0, channels=8, groups=4,
                       channel_mult=(1,), num_res_blocks=1)
     with pytest.raises(ValueError, match=r"outside this model's range \[-1, 1\]"):
-        m.log_prob(np.full((1, 1, 8, 8), 2.0))
+        m.log_prob(np.full((1, 1, 8, 8), 2.0), rng=default_rng(0))
 
 
 # ----------------------------------------------------------------------------- the bridge
@@ -162,7 +162,7 @@ def test_samplers_run_on_a_ddpm_unchanged(sampler):
 def test_likelihood_runs_on_a_ddpm_unchanged():
     b = DDPMScore(tiny_ddpm(data_scale=2.0))
     with no_grad():
-        lp = b.log_prob(np.array([[0.1, 0.2], [1.0, -1.0]]), rtol=1e-8, atol=1e-8)
+        lp = b.log_prob(np.array([[0.1, 0.2], [1.0, -1.0]]), rng=default_rng(0), rtol=1e-8, atol=1e-8)
     # an untrained eps-network predicts 0: the flow is VP's linear drift (see above) and the
     # data scale c = 2 moves log p by -D log c
     sde = b.sde

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from refgen.backend import use_backend
 from refgen.models.diffusion.schedule import make_schedule
 from refgen.models.score.samplers import check_sigmas
 from refgen.models.score.sde import SubVPSDE, VESDE, VPSDE, make_sde

@@ -1,5 +1,4 @@
 """RK4's fourth order on a linear ODE, RK45 meeting its tolerance, and refusing when it cannot."""
-import math
 
 import numpy as np
 import pytest

@@ -4,6 +4,7 @@ on embeddings a test chooses, retrieval, CLIP score, and training through the lo
 import math
 
 import numpy as np
+from refgen.backend import default_rng
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -180,7 +181,7 @@ def test_bad_input_is_refused_in_one_line():
     m = _tiny()
     x = Tensor(backend.asarray(np.zeros((2, 1, 28, 28), np.float32)))
     with pytest.raises(ValueError, match="mnist-captions"):
-        m.loss(Batch(x, backend.asarray(np.array([1, 2]))))
+        m.loss(Batch(x, backend.asarray(np.array([1, 2]))), default_rng(0))
     with pytest.raises(ValueError, match="<eot>"):
         m.encode_text(np.ones((2, cap.CONTEXT), dtype=np.int64))
     with pytest.raises(ValueError, match=r"expected \(B, 12\)"):
@@ -205,10 +206,10 @@ def test_training_through_the_loop_lowers_the_loss(tmp_path):
     from refgen.train import train
     ds = _captioned()
     m = _tiny()
-    start = float(np_value(m.loss(Batch(*_batch(ds)))))
+    start = float(np_value(m.loss(Batch(*_batch(ds)), default_rng(0))))
     metrics = train(m, ds, steps=40, batch_size=32, lr=3e-3, seed=0, out_dir=tmp_path,
                     progress=False, samples=False)
-    end = float(np_value(m.loss(Batch(*_batch(ds)))))
+    end = float(np_value(m.loss(Batch(*_batch(ds)), default_rng(0))))
     assert metrics["steps"] == 40 and end < start - 0.5
 
 

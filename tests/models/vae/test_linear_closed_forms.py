@@ -67,7 +67,7 @@ def test_linear_tied_autoencoder_spans_the_principal_subspace():
     batch = Batch(Tensor(x))
     for step in range(300):
         opt.lr = 0.05 * 0.5 * (1 + math.cos(math.pi * step / 300))
-        loss = ae.loss(batch)
+        loss = ae.loss(batch, default_rng(0))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -112,11 +112,11 @@ def test_elbo_identity_log_p_minus_posterior_kl(seed):
 
 def test_one_sample_elbo_is_unbiased_for_the_closed_form():
     m = _random_linear_vae(5)
-    m.rng = default_rng(0)
+    noise = default_rng(0)
     x = np.random.default_rng(6).standard_normal((3, D))
     S = 4000
     with no_grad():
-        draws = m.elbo(Tensor(np.tile(x, (S, 1)))).data.reshape(S, len(x))  # S draws of each
+        draws = m.elbo(Tensor(np.tile(x, (S, 1))), rng=noise).data.reshape(S, len(x))  # S draws of each
         exact = m.elbo_exact(Tensor(x)).data
     se = draws.std(0) / math.sqrt(len(draws))
     assert np.all(np.abs(draws.mean(0) - exact) < 4.5 * se)
@@ -134,8 +134,8 @@ def test_elbo_is_tight_at_the_ppca_optimum_set_analytically():
     with no_grad():
         logp = m.log_prob(xt).data
         np.testing.assert_allclose(m.elbo_exact(xt).data, logp, atol=1e-8)
-        np.testing.assert_allclose(m.log_weights(xt, 3).data, np.tile(logp, (3, 1)), atol=1e-8)
-        np.testing.assert_allclose(m.iwae(xt[:50], 7).data, logp[:50], atol=1e-8)
+        np.testing.assert_allclose(m.log_weights(xt, 3, rng=default_rng(0)).data, np.tile(logp, (3, 1)), atol=1e-8)
+        np.testing.assert_allclose(m.iwae(xt[:50], 7, rng=default_rng(0)).data, logp[:50], atol=1e-8)
     # and it is the maximum likelihood: the exact log-likelihood of the sample covariance fit
     cov = np.cov(x.T, bias=True)
     ml = -0.5 * (np.linalg.slogdet(cov)[1] + D + D * math.log(2 * math.pi))
@@ -155,7 +155,7 @@ def test_trained_linear_vae_reaches_the_maximum_likelihood():
     steps = 200
     for step in range(steps):
         opt.lr = 0.2 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = m.loss(batch)
+        loss = m.loss(batch, default_rng(0))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -176,13 +176,13 @@ def test_iwae_does_not_decrease_with_k_and_reaches_log_p():
     post_std = np.exp(0.5 * m.encoder.logvar.data)
     m.encoder.logvar.data = m.encoder.logvar.data + math.log(2.0)
     m.encoder.mean.bias.data = m.encoder.mean.bias.data + 0.7 * post_std
-    m.rng = default_rng(0)
+    noise = default_rng(0)
     xt = Tensor(x)
     with no_grad():
         logp = m.log_prob(xt).data.mean()
         elbo = m.elbo_exact(xt).data.mean()
-        lw1 = m.log_weights(xt, 400).data                        # (400, 40): L_1 draws
-        lk = {k: np.mean([m.iwae(xt, k).data.mean() for _ in range(reps)])
+        lw1 = m.log_weights(xt, 400, rng=noise).data                        # (400, 40): L_1 draws
+        lk = {k: np.mean([m.iwae(xt, k, rng=noise).data.mean() for _ in range(reps)])
               for k, reps in [(4, 50), (16, 20), (64, 10), (256, 4), (4096, 1)]}
     lk[1] = lw1.mean()
     assert abs(lk[1] - elbo) < 4 * lw1.mean(1).std() / math.sqrt(len(lw1))

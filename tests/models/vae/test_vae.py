@@ -93,12 +93,12 @@ def test_reparameterized_gradient_equals_score_function_gradient():
 
     def reparam():
         mu, logvar = m.encode(x)
-        z = m.reparameterize(mu, logvar, k=S)                                 # (S, 1, 2)
+        z = m.reparameterize(mu, logvar, noise, k=S)                                 # (S, 1, 2)
         return m.likelihood.log_prob(x, m.decode(z)).mean()
 
     def score():
         mu, logvar = m.encode(x)
-        z = m.reparameterize(mu, logvar, k=S).detach()                        # no path through z
+        z = m.reparameterize(mu, logvar, noise, k=S).detach()                        # no path through z
         f = m.likelihood.log_prob(x, m.decode(z)).data                        # (S, 1)
         baseline = (f.sum(0) - f) / (S - 1)                                   # leave-one-out
         log_q = Normal.from_logvar(mu, logvar).log_prob(z).sum(-1)            # (S, 1)
@@ -109,7 +109,7 @@ def test_reparameterized_gradient_equals_score_function_gradient():
     for name, fn in (("reparam", reparam), ("score", score)):
         g = []
         for i in range(groups):
-            m.rng = default_rng(100 + i)
+            noise = default_rng(100 + i)
             g.append(_encoder_grads(m, fn))
         g = np.array(g)
         est[name] = (g.mean(0), g.std(0, ddof=1) / math.sqrt(groups))
@@ -128,8 +128,8 @@ def test_elbo_gradients_pass_the_oracle():
                likelihood="gaussian").double()
 
     def f(x):
-        m.rng = default_rng(0)
-        return m.elbo(x)
+        noise = default_rng(0)
+        return m.elbo(x, rng=noise)
 
     check_grads(f, [np.random.default_rng(0).normal(size=(2, 3))], order=2)
 
@@ -138,10 +138,10 @@ def test_elbo_gradients_pass_the_oracle():
 def test_elbo_and_iwae_per_example_and_ordered():
     m = _tiny()
     x = Tensor(_binary(8))
-    m.rng = default_rng(0)
+    noise = default_rng(0)
     with no_grad():
-        elbo = np.mean([m.elbo(x).data for _ in range(20)], 0)
-        l1, l50 = m.iwae(x, 1).data, m.iwae(x, 50, chunk=7).data               # chunks of 7
+        elbo = np.mean([m.elbo(x, rng=noise).data for _ in range(20)], 0)
+        l1, l50 = m.iwae(x, 1, rng=noise).data, m.iwae(x, 50, chunk=7, rng=noise).data               # chunks of 7
     assert elbo.shape == l1.shape == l50.shape == (8,)
     assert np.all(np.isfinite(l50)) and np.all(l50 <= 0)
     assert l50.mean() > elbo.mean()
@@ -149,10 +149,10 @@ def test_elbo_and_iwae_per_example_and_ordered():
 
 def test_loss_is_minus_elbo_with_beta_on_the_kl():
     m, x = _tiny(beta=3.0), Tensor(_binary(8))
-    m.rng = default_rng(5)
-    loss = m.loss(Batch(x)).data
-    m.rng = default_rng(5)
-    rec, kl = m.elbo_terms(x)
+    noise = default_rng(5)
+    loss = m.loss(Batch(x), noise).data
+    noise = default_rng(5)
+    rec, kl = m.elbo_terms(x, rng=noise)
     np.testing.assert_allclose(loss, -(rec.data - 3.0 * kl.data).mean(), rtol=1e-6)
     assert set(m.last_stats) == {"rec", "kl"}
 
@@ -169,10 +169,10 @@ def test_elbo_terms_and_log_weights_against_numpy():
         eps = np.random.default_rng(5).standard_normal((4,) + mu.shape, dtype=np.float32)
         z = (mu + np.exp(0.5 * logvar) * eps.astype(np.float64)).astype(np.float32)   # (4, B, J)
         logits = m.decode(Tensor(z)).data.astype(np.float64)                   # (4, B, *IMG)
-        m.rng = default_rng(5)
-        lw = m.log_weights(Tensor(x), 4).data
-        m.rng = default_rng(5)
-        rec, kl = m.elbo_terms(Tensor(x))
+        noise = default_rng(5)
+        lw = m.log_weights(Tensor(x), 4, rng=noise).data
+        noise = default_rng(5)
+        rec, kl = m.elbo_terms(Tensor(x), rng=noise)
         # one draw of shape (B, J) from the same seed is eps[0] (the first B * J normals)
         one = m.decode(Tensor(z[0])).data.astype(np.float64)
     log_px = (x * logits - np.logaddexp(0, logits)).reshape(4, 5, -1).sum(-1)   # (4, B)
@@ -189,12 +189,12 @@ def test_elbo_terms_and_log_weights_against_numpy():
 
 def test_iwae_objective_is_the_k_sample_bound():
     m, x = _tiny("iwae", k=4), Tensor(_binary(8))
-    m.rng = default_rng(3)
-    loss = m.loss(Batch(x)).data
-    m.rng = default_rng(3)
-    lw = m.log_weights(x, 4).data                                              # (4, 8)
+    noise = default_rng(3)
+    loss = m.loss(Batch(x), noise).data
+    noise = default_rng(3)
+    lw = m.log_weights(x, 4, rng=noise).data                                              # (4, 8)
     np.testing.assert_allclose(loss, -iwae_bound(lw).mean(), rtol=1e-6)
-    loss_t = m.loss(Batch(x))
+    loss_t = m.loss(Batch(x), noise)
     loss_t.backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 
@@ -207,12 +207,12 @@ def test_conditional_vae_uses_labels_and_marginalises_without_them():
         b = m.decode(Tensor(np.zeros((1, 3), np.float32)), np.array([2])).data
         assert not np.allclose(a, b)
         with pytest.raises(ValueError, match="needs labels"):
-            m.loss(Batch(x))
-        assert np.isfinite(float(m.loss(Batch(x, y)).data))
-        m.rng = default_rng(0)
-        marginal = m.elbo(x).data
-        m.rng = default_rng(0)
-        per_class = np.stack([m.elbo(x, np.full(4, c)).data for c in range(3)])
+            m.loss(Batch(x), default_rng(0))
+        assert np.isfinite(float(m.loss(Batch(x, y), default_rng(0)).data))
+        noise = default_rng(0)
+        marginal = m.elbo(x, rng=noise).data
+        noise = default_rng(0)
+        per_class = np.stack([m.elbo(x, np.full(4, c), rng=noise).data for c in range(3)])
     expect = np.log(np.exp(per_class - per_class.max(0)).mean(0)) + per_class.max(0)
     np.testing.assert_allclose(marginal, expect, rtol=1e-5)
     s = m.sample(6, cond=np.array([0, 1, 2, 0, 1, 2]), rng=default_rng(1))
@@ -238,7 +238,7 @@ def test_likelihood_formulas():
 def test_bernoulli_rejects_data_outside_the_unit_interval():
     m = _tiny()
     with pytest.raises(ValueError, match="likelihood=gaussian"):
-        m.loss(Batch(Tensor(2 * _binary(4) - 1)))
+        m.loss(Batch(Tensor(2 * _binary(4) - 1)), default_rng(0))
 
 
 # --------------------------------------------------------------------- networks and sampling
@@ -250,7 +250,7 @@ def test_conv_networks_round_trip_the_image_shape(shape):
     mu, logvar = m.encode(x)
     assert mu.shape == logvar.shape == (2, 2)
     assert m.decode(Tensor(np.zeros((3, 2, 2), np.float32))).shape == (3, 2) + shape
-    assert np.isfinite(float(m.loss(Batch(x)).data))
+    assert np.isfinite(float(m.loss(Batch(x), default_rng(0)).data))
 
 
 def test_sample_means_draws_and_reproducibility():
@@ -280,7 +280,7 @@ def test_trains_in_the_loop_and_writes_a_run(tmp_path):
 def test_autoencoder_loss_is_the_squared_reconstruction_error():
     m = create("autoencoder", data_shape=IMG, seed=0, hidden="8", latent_dim=2)
     x = _binary(4)
-    loss = float(m.loss(Batch(Tensor(x))).data)
+    loss = float(m.loss(Batch(Tensor(x)), default_rng(0)).data)
     np.testing.assert_allclose(loss, ((m.reconstruct(Tensor(x)) - x) ** 2).sum((1, 2, 3)).mean(),
                                rtol=1e-5)
     assert m.sample(3, rng=default_rng(0)).shape == (3,) + IMG

@@ -72,13 +72,13 @@ def test_straight_through_passes_the_decoder_gradient_to_the_encoder_unchanged()
 
 def test_loss_trains_autoencoder_codebook_and_prior():
     m = _model()
-    loss = m.loss(Batch(Tensor(_x())))
+    loss = m.loss(Batch(Tensor(_x())), default_rng(0))
     loss.backward()
     assert np.any(m.codebook.grad.data) and np.any(m.encoder.conv1.weight.grad.data)
     assert np.any(m.prior.input_conv.weight.grad.data)
     assert set(m.last_stats) == {"rec", "commit", "prior_nll", "perplexity"}
     prior_only = _model(train_autoencoder=False)
-    prior_only.loss(Batch(Tensor(_x()))).backward()
+    prior_only.loss(Batch(Tensor(_x())), default_rng(0)).backward()
     assert prior_only.codebook.grad is None and prior_only.prior.head2.weight.grad is not None
 
 
@@ -94,7 +94,7 @@ def test_loss_value_and_gradients_against_an_independent_computation(commitment)
     beta, x = commitment or 0.25, _x()
     b = len(x)
     m = _model() if commitment is None else _model(commitment=commitment)
-    loss = m.loss(Batch(Tensor(x)))
+    loss = m.loss(Batch(Tensor(x)), default_rng(0))
     loss.backward()
     with no_grad():
         z_e = m.encode(Tensor(x)).data.astype(np.float64)                 # (B, D, h, w)
@@ -132,7 +132,7 @@ def test_ema_update_with_no_memory_is_a_k_means_step():
         z_e = m.encode(x).data
     k = m.quantize(Tensor(z_e)).reshape(-1)
     cells = np.moveaxis(z_e, 1, -1).reshape(-1, 3)
-    m.loss(Batch(x))
+    m.loss(Batch(x), default_rng(0))
     for j in np.unique(k):                                                  # used codes -> means
         np.testing.assert_allclose(m.codebook[j], cells[k == j].mean(0), rtol=1e-3, atol=1e-5)
 
@@ -153,7 +153,7 @@ def test_ema_update_at_a_generic_decay_with_laplace_smoothing():
         z_e = m.encode(x).data
     k = m.quantize(Tensor(z_e)).reshape(-1)
     cells = np.moveaxis(z_e, 1, -1).reshape(-1, 3).astype(np.float64)
-    m.loss(Batch(x))
+    m.loss(Batch(x), default_rng(0))
     onehot = (k[:, None] == np.arange(K)).astype(np.float64)
     count = g * count0 + (1 - g) * onehot.sum(0)
     sums = g * sum0 + (1 - g) * onehot.T @ cells

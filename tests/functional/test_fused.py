@@ -1,0 +1,231 @@
+"""The fused single-node ops (sigmoid, SiLU, GELU, affine layer/group norm, attention) against
+the unfused compositions of refgen ops they replace: the same values and gradients, a
+gradient and double-backward check in float64, and one graph node each."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import refgen
+import refgen.functional as F
+from refgen import Tensor
+from refgen.functional.elementwise import gelu_composite, silu_composite
+from refgen.functional.nn import (group_norm_composite, layer_norm_composite,
+                                  scaled_dot_product_attention_composite)
+from refgen.testing import check_grads, strategies as rs
+
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+def _values_and_grads(f, xs, gy_seed=0, create_graph=False):
+    """f(*xs) and the gradient of <f, r> for a fixed random r, for every input."""
+    ts = [Tensor(x.copy(), requires_grad=True) for x in xs]
+    y = f(*ts)
+    r = np.random.default_rng(gy_seed).standard_normal(y.shape).astype(y.dtype)
+    gs = refgen.grad(y, ts, Tensor(r), create_graph=create_graph)
+    return y, gs
+
+
+def _assert_same(fused, composite, xs, rtol, atol):
+    yf, gf = _values_and_grads(fused, xs)
+    yc, gc = _values_and_grads(composite, xs)
+    assert yf.dtype == yc.dtype == xs[0].dtype
+    np.testing.assert_allclose(yf.data, yc.data, rtol=rtol, atol=atol)
+    for a, b in zip(gf, gc):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a.data, b.data, rtol=rtol, atol=atol)
+
+
+# --- activations -------------------------------------------------------------------------
+
+ACTIVATIONS = {
+    "sigmoid": (F.sigmoid, lambda x: 1.0 / (1.0 + F.exp(-x))),
+    "silu": (F.silu, silu_composite),
+    "gelu": (F.gelu, gelu_composite),
+    "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"),
+                  lambda x: gelu_composite(x, approximate="tanh")),
+}
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@given(seed=seeds, shape=rs.shapes(max_dims=3, max_side=4))
+def test_activation_matches_its_composition_and_gradchecks(name, seed, shape):
+    fused, composite = ACTIVATIONS[name]
+    x = np.random.default_rng(seed).standard_normal(shape) * 3
+    _assert_same(fused, composite, [x], rtol=1e-12, atol=1e-14)
+    check_grads(fused, [x], order=2)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_float32_and_one_node(name):
+    fused, composite = ACTIVATIONS[name]
+    x = np.linspace(-8, 8, 161, dtype=np.float32).reshape(7, 23)
+    _assert_same(fused, composite, [x], rtol=2e-6, atol=2e-7)
+    t = Tensor(x, requires_grad=True)
+    y = fused(t)
+    assert y._fn.inputs == (t,), "the fused activation is one node fed by x"
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_second_derivative_closed_form(name):
+    """d^2/dx^2 of each activation, differentiated twice through the fused node."""
+    x = np.array([-3.1, -0.7, 0.0, 0.4, 2.3])
+    s = 1 / (1 + np.exp(-x))
+    phi = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    c, a = math.sqrt(2 / math.pi), 0.044715
+    u = c * (x + a * x ** 3)
+    t, du = np.tanh(u), c * (1 + 3 * a * x * x)
+    want = {"sigmoid": s * (1 - s) * (1 - 2 * s),
+            "silu": s * (1 - s) * (2 + x * (1 - 2 * s)),
+            "gelu": phi * (2 - x * x),
+            "gelu_tanh": (1 - t * t) * du - x * t * (1 - t * t) * du * du + x * (1 - t * t) * 3 * a * c * x}
+    fused, _ = ACTIVATIONS[name]
+    xt = Tensor(x, requires_grad=True)
+    (g,) = refgen.grad(F.sum(fused(xt)), [xt], create_graph=True)
+    (h,) = refgen.grad(F.sum(g), [xt])
+    np.testing.assert_allclose(h.data, want[name], rtol=1e-10, atol=1e-12)
+
+
+def test_sigmoid_tails_keep_relative_precision():
+    x = np.array([-1e4, -87.0, -50.0, -20.0, 20.0, 1e4], dtype=np.float32)
+    y = F.sigmoid(Tensor(x)).data
+    ref = np.exp(-np.abs(x.astype(np.float64))) / (1 + np.exp(-np.abs(x.astype(np.float64))))
+    ref = np.where(x >= 0, 1 - ref, ref)
+    np.testing.assert_allclose(y, ref, rtol=2e-6, atol=1e-37)
+    assert y[1] > 0 and y.dtype == np.float32
+
+
+# --- affine normalisation ----------------------------------------------------------------
+
+@given(seed=seeds, lead=st.lists(st.integers(1, 3), min_size=1, max_size=2),
+       ns=st.lists(st.integers(2, 4), min_size=1, max_size=2))
+def test_layer_norm_fused_matches_composition_and_gradchecks(seed, lead, ns):
+    r = np.random.default_rng(seed)
+    x = r.standard_normal(tuple(lead) + tuple(ns)) * 2 + 0.5
+    w, b = r.standard_normal(ns), r.standard_normal(ns)
+    fused = lambda x, w, b: F.layer_norm(x, ns, w, b)  # noqa: E731
+    _assert_same(fused, lambda x, w, b: layer_norm_composite(x, ns, w, b), [x, w, b],
+                 rtol=1e-12, atol=1e-12)
+    check_grads(fused, [x, w, b], order=2)
+
+
+@given(seed=seeds, n=st.integers(1, 2), groups=st.integers(1, 3), per=st.integers(1, 2),
+       hw=st.integers(1, 3))
+def test_group_norm_fused_matches_composition_and_gradchecks(seed, n, groups, per, hw):
+    r = np.random.default_rng(seed)
+    c = groups * per
+    if per * hw * hw < 2:
+        hw = 2  # a group of one value has no spread to normalise
+    x = r.standard_normal((n, c, hw, hw)) * 1.5 - 0.3
+    w, b = r.standard_normal(c), r.standard_normal(c)
+    fused = lambda x, w, b: F.group_norm(x, groups, w, b)  # noqa: E731
+    _assert_same(fused, lambda x, w, b: group_norm_composite(x, groups, w, b), [x, w, b],
+                 rtol=1e-12, atol=1e-12)
+    check_grads(fused, [x, w, b], order=2)
+
+
+@pytest.mark.parametrize("which", ["group", "layer"])
+def test_norms_with_transposed_inputs_and_upstream_gradients(which):
+    """Non-contiguous x and dL/dy (a transpose on either side), as inside a U-Net."""
+    r = np.random.default_rng(11)
+    x = r.standard_normal((2, 5, 4, 6)) * 2 + 1
+    c = 6 if which == "group" else 4  # the channels / the normalised dim after the transpose
+    w, b = r.standard_normal(c), r.standard_normal(c)
+    norm, comp = {"group": (lambda x, w, b: F.group_norm(x, 2, w, b),
+                            lambda x, w, b: group_norm_composite(x, 2, w, b)),
+                  "layer": (lambda x, w, b: F.layer_norm(x, 4, w, b),
+                            lambda x, w, b: layer_norm_composite(x, 4, w, b))}[which]
+
+    def around(f):  # (2, 5, 4, 6) -> x^T (2, 6, 4, 5) or (2, 5, 6, 4) -> f -> transposed back
+        axes = (1, 3) if which == "group" else (2, 3)
+        return lambda x, w, b: F.transpose(f(F.transpose(x, *axes), w, b), *axes)
+    _assert_same(around(norm), around(comp), [x, w, b], rtol=1e-12, atol=1e-12)
+    check_grads(around(norm), [x, w, b], order=2)
+
+
+def test_norms_float32_one_node_and_closed_form():
+    r = np.random.default_rng(3)
+    x = (r.standard_normal((4, 6, 5, 5)) * 3 + 1).astype(np.float32)
+    w, b = r.standard_normal(6).astype(np.float32), r.standard_normal(6).astype(np.float32)
+    y = F.group_norm(Tensor(x), 3, Tensor(w), Tensor(b))
+    xg = x.astype(np.float64).reshape(4, 3, -1)
+    xhat = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-5)).reshape(x.shape)
+    np.testing.assert_allclose(y.data, xhat * w[:, None, None] + b[:, None, None], rtol=1e-5, atol=1e-5)
+    _assert_same(lambda x, w, b: F.group_norm(x, 3, w, b),
+                 lambda x, w, b: group_norm_composite(x, 3, w, b), [x, w, b], rtol=1e-5, atol=1e-5)
+    xt = Tensor(x, requires_grad=True)
+    wt, bt = Tensor(w[:5], requires_grad=True), Tensor(b[:5], requires_grad=True)
+    assert F.layer_norm(xt, 5, wt, bt)._fn.inputs == (xt, wt, bt), "one node fed by x, w, b"
+
+
+# --- attention ---------------------------------------------------------------------------
+
+def _qkv(seed, batch, L, S, E, Ev):
+    r = np.random.default_rng(seed)
+    return (r.standard_normal(batch + (L, E)), r.standard_normal(batch + (S, E)),
+            r.standard_normal(batch + (S, Ev)), r)
+
+
+@given(seed=seeds, batch=st.lists(st.integers(1, 2), min_size=0, max_size=2),
+       L=st.integers(1, 4), S=st.integers(1, 4), E=st.integers(1, 3),
+       kind=st.sampled_from(["none", "causal", "bool", "causal_bool", "float", "causal_float"]))
+@settings(max_examples=40)
+def test_attention_fused_matches_composition_and_gradchecks(seed, batch, L, S, E, kind):
+    q, k, v, r = _qkv(seed, tuple(batch), L, S, E, 2)
+    mask = None
+    if "bool" in kind:
+        mask = r.random((L, S)) < 0.7
+    elif "float" in kind:
+        mask = r.standard_normal((L, S))
+    causal = kind.startswith("causal")
+    fused = lambda q, k, v: F.scaled_dot_product_attention(  # noqa: E731
+        q, k, v, attn_mask=mask, is_causal=causal, scale=0.7)
+    comp = lambda q, k, v: scaled_dot_product_attention_composite(  # noqa: E731
+        q, k, v, attn_mask=mask, is_causal=causal, scale=0.7)
+    _assert_same(fused, comp, [q, k, v], rtol=1e-12, atol=1e-12)
+    check_grads(fused, [q, k, v], order=2)
+
+
+def test_attention_broadcast_keys_and_float32():
+    """Keys and values shared across a batch dim (broadcast) get their summed gradient."""
+    r = np.random.default_rng(5)
+    q = r.standard_normal((3, 2, 6, 4)).astype(np.float32)
+    k = r.standard_normal((2, 7, 4)).astype(np.float32)
+    v = r.standard_normal((1, 2, 7, 3)).astype(np.float32)
+    mask = r.random((3, 1, 1, 7)) < 0.8  # a key-padding mask
+    fused = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)  # noqa: E731
+    comp = lambda q, k, v: scaled_dot_product_attention_composite(q, k, v, attn_mask=mask, is_causal=True)  # noqa: E731
+    _assert_same(fused, comp, [q, k, v], rtol=1e-5, atol=1e-6)
+    small = mask[:1, :, :, :4]
+    check_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=small, is_causal=True),
+                [q[:1, :, :3], k[:, :4], v[:, :, :4]], order=2)
+
+
+def test_attention_second_order_matches_composition():
+    """The recorded backward (create_graph) differentiated again equals the composition's."""
+    q, k, v, _ = _qkv(7, (2,), 3, 4, 2, 3)
+    outs = []
+    for f in (F.scaled_dot_product_attention, scaled_dot_product_attention_composite):
+        ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+        y = f(*ts, is_causal=True)
+        gs = refgen.grad(F.sum(y * y), ts, create_graph=True)
+        outs.append([g.data for g in refgen.grad(F.sum(gs[0] ** 2) + F.sum(gs[1] ** 3) + F.sum(gs[2] ** 2), ts)])
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_is_one_node_and_leaves_masks_alone():
+    q, k, v, r = _qkv(2, (1, 2), 5, 5, 3, 3)
+    mask = r.standard_normal((5, 5))
+    kept = mask.copy()
+    ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+    y = F.scaled_dot_product_attention(*ts, attn_mask=mask, is_causal=True)
+    assert y._fn.inputs == tuple(ts)
+    refgen.grad(F.sum(y), ts)
+    np.testing.assert_array_equal(mask, kept)
+    y2 = F.scaled_dot_product_attention(*ts, is_causal=True)  # the cached causal mask is unchanged
+    np.testing.assert_allclose(y2.data, scaled_dot_product_attention_composite(*ts, is_causal=True).data,
+                               rtol=1e-12, atol=1e-12)
