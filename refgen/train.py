@@ -205,7 +205,10 @@ def draw_samples(model, n: int, rng, stage=None, chunk: int = 16, options=None) 
     try:
         with no_grad():
             for i in range(0, n, step):
-                parts.append(backend.to_numpy(model.sample(min(step, n - i), rng=rng, **options)))
+                chunk_options = dict(options)
+                if "cond" in options:  # one condition per sample: this chunk's share
+                    chunk_options["cond"] = options["cond"][i:i + step]
+                parts.append(backend.to_numpy(model.sample(min(step, n - i), rng=rng, **chunk_options)))
                 if stage is not None:
                     stage.update(i + len(parts[-1]), n, "samples")
     finally:
@@ -531,6 +534,10 @@ def _finish(st: _State, dataset, out: Path, eval_fn, test_dataset, progress, sam
         with ema_weights(st.model, st.ema), Stage(f"drawing samples -> {out / 'samples.png'}",
                                                   progress) as stage:
             ref = dataset.x[:2000] if tuple(dataset.shape) == (2,) else None
+            # a model conditioned on images (cascade-sr) samples from the first 64 examples'
+            first = dataset.x[np.arange(64) % len(dataset.x)]
+            cond = ({"cond": st.model.eval_cond(backend.asarray(first))}
+                    if hasattr(st.model, "eval_cond") else None)
             write_samples(st.model, out / "samples.png", reference=ref, stage=stage,
-                          **data_facts(dataset))
+                          options=cond, **data_facts(dataset))
     return metrics

@@ -37,6 +37,7 @@ SMOKE_RUNS = [
     ("gflow_2d.py", [], False),
     ("gpt_mnist14.py", [], True),
     ("gpu_check.py", [], False),
+    ("latent_diffusion_mnist.py", [], True),
     ("made_mnist.py", [], True),
     ("ops.py", [], False),
     ("pixelcnn_mnist.py", [], True),
@@ -46,6 +47,7 @@ SMOKE_RUNS = [
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
+    ("unet_variants_mnist.py", [], True),
     ("vqvae_mnist.py", [], True),
 ]
 

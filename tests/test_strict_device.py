@@ -30,6 +30,7 @@ def _data(name, shape, n=16, classes=False):
 
 with use_backend("numpy"):
     _TEACHER = models.create("ddpm", data_shape=(2,), T=30, parameterization="v", hidden=16, depth=1)
+    _AUTOENCODER = models.create("kl-autoencoder", data_shape=IMG, channels=4, levels=1)
     _BASE = models.create("ddpm", data_shape=IMG, T=30, channels=8, groups=4, num_res_blocks=1,
                           class_cond=False, sample_steps=3)
 
@@ -59,6 +60,12 @@ CASES = {
     "ddpm": ("mnist", IMG, True, dict(T=30, num_classes=10, channels=8, groups=4,
                                       num_res_blocks=1, learn_sigma=True, guidance=1.0,
                                       sample_steps=5, vlb_timesteps=3)),
+    "kl-autoencoder": ("mnist", IMG, False, dict(channels=4, levels=1)),
+    "vq-autoencoder": ("mnist", IMG, False, dict(num_codes=8, code_dim=4, channels="8,8")),
+    # ldm copies its (frozen) autoencoder onto the active backend
+    "ldm": ("mnist", IMG, True, dict(autoencoder=_AUTOENCODER, num_classes=10, channels=8,
+                                     groups=4, num_res_blocks=1, T=30, sample_steps=3,
+                                     context_tokens=2, context_dim=8, guidance=1.0)),
     "ebm": ("8gaussians", (2,), False, dict(hidden=(8,), mcmc_steps=2, buffer_size=20, sample_steps=3)),
     "ebm-nce": ("8gaussians", (2,), False, dict(hidden=(8,), sample_steps=3)),
     "ebm-fce": ("8gaussians", (2,), False, dict(hidden=(8,), flow_couplings=2, flow_hidden=(8,),
@@ -84,6 +91,8 @@ CASES = {
     "sde-ve": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="ode", sample_steps=4)),
     "sde-vp": ("mnist", IMG, False, dict(channels=8, groups=4, num_res_blocks=1, sample_steps=3)),
     "sde-subvp": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="em", sample_steps=3)),
+    "cascade-sr": ("mnist", IMG, False, dict(T=30, channels=8, groups=4, num_res_blocks=1,
+                                             arch="adm", aug_max=10, sample_steps=3, vlb_timesteps=3)),
 }
 
 
@@ -149,8 +158,11 @@ def test_trains_resumes_and_samples_on_the_device(name, tmp_path):
         train(model, ds, steps=2, samples=True, **common)
         train(model, ds, steps=3, resume=True, samples=False, **common)
         model.eval()
+        # a model conditioned on images (cascade-sr) samples given the data's own low-res
+        cond = ({"cond": model.eval_cond(backend.asarray(ds.x[:3]))}
+                if hasattr(model, "eval_cond") else {})
         with no_grad():
-            x = model.sample(3, rng=backend.default_rng(0))
+            x = model.sample(3, rng=backend.default_rng(0), **cond)
         assert isinstance(x.data if isinstance(x, Tensor) else x, DeviceArray)
         assert np.all(np.isfinite(backend.to_numpy(x)))
         if labels == "control":  # and controlled samples

@@ -219,7 +219,10 @@ def _image_metrics(model, ds, n, gen, chunk, report=None):
     """fid_mnist, kid_mnist, precision, recall, class_kl (and cond_accuracy for conditional
     models) of n samples of an MNIST model."""
     labels = np.arange(n) % int(model.num_classes) if _is_conditional(model) else None
-    s = _draw(model, n, labels, gen, chunk, report).reshape((n,) + tuple(ds.shape)).astype(np.float32)
+    cond = labels
+    if hasattr(model, "eval_cond"):  # a model conditioned on test images (a cascade's super-resolution)
+        cond = _to_numpy(model.eval_cond(backend.asarray(ds.x[np.arange(n) % len(ds.x)])))
+    s = _draw(model, n, cond, gen, chunk, report).reshape((n,) + tuple(ds.shape)).astype(np.float32)
     ref = ds.x
     if _mnist_range(ds.name)[0] == 0:  # [0, 1] -> [-1, 1]
         s, ref = 2.0 * s - 1.0, 2.0 * ds.x - 1.0

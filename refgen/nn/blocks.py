@@ -5,6 +5,9 @@
                       plain:        h = silu(GN(h + W_e silu(e)))
                       scale-shift:  h = silu(GN(h) (1 + s) + b),  (s, b) = W_e silu(e)   (AdaGN)
                     out = skip(x) + conv(dropout(h))                         images (B, C, H, W)
+                    options: resample 'down' | 'up' (BigGAN's resampling residual block:
+                    x and h both 2x average-pooled / nearest-upsampled after the first
+                    norm and SiLU, before conv1); rescale: out = (skip(x) + h) / sqrt(2)
     AttnBlock       x + MHA(GN(x)) over the H*W positions as tokens
     CrossAttnBlock  x + MHA(Q from GN(x), K and V from a context (B, S, D_c), optional mask)
     Downsample      stride-2 conv3x3: (B, C, H, W) -> (B, C, H/2, W/2)
@@ -14,6 +17,8 @@ The last convolution of ResBlock and the output projection of the attention bloc
 zero, so a new block is the identity (its skip path). Scale-shift normalisation is improved
 DDPM's (Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models"; also
 Dhariwal & Nichol 2021's AdaGN); cross-attention is latent diffusion's (Rombach et al. 2022).
+The resampling residual block and the 1/sqrt(2) residual rescaling are Dhariwal & Nichol 2021's
+("Diffusion Models Beat GANs on Image Synthesis"), after BigGAN (Brock et al. 2019).
 """
 from __future__ import annotations
 
@@ -54,12 +59,18 @@ class ResBlock(Module):
 
     scale_shift: the embedding gives (s, b) (its projection is 2 cout wide) applied after the
     second group norm as GN(h) (1 + s) + b, instead of being added before it.
+    resample: None, 'down' (-> (B, cout, H/2, W/2)) or 'up' (-> (B, cout, 2H, 2W)): BigGAN's
+    resampling block; the skip path is resampled too. rescale: divide the sum by sqrt(2).
     """
 
     def __init__(self, cin: int, cout: int, emb_dim: int, groups: int = 8, dropout: float = 0.0,
-                 scale_shift: bool = False, rng=None, dtype=xp.float32):
+                 scale_shift: bool = False, rng=None, dtype=xp.float32, *, resample=None,
+                 rescale: bool = False):
         super().__init__()
+        if resample not in (None, "down", "up"):
+            raise ValueError(f"resample must be None, 'down' or 'up', got {resample!r}")
         self.scale_shift = bool(scale_shift)
+        self.resample, self.rescale = resample, bool(rescale)
         self.norm1 = GroupNorm(group_count(cin, groups), cin, dtype=dtype)
         self.conv1 = Conv2d(cin, cout, 3, padding=1, rng=rng, dtype=dtype)
         self.emb = Linear(emb_dim, 2 * cout if self.scale_shift else cout, rng=rng, dtype=dtype)
@@ -68,8 +79,16 @@ class ResBlock(Module):
         self.skip = Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else None
         self.dropout = float(dropout)
 
+    def _resample(self, x):
+        if self.resample == "down":
+            return F.avg_pool2d(x, 2)                                     # (B, C, H, W) -> (B, C, H/2, W/2)
+        if self.resample == "up":
+            return F.interpolate(x, scale_factor=2)                       # (B, C, H, W) -> (B, C, 2H, 2W)
+        return x
+
     def forward(self, x, e, rng=None):
-        h = self.conv1(F.silu(self.norm1(x)))                             # (B, cout, H, W)
+        h = self.conv1(self._resample(F.silu(self.norm1(x))))             # (B, cout, H', W')
+        x = self._resample(x)                                             # the skip path, resampled alike
         b, c = h.shape[:2]
         emb = self.emb(F.silu(e))                                         # (B, cout) or (B, 2 cout)
         if self.scale_shift:
@@ -81,10 +100,12 @@ class ResBlock(Module):
         if self.training and self.dropout > 0:
             h = F.dropout(h, self.dropout, rng=rng)
         h = self.conv2(h)
-        return (x if self.skip is None else self.skip(x)) + h
+        out = (x if self.skip is None else self.skip(x)) + h
+        return out * (1 / math.sqrt(2)) if self.rescale else out          # residual rescaled by 1/sqrt(2)
 
     def extra_repr(self):
-        return f"scale_shift={self.scale_shift}, dropout={self.dropout}"
+        return (f"scale_shift={self.scale_shift}, dropout={self.dropout}, "
+                f"resample={self.resample}, rescale={self.rescale}")
 
 
 def _tokens(x):
@@ -128,6 +149,8 @@ class CrossAttnBlock(Module):
         if context is None:
             raise ValueError("a cross-attention block needs a context (B, S, context_dim)")
         mask = key_padding_mask(mask)                                     # (B, S) -> (B, 1, 1, S)
+        # (33): softmax(Q K^T / sqrt(d)) V, Q = W_Q phi(z_t) (the normed pixels as tokens),
+        # K = W_K tau(y), V = W_V tau(y) (the context), then the output projection, residual
         return x + _image(self.attn(_tokens(self.norm(x)), context, attn_mask=mask), x.shape)
 
 

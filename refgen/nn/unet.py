@@ -13,8 +13,27 @@
 e is the time (+ class) embedding (refgen.nn.embeddings.TimeEmbedding), given to every
 ResBlock. Options: scale_shift (AdaGN ResBlocks), context_dim (cross-attention blocks fed the
 ``context`` argument of forward, e.g. a text encoder's token features).
+
+Architecture options (keyword-only; the defaults give the layout above):
+    num_res_blocks    an int, or one per level (Imagen: more at the low resolutions)
+    head_channels     attention heads of c / head_channels channels each at a level of width c
+                      (instead of a fixed ``heads``; Dhariwal & Nichol 2021)
+    resblock_updown   resample with ResBlock(resample='down'|'up') instead of the strided conv /
+                      nearest-upsample-and-conv (BigGAN residual resampling; Dhariwal & Nichol)
+    rescale_residual  every ResBlock returns (skip(x) + h) / sqrt(2) (Dhariwal & Nichol)
+    rescale_skip      the skip connections are multiplied by 1/sqrt(2) before the
+                      concatenation (Imagen's efficient U-Net, Saharia et al. 2022)
+    resample_first    Imagen's block order: a level's downsampling comes before its blocks (and
+                      its output is no skip connection), the upsampling after them, so each up
+                      level has num_res_blocks ResBlocks (num_res_blocks + 1 at the top level,
+                      which takes conv_in's skip)
+    aug_embed         a second time embedding, of a noise-augmentation level ``aug`` passed to
+                      forward, added to e (the super-resolution model of a cascade)
 """
 from __future__ import annotations
+
+import math
+import numbers
 
 import refgen.functional as F
 from refgen.backend import xp
@@ -38,6 +57,17 @@ def default_channel_mult(size: int) -> tuple:
     return tuple(mult)
 
 
+def _per_level(num_res_blocks, levels: int) -> tuple:
+    """num_res_blocks as one count per level: an int repeated, or a sequence of ``levels``."""
+    if isinstance(num_res_blocks, numbers.Integral):
+        return (int(num_res_blocks),) * levels
+    out = tuple(int(n) for n in num_res_blocks)
+    if len(out) != levels or min(out) < 1:
+        raise ValueError(f"num_res_blocks must be an int or {levels} positive ints (one per "
+                         f"level), got {num_res_blocks!r}")
+    return out
+
+
 class UNet(Module):
     """(x (B, C, H, W), t (B,), y (B,) or None, context (B, S, context_dim) or None)
     -> (B, out_channels, H, W)."""
@@ -45,7 +75,9 @@ class UNet(Module):
     def __init__(self, in_channels: int, out_channels: int, image_size: int, channels: int = 32,
                  channel_mult=None, num_res_blocks: int = 2, attn_res=None, heads: int = 1,
                  groups: int = 8, dropout: float = 0.0, num_classes=None, rng=None,
-                 dtype=xp.float32, *, scale_shift: bool = False, context_dim=None):
+                 dtype=xp.float32, *, scale_shift: bool = False, context_dim=None,
+                 head_channels=None, resblock_updown: bool = False, rescale_residual: bool = False,
+                 rescale_skip: bool = False, resample_first: bool = False, aug_embed: bool = False):
         super().__init__()
         rng = init.get_rng(rng)
         mult = tuple(channel_mult) if channel_mult else default_channel_mult(image_size)
@@ -55,36 +87,60 @@ class UNet(Module):
         lowest = image_size // 2 ** (len(mult) - 1)
         attn_res = (lowest,) if attn_res is None else tuple(attn_res)
         ch, emb_dim = int(channels), 4 * int(channels)
-        self.mult, self.attn_res, self.num_res_blocks = mult, attn_res, int(num_res_blocks)
+        nrb = _per_level(num_res_blocks, len(mult))
+        self.mult, self.attn_res, self.num_res_blocks = mult, attn_res, nrb
         self.context_dim = None if context_dim is None else int(context_dim)
+        self.skip_scale = 1 / math.sqrt(2) if rescale_skip else 1.0
+        self.resample_first = bool(resample_first)
         kw = dict(rng=rng, dtype=dtype)
 
-        def res(cin, cout):
-            return ResBlock(cin, cout, emb_dim, groups, dropout, scale_shift, **kw)
+        def res(cin, cout, resample=None):
+            return ResBlock(cin, cout, emb_dim, groups, dropout, scale_shift, **kw,
+                            resample=resample, rescale=rescale_residual)
+
+        def n_heads(c):
+            if head_channels is None:
+                return heads
+            if c % int(head_channels):
+                raise ValueError(f"head_channels={head_channels} does not divide a level's "
+                                 f"{c} channels")
+            return c // int(head_channels)
 
         def attn(c):
-            out = [AttnBlock(c, heads, groups, **kw)]
+            out = [AttnBlock(c, n_heads(c), groups, **kw)]
             if self.context_dim is not None:
-                out.append(CrossAttnBlock(c, self.context_dim, heads, groups, **kw))
+                out.append(CrossAttnBlock(c, self.context_dim, n_heads(c), groups, **kw))
             return out
 
+        def down(c):
+            return res(c, c, "down") if resblock_updown else Downsample(c, **kw)
+
+        def up(c):
+            return res(c, c, "up") if resblock_updown else Upsample(c, **kw)
+
         self.embed = TimeEmbedding(ch, emb_dim, num_classes, **kw)
+        self.aug_embed = TimeEmbedding(ch, emb_dim, **kw) if aug_embed else None
         self.conv_in = Conv2d(in_channels, ch, 3, padding=1, **kw)
 
         self.down = ModuleList()
         skips, c, r = [ch], ch, image_size
         for level, m in enumerate(mult):
-            for _ in range(self.num_res_blocks):
+            if self.resample_first and level > 0:                         # Imagen: resample, then convolve
+                self.down.append(ModuleList([down(c)]))
+                r //= 2
+            for _ in range(nrb[level]):
                 blocks = ModuleList([res(c, ch * m)])
                 c = ch * m
                 if r in attn_res:
                     blocks.extend(attn(c))
                 self.down.append(blocks)
                 skips.append(c)
-            if level < len(mult) - 1:
-                self.down.append(ModuleList([Downsample(c, **kw)]))
+            if not self.resample_first and level < len(mult) - 1:
+                self.down.append(ModuleList([down(c)]))
                 skips.append(c)
                 r //= 2
+        # which down outputs are skip connections: all, except Imagen-order resamplings
+        self.skip_from = [not (self.resample_first and self._is_resampler(b[0])) for b in self.down]
         self.skip_channels, self.mid_channels = tuple(skips), c          # what encode returns
 
         self.mid1 = res(c, c)
@@ -94,24 +150,36 @@ class UNet(Module):
 
         self.up = ModuleList()
         for level, m in reversed(list(enumerate(mult))):
-            for i in range(self.num_res_blocks + 1):
+            n_up = nrb[level] + (1 if level == 0 or not self.resample_first else 0)
+            for i in range(n_up):
                 blocks = ModuleList([res(c + skips.pop(), ch * m)])
                 c = ch * m
                 if r in attn_res:
                     blocks.extend(attn(c))
-                if level > 0 and i == self.num_res_blocks:
-                    blocks.append(Upsample(c, **kw))
+                if level > 0 and i == n_up - 1:
+                    blocks.append(up(c))
                     r *= 2
                 self.up.append(blocks)
+        assert not skips, "every skip connection is used once"
 
         self.norm_out = GroupNorm(group_count(c, groups), c, dtype=dtype)
         self.conv_out = init.zero_module(Conv2d(c, out_channels, 3, padding=1, **kw))
 
-    def forward(self, x, t, y=None, rng=None, context=None, context_mask=None):
+    @staticmethod
+    def _is_resampler(block):
+        return isinstance(block, (Downsample, Upsample)) or getattr(block, "resample", None) is not None
+
+    def forward(self, x, t, y=None, rng=None, context=None, context_mask=None, aug=None):
+        """aug: (B,) noise-augmentation levels, exactly when built with aug_embed."""
         if (context is None) != (self.context_dim is None):
             raise ValueError("pass a context (B, S, context_dim) exactly when the U-Net was built "
                              f"with context_dim (it was built with context_dim={self.context_dim})")
+        if (aug is None) != (self.aug_embed is None):
+            raise ValueError("pass aug levels (B,) exactly when the U-Net was built with "
+                             f"aug_embed (it was built with aug_embed={self.aug_embed is not None})")
         e = self.embed(t, y)                                              # (B, 4 ch)
+        if self.aug_embed is not None:
+            e = e + self.aug_embed(aug)                                   # + emb(s), the augmentation level
         h, skips = self.encode(x, e, rng=rng, context=context, context_mask=context_mask)
         return self.decode(h, skips, e, rng=rng, context=context, context_mask=context_mask)
 
@@ -125,9 +193,10 @@ class UNet(Module):
         if hint is not None:
             h = h + hint
         hs = [h]
-        for blocks in self.down:
+        for blocks, keep in zip(self.down, self.skip_from):
             h = apply_blocks(blocks, h, e, **run)
-            hs.append(h)
+            if keep:
+                hs.append(h)
         mid = [self.mid1, self.mid_attn] + ([self.mid_cross] if self.mid_cross is not None else []) + [self.mid2]
         return apply_blocks(mid, h, e, **run), hs
 
@@ -136,6 +205,8 @@ class UNet(Module):
         run = dict(rng=rng, context=context, context_mask=context_mask)
         hs = list(skips)
         for blocks in self.up:
-            h = F.cat([h, hs.pop()], dim=1)                               # (B, c + c_skip, H, W)
+            skip = hs.pop()
+            skip = skip * self.skip_scale if self.skip_scale != 1.0 else skip  # Imagen: skip / sqrt(2)
+            h = F.cat([h, skip], dim=1)                                   # (B, c + c_skip, H, W)
             h = apply_blocks(blocks, h, e, **run)
         return self.conv_out(F.silu(self.norm_out(h)))                    # (B, out_channels, H, W)

@@ -12,8 +12,12 @@
     ode.py        the probability-flow ODE in sigma-time, Euler and Heun steps (Phi of (31))
     teacher.py    a trained ddpm read from its run directory, for the distilled models
     distill.py    progressive distillation, ``progressive-distillation`` (Salimans & Ho 2022)
+    cascade.py    cascaded diffusion: the super-resolution model ``cascade-sr`` with noise
+                  conditioning augmentation, sample_cascade (Ho et al. 2021)
     consistency.py consistency models (30)-(32): ``consistency-distillation``,
                   ``consistency-training`` (Song et al. 2023)
+    latent.py     latent diffusion ``ldm``: DDPM in a frozen autoencoder's latent, class
+                  tokens read by cross-attention (33) (Rombach et al. 2022)
     controlnet.py ControlNet over a frozen ddpm U-Net, ``controlnet`` (Zhang, Rao & Agrawala 2023)
 
 Equation numbers (n) are those of the numbered diffusion derivation, "What are Diffusion Models
@@ -24,7 +28,9 @@ from refgen.models.diffusion.schedule import Schedule, make_schedule  # noqa: F4
 from refgen.models.diffusion.ddpm import DDPM  # noqa: F401
 from refgen.models.diffusion.classifier import NoisyClassifier  # noqa: F401
 from refgen.models.diffusion.distill import ProgressiveDistillation  # noqa: F401
+from refgen.models.diffusion.cascade import CascadeSR, sample_cascade  # noqa: F401
 from refgen.models.diffusion.consistency import (ConsistencyDistillation,  # noqa: F401
                                                  ConsistencyTraining)
+from refgen.models.diffusion.latent import LatentDiffusion  # noqa: F401
 from refgen.models.diffusion.controlnet import ControlNet  # noqa: F401
 

@@ -44,11 +44,11 @@ from refgen.autograd import Tensor, as_tensor, no_grad
 from refgen.backend import xp
 from refgen.models import register
 from refgen.models.base import DataSpec
-from refgen.models.diffusion.config import NetworkConfig, split_options
+from refgen.models.diffusion.config import NetworkConfig, make_unet, split_options
 from refgen.models.diffusion.ode import (METHODS, eps_in_sigma, euler_step, heun_step,
                                          karras_sigmas, schedule_sigmas)
 from refgen.models.diffusion.teacher import load_teacher
-from refgen.nn import MLPDenoiser, Module, UNet, init
+from refgen.nn import MLPDenoiser, Module, init
 from refgen.optim import descend
 
 __all__ = ["c_skip", "c_out", "c_in", "c_noise", "karras_times", "ct_N", "ct_mu", "distance",
@@ -142,8 +142,7 @@ def consistency_sample(f, shape, rng, times, epsilon: float, dtype=None):
 def _network(data_shape, net: NetworkConfig, rng):
     c = data_shape[0]
     if len(data_shape) == 3:
-        return UNet(c, c, data_shape[-1], net.channels, net.channel_mult, net.num_res_blocks,
-                    net.attn_res, net.heads, net.groups, net.dropout, None, rng=rng)
+        return make_unet(net, c, c, data_shape[-1], None, rng)
     return MLPDenoiser(c, c, net.hidden, net.depth, None, rng=rng)
 
 

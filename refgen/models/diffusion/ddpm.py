@@ -23,6 +23,10 @@ Options (``--set key=value``, or ``DDPM(shape, key=value)``), in three groups
     data_scale                         the model sees x / data_scale (the density is mapped back)
     hidden, depth                      MLP width and number of residual blocks
     channels, channel_mult, num_res_blocks, attn_res, heads, dropout, groups   U-Net
+    arch ddpm|adm|imagen               U-Net variants (config.ARCHS); each of their switches
+                                       (head_channels, scale_shift, resblock_updown,
+                                       rescale_residual, rescale_skip, resample_first) can be
+                                       set on its own
     vlb_timesteps                      strata of t per example for elbo (100; None: every t,
                                        exact in t, T network passes per example)
 """
@@ -36,7 +40,7 @@ from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion import guidance as G
 from refgen.models.diffusion.config import (NetworkConfig, ProcessConfig, SamplingConfig,
-                                            split_options)
+                                            make_unet, split_options)
 from refgen.models.diffusion.losses import hybrid_loss, l_simple, regression_target, vlb
 from refgen.nn import MLPDenoiser
 from refgen.models.diffusion.ode import METHODS as ODE_METHODS
@@ -45,7 +49,7 @@ from refgen.models.diffusion.process import (PARAMETERIZATIONS, interpret, q_sam
                                              score_from_eps, x0_from_eps)
 from refgen.models.diffusion.sampling import SAMPLERS, sample_loop
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.nn import Module, UNet, init
+from refgen.nn import Module, init
 
 __all__ = ["DDPM"]
 
@@ -124,15 +128,17 @@ class DDPM(Module):
         out = 2 * c if self.learn_sigma else c                            # mean, and var_frac (eq. (23)'s v)
         g = init.get_rng(int(seed))
         if self.image:
-            self.net = UNet(c, out, self.data_shape[-1], net.channels, net.channel_mult,
-                            net.num_res_blocks, net.attn_res, net.heads, net.groups, net.dropout,
-                            self.num_classes, rng=g)
+            self.net = self._unet(c, out, net, g)
         else:
             self.net = MLPDenoiser(c, out, net.hidden, net.depth, self.num_classes, rng=g)
         self.dtype = xp.float32
         self.last_stats = {}  # the parts of the last loss, logged by the training loop
         # evaluation defaults read by refgen.metrics.evaluate: a thousand-step sampler on a CPU
         self.eval_samples = 1000 if self.image else 2000
+
+    def _unet(self, c_in, c_out, net, rng, **extra):
+        """The U-Net of the network options (arch ddpm|adm|imagen, config.unet_options)."""
+        return make_unet(net, c_in, c_out, self.data_shape[-1], self.num_classes, rng, **extra)
 
     def extra_repr(self):
         return (f"data_shape={self.data_shape}, T={self.T}, parameterization={self.parameterization}, "
@@ -165,13 +171,17 @@ class DDPM(Module):
             if batch.y is None:
                 raise ValueError("ddpm with class_cond needs labels; use --set class_cond=false")
             y = G.drop_labels(self._labels(batch.y, b), self.p_uncond, self.num_classes, rng)
-        out = self._net(xt, sch.net_t[t], y, rng)
+        return self._objective(x0, t, eps, self._net(xt, sch.net_t[t], y, rng))  # (19)
+
+    def _objective(self, x0, t, eps, out):
+        """L_simple (19), or L_hybrid with learn_sigma, of the network output ``out`` at
+        x_t = q_sample(x0, t, eps)."""
         if self.learn_sigma:
-            loss, simple, l_vlb = hybrid_loss(sch, x0, t, eps, out, self.parameterization,
+            loss, simple, l_vlb = hybrid_loss(self.schedule, x0, t, eps, out, self.parameterization,
                                               self.discrete, self.hybrid_lambda)
             self.last_stats = {"l_simple": float(simple.item()), "l_vlb": float(l_vlb.item())}
             return loss
-        return l_simple(regression_target(sch, x0, t, eps, self.parameterization), out)  # (19)
+        return l_simple(regression_target(self.schedule, x0, t, eps, self.parameterization), out)  # (19)
 
     # ------------------------------------------------------------------------- prediction
     def predictor(self, sch, n, cond=None, guidance=None, classifier=None,

@@ -71,8 +71,9 @@ def ddim_step(sch, x, t, pred, z, eta: float):
 
 
 def sample_loop(predict, sch, shape, rng, *, sampler: str = "ddpm", eta: float = 0.0,
-                threshold=None, x_T=None, dtype=None):
-    """Run the reverse chain of schedule ``sch`` from x_S ~ N(0, I) (or ``x_T``) to x_0.
+                threshold=None, x_T=None, dtype=None, stop: int = 0):
+    """Run the reverse chain of schedule ``sch`` from x_S ~ N(0, I) (or ``x_T``) to x_0
+    (or, with ``stop`` = k > 0, only down to x_k: a truncated chain, for cascades).
 
     predict(x_t, t) -> Prediction for an int step t in S..1 of ``sch``. rng: a backend
     generator. Noise is drawn for every step t > 1 (by DDIM only when eta > 0), so DDPM and
@@ -83,7 +84,7 @@ def sample_loop(predict, sch, shape, rng, *, sampler: str = "ddpm", eta: float =
     dtype = dtype or xp.float32
     x = rng.standard_normal(shape, dtype=dtype) if x_T is None else xp.asarray(x_T, dtype=dtype)
     noisy = sampler == "ddpm" or eta > 0
-    for t in range(sch.T, 0, -1):
+    for t in range(sch.T, int(stop), -1):
         pred = predict(x, t)
         if threshold is not None:
             x0 = threshold_x0(pred.x0, threshold)

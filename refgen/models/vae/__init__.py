@@ -7,11 +7,15 @@
 - ``linear-vae``: probabilistic PCA as a VAE, where every term is exact (linear.py).
 - ``vqvae``: a codebook bottleneck with the straight-through gradient and a PixelCNN prior
   over the code grid (vqvae.py).
+- ``kl-autoencoder``, ``vq-autoencoder``: latent diffusion's first stage, an image to a small
+  latent grid with a small KL penalty or a quantizer (regularized.py).
 """
 from refgen.models.vae.autoencoder import Autoencoder, LinearAutoencoder
 from refgen.models.vae.vae import VAE, BetaVAE, ConditionalVAE, IWAE
 from refgen.models.vae.linear import LinearGaussianVAE, ppca_mle
 from refgen.models.vae.vqvae import VQVAE, nearest_code, perplexity
+from refgen.models.vae.regularized import KLAutoencoder, VQAutoencoder
 
 __all__ = ["Autoencoder", "LinearAutoencoder", "VAE", "BetaVAE", "ConditionalVAE", "IWAE",
-           "LinearGaussianVAE", "ppca_mle", "VQVAE", "nearest_code", "perplexity"]
+           "LinearGaussianVAE", "ppca_mle", "VQVAE", "nearest_code", "perplexity",
+           "KLAutoencoder", "VQAutoencoder"]

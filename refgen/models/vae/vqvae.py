@@ -81,7 +81,8 @@ class VQVAE(Module):
     prior_channels / prior_blocks: the PixelCNN's width and depth. prior_one_hot: the prior
     reads each code as a one-hot vector (True) or as the number 2 j / (K - 1) - 1 (False).
     train_autoencoder=False trains the prior alone (the second stage of the usual two-stage
-    recipe).
+    recipe). prior=False leaves the prior out (no sampling): the VQ-regularised autoencoder of
+    latent diffusion (refgen.models.vae.regularized).
     """
 
     data_spec = DataSpec(kinds=("binary", "continuous"), ndims=(3,))
@@ -92,7 +93,7 @@ class VQVAE(Module):
                  channels="32,64", activation: str = "relu", commitment: float = 0.25,
                  ema: bool = False, ema_decay: float = 0.99, likelihood: str = "bernoulli",
                  prior_channels: int = 64, prior_blocks: int = 4, prior_one_hot: bool = True,
-                 train_autoencoder: bool = True):
+                 train_autoencoder: bool = True, prior: bool = True):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         if len(self.data_shape) != 3:
@@ -125,9 +126,12 @@ class VQVAE(Module):
             self.register_buffer("ema_sum", book.data.copy())
         else:
             self.codebook = book
-        self.prior = PixelCNN((1,) + self.grid, seed=int(seed) + 1, channels=prior_channels,
-                              blocks=prior_blocks, kernel=3, head_channels=prior_channels,
-                              levels=self.num_codes, one_hot=bool(prior_one_hot))
+        if not prior and not self.train_autoencoder:
+            raise ValueError("vqvae with prior=false has nothing to train with train_autoencoder=false")
+        self.prior = (PixelCNN((1,) + self.grid, seed=int(seed) + 1, channels=prior_channels,
+                               blocks=prior_blocks, kernel=3, head_channels=prior_channels,
+                               levels=self.num_codes, one_hot=bool(prior_one_hot))
+                      if prior else None)          # None: the autoencoder alone (latent diffusion's VQ-reg)
 
     def extra_repr(self):
         return (f"data_shape={self.data_shape}, num_codes={self.num_codes}, "
@@ -169,6 +173,8 @@ class VQVAE(Module):
 
     def prior_log_prob(self, k):
         """log p(k) of code grids (B, h, w) under the PixelCNN prior, nats (B,)."""
+        if self.prior is None:
+            raise ValueError("this vqvae was built with prior=false: it has no p(k)")
         return self.prior.log_prob(self._code_image(xp.asarray(k)))
 
     # ------------------------------------------------------------------ training
@@ -206,6 +212,9 @@ class VQVAE(Module):
         if not self.ema:
             book = ((z_e.detach() - z_q) ** 2).sum(per_image).mean()      # ||sg[z_e] - e||^2
             total = total + book
+        if self.prior is None:
+            self.last_stats = dict(stats, perplexity=perplexity(k, self.num_codes))
+            return total
         prior_nll = -self.prior_log_prob(k).mean()                         # codes are data here
         stats.update(prior_nll=float(prior_nll.data), perplexity=perplexity(k, self.num_codes))
         self.last_stats = stats
