@@ -22,6 +22,7 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 # script -> (extra arguments, reads MNIST); one script may appear with several argument sets
 SMOKE_RUNS = [
     ("clip_mnist.py", [], True),
+    ("conv_speed.py", [], False),
     ("controlnet_mnist.py", [], True),
     ("dalle_mnist.py", [], True),
     ("diffusion_2d.py", ["--quiet"], False),
@@ -38,6 +39,7 @@ SMOKE_RUNS = [
     ("gflow_2d.py", [], False),
     ("glide_mnist.py", [], True),
     ("gpt_mnist14.py", [], True),
+    ("gpu_check.py", [], False),
     ("latent_diffusion_mnist.py", [], True),
     ("made_mnist.py", [], True),
     ("ops.py", [], False),

@@ -14,6 +14,13 @@ then col2im adds each kernel offset's columns into a strided slice of the output
 kh*kw steps, never over pixels); at stride 1 it is instead a conv2d with the kernel flipped,
 which needs no col2im and measured faster. The columns are materialised a batch chunk at a
 time (at most ``CHUNK_BYTES``), so memory stays a small multiple of input + output.
+
+At stride 1 with one group there is a second algorithm, "shifted": the padded input is laid
+out channels-first, (C, n*Hp*Wp), so that kernel tap (i, j) of every window is ONE contiguous
+slice of it, and the convolution is kh*kw GEMMs on those slices with no columns at all (the
+weight gradient likewise). Which of the two runs, and in what chunk size, is read from
+``MEASURED``, a table of the winners timed per shape on the CPU; shapes not in it, and the GPU,
+take im2col.
 """
 from __future__ import annotations
 
@@ -48,8 +55,64 @@ def _out_size(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _batch_chunks(n, bytes_per_item):
-    limit = CHUNK_BYTES if backend_name() == "numpy" else GPU_CHUNK_BYTES
+# None: each shape's measured winner (below); "im2col" or "shifted" forces one wherever it
+# applies (the tests, and benchmarks/conv_speed.py's before/after).
+ALGORITHM = None
+
+# (kind, C_in, C_out, kh, kw, Hp, Wp) -> (algorithm, chunk bytes), for kind "forward" (also the
+# stride-1 input gradient, a forward conv with the flipped kernel) and "weight"; Hp, Wp are the
+# padded input's size. Winners of `python benchmarks/conv_speed.py --tune` (both algorithms at
+# chunks of 256 KiB, 1 MiB and 4 MiB, the median CPU time of 7 interleaved repeats, one BLAS
+# thread, a 2-core AMD EPYC under heavy shared load; benchmarks/results/conv_tune_cpu.json) at
+# the U-Net's (batch 64) and gated PixelCNN's (batch 16) shapes; only entries that beat im2col
+# at CHUNK_BYTES by more than 10% are kept. The shifted weight gradient in 256 KiB chunks (the
+# (C + O) x L panels of each tap's GEMM stay in cache) is the largest win: 1.5-2x at 28x28.
+MEASURED = {
+    ('forward', 16, 16, 3, 3, 30, 30): ('im2col', 1 << 20),
+    ('forward', 32, 32, 3, 3, 16, 16): ('im2col', 1 << 20),
+    ('forward', 64, 32, 3, 3, 16, 16): ('shifted', 256 << 10),
+    ('forward', 48, 32, 3, 3, 16, 16): ('im2col', 256 << 10),
+    ('forward', 32, 32, 3, 3, 30, 30): ('im2col', 256 << 10),
+    ('forward', 48, 16, 3, 3, 30, 30): ('shifted', 256 << 10),
+    ('forward', 32, 16, 3, 3, 30, 30): ('shifted', 1 << 20),
+    ('forward', 16, 1, 3, 3, 30, 30): ('shifted', 4 << 20),
+    ('forward', 16, 32, 3, 3, 30, 30): ('im2col', 1 << 20),
+    ('forward', 16, 48, 3, 3, 30, 30): ('im2col', 1 << 20),
+    ('forward', 32, 16, 3, 3, 16, 16): ('shifted', 256 << 10),
+    ('weight', 16, 1, 3, 3, 30, 30): ('shifted', 1 << 20),
+    ('weight', 16, 16, 3, 3, 30, 30): ('shifted', 256 << 10),
+    ('weight', 32, 16, 3, 3, 30, 30): ('shifted', 256 << 10),
+    ('weight', 48, 16, 3, 3, 30, 30): ('shifted', 256 << 10),
+    ('weight', 32, 32, 3, 3, 30, 30): ('shifted', 256 << 10),
+    ('weight', 32, 32, 3, 3, 16, 16): ('im2col', 1 << 20),
+    ('weight', 64, 32, 3, 3, 16, 16): ('im2col', 256 << 10),
+    ('weight', 32, 32, 3, 3, 9, 9): ('shifted', 256 << 10),
+    ('weight', 16, 32, 3, 3, 16, 16): ('shifted', 256 << 10),
+    ('forward', 1, 48, 14, 27, 41, 54): ('im2col', 1 << 20),
+    ('forward', 24, 48, 2, 3, 29, 30): ('im2col', 1 << 20),
+    ('forward', 1, 64, 1, 1, 28, 28): ('im2col', 1 << 20),
+    ('forward', 48, 24, 1, 2, 28, 30): ('shifted', 1 << 20),
+    ('forward', 48, 24, 2, 3, 30, 32): ('shifted', 1 << 20),
+    ('weight', 24, 48, 1, 2, 28, 29): ('shifted', 256 << 10),
+    ('weight', 24, 48, 2, 3, 29, 30): ('shifted', 256 << 10),
+    ('weight', 1, 48, 14, 27, 41, 54): ('im2col', 256 << 10),
+}
+
+
+def _plan(kind, c, o, kernel, padded_hw, stride, groups, pads):
+    """(algorithm, chunk bytes) for one raw convolution."""
+    if backend_name() != "numpy":
+        return "im2col", GPU_CHUNK_BYTES
+    shiftable = stride == (1, 1) and groups == 1 and min(pads) >= 0
+    if ALGORITHM is not None:
+        return (ALGORITHM if shiftable else "im2col"), CHUNK_BYTES
+    alg, chunk = MEASURED.get((kind, c, o) + tuple(kernel) + tuple(padded_hw), ("im2col", CHUNK_BYTES))
+    return (alg if shiftable else "im2col"), chunk
+
+
+def _batch_chunks(n, bytes_per_item, limit=None):
+    if limit is None:
+        limit = CHUNK_BYTES if backend_name() == "numpy" else GPU_CHUNK_BYTES
     step = max(1, limit // max(1, bytes_per_item))
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
@@ -96,11 +159,17 @@ def _conv2d_raw(x, w, b, geom, out_hw, pads=None):
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     k, p = cg * kh * kw, out_hw[0] * out_hw[1]
-    xpad = _padded4(x, pads) if pads is not None else _padded(x, *padding)
+    pads = pads if pads is not None else (padding[0], padding[0], padding[1], padding[1])
+    padded_hw = (x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3])
+    alg, chunk = _plan("forward", x.shape[1], o, (kh, kw), padded_hw, stride, groups, pads)
+    if alg == "shifted":
+        y = _conv2d_shifted(x, w, pads, dilation, out_hw, chunk)
+        return y if b is None else y + b.reshape(1, o, 1, 1)
+    xpad = _padded4(x, pads)
     cols = _windows(xpad, (kh, kw), stride, dilation, out_hw, groups)
     wm = w.reshape(groups, o // groups, k)  # (G, O/G, K)
     y = xp.empty((n, o) + tuple(out_hw), dtype=xp.result_type(x.dtype, w.dtype))
-    for sl in _batch_chunks(n, groups * k * p * x.itemsize):
+    for sl in _batch_chunks(n, groups * k * p * x.itemsize, chunk):
         c = xp.ascontiguousarray(cols[sl]).reshape(-1, groups, k, p)  # im2col: (n, G, K, P)
         # (G, O/G, K) @ (n, G, K, P) -> (n, G, O/G, P), written straight into y's NCHW layout
         xp.matmul(wm, c, out=y[sl].reshape(-1, groups, o // groups, p))
@@ -164,9 +233,14 @@ def _conv2d_weight_raw(x, gy, kernel, geom):
     o, ho, wo = gy.shape[1:]
     cg = x.shape[1] // groups
     k, p = cg * kernel[0] * kernel[1], ho * wo
+    pads = (padding[0], padding[0], padding[1], padding[1])
+    padded_hw = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    alg, chunk = _plan("weight", x.shape[1], o, kernel, padded_hw, stride, groups, pads)
+    if alg == "shifted":
+        return _conv2d_weight_shifted(x, gy, kernel, pads, dilation, chunk)
     cols = _windows(_padded(x, *padding), kernel, stride, dilation, (ho, wo), groups)
     gwt = xp.zeros((groups, k, o // groups), dtype=xp.result_type(x.dtype, gy.dtype))
-    for sl in _batch_chunks(n, groups * k * p * x.itemsize):
+    for sl in _batch_chunks(n, groups * k * p * x.itemsize, chunk):
         c = xp.ascontiguousarray(cols[sl]).reshape(-1, groups, k, p)  # (n, G, K, P)
         g = gy[sl].reshape(-1, groups, o // groups, p)  # (n, G, O/G, P)
         # sum over the batch of (K, P) @ (P, O/G); gy's transpose is a BLAS flag, not a copy.
@@ -174,6 +248,83 @@ def _conv2d_weight_raw(x, gy, kernel, geom):
         gwt += xp.matmul(c, g.transpose(0, 1, 3, 2)).sum(axis=0)
     gw = gwt.transpose(0, 2, 1)  # (G, O/G, K)
     return gw.reshape(o, cg, *kernel)
+
+
+# --- the shifted algorithm: stride 1, one group ---------------------------------------------
+#
+# In a padded plane stored row after row, window (h, w) starts at flat position q = h*Wp + w
+# and its tap (i, j) sits at q + i*dh*Wp + j*dw. Laying the batch's padded planes out
+# channels-first, xflat (C, n*Hp*Wp), makes every tap of every window one contiguous slice,
+#     y_flat[:, q] = sum_{i,j} W[:, :, i, j] @ xflat[:, q + off_ij],   off_ij = i*dh*Wp + j*dw,
+# kh*kw GEMMs over slices of length L = n*Hp*Wp - off_max (the last window's last tap is the
+# last element). Positions q with h >= Ho or w >= Wo straddle a row or image boundary: they are
+# computed and discarded (the price: Hp*Wp / (Ho*Wo) times the multiply-adds).
+
+def _taps(kernel, dilation, wp):
+    """off_ij = i*dh*Wp + j*dw for the kernel taps in row-major (i, j) order."""
+    return [i * dilation[0] * wp + j * dilation[1] for i in range(kernel[0]) for j in range(kernel[1])]
+
+
+def _planes(a, pads, buf):
+    """a (m, C, H, W) into buf (C, m, Hp, Wp) at (top, left); buf's zero border is kept.
+    Returns buf flat: (C, m*Hp*Wp)."""
+    t, l = pads[0], pads[2]
+    buf[:, :, t:t + a.shape[2], l:l + a.shape[3]] = a.transpose(1, 0, 2, 3)
+    return buf.reshape(buf.shape[0], -1)
+
+
+def _chunk_buffers(n, step, shapes, dtype):
+    """For each batch chunk: its slice and zeroed buffers of the given leading shapes, the
+    buffers allocated once and reused while the chunk size stays the same."""
+    bufs, made = None, 0
+    for i in range(0, n, step):
+        m = min(n, i + step) - i
+        if made != m:  # the first chunk, and a shorter last one
+            bufs, made = [xp.zeros((s[0], m) + tuple(s[1:]), dtype=dtype) for s in shapes], m
+        yield slice(i, i + m), bufs
+
+
+def _conv2d_shifted(x, w, pads, dilation, out_hw, chunk):
+    """conv2d at stride 1, one group: y_flat = sum_ij W_ij @ xflat[:, off_ij : off_ij + L]."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    hp, wp = h + pads[0] + pads[1], wd + pads[2] + pads[3]
+    taps = _taps((kh, kw), dilation, wp)
+    dtype = xp.result_type(x.dtype, w.dtype)
+    wt = xp.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)  # W_ij: (O, C)
+    y = xp.empty((n, o) + tuple(out_hw), dtype=dtype)
+    step = max(1, chunk // ((c + o) * hp * wp * x.itemsize))
+    for sl, (buf,) in _chunk_buffers(n, step, [(c, hp, wp)], dtype):
+        xflat = _planes(x[sl], pads, buf)  # (C, m*Hp*Wp)
+        m = buf.shape[1]
+        big = m * hp * wp - taps[-1]  # L
+        yflat = xp.empty((o, m * hp * wp), dtype=dtype)
+        acc = yflat[:, :big]
+        xp.matmul(wt[0], xflat[:, taps[0]:taps[0] + big], out=acc)
+        for a in range(1, len(taps)):
+            acc += wt[a] @ xflat[:, taps[a]:taps[a] + big]
+        # (O, m, Hp, Wp) -> the valid (Ho, Wo) corner, as (m, O, Ho, Wo)
+        y[sl] = yflat.reshape(o, m, hp, wp)[:, :, :out_hw[0], :out_hw[1]].transpose(1, 0, 2, 3)
+    return y
+
+
+def _conv2d_weight_shifted(x, gy, kernel, pads, dilation, chunk):
+    """gw[:, :, i, j] = gy_flat (O, L) @ xflat[:, off_ij : off_ij + L]^T, with gy laid on the
+    padded grid at the window start positions (zero where no window starts)."""
+    n, c, h, wd = x.shape
+    o, ho, wo = gy.shape[1:]
+    hp, wp = h + pads[0] + pads[1], wd + pads[2] + pads[3]
+    taps = _taps(kernel, dilation, wp)
+    dtype = xp.result_type(x.dtype, gy.dtype)
+    gw = xp.zeros((len(taps), o, c), dtype=dtype)  # (kh*kw, O, C)
+    step = max(1, chunk // ((c + o) * hp * wp * x.itemsize))
+    for sl, (buf, gbuf) in _chunk_buffers(n, step, [(c, hp, wp), (o, hp, wp)], dtype):
+        xflat = _planes(x[sl], pads, buf)  # (C, m*Hp*Wp)
+        gflat = _planes(gy[sl], (0, 0, 0, 0), gbuf)  # (O, m*Hp*Wp), zero past (Ho, Wo)
+        big = gflat.shape[1] - taps[-1]  # L
+        for a, off in enumerate(taps):
+            gw[a] += gflat[:, :big] @ xflat[:, off:off + big].T
+    return gw.reshape(kernel[0], kernel[1], o, c).transpose(2, 3, 0, 1)
 
 
 # --- the differentiable triple -------------------------------------------------------------

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import refgen.data as data
+from refgen.backend import to_numpy
 from refgen.data.controls import EDGE_THRESHOLD, edge_iou, edges, fill, outline, sobel
 
 
@@ -61,42 +62,42 @@ SQUARE_OUTLINE = _rows("""
 
 
 def test_edges_of_a_square_are_its_two_pixel_outline():
-    np.testing.assert_array_equal(edges(_image(SQUARE))[0, 0], SQUARE_EDGES)
+    np.testing.assert_array_equal(to_numpy(edges(_image(SQUARE)))[0, 0], SQUARE_EDGES)
 
 
 def test_sobel_values_on_a_square():
-    m = sobel(_image(SQUARE))[0, 0]
+    m = to_numpy(sobel(_image(SQUARE)))[0, 0]
     assert m[4, 2] == 1.0 and m[4, 3] == 1.0 and m[2, 4] == 1.0        # across a straight side
     assert m[4, 4] == 0.0 and m[0, 0] == 0.0                            # inside, far outside
     np.testing.assert_allclose(m[2, 2], math.sqrt(2) / 4)               # outer corner: g = (1, 1)
     np.testing.assert_allclose(m[2, 3], math.sqrt(3 ** 2 + 1) / 4)      # beside the corner: (1, 3)
     np.testing.assert_allclose(m[3, 3], math.sqrt(3 ** 2 + 3 ** 2) / 4)  # inner corner: (3, 3)
     # a half-height step gives half the magnitude; edges keep what exceeds the threshold
-    half = sobel(_image(SQUARE) * 0.5 - 0.5)[0, 0]
+    half = to_numpy(sobel(_image(SQUARE) * 0.5 - 0.5))[0, 0]
     np.testing.assert_allclose(half, m / 2)
-    assert np.array_equal(edges(_image(SQUARE), threshold=0.5)[0, 0], (m > 0.5).astype(float))
+    assert np.array_equal(to_numpy(edges(_image(SQUARE), threshold=0.5))[0, 0], (m > 0.5).astype(float))
     assert EDGE_THRESHOLD < math.sqrt(2) / 4
 
 
 def test_edges_commute_with_transposes_and_flips():
     g = np.random.default_rng(0)
     x = np.clip(g.standard_normal((3, 1, 9, 7)), -1, 1)
-    e = edges(x)
-    np.testing.assert_array_equal(edges(x.transpose(0, 1, 3, 2)), e.transpose(0, 1, 3, 2))
-    np.testing.assert_array_equal(edges(x[..., ::-1]), e[..., ::-1])
-    np.testing.assert_array_equal(edges(x[..., ::-1, :]), e[..., ::-1, :])
+    e = to_numpy(edges(x))
+    np.testing.assert_array_equal(to_numpy(edges(x.transpose(0, 1, 3, 2))), e.transpose(0, 1, 3, 2))
+    np.testing.assert_array_equal(to_numpy(edges(x[..., ::-1])), e[..., ::-1])
+    np.testing.assert_array_equal(to_numpy(edges(x[..., ::-1, :])), e[..., ::-1, :])
 
 
 def test_outline_and_fill_of_hand_made_shapes():
-    np.testing.assert_array_equal(outline(SQUARE[None, None])[0, 0], SQUARE_OUTLINE)
+    np.testing.assert_array_equal(to_numpy(outline(SQUARE[None, None]))[0, 0], SQUARE_OUTLINE)
     # the frame counts as outside: a full mask's outline is the frame's ring
-    np.testing.assert_array_equal(outline(np.ones((1, 1, 3, 4)))[0, 0], _rows("####\n#..#\n####"))
+    np.testing.assert_array_equal(to_numpy(outline(np.ones((1, 1, 3, 4))))[0, 0], _rows("####\n#..#\n####"))
     # a closed ring is filled to the square; its outline is the ring's outer edge
-    np.testing.assert_array_equal(fill(_image(SQUARE_OUTLINE))[0, 0], SQUARE)
+    np.testing.assert_array_equal(to_numpy(fill(_image(SQUARE_OUTLINE)))[0, 0], SQUARE)
     # an open ring (a gap in its side) is not: the background reaches the hole
     opened = SQUARE_OUTLINE.copy()
     opened[4, 6] = 0
-    np.testing.assert_array_equal(fill(_image(opened))[0, 0], opened)
+    np.testing.assert_array_equal(to_numpy(fill(_image(opened)))[0, 0], opened)
     # a hole the background touches only diagonally is enclosed (4-neighbours) and filled;
     # a batch fills each image on its own
     ring8 = _rows("""
@@ -106,7 +107,7 @@ def test_outline_and_fill_of_hand_made_shapes():
 .##..
 .....
 """)
-    filled = fill(np.concatenate([_image(ring8), _image(SQUARE_OUTLINE[:5, :5])]))
+    filled = to_numpy(fill(np.concatenate([_image(ring8), _image(SQUARE_OUTLINE[:5, :5])])))
     np.testing.assert_array_equal(filled[0, 0], np.maximum(ring8, _rows(".....\n.....\n..#..\n.....\n.....")))
     np.testing.assert_array_equal(filled[1, 0], SQUARE_OUTLINE[:5, :5])
 
@@ -118,7 +119,7 @@ def test_edge_iou():
     b[0, 0, 0, 1:] = 1        # 2 shared of 4 in the union
     a[1, 0, 2, 2] = 1         # disjoint
     b[1, 0, 3, 3] = 1
-    np.testing.assert_allclose(edge_iou(a, b), [0.5, 0.0, 1.0])   # both empty: 1
+    np.testing.assert_allclose(to_numpy(edge_iou(a, b)), [0.5, 0.0, 1.0])   # both empty: 1
 
 
 @pytest.mark.parametrize("name", ["mnist-14-edges", "mnist-14-fill"])
@@ -133,11 +134,11 @@ def test_control_data_sets(name, mnist_dir):
     np.testing.assert_array_equal(yb, test.y[[5, 2]])
     if name.endswith("edges"):
         np.testing.assert_array_equal(test.x, digits.x)
-        np.testing.assert_array_equal(test.y[:100], edges(digits.x[:100]))
+        np.testing.assert_array_equal(test.y[:100], to_numpy(edges(digits.x[:100])))
     else:
-        f = fill(digits.x[:100])
+        f = to_numpy(fill(digits.x[:100]))
         np.testing.assert_array_equal(test.x[:100], 2 * f - 1)
-        np.testing.assert_array_equal(test.y[:100], outline(f))
+        np.testing.assert_array_equal(test.y[:100], to_numpy(outline(f)))
         assert (f >= (digits.x[:100] > 0)).all()                    # the ink is inside the fill
         assert (test.y <= (test.x > 0)).all()                       # the outline is on the fill
         assert (f.sum() > (digits.x[:100] > 0).sum())               # some holes (0, 6, 8, 9) filled

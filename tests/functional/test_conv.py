@@ -207,6 +207,123 @@ def test_stride1_transpose_as_flipped_convolution_equals_col2im(pad, dil, out_ex
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+# --- the shifted algorithm (stride 1, one group) against im2col -----------------------------
+
+class algorithm:
+    """Force conv.ALGORITHM (and CHUNK_BYTES) inside a with block."""
+
+    def __init__(self, alg, chunk=None):
+        self.alg, self.chunk = alg, chunk
+
+    def __enter__(self):
+        self.old = conv_module.ALGORITHM, conv_module.CHUNK_BYTES
+        conv_module.ALGORITHM = self.alg
+        conv_module.CHUNK_BYTES = self.chunk or conv_module.CHUNK_BYTES
+
+    def __exit__(self, *exc):
+        conv_module.ALGORITHM, conv_module.CHUNK_BYTES = self.old
+
+
+@st.composite
+def shifted_configs(draw):
+    """A stride-1 one-group geometry with its own (top, bottom, left, right) padding."""
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    size = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - a - b), d * (k - 1) + 4))
+                 for k, d, a, b in zip(kernel, dilation, pads[::2], pads[1::2]))
+    n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    chunk = draw(st.sampled_from([1, 200, 1 << 20]))  # one item per chunk, a few, all at once
+    return kernel, dilation, pads, size, n, c, o, chunk
+
+
+@on_backend("numpy")  # compares the two algorithms in float64
+@given(shifted_configs(), st.integers(0, 2**32 - 1))
+def test_shifted_kernels_equal_im2col(cfg, seed):
+    """Forward (any of its four paddings) and weight gradient: the shifted GEMMs give what
+    the previous implementation, im2col, gives."""
+    kernel, dilation, pads, size, n, c, o, chunk = cfg
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((n, c) + size), rng.standard_normal((o, c) + kernel)
+    out_hw = tuple(s + a + b - d * (k - 1) for s, a, b, d, k in zip(size, pads[::2], pads[1::2], dilation, kernel))
+    geom = ((1, 1), (0, 0), dilation, 1)
+    sym_pad = (max(pads[:2]), max(pads[2:]))  # the weight gradient's padding is symmetric
+    sym = ((1, 1), sym_pad, dilation, 1)
+    out_sym = tuple(s + 2 * a - d * (k - 1) for s, a, d, k in zip(size, sym_pad, dilation, kernel))
+    gy = rng.standard_normal((n, o) + out_sym)
+    got = {}
+    for alg in ("im2col", "shifted"):
+        with algorithm(alg, chunk):
+            got[alg] = (conv_module._conv2d_raw(x, w, None, geom, out_hw, pads=pads),
+                        conv_module._conv2d_weight_raw(x, gy, kernel, sym))
+    for a, b in zip(got["im2col"], got["shifted"]):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got["shifted"][0], ref_conv2d(np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:])),
+                                                             w, None, (1, 1), (0, 0), dilation, 1),
+                               rtol=1e-10, atol=1e-10)
+
+
+@on_backend("numpy")  # finite differences in float64
+@given(shifted_configs(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_shifted_gradients_and_double_backward(cfg, bias, seed):
+    """conv2d and conv_transpose2d with every raw kernel on the shifted path: gradients of
+    first and second order."""
+    kernel, dilation, pads, size, n, c, o, chunk = cfg
+    rng = np.random.default_rng(seed)
+    padding = (min(pads[0], dilation[0] * (kernel[0] - 1) // 2), min(pads[2], dilation[1] * (kernel[1] - 1) // 2))
+    size = tuple(s + d * (k - 1) for s, d, k in zip(size, dilation, kernel))  # conv2d fits
+    x, w = rng.standard_normal((n, c) + size), rng.standard_normal((o, c) + kernel)
+    b = [rng.standard_normal(o)] if bias else []
+    with algorithm("shifted", chunk):
+        check_grads(lambda x, w, *b: F.conv2d(x, w, *b, padding=padding, dilation=dilation),
+                    [x, w] + b, rng=np.random.default_rng(seed))
+        wt = rng.standard_normal((c, o) + kernel)
+        check_grads(lambda x, w, *b: F.conv_transpose2d(x, w, *b, padding=padding, dilation=dilation),
+                    [x, wt] + b, rng=np.random.default_rng(seed))
+
+
+@on_backend("numpy")
+def test_forcing_shifted_leaves_strided_grouped_and_cropping_convs_to_im2col():
+    """The shifted algorithm is only for stride 1, one group, non-negative padding; the rest
+    stay exact under ALGORITHM = "shifted"."""
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2))
+    with algorithm("shifted"):
+        for stride, groups in [((2, 1), 1), ((1, 1), 2), ((1, 2), 2)]:
+            wg = w if groups == 2 else rng.standard_normal((6, 4, 3, 2))
+            y = F.conv2d(x, wg, stride=stride, padding=1, groups=groups)
+            np.testing.assert_allclose(y.numpy(), ref_conv2d(x, wg, None, stride, (1, 1), (1, 1), groups),
+                                       rtol=1e-10, atol=1e-10)
+        # padding 2 > d(k - 1) = 1: the transpose's flipped convolution crops (negative pads)
+        wt = rng.standard_normal((4, 3, 2, 2))
+        y = F.conv_transpose2d(x, wt, padding=(2, 1))
+        np.testing.assert_allclose(y.numpy(), ref_conv_transpose2d(x, wt, None, (1, 1), (2, 1), (0, 0), 1, (1, 1)),
+                                   rtol=1e-10, atol=1e-10)
+
+
+@on_backend("numpy")
+def test_measured_table_shapes_equal_im2col():
+    """Every shape the table sends to the shifted algorithm, at batch 2: forward and weight
+    gradient as im2col gives them (float32, as trained)."""
+    rng = np.random.default_rng(0)
+    assert conv_module.MEASURED, "the measured table is empty"
+    for (kind, c, o, kh, kw, hp, wp), (alg, chunk) in conv_module.MEASURED.items():
+        assert alg in ("im2col", "shifted") and chunk > 0
+        pad = (min(1, hp - kh), min(1, wp - kw))  # a padding the shape allows, within it
+        x = rng.standard_normal((2, c, hp - 2 * pad[0], wp - 2 * pad[1])).astype(np.float32)
+        w = rng.standard_normal((o, c, kh, kw)).astype(np.float32)
+        geom = ((1, 1), pad, (1, 1), 1)
+        gy = rng.standard_normal((2, o, hp - kh + 1, wp - kw + 1)).astype(np.float32)
+        assert conv_module._plan(kind, c, o, (kh, kw), (hp, wp), (1, 1), 1, (pad[0],) * 2 + (pad[1],) * 2) \
+            == (alg, chunk)
+        run = {"forward": lambda: conv_module._conv2d_raw(x, w, None, geom, gy.shape[2:]),
+               "weight": lambda: conv_module._conv2d_weight_raw(x, gy, (kh, kw), geom)}[kind]
+        got = run()
+        with algorithm("im2col"):
+            want = run()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
 @pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((2, 4), 1), ((3, 2), 2)])
 def test_conv2d_padding_same_and_valid(kernel, dilation):
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import numpy as np
 
 import refgen
 from refgen.autograd import no_grad
-from refgen.backend import asarray, to_numpy, use_backend
+from refgen.backend import asarray, default_rng, to_numpy, use_backend
 from refgen.models import create, get
 from refgen.models.autoregressive import filter_logits
 from refgen.testing import check_vjp
@@ -44,7 +44,7 @@ def test_samples_follow_log_prob(ar):
     model = create("gpt", data_shape=(1, 3, 3), seed=3, **TINY)
     ar.train_briefly(model, ar.target_data(), steps=40)
     p = np.exp(ar.log_probs(model, ar.all_binary((1, 3, 3))))
-    s = model.sample(10000, rng=np.random.default_rng(11))          # with the KV cache
+    s = model.sample(10000, rng=default_rng(11))          # with the KV cache
     counts = np.bincount(ar.config_index(s), minlength=512)
     pval, dof = ar.chi_square_pvalue(counts, p)
     assert dof > 20 and pval > 1e-3, (pval, dof)
@@ -133,7 +133,7 @@ def test_character_model_reaches_the_markov_entropy_rate(tmp_path):
     ce = -float(ll.sum()) / (windows.shape[0] * 16)
     assert abs(ce - rate) < 0.03, (ce, rate)
     print(f"held-out cross-entropy {ce:.4f} nats, entropy rate {rate:.4f}")
-    text = test_ds.decode(model.sample(2, rng=np.random.default_rng(0))[0])
+    text = test_ds.decode(model.sample(2, rng=default_rng(0))[0])
     assert len(text) == 16 and set(text) <= set("abc")
 
 

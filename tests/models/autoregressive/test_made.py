@@ -10,7 +10,7 @@ from refgen.autograd import Tensor, no_grad
 from refgen.models import create, get
 from refgen.models.autoregressive import (MADE, ensemble_log_prob, ensemble_sample,
                                           made_degrees, made_masks)
-from refgen.backend import to_numpy, use_backend
+from refgen.backend import default_rng, to_numpy, use_backend
 from refgen.testing import check_vjp
 
 
@@ -116,7 +116,7 @@ def test_samples_follow_log_prob(ar, num_masks):
     model = create("made", data_shape=(1, 3, 3), seed=2, hidden=(32,), num_masks=num_masks)
     ar.train_briefly(model, ar.target_data(), steps=40)
     p = np.exp(ar.log_probs(model, ar.all_binary((1, 3, 3))))
-    s = model.sample(20000, rng=np.random.default_rng(123))
+    s = model.sample(20000, rng=default_rng(123))
     assert s.shape == (20000, 1, 3, 3) and set(np.unique(s)) <= {0.0, 1.0}
     counts = np.bincount(ar.config_index(s), minlength=512)
     pval, dof = ar.chi_square_pvalue(counts, p)
@@ -133,7 +133,7 @@ def test_gaussian_mixture_conditionals_normalise_in_2d():
     with no_grad():
         p = np.exp(model.log_prob(pts).data.astype(np.float64))
     assert abs(p.sum() * (t[1] - t[0]) ** 2 - 1.0) < 1e-3
-    s = model.sample(500, rng=np.random.default_rng(0))
+    s = model.sample(500, rng=default_rng(0))
     assert s.shape == (500, 2) and np.isfinite(s).all()
 
 
@@ -194,7 +194,7 @@ def test_ensemble_samples_follow_the_mixture(ar):
     ar.train_briefly(b, ar.target_data(seed=1), steps=40)  # a different target: a real mixture
     with no_grad():
         p = np.exp(to_numpy(ensemble_log_prob([a, b], ar.all_binary((1, 3, 3)))).astype(np.float64))
-    s = to_numpy(ensemble_sample([a, b], 20000, rng=np.random.default_rng(5)))
+    s = to_numpy(ensemble_sample([a, b], 20000, rng=default_rng(5)))
     assert s.shape == (20000, 1, 3, 3)
     counts = np.bincount(ar.config_index(s), minlength=512)
     pval, dof = ar.chi_square_pvalue(counts, p / p.sum())

@@ -7,7 +7,7 @@ import refgen.functional as F
 from refgen.autograd import Tensor
 from refgen.models import create, get
 from refgen.models.autoregressive import pixelcnn_mask
-from refgen.backend import to_numpy, use_backend
+from refgen.backend import default_rng, to_numpy, use_backend
 from refgen.testing import check_vjp
 
 SMALL = {"pixelcnn": dict(channels=8, blocks=2, head_channels=8),
@@ -142,7 +142,7 @@ def test_categorical_levels_normalise(ar, name):
     x = (k * (2.0 / 3) - 1).astype(np.float32)
     p = np.exp(ar.log_probs(model, x))
     assert abs(p.sum() - 1.0) < 1e-5
-    s = model.sample(50, rng=np.random.default_rng(0))
+    s = model.sample(50, rng=default_rng(0))
     assert set(np.round((s + 1) * 1.5, 5).ravel()) <= {0.0, 1.0, 2.0, 3.0}
 
 
@@ -151,7 +151,7 @@ def test_samples_follow_log_prob(ar, name):
     model = create(name, data_shape=(1, 3, 3), seed=2, **SMALL[name])
     ar.train_briefly(model, ar.target_data(), steps=25)
     p = np.exp(ar.log_probs(model, ar.all_binary((1, 3, 3))))
-    s = model.sample(8000, rng=np.random.default_rng(7))
+    s = model.sample(8000, rng=default_rng(7))
     counts = np.bincount(ar.config_index(s), minlength=512)
     pval, dof = ar.chi_square_pvalue(counts, p)
     assert dof > 10 and pval > 1e-3, (pval, dof)
@@ -192,7 +192,7 @@ def test_one_hot_input_normalises_and_samples_its_levels(ar):
     ar.train_briefly(model, np.repeat(x[:3], 30, 0), steps=25)
     p = np.exp(ar.log_probs(model, x))
     assert abs(p.sum() - 1.0) < 1e-5 and p[:3].sum() > 10 * 3 / 256   # it learned something
-    s = model.sample(50, rng=np.random.default_rng(0))
+    s = model.sample(50, rng=default_rng(0))
     assert set(np.round((s + 1) * 1.5, 5).ravel()) <= {0.0, 1.0, 2.0, 3.0}
 
 

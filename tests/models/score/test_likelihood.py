@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from refgen.autograd import Tensor, enable_grad
+from refgen.backend import use_backend
 from refgen.score_matching import exact_divergence, hutchinson_divergence, rademacher
 from refgen.models.score.likelihood import bits_per_dim, dequantize, ode_log_likelihood
 from refgen.models.score.mixture import GaussianMixture
@@ -14,7 +15,15 @@ from refgen.models.score.solvers import ODESolverError
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
 
-MIX = GaussianMixture([0.2, 0.8], [[-2.0, -1.0], [1.5, 1.0]], [0.4, 0.5])
+
+def on_numpy(*args):
+    """A mixture made at import, on NumPy as the module's tests run (the suite may import
+    it under the stand-in device backend, REFGEN_STRICT_DEVICE=1)."""
+    with use_backend("numpy"):
+        return GaussianMixture(*args)
+
+
+MIX = on_numpy([0.2, 0.8], [[-2.0, -1.0], [1.5, 1.0]], [0.4, 0.5])
 SDES = [VESDE(0.01, 20.0), VPSDE(0.1, 20.0), SubVPSDE(0.1, 20.0)]
 
 
