@@ -37,6 +37,7 @@ SMOKE_RUNS = [
     ("flows_mnist.py", ["--model", "maf", "--measure", "2"], True),
     ("gan_mnist.py", [], True),
     ("gflow_2d.py", [], False),
+    ("glide_mnist.py", [], True),
     ("gpt_mnist14.py", [], True),
     ("gpu_check.py", [], False),
     ("latent_diffusion_mnist.py", [], True),

@@ -103,8 +103,15 @@ NO_SAMPLE = {"clip"}
 CAPTIONED = {"dalle", "clip-noised"}
 
 
+# text-to-image diffusion: trained on captions, sampled for captions, by their own test below
+TEXT_DIFFUSION = {"glide": dict(T=20, channels=8, heads=2, text_width=16, text_layers=1),
+                  "imagen": dict(T=20, channels=8, heads=2),
+                  "unclip": dict(T=20, prior_T=20, channels=8, heads=2, prior_width=16,
+                                 prior_heads=2, prior_layers=1, clip_size=8)}
+
+
 def test_every_model_has_a_case():
-    assert set(CASES) | NO_SAMPLE | CAPTIONED == set(models.names())
+    assert set(CASES) | NO_SAMPLE | CAPTIONED | set(TEXT_DIFFUSION) == set(models.names())
 
 
 def _captioned_stand_in():
@@ -138,6 +145,29 @@ def test_dalle_and_the_noised_clip_train_resume_and_sample_on_the_device(tmp_pat
                                backend.asarray(ds.batch(np.arange(3), 0)[1]))
         assert isinstance(x, DeviceArray) and isinstance(g, DeviceArray)
         assert np.all(np.isfinite(backend.to_numpy(x))) and np.all(np.isfinite(backend.to_numpy(g)))
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_DIFFUSION))
+def test_text_diffusion_trains_resumes_and_samples_on_the_device(name, tmp_path):
+    from refgen.data import captions as cap
+    ds = _captioned_stand_in()
+    with strict_device():
+        kw = dict(TEXT_DIFFUSION[name])
+        if name in ("imagen", "unclip"):
+            kw["clip"] = models.create("clip", data_shape=IMG, seed=0, embed_dim=8, width=16,
+                                       layers=1, heads=2, channels=4)
+        model = models.create(name, data_shape=IMG, seed=0, **kw)
+        common = dict(batch_size=4, lr=1e-3, out_dir=tmp_path, ema_decay=0.9, progress=False,
+                      log_every=1, ckpt_every=2, samples=False, evaluate_at_end=False)
+        train(model, ds, steps=2, **common)
+        train(model, ds, steps=3, resume=True, **common)
+        model.eval()
+        ids = backend.asarray(cap.Tokenizer().encode_batch(["a thick seven", "the number 3"]))
+        with no_grad():
+            s = model.sample(2, cond=ids, rng=backend.default_rng(0), steps=3, guidance=2.0)
+            u = model.sample(2, rng=backend.default_rng(0), steps=3)
+        assert isinstance(s, DeviceArray) and isinstance(u, DeviceArray)
+        assert np.all(np.isfinite(backend.to_numpy(s)))
 
 
 def test_clip_trains_resumes_and_embeds_on_the_device(tmp_path):

@@ -375,15 +375,24 @@ class CaptionDataset(Dataset):
 _CACHE: dict = {}
 
 
-def load_split(split: str, data_dir=None, download: bool = True) -> CaptionDataset:
-    """The ``split`` of mnist-captions (levels measured once per process and split)."""
+def load_split(split: str, data_dir=None, download: bool = True, size: int = 28) -> CaptionDataset:
+    """The ``split`` of mnist-captions (levels measured once per process and split).
+
+    size 14: ``mnist-captions-14``, the images 2x2 average pooled as ``mnist-14``; the
+    captions are those of the 28x28 digits (the attributes are measured there)."""
     images, labels = load_mnist(split, data_dir=data_dir, download=download)
     x = images[:, None].astype(np.float32) / np.float32(127.5) - np.float32(1)
     key = (split, str(find_mnist_dir(data_dir)))
     if key not in _CACHE:
         _CACHE[key] = attribute_levels(x)
+    if size == 14:  # pooled as mnist-14 pools: the 0..255 values, then mapped to [-1, 1]
+        k = images[:, None].astype(np.float32).reshape(len(x), 1, 14, 2, 14, 2).mean(axis=(3, 5))
+        x = k / np.float32(127.5) - np.float32(1)                          # (N, 1, 14, 14)
+    elif size != 28:
+        raise ValueError(f"mnist-captions comes at size 28 or 14, got {size}")
     tok = Tokenizer()
-    return CaptionDataset("mnist-captions", split, x, labels.astype(np.int64), "continuous",
+    name = "mnist-captions" if size == 28 else f"mnist-captions-{size}"
+    return CaptionDataset(name, split, x, labels.astype(np.int64), "continuous",
                           x.shape[1:], num_classes=10, vocab=list(tok.words),
                           value_range=(-1.0, 1.0),
                           captions=CaptionData(labels.astype(np.int64), _CACHE[key], tok))

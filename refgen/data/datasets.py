@@ -19,6 +19,7 @@ Names and what ``Dataset.x`` holds (float32 unless said otherwise, one row per e
   mnist-captions (N, 1, 28, 28) in [-1, 1] as mnist, with captions written from each digit's
                  label and measured attributes; ``batch`` returns (images, caption token ids
                  (B, 12) int64), see :mod:`refgen.data.captions`.
+  mnist-captions-14  the same captions with the images 2x2 average pooled as mnist-14.
   mnist-edges, mnist-14-edges, mnist-fill, mnist-14-fill
                  (control, image) pairs for ControlNet: x the target image in [-1, 1], ``y``
                  the control image (N, 1, H, W) in {0, 1} (an edge map of the digit; the
@@ -48,6 +49,7 @@ __all__ = ["Dataset", "load", "names", "describe", "check_data_dir", "TOY_SIZES"
 
 TOY_SIZES = {"train": 50_000, "test": 10_000}
 _MNIST_NAMES = ("mnist", "mnist-dequantized", "mnist-binary", "mnist-14", "mnist-14-binary")
+_CAPTION_NAMES = ("mnist-captions", "mnist-captions-14")
 _CONTROL_NAMES = ("mnist-edges", "mnist-14-edges", "mnist-fill", "mnist-14-fill")  # refgen.data.controls
 _TEST_SEED = 0  # the one fixed binarization / dequantization of MNIST test sets
 
@@ -94,7 +96,7 @@ class Dataset:
 
 def names() -> list[str]:
     """Every accepted data set name; 'text:PATH' stands for any text file."""
-    return toy2d.names() + list(_MNIST_NAMES) + ["mnist-captions"] + list(_CONTROL_NAMES) + ["text:PATH"]
+    return toy2d.names() + list(_MNIST_NAMES) + list(_CAPTION_NAMES) + list(_CONTROL_NAMES) + ["text:PATH"]
 
 
 def _binarize(p, rng):
@@ -108,7 +110,7 @@ def _dequantize(lower, rng):  # lower = k / 256
 def value_range(name: str) -> tuple | None:
     """The interval the values of data set ``name`` lie in: (-1, 1) for mnist and mnist-14,
     (0, 1) for the dequantized and binary variants, None where it is not fixed (toy 2D, text)."""
-    if name in ("mnist", "mnist-14", "mnist-captions") + _CONTROL_NAMES:
+    if name in ("mnist", "mnist-14") + _CAPTION_NAMES + _CONTROL_NAMES:
         return (-1.0, 1.0)
     if name in _MNIST_NAMES:
         return (0.0, 1.0)
@@ -124,8 +126,8 @@ def describe(name: str) -> tuple:
     if name in _MNIST_NAMES:
         side = 14 if name.startswith("mnist-14") else 28
         return ("binary" if name.endswith("binary") else "continuous"), (1, side, side)
-    if name == "mnist-captions":
-        return "continuous", (1, 28, 28)
+    if name in _CAPTION_NAMES:
+        return "continuous", (1, 14, 14) if name.endswith("-14") else (1, 28, 28)
     if name in _CONTROL_NAMES:
         side = 14 if name.startswith("mnist-14") else 28
         return "continuous", (1, side, side)
@@ -137,7 +139,7 @@ def describe(name: str) -> tuple:
 def check_data_dir(name: str, data_dir) -> None:
     """Raise ValueError naming ``data_dir`` when data set ``name`` reads files and
     ``data_dir`` does not hold them (no fall-through to REFGEN_DATA_DIR or a download)."""
-    if data_dir is None or name not in _MNIST_NAMES + ("mnist-captions",) + _CONTROL_NAMES:
+    if data_dir is None or name not in _MNIST_NAMES + _CAPTION_NAMES + _CONTROL_NAMES:
         return
     d = Path(data_dir).expanduser()
     if not d.is_dir():
@@ -179,9 +181,9 @@ def load(name: str, split: str = "train", data_dir=None, seed: int = 0,
         return Dataset(name, split, x, None, "continuous", (2,))
     if name in _MNIST_NAMES:
         return _load_mnist(name, split, data_dir, download)
-    if name == "mnist-captions":
+    if name in _CAPTION_NAMES:
         from . import captions
-        return captions.load_split(split, data_dir, download)
+        return captions.load_split(split, data_dir, download, 14 if name.endswith("-14") else 28)
     if name in _CONTROL_NAMES:
         from . import controls
         return controls.load(name, split, data_dir, download)

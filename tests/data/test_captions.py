@@ -229,6 +229,19 @@ def test_mnist_captions_test_split(mnist_dir):
         assert np.all(np.abs(np.bincount(lev[:, k], minlength=3) / len(lev) - 1 / 3) < 0.12)
 
 
+def test_mnist_captions_14_pools_the_images_and_keeps_the_captions(mnist_dir):
+    from refgen.data import load
+    from refgen.data.datasets import describe
+    big, small = load("mnist-captions", "test"), load("mnist-captions-14", "test")
+    assert small.name == "mnist-captions-14" and small.x.shape == (10_000, 1, 14, 14)
+    assert describe("mnist-captions-14") == ("continuous", (1, 14, 14))
+    assert np.array_equal(small.x, load("mnist-14", "test").x)  # the mnist-14 images
+    assert np.array_equal(small.captions.ids, big.captions.ids)  # captions of the 28x28 digits
+    assert np.array_equal(small.batch(np.arange(8), 3)[1], big.batch(np.arange(8), 3)[1])
+    with pytest.raises(ValueError, match="size 28 or 14"):
+        C.load_split("test", size=7)
+
+
 @pytest.mark.slow
 def test_saved_cuts_are_the_training_tertiles(mnist_dir):
     from refgen.data.mnist import load_mnist

@@ -7,3 +7,8 @@ from refgen.models.text_to_image.clip import CLIP, ImageEncoder, TextEncoder  # 
 from refgen.models.text_to_image.dvae import DVAE, codebook_perplexity, kl_uniform, temperature  # noqa: F401
 from refgen.models.text_to_image.dalle import DALLE, DalleTransformer, attention_layout  # noqa: F401
 from refgen.models.text_to_image.noised_clip import NoisedCLIP, NoisedImageEncoder  # noqa: F401
+from refgen.models.text_to_image.text_diffusion import (TextDiffusion, drop_captions,  # noqa: F401
+                                                        null_caption)
+from refgen.models.text_to_image.glide import GLIDE  # noqa: F401
+from refgen.models.text_to_image.imagen import Imagen  # noqa: F401
+from refgen.models.text_to_image.unclip import EmbeddingPrior, UnCLIP  # noqa: F401

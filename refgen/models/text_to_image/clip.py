@@ -65,7 +65,10 @@ class TextEncoder(Module):
         self.ln_f = LayerNorm(width)
         self.proj = Linear(width, embed_dim, bias=False, rng=rng)
 
-    def forward(self, ids):
+    def tokens(self, ids):
+        """The final layer's token features (B, T, W) of caption ids (B, T) (after LN), and
+        the position (B,) of each row's first <eot>: what text-conditioned diffusion models
+        (GLIDE, Imagen) attend to."""
         ids = asarray(ids)
         if ids.ndim != 2 or ids.shape[1] != self.context:
             raise ValueError(f"caption ids of shape {tuple(ids.shape)}: expected (B, {self.context})")
@@ -76,9 +79,11 @@ class TextEncoder(Module):
         h = self.tok_emb(ids) + self.pos_emb  # (B, T, W)
         for block in self.blocks:
             h = block(h)
-        h = self.ln_f(h)
-        at = (ids == self.eot).argmax(axis=1)  # first <eot> of each row
-        return self.proj(h[xp.arange(ids.shape[0]), at])  # (B, W) -> (B, D)
+        return self.ln_f(h), (ids == self.eot).argmax(axis=1)  # first <eot> of each row
+
+    def forward(self, ids):
+        h, at = self.tokens(ids)
+        return self.proj(h[xp.arange(h.shape[0]), at])  # (B, W) -> (B, D)
 
 
 @register("clip")

@@ -1,0 +1,250 @@
+"""unCLIP: the prior's loss is zero for the exact clean embedding and is its squared error
+otherwise, the loss against a replay of its own draws (decoder on the image's own CLIP
+embedding + prior on the caption's text embedding), the scaled embedding, the frozen CLIP,
+the decoder's guidance (26) with the null embedding, eq. (34)'s two-stage sampling, image
+variations, an overfit of the prior, gradient checks of the prior network, and bad input."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from refgen import backend
+from refgen.autograd import Tensor, no_grad
+from refgen.backend import default_rng
+from refgen.data import captions as cap
+from refgen.models import create
+from refgen.models.base import Batch
+from refgen.models.diffusion.process import q_sample
+from refgen.models.text_to_image import EmbeddingPrior, TextDiffusion
+from refgen.nn import Module
+from refgen.optim import Adam
+from refgen.testing import check_grads, on_backend
+
+TOK = cap.Tokenizer()
+CAPTIONS = ["a thick slanted seven", "the number 3", "a small thin 1", "a handwritten zero"]
+
+
+def tiny_clip(seed=0):
+    return create("clip", data_shape=(1, 28, 28), width=16, layers=1, heads=2, embed_dim=8,
+                  channels=4, seed=seed)
+
+
+def tiny(**kw):
+    opts = dict(data_shape=(1, 14, 14), T=20, prior_T=20, channels=8, heads=2, prior_width=16,
+                prior_heads=2, prior_layers=1, seed=0, clip=tiny_clip())
+    opts.update(kw)
+    return create("unclip", **opts)
+
+
+def ids(texts=CAPTIONS):
+    return backend.asarray(TOK.encode_batch(texts))
+
+
+def images(n=4, seed=0):
+    return backend.asarray(np.random.default_rng(seed).uniform(-1, 1, (n, 1, 14, 14)).astype(np.float32))
+
+
+def npv(a):
+    return backend.to_numpy(a.data if isinstance(a, Tensor) else a)
+
+
+class Oracle(Module):
+    """A prior network that returns a fixed embedding whatever it is given."""
+
+    def __init__(self, z):
+        super().__init__()
+        self.z = z
+
+    def forward(self, zt, t, v):
+        return Tensor(self.z)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    m = tiny(p_uncond=0.5, p_uncond_prior=0.5)
+    opt = Adam(list(m.parameters()), lr=1e-2)
+    for _ in range(3):
+        loss = m.loss(Batch(Tensor(images()), ids()), default_rng(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m
+
+
+# ----------------------------------------------------------------------------- the prior
+def test_the_prior_loss_is_zero_for_the_exact_embedding_and_its_squared_error_otherwise():
+    m = tiny()
+    z0 = m.embed_images(images())
+    v = m.embed_text(ids())
+    m.prior = Oracle(z0)
+    assert float(npv(m.prior_loss(z0, v, default_rng(1)))) == 0.0
+    delta = np.random.default_rng(2).standard_normal(npv(z0).shape).astype(np.float32)
+    m.prior = Oracle(z0 + backend.asarray(delta))
+    assert float(npv(m.prior_loss(z0, v, default_rng(1)))) == pytest.approx(np.mean(delta ** 2), rel=1e-5)
+
+
+def test_the_prior_loss_regresses_the_clean_embedding_from_its_noised_copy():
+    """L_prior with z_t drawn by eq. (3), replayed from the generator's draws."""
+    m = tiny(p_uncond_prior=0.5)
+    z0, v = m.embed_images(images()), m.embed_text(ids())
+    got = float(npv(m.prior_loss(z0, v, default_rng(5))))
+    r = default_rng(5)                                   # replay the draws in prior_loss's order
+    t = r.integers(1, m.prior_schedule.T + 1, size=4)
+    eps = r.standard_normal(z0.shape, dtype=z0.dtype)
+    keep = npv(r.random((4,))) >= 0.5
+    assert 0 < keep.sum() < 4
+    vd = np.where(keep[:, None], npv(v), 0.0).astype(np.float32)
+    zt = q_sample(m.prior_schedule, z0, t, eps)          # (3)
+    with no_grad():
+        f = npv(m.prior(Tensor(zt), m.prior_schedule.net_t[t], Tensor(backend.asarray(vd))))
+    assert got == pytest.approx(float(np.mean((npv(z0) - f) ** 2)), rel=1e-5)
+
+
+def test_the_prior_overfits_a_batch():
+    m = tiny(p_uncond_prior=0.0)
+    z0, v = m.embed_images(images()), m.embed_text(ids())
+    opt = Adam(list(m.prior.parameters()), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = m.prior_loss(z0, v, default_rng(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(npv(loss)))
+    assert losses[-1] < 0.3 * losses[0]
+
+
+@on_backend("numpy")  # finite differences in float64: run there
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1))
+def test_prior_network_gradients(seed):
+    """First and second derivatives in z_t and v, float64."""
+    net = EmbeddingPrior(3, width=8, layers=1, heads=2, rng=np.random.default_rng(0), dtype=np.float64)
+    g = np.random.default_rng(seed)
+    t = np.array([3, 700])
+    check_grads(lambda zt, v: net(zt, t, v), [g.standard_normal((2, 3)), g.standard_normal((2, 3))])
+
+
+# ----------------------------------------------------------------------------- the loss, the embeddings
+def test_the_loss_is_the_decoder_on_the_images_own_embedding_plus_the_prior():
+    m = tiny()
+    x, c = images(), ids()
+    got = float(npv(m.loss(Batch(Tensor(x), c), default_rng(6))))
+    r = default_rng(6)
+    z = m.embed_images(x)
+    dec = float(npv(m.diffusion_loss(x, z, r)))
+    pri = float(npv(m.prior_loss(z, m.embed_text(c), r)))
+    assert got == pytest.approx(dec + pri, rel=1e-6)
+    assert m.last_stats == pytest.approx({"l_decoder": dec, "l_prior": pri}, rel=1e-6)
+
+
+def test_image_embeddings_are_clips_scaled_to_norm_sqrt_d():
+    m = tiny()
+    x = images()
+    z = npv(m.embed_images(x))
+    big = backend.asarray(np.repeat(np.repeat(npv(x), 2, axis=-2), 2, axis=-1))
+    with no_grad():
+        u = npv(m.clip.encode_image(Tensor(big)))
+    np.testing.assert_allclose(z, u * math.sqrt(8), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), math.sqrt(8), rtol=1e-5)
+
+
+def test_clip_stays_frozen():
+    m = tiny()
+    before = {k: npv(p).copy() for k, p in m.clip.named_parameters()}
+    assert not any(k.startswith("clip") for k in m.state_dict())
+    loss = m.loss(Batch(Tensor(images()), ids()), default_rng(0))
+    loss.backward()
+    Adam(list(m.parameters()), lr=1e-2).step()
+    assert all(p.grad is None for p in m.clip.parameters())
+    assert all(np.array_equal(before[k], npv(p)) for k, p in m.clip.named_parameters())
+
+
+# ----------------------------------------------------------------------------- sampling
+def _eps(m, x, t, z):
+    with no_grad():
+        return npv(m.eps_net(Tensor(x), backend.asarray(np.full(len(x), t)), z))
+
+
+def test_decoder_guidance_zero_and_the_null_embedding(trained):
+    m, x, sch = trained, images(seed=1), trained.schedule
+    z = m.embed_images(images(seed=2))
+    assert np.array_equal(npv(m.predictor(sch, 4, cond=z, guidance=0.0)(x, 5).eps), _eps(m, x, 5, z))
+    assert np.array_equal(npv(m.predictor(sch, 4, cond=None, guidance=2.0)(x, 5).eps),
+                          _eps(m, x, 5, m.null(4)))
+    c, u = _eps(m, x, 5, z), _eps(m, x, 5, m.null(4))
+    assert np.abs(c - u).max() > 1e-3
+    np.testing.assert_allclose(npv(m.predictor(sch, 4, cond=z, guidance=2.0)(x, 5).eps),
+                               3 * c - 2 * u, rtol=1e-5, atol=1e-5)
+
+
+def test_two_stage_sampling_is_eq_34(trained):
+    """Eq. (34): sample(captions) = the decoder's sample for the prior's embeddings, drawn
+    from the same generator."""
+    m = trained
+    got = npv(m.sample(4, cond=ids(), rng=default_rng(3), steps=3))
+    r = default_rng(3)
+    z = m.sample_embeddings(4, ids(), rng=r)
+    want = npv(TextDiffusion.sample(m, 4, z, rng=r, steps=3))
+    assert np.array_equal(got, want) and got.shape == (4, 1, 14, 14)
+    assert npv(z).shape == (4, 8) and np.isfinite(npv(z)).all()
+    # the prior's guidance changes the embeddings
+    z0 = npv(m.sample_embeddings(4, ids(), rng=default_rng(3), guidance=0.0))
+    z3 = npv(m.sample_embeddings(4, ids(), rng=default_rng(3), guidance=3.0))
+    assert not np.allclose(z0, z3)
+
+
+def test_one_prior_step_from_z_T_is_the_networks_clean_embedding(trained):
+    """With one DDIM step the prior's sample is f_theta(z_T, T, v) itself (alpha_bar_0 = 1):
+    the network's output is read as the clean embedding."""
+    m = trained
+    r = default_rng(4)
+    z_T = r.standard_normal((4, 8), dtype=np.float32)
+    with no_grad():
+        want = npv(m.prior(Tensor(z_T), backend.asarray(np.full(4, m.prior_schedule.T)),
+                           Tensor(m.embed_text(ids()))))
+    got = npv(m.sample_embeddings(4, ids(), rng=default_rng(4), guidance=0.0, steps=1))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("w", [1.0, 4.0])
+def test_prior_guidance_is_eq_26(trained, w):
+    """Eq. (26) on the prior, its eps turned back into z_0 by eq. (11): after one DDIM step
+    from z_T the sample is (w + 1) f(z_T, T, v) - w f(z_T, T, 0), as (11) is linear in eps."""
+    m = trained
+    z_T = default_rng(4).standard_normal((4, 8), dtype=np.float32)
+    t = backend.asarray(np.full(4, m.prior_schedule.T))
+    v = m.embed_text(ids())
+    with no_grad():
+        f_c = npv(m.prior(Tensor(z_T), t, Tensor(v)))
+        f_u = npv(m.prior(Tensor(z_T), t, Tensor(backend.asarray(np.zeros((4, 8), np.float32)))))
+    assert np.abs(f_c - f_u).max() > 0.1                # guidance moves z by w times this
+    got = npv(m.sample_embeddings(4, ids(), rng=default_rng(4), guidance=w, steps=1))
+    # the sampler goes z_0 -> eps -> z_0 in float32 through 1 / sqrt(alpha_bar_T) = 406
+    # (cosine, T = 20), so rounding of |z_T| ~ 3 comes back as up to ~(w + 1) 1e-4
+    np.testing.assert_allclose(got, (w + 1) * f_c - w * f_u, rtol=0, atol=2e-3)
+
+
+def test_the_decoder_reads_z_as_tokens_and_as_the_pooled_vector(trained):
+    z = trained.embed_images(images(seed=2))
+    tokens, pooled, mask = trained.encode(z)
+    assert np.array_equal(npv(pooled), npv(z)) and mask is None
+    assert tokens.shape == (4, trained.k, 4 * trained.network.channels)
+
+
+def test_variations_decode_the_images_own_embedding(trained):
+    m, x = trained, images(seed=5)
+    got = npv(m.variations(x, rng=default_rng(2), steps=3))
+    want = npv(TextDiffusion.sample(m, 4, m.embed_images(x), rng=default_rng(2), steps=3))
+    assert np.array_equal(got, want)
+
+
+def test_bad_input_is_one_clear_line(trained):
+    with pytest.raises(ValueError, match=r"image embeddings of shape \(4, 3\): expected \(4, 8\)"):
+        TextDiffusion.sample(trained, 4, np.zeros((4, 3), np.float32), rng=default_rng(0))
+    with pytest.raises(ValueError, match="clip_size=28 is not a multiple of the image size 12"):
+        tiny(data_shape=(1, 12, 12))
+    with pytest.raises(ValueError, match="p_uncond_prior"):
+        tiny(p_uncond_prior=1.5)
