@@ -152,7 +152,7 @@ def test_loss_weights_text_and_image_per_token(dvae, w):
     ce_t, ce_z = m.net.nll_terms(b.y, m.image_tokens(b.x))
     want = w * np_(ce_t).mean() / (cap.CONTEXT - 1) + (1 - w) * np_(ce_z).mean() / 4   # N = 2 x 2
     np.testing.assert_allclose(float(np_(m.loss(b, default_rng(0)))), want, rtol=1e-5)
-    np.testing.assert_allclose(m.log_prob(b.x, b.y), -(np_(ce_t) + np_(ce_z)), rtol=1e-5)
+    np.testing.assert_allclose(np_(m.log_prob(b.x, b.y)), -(np_(ce_t) + np_(ce_z)), rtol=1e-5)
 
 
 def test_the_dvae_is_frozen(dvae):
