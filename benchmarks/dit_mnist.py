@@ -18,7 +18,6 @@ and dit_<data>_<model>.png sample grids. ``--smoke``: tiny nets, T = 30, a few s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

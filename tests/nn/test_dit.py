@@ -13,7 +13,7 @@ from refgen import nn
 from refgen.autograd import Tensor, no_grad
 from refgen.nn.dit import DiTFinalLayer, sincos_pos_embed_2d
 from refgen.optim import Adam
-from refgen.testing import check_grads, check_vjp
+from refgen.testing import check_grads
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")  # float64 oracles and finite differences
 

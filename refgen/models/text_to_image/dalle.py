@@ -158,15 +158,8 @@ class DALLE(Module):
         if dvae is None:
             raise ValueError("dalle needs a trained dVAE: --set dvae=RUN_DIR (from refgen train dvae)")
         self.tokenizer = Tokenizer(context=context)
-        self.dvae = _load("dvae", dvae)
-        self.dvae.eval()
-        for p in self.dvae.parameters():
-            p.requires_grad = False
-        self.clip = None if clip is None else _load("clip", clip)
-        if self.clip is not None:
-            self.clip.eval()
-            for p in self.clip.parameters():
-                p.requires_grad = False
+        self.dvae = _load("dvae", dvae).requires_grad_(False).eval()
+        self.clip = None if clip is None else _load("clip", clip).requires_grad_(False).eval()
         self.data_shape = tuple(int(s) for s in data_shape)
         if tuple(self.dvae.data_shape) != self.data_shape:
             raise ValueError(f"the dVAE models images of shape {tuple(self.dvae.data_shape)}, "

@@ -39,7 +39,7 @@ from refgen.models.text_to_image.contrastive import normalize
 from refgen.models.text_to_image.text_diffusion import NETWORK, SAMPLING, TextDiffusion
 from refgen.nn import init
 
-__all__ = ["Imagen", "load_clip"]
+__all__ = ["Imagen", "load_clip", "attach_frozen_clip"]
 
 IMAGEN_SAMPLING = dataclasses.replace(SAMPLING, guidance=5.0, threshold="dynamic")
 
@@ -62,6 +62,14 @@ def load_clip(clip):
     return model
 
 
+def attach_frozen_clip(owner, clip):
+    """load_clip(clip), frozen and in eval mode, set as ``owner.clip`` outside the module tree
+    (never trained, averaged or saved: a run reloads it from ``clip``); returns it."""
+    frozen = load_clip(clip).requires_grad_(False).eval()
+    object.__setattr__(owner, "clip", frozen)
+    return frozen
+
+
 @register("imagen")
 class Imagen(TextDiffusion):
     """Text-to-image diffusion on a frozen CLIP text tower (see the module docstring).
@@ -74,11 +82,7 @@ class Imagen(TextDiffusion):
         super().__init__()
         self._setup(data_shape, schedule, T, parameterization, variance, p_uncond, network,
                     sampling, options)
-        frozen = load_clip(clip)
-        frozen.requires_grad_(False)
-        frozen.eval()
-        object.__setattr__(self, "clip", frozen)  # outside the module tree: never trained, never saved
-        text = frozen.text_encoder
+        text = attach_frozen_clip(self, clip).text_encoder
         self._build_unet(context_dim=text.pos_emb.shape[1], pooled_dim=text.proj.out_features,
                          rng=init.get_rng(int(seed)))
 

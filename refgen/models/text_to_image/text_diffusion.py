@@ -37,7 +37,7 @@ import dataclasses
 
 from refgen.autograd import Tensor, as_tensor, no_grad
 from refgen.backend import asarray, xp
-from refgen.data.captions import CONTEXT, Tokenizer
+from refgen.data.captions import Tokenizer
 from refgen.models.base import DataSpec
 from refgen.models.diffusion import guidance as G
 from refgen.models.diffusion.config import NetworkConfig, SamplingConfig, make_unet, split_options
@@ -119,7 +119,8 @@ class TextDiffusion(Module):
     def _setup(self, data_shape, schedule, T, parameterization, variance, p_uncond,
                network, sampling, options):
         groups = split_options(dict(network=network, sampling=sampling), options)
-        self.network, self.sampling = net, sa = groups["network"], groups["sampling"]
+        self.network = groups["network"]
+        self.sampling = sa = groups["sampling"]
         self.data_shape = tuple(int(d) for d in data_shape)
         if len(self.data_shape) != 3:
             raise ValueError(f"{self.registry_name} models images (C, H, W); got {self.data_shape}")

@@ -45,7 +45,7 @@ from refgen.models.diffusion.losses import l_simple
 from refgen.models.diffusion.process import interpret, q_sample, x0_from_eps
 from refgen.models.diffusion.sampling import sample_loop
 from refgen.models.diffusion.schedule import make_schedule
-from refgen.models.text_to_image.imagen import load_clip
+from refgen.models.text_to_image.imagen import attach_frozen_clip
 from refgen.models.text_to_image.text_diffusion import NETWORK, SAMPLING, TextDiffusion, caption_batch
 from refgen.nn import (LayerNorm, Linear, Module, ModuleList, Parameter, TimeEmbedding,
                        TransformerBlock, init)
@@ -98,10 +98,7 @@ class UnCLIP(TextDiffusion):
         super().__init__()
         self._setup(data_shape, schedule, T, parameterization, variance, p_uncond, network,
                     sampling, options)
-        frozen = load_clip(clip)
-        frozen.requires_grad_(False)
-        frozen.eval()
-        object.__setattr__(self, "clip", frozen)  # outside the module tree: never trained, never saved
+        frozen = attach_frozen_clip(self, clip)
         self.dim = d = frozen.text_encoder.proj.out_features
         self.clip_size, self.k = int(clip_size), int(embedding_tokens)
         if self.clip_size % self.data_shape[-1]:

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import refgen.functional as F
 from refgen import nn, optim
 from refgen.autograd import Tensor, no_grad
 from refgen.backend import default_rng, to_numpy
