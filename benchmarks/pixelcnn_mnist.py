@@ -1,6 +1,7 @@
-"""Gated PixelCNN (or plain PixelCNN) on binarized MNIST: test NLL in nats, samples, wall time.
+"""Gated PixelCNN, PixelCNN or PixelRNN on binarized MNIST: test NLL in nats, samples, wall time.
 
     python benchmarks/pixelcnn_mnist.py --model gated-pixelcnn --tag gated_pixelcnn_mnist_1h_reach27
+    python benchmarks/pixelcnn_mnist.py --model pixelrnn --variant diagonal --channels 16 --depth 3
 
 Flags not given take the model's defaults and its ``default_train``: for the gated model the
 CPU-hour recipe (12 layers of 24 channels, a 27x27 first layer, 7,800 steps of 16 images,
@@ -8,7 +9,8 @@ peak lr 6e-3 after 200 warmup steps, cosine decay). Trains with refgen.train.tra
 'mnist-binary' (dynamic binarization), scores the fixed binarization of all 10,000 test
 images at the end (and the first 1,000 along the way), and draws a 6x6 grid of samples
 (784 forward passes each). Writes benchmarks/results/<tag>.json and <tag>_samples.png
-(tag: pixelcnn_mnist or gated_pixelcnn_mnist). ``--resume`` picks a run up from the last
+(tag: pixelcnn_mnist, gated_pixelcnn_mnist or pixelrnn_<variant>_mnist; for pixelrnn
+--channels is the LSTM state size h and --depth the number of residual LSTM layers). ``--resume`` picks a run up from the last
 checkpoint in --out; one that finished training but was stopped before scoring goes
 straight to scoring. ``--smoke``: 2 steps of a 2-layer, 8-channel model on 64 images.
 """
@@ -28,6 +30,10 @@ from made_mnist import PAPERS  # noqa: E402
 
 def architecture(model) -> dict:
     """channels, depth and first-layer kernel of a built (gated) PixelCNN, read off its weights."""
+    if hasattr(model, "variant"):                        # PixelRNN: input_conv (2h, 1, k, k)
+        o, _, k, _ = model.input_conv.weight.shape
+        return {"variant": model.variant, "hidden": o // 2, "depth": len(model.layers),
+                "first_kernel": k}
     if hasattr(model, "layers"):                         # gated: v_conv (2h, 1, r + 1, k)
         o, _, _, k = model.layers[0].v_conv.weight.shape
         return {"channels": o // 2, "depth": len(model.layers), "first_kernel": k}
@@ -37,13 +43,15 @@ def architecture(model) -> dict:
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gated-pixelcnn", choices=["gated-pixelcnn", "pixelcnn"])
+    ap.add_argument("--model", default="gated-pixelcnn", choices=["gated-pixelcnn", "pixelcnn", "pixelrnn"])
+    ap.add_argument("--variant", default="diagonal", choices=["diagonal", "row"],
+                    help="pixelrnn only: Diagonal BiLSTM or Row LSTM")
     ap.add_argument("--steps", type=int, default=None, help="default: the model's default_train")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup", type=int, default=None, help="linear warmup steps before the cosine decay")
     ap.add_argument("--grad-clip", type=float, default=None, help="clip the gradient's global norm")
-    ap.add_argument("--channels", type=int, default=None, help="default: the model's")
+    ap.add_argument("--channels", type=int, default=None, help="default: the model's (pixelrnn: the LSTM state size h)")
     ap.add_argument("--depth", type=int, default=None, help="gated layers / residual blocks")
     ap.add_argument("--first-kernel", type=int, default=None,
                     help="the type A first layer's k x k reach (7 in the papers)")
@@ -64,7 +72,8 @@ def main(argv=None, write=True):
     """Train, score and sample as the flags say; returns the result dict, and (``write``)
     writes it to benchmarks/results/<tag>.json."""
     args = parse(argv)
-    tag = args.tag or args.model.replace("-", "_") + "_mnist"
+    name = f"pixelrnn_{args.variant}" if args.model == "pixelrnn" else args.model.replace("-", "_")
+    tag = args.tag or name + "_mnist"
     out = run_dir(tag, args.out)
     t0 = time.perf_counter()
     train_ds, test_ds = load("mnist-binary", "train"), load("mnist-binary", "test")
@@ -112,8 +121,11 @@ def main(argv=None, write=True):
 def build(args, train_ds):
     """The model from the flags given; flags not given take its default_train (the recipe)."""
     from refgen import models
-    depth_key = "layers" if args.model == "gated-pixelcnn" else "blocks"
-    given = {"channels": args.channels, depth_key: args.depth, "first_kernel": args.first_kernel}
+    depth_key = "blocks" if args.model == "pixelcnn" else "layers"
+    width_key = "hidden" if args.model == "pixelrnn" else "channels"
+    given = {width_key: args.channels, depth_key: args.depth, "first_kernel": args.first_kernel}
+    if args.model == "pixelrnn":
+        given["variant"] = args.variant
     model = models.create(args.model, data_shape=train_ds.shape, seed=args.seed,
                           **{k: v for k, v in given.items() if v is not None})
     for key, default in models.get(args.model).default_train.items():

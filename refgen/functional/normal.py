@@ -40,16 +40,17 @@ def _log_phi(y):
 
 
 def _log_ndtr_array(y):
-    y = y.astype(xp.float64)
+    shape, y = y.shape, y.astype(xp.float64).reshape(-1)   # flat: the tail is indexed
     v = -xp.abs(y)                                   # log Phi(v), v <= 0, then mirror
-    t = xp.maximum(-v, 3.0)                          # the continued fraction's argument (>= 3)
-    m = t + 60.0 / t
-    for k in range(59, 0, -1):
-        m = t + k / m
-    tail = _log_phi(t) - xp.log(m)                   # log Phi(-t) = log phi(t) - log M(t)
-    central = xp.log(0.5 * (1.0 + xp.asarray(_erf(xp.maximum(v, -3.0) / math.sqrt(2.0)))))
-    low = xp.where(v < -3.0, tail, central)
-    return xp.where(y <= 0, low, xp.log1p(-xp.exp(low)))   # Phi(y) = 1 - Phi(-y)
+    low = xp.log(0.5 * (1.0 + xp.asarray(_erf(xp.maximum(v, -3.0) / math.sqrt(2.0)))))
+    far = v < -3.0                                   # the tail: only these pay for the fraction
+    if bool(far.any()):
+        t = -v[far]                                  # the continued fraction's argument (> 3)
+        m = t + 60.0 / t
+        for k in range(59, 0, -1):
+            m = t + k / m
+        low[far] = _log_phi(t) - xp.log(m)           # log Phi(-t) = log phi(t) - log M(t)
+    return xp.where(y <= 0, low, xp.log1p(-xp.exp(low))).reshape(shape)   # Phi(y) = 1 - Phi(-y)
 
 
 def _ndtri_lower(lp, newton_steps=6):
@@ -77,9 +78,10 @@ class _LogNdtr(Function):
 class _NdtriFromLogs(Function):
     def forward(self, lp, lq):
         self.lower = lp <= lq                                             # p <= 1/2
-        lp64, lq64 = lp.astype(xp.float64), lq.astype(xp.float64)
-        y = xp.where(self.lower, _ndtri_lower(xp.where(self.lower, lp64, math.log(0.5))),
-                     -_ndtri_lower(xp.where(self.lower, math.log(0.5), lq64)))
+        upper = ~self.lower                                               # each half from its own log
+        y = xp.empty(lp.shape, dtype=xp.float64)
+        y[self.lower] = _ndtri_lower(lp[self.lower].astype(xp.float64))
+        y[upper] = -_ndtri_lower(lq[upper].astype(xp.float64))
         return y.astype(lp.dtype)
 
     def backward(self, gy):
