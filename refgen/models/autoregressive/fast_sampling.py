@@ -42,7 +42,7 @@ class ConvCache:
         self.kh, self.kw = weight.shape[2:]
         self.top, self.left = top, left
         self.buf = xp.zeros((n, weight.shape[1], height + self.kh - 1, width + self.kw - 1),
-                            dtype=weight.dtype)                            # (n, C, H + kh - 1, W + kw - 1)
+                            dtype=weight.dtype)               # (n, C, H + kh - 1, W + kw - 1)
 
     def put(self, i: int, j: int, value):
         """The input at position (i, j): value (n, C)."""

@@ -89,6 +89,7 @@ class GatedPixelCNN(PixelModel):
     benchmarks/pixelcnn_recipe.py measures what each of these buys."""
 
     default_train = dict(steps=7800, batch_size=16, lr=6e-3, warmup=200, schedule="cosine")
+    samplers = ("cached", "full")
 
     def __init__(self, data_shape, *, seed=0, channels: int = 24, layers: int = 12,
                  first_kernel: int = 27, kernel: int = 3, head_channels: int = 64,
@@ -124,16 +125,16 @@ class GatedPixelCNN(PixelModel):
         above = [None] * len(self.layers)    # v_to_h(shift_down(v)) on the current row (n, 2h, W)
 
         def logits_at(i, j, ch):
-            if j == 0:  # a new row: rows < i are final, and with them the vertical stack on row i - 1
+            if j == 0:  # a new row: rows < i are final, and so is the vertical stack on row i - 1
                 v = x[:, :, i - 1] if i else None                              # (n, 1, W)
-                for l, (layer, cache) in enumerate(zip(self.layers, vert)):
+                for k, (layer, cache) in enumerate(zip(self.layers, vert)):
                     if i:
                         cache.put_row(i - 1, v)
                         a = cache.row(i - 1)                                   # (n, 2h, W)
                         v = _gate(a).data
                     else:  # row 0 gets shift_down's zero row
                         a = xp.zeros((n, layer.v_to_h.in_channels, w), dtype=x.dtype)
-                    above[l] = conv_at(layer.v_to_h, a)
+                    above[k] = conv_at(layer.v_to_h, a)
             else:       # x at (i, j - 1) was drawn after the last call
                 horiz[0].put(i, j - 1, x[:, :, i, j - 1])
             hs = x[:, :, i, j]                                                 # (n, 1)

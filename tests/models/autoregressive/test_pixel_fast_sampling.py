@@ -152,6 +152,13 @@ def test_sampler_option():
     assert sample_options(model, sampler="full") == {"sampler": "full"}
     with pytest.raises(ValueError, match="sampler must be one of"):
         model.sample(2, rng=default_rng(0), sampler="fast")
+    # PixelRNN shares the sampling loop but has no cache: 'full' is its only sampler
+    rnn = create("pixelrnn", data_shape=(1, 3, 3), hidden=4, layers=1, head_channels=4)
+    assert rnn.samplers == ("full",)
+    np.testing.assert_array_equal(to_numpy(rnn.sample(2, rng=default_rng(0))),
+                                  to_numpy(rnn.sample(2, rng=default_rng(0), sampler="full")))
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        rnn.sample(2, rng=default_rng(0), sampler="cached")
 
 
 def test_gated_vertical_stack_is_computed_once_a_row(monkeypatch):
