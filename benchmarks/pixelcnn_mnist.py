@@ -8,11 +8,13 @@ CPU-hour recipe (12 layers of 24 channels, a 27x27 first layer, 7,800 steps of 1
 peak lr 6e-3 after 200 warmup steps, cosine decay). Trains with refgen.train.train on
 'mnist-binary' (dynamic binarization), scores the fixed binarization of all 10,000 test
 images at the end (and the first 1,000 along the way), and draws a 6x6 grid of samples
-(784 forward passes each). Writes benchmarks/results/<tag>.json and <tag>_samples.png
+(the cached sampler of the PixelCNNs: about one network pass each; PixelRNN runs the
+full network once per pixel). Writes benchmarks/results/<tag>.json and <tag>_samples.png
 (tag: pixelcnn_mnist, gated_pixelcnn_mnist or pixelrnn_<variant>_mnist; for pixelrnn
---channels is the LSTM state size h and --depth the number of residual LSTM layers). ``--resume`` picks a run up from the last
-checkpoint in --out; one that finished training but was stopped before scoring goes
-straight to scoring. ``--smoke``: 2 steps of a 2-layer, 8-channel model on 64 images.
+--channels is the LSTM state size h and --depth the number of residual LSTM layers).
+``--resume`` picks a run up from the last checkpoint in --out; one that finished training
+but was stopped before scoring goes straight to scoring. ``--smoke``: 2 steps of a 2-layer,
+8-channel model on 64 images.
 """
 from __future__ import annotations
 

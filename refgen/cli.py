@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_positive_int, metavar="K",
                    help="sampling steps, for iterative samplers (diffusion, distilled, MCMC)")
     s.add_argument("--sampler", metavar="NAME", help="which sampler, where a model has several "
-                   "(ddpm: ddpm, ddim, euler, heun)")
+                   "(ddpm: ddpm, ddim, euler, heun; pixelcnn, gated-pixelcnn: cached, full)")
     s.add_argument("--prompt", metavar="TEXT", help="the caption to draw, for text-to-image models "
                    "(dalle); written above the grid")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line")

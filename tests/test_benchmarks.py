@@ -48,6 +48,7 @@ SMOKE_RUNS = [
     ("pixelcnn_mnist.py", ["--model", "pixelrnn", "--variant", "diagonal"], True),
     ("pixelcnn_recipe.py", [], True),
     ("pixelcnn_step_cost.py", [], False),
+    ("pixel_sampling_speed.py", [], True),
     ("speed.py", [], False),
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),

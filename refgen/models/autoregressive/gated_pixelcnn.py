@@ -18,6 +18,10 @@ Each layer is gated, with a residual connection on the horizontal stack:
 
 Only one data channel (grey-scale images) is supported: splitting the gates into colour
 groups is left out.
+
+Sampling (the cached sampler, fast_sampling.py): the vertical stack on row i - 1 sees rows
+<= i - 1 only, so at the start of row i it is computed for the whole row, once; the
+horizontal stack is then computed at one position per sampled pixel.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import refgen.functional as F
 from refgen.autograd import as_tensor
 from refgen.backend import xp
 from refgen.models import register
+from refgen.models.autoregressive.fast_sampling import ConvCache, conv_at, relu
 from refgen.models.autoregressive.pixelcnn import PixelModel
 from refgen.nn import Conv2d, Module, ModuleList, init
 
@@ -57,10 +62,14 @@ class GatedLayer(Module):
             mask[..., -1] = 0  # the centre tap: x_i must not see itself
         self.register_buffer("h_mask", mask)
 
+    def h_weight(self):
+        """The horizontal kernel times its mask, (2h, in, 1, r + 1)."""
+        return self.h_conv.weight * self.h_mask
+
     def forward(self, v_in, h_in):
         r = self.r
         v = self.v_conv(F.pad(v_in, (r, r, r, 0)))                   # rows i-r..i, cols j-r..j+r
-        hh = F.conv2d(F.pad(h_in, (r, 0, 0, 0)), self.h_conv.weight * self.h_mask,
+        hh = F.conv2d(F.pad(h_in, (r, 0, 0, 0)), self.h_weight(),
                       self.h_conv.bias)                              # row i, cols j-r..j (A: ..j-1)
         hh = hh + self.v_to_h(_shift_down(v))                        # + rows < i
         h_out = self.h_out(_gate(hh))
@@ -80,6 +89,7 @@ class GatedPixelCNN(PixelModel):
     benchmarks/pixelcnn_recipe.py measures what each of these buys."""
 
     default_train = dict(steps=7800, batch_size=16, lr=6e-3, warmup=200, schedule="cosine")
+    samplers = ("cached", "full")
 
     def __init__(self, data_shape, *, seed=0, channels: int = 24, layers: int = 12,
                  first_kernel: int = 27, kernel: int = 3, head_channels: int = 64,
@@ -105,3 +115,34 @@ class GatedPixelCNN(PixelModel):
             v, hs = layer(v, hs)
         y = self.head2(F.relu(self.head1(F.relu(hs))))
         return F.reshape(y, (b, c, self.k, h, w))
+
+    def _cached_logits(self, x):
+        n, _, h, w = x.shape
+        vert = [ConvCache(L.v_conv.weight.data, L.v_conv.bias.data, n, h, w, L.r, L.r)
+                for L in self.layers]                    # padded (r, r, r, 0) as in forward
+        horiz = [ConvCache(L.h_weight().data, L.h_conv.bias.data, n, h, w, 0, L.r)
+                 for L in self.layers]                   # padded (r, 0, 0, 0)
+        above = [None] * len(self.layers)    # v_to_h(shift_down(v)) on the current row (n, 2h, W)
+
+        def logits_at(i, j, ch):
+            if j == 0:  # a new row: rows < i are final, and so is the vertical stack on row i - 1
+                v = x[:, :, i - 1] if i else None                              # (n, 1, W)
+                for k, (layer, cache) in enumerate(zip(self.layers, vert)):
+                    if i:
+                        cache.put_row(i - 1, v)
+                        a = cache.row(i - 1)                                   # (n, 2h, W)
+                        v = _gate(a).data
+                    else:  # row 0 gets shift_down's zero row
+                        a = xp.zeros((n, layer.v_to_h.in_channels, w), dtype=x.dtype)
+                    above[k] = conv_at(layer.v_to_h, a)
+            else:       # x at (i, j - 1) was drawn after the last call
+                horiz[0].put(i, j - 1, x[:, :, i, j - 1])
+            hs = x[:, :, i, j]                                                 # (n, 1)
+            for layer, cache, a in zip(self.layers, horiz, above):
+                cache.put(i, j, hs)
+                hh = cache.at(i, j) + a[:, :, j]                               # (n, 2h)
+                out = conv_at(layer.h_out, _gate(hh).data)
+                hs = out if layer.first else hs + out
+            y = conv_at(self.head2, relu(conv_at(self.head1, relu(hs))))       # (n, K)
+            return y.reshape(n, 1, self.k)[:, ch]
+        return logits_at

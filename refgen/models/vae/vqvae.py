@@ -221,9 +221,10 @@ class VQVAE(Module):
         return total + prior_nll
 
     # ------------------------------------------------------------------ generation
-    def sample(self, n, cond=None, *, rng):
-        """k ~ p(k) by the PixelCNN (h w passes), then the decoder's mean at e_k."""
+    def sample(self, n, cond=None, *, rng, sampler=None):
+        """k ~ p(k) by the PixelCNN (its ``sampler``: 'cached', the default, or 'full'), then
+        the decoder's mean at e_k."""
         with no_grad():
-            v = self.prior.sample(int(n), rng=rng)                                  # (n, 1, h, w)
+            v = self.prior.sample(int(n), rng=rng, sampler=sampler)                 # (n, 1, h, w)
             k = F.to_levels(v[:, 0], self.num_codes)                                # (n, h, w) code ids
             return self.likelihood.mean(self.decode(self.lookup(k))).data
