@@ -42,9 +42,9 @@ def _bottom_input(m, h_b, e_t):
     return m.to_code(F.cat([h_b, F.relu(m.decoder_top(e_t))], 1))
 
 
-@pytest.mark.parametrize("ema", [False, True])
+@pytest.mark.parametrize("ema,commitment", [(False, 0.37), (True, 0.37), (None, None)])
 @on_backend("numpy")
-def test_loss_value_and_gradients_per_level_against_a_hand_chain_rule(ema):
+def test_loss_value_and_gradients_per_level_against_a_hand_chain_rule(ema, commitment):
     """m.loss at beta = 0.37 against NumPy: the value is rec + sum_l beta ||z_el - e_l||^2
     (+ ||z_el - e_l||^2 without EMA) + the priors' NLL; each codebook's gradient is
     (2 / B) sum_{cells with code j} (e_j - z_e) (its codebook term alone; none with EMA, where
@@ -52,10 +52,14 @@ def test_loss_value_and_gradients_per_level_against_a_hand_chain_rule(ema):
         dL/dz_eb = dL_rec/de_b + 2 beta (z_eb - e_b) / B
         dL/dz_et = dL_rec/de_t + (dz_eb/de_t)^T dL/dz_eb + 2 beta (z_et - e_t) / B
     (straight-through at both levels: the decoder's and the bottom encoder's gradient with
-    respect to e_t is handed to z_et), taken from leaves and arrays, not stop-gradients."""
-    beta, x = 0.37, _x()
+    respect to e_t is handed to z_et), taken from leaves and arrays, not stop-gradients.
+    (None, None): the defaults, the paper's EMA codebooks and beta = 0.25."""
+    x = _x()
     b = len(x)
-    m = _model(commitment=beta, ema=ema)
+    kw = {k: v for k, v in dict(ema=ema, commitment=commitment).items() if v is not None}
+    m = _model(**kw)
+    beta, ema = commitment or 0.25, True if ema is None else ema
+    assert m.ema == ema
     m.eval()                              # no EMA step inside the loss: the codebooks stay put
     loss = m.loss(Batch(Tensor(x)), default_rng(0))
     loss.backward()
@@ -242,7 +246,7 @@ def test_the_two_stages_train_what_they_should():
         _model(train_autoencoder=False, train_prior=False)
 
 
-@pytest.mark.parametrize("img", [(1, 30, 28), (1, 28, 6), (1, 4, 4)])
+@pytest.mark.parametrize("img", [(1, 30, 28), (1, 28, 10), (1, 4, 4)])
 def test_image_sizes_that_do_not_make_two_grids_are_refused_in_one_line(img):
     with pytest.raises(ValueError, match="multiples of 4") as e:
         _model(img)
@@ -272,6 +276,13 @@ def test_the_conditional_gated_layer_gradients_and_formula(seed, first):
         pre_v = pre_v.data + layer.v_cond(Tensor(s)).data
     gate = np.tanh(pre_v[:, :2]) / (1 + np.exp(-pre_v[:, 2:]))
     np.testing.assert_allclose(v_out.data, gate, rtol=1e-10, atol=1e-12)
+    with no_grad():   # hh = W_h * h_in + W_vh shift_down(W_v * v_in) + V_h s; h_out = [h_in +] W_o gate(hh)
+        v_only = F.conv2d(F.pad(Tensor(v_in), (1, 1, 1, 0)), layer.v_conv.weight, layer.v_conv.bias)
+        pre_h = (F.conv2d(F.pad(Tensor(h_in), (1, 0, 0, 0)), layer.h_conv.weight * layer.h_mask,
+                          layer.h_conv.bias)
+                 + layer.v_to_h(F.pad(v_only, (0, 0, 1, 0))[:, :, :-1]) + layer.h_cond(Tensor(s))).data
+        h_want = layer.h_out(Tensor(np.tanh(pre_h[:, :2]) / (1 + np.exp(-pre_h[:, 2:])))).data
+    np.testing.assert_allclose(h_out.data, h_want + (0 if first else h_in), rtol=1e-10, atol=1e-12)
     assert not np.allclose(h_out.data, h0.data) and not np.allclose(v_out.data, v0.data)
 
 
