@@ -78,6 +78,7 @@ def test_loss_value_and_gradients_per_level_against_a_hand_chain_rule(ema, commi
     logits = m.decode(e_t_leaf, e_b_leaf)
     rec = F.binary_cross_entropy_with_logits(logits, Tensor(x), reduction="sum") * (1.0 / b)
     g_rec_t, g_rec_b = refgen.grad(rec, [e_t_leaf, e_b_leaf])
+    assert np.abs(g_rec_t.data).max() > 1e-4        # the decoder reads the top level too
     lg = logits.data.astype(np.float64)
     rec_np = (np.logaddexp(0, lg) - x * lg).sum() / b
     sq_t = ((z_et - e_t) ** 2).sum((1, 2, 3)).mean()
@@ -150,6 +151,11 @@ def test_ema_updates_both_codebooks_by_their_formula():
     for got, want in zip((m.quant.ema_count, m.quant.ema_sum, m.quant.codebook),
                          expected("bottom", z_eb)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    m.eval()                                            # evaluation leaves the codebooks alone
+    before = [q.codebook.copy() for q in (m.quant_top, m.quant)]
+    m.loss(Batch(Tensor(_x(3, seed=2))), default_rng(0))
+    for q, b in zip((m.quant_top, m.quant), before):
+        np.testing.assert_array_equal(q.codebook, b)
 
 
 def _all_grids(k, shape):
