@@ -104,19 +104,22 @@ def main(argv=None):
                                                  "total_wall_s")}))
 
 
-def fit(args, model, train_ds, test_ds, out):
+def fit(args, model, train_ds, test_ds, out, metrics=None):
     """Stage 1 (everything together), then stage 2 (the prior alone on frozen codes);
-    returns the wall seconds of each."""
+    returns the wall seconds of each. metrics(model, x): the evaluation (test_metrics)."""
     from refgen.train import train
+    metrics = metrics or test_metrics
     common = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, schedule="cosine",
                   test_dataset=test_ds, samples=False,
-                  eval_fn=lambda m, ds: test_metrics(m, ds.x[:2000]))
+                  eval_fn=lambda m, ds: metrics(m, ds.x[:2000]))
     m1 = train(model, train_ds, steps=args.steps, out_dir=out / "stage1",
                eval_every=max(args.steps // 5, 1), log_every=max(args.steps // 50, 1),
                ckpt_every=max(args.steps // 10, 1), **common)
     wall = {"stage1_s": m1["wall_s"]}
     if args.prior_steps > 0:  # stage 2: the prior alone on the frozen autoencoder's codes
         model.train_autoencoder = False
+        if hasattr(model, "train_prior"):  # vqvae2 may have left its priors out of stage 1
+            model.train_prior = True
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("prior.")
         m2 = train(model, train_ds, steps=args.prior_steps, out_dir=out / "stage2",
@@ -138,9 +141,11 @@ def samples_and_fid(args, model, test_ds):
     result["pngs"] = [rel(RESULTS / f"{args.tag}_samples.png"),
                       rel(RESULTS / f"{args.tag}_recon.png")]
     if classifier_available():
-        from refgen.metrics import fid_mnist
+        from refgen.metrics import fid_mnist, kid, mnist_features
         result["fid_mnist"] = fid_mnist(2.0 * s - 1.0, reference=2.0 * test_ds.x - 1.0)
         result["fid_n_samples"] = int(len(s))
+        result["kid_mnist"], result["kid_mnist_se"] = kid(mnist_features(2.0 * s - 1.0),
+                                                          mnist_features(2.0 * test_ds.x - 1.0))
     else:
         result["fid_mnist"] = None
         result["fid_note"] = "MNIST classifier weights not available in this checkout"

@@ -55,6 +55,7 @@ SMOKE_RUNS = [
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
     ("unet_variants_mnist.py", [], True),
     ("vqvae_mnist.py", [], True),
+    ("vqvae2_mnist.py", [], True),
 ]
 
 

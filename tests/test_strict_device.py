@@ -57,6 +57,8 @@ CASES = {
     "cvae": ("mnist-binary", IMG, True, dict(latent_dim=4, hidden="16", num_classes=10)),
     "vqvae": ("mnist-binary", IMG, False, dict(num_codes=8, code_dim=4, channels="8,8",
                                                prior_channels=8, prior_blocks=1)),
+    "vqvae2": ("mnist-binary", IMG, False, dict(num_codes=4, top_codes=3, code_dim=4,
+                                                channels="8,8", prior_channels=8, prior_layers=1)),
     "ddpm": ("mnist", IMG, True, dict(T=30, num_classes=10, channels=8, groups=4,
                                       num_res_blocks=1, learn_sigma=True, guidance=1.0,
                                       sample_steps=5, vlb_timesteps=3)),

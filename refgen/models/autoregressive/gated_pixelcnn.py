@@ -22,6 +22,14 @@ groups is left out.
 Sampling (the cached sampler, fast_sampling.py): the vertical stack on row i - 1 sees rows
 <= i - 1 only, so at the start of row i it is computed for the whole row, once; the
 horizontal stack is then computed at one position per sampled pixel.
+
+Conditioning (the paper's conditional PixelCNN, eq. 5 with a spatial map s = m(h)): a layer
+built with ``cond_channels`` adds V_v * s and V_h * s (1x1 convolutions) to the gates' inputs,
+
+    v_out = tanh(v_1 + V_1 s) . sigmoid(v_2 + V_2 s),   the same for hh,
+
+so every position may read the whole map s (it is given, not generated); VQ-VAE-2's bottom
+prior reads the upsampled top codes this way (refgen/models/vae/vqvae2.py).
 """
 from __future__ import annotations
 
@@ -50,7 +58,8 @@ def _shift_down(a):
 class GatedLayer(Module):
     """One layer of both stacks; ``first`` makes the horizontal kernel type A (no centre)."""
 
-    def __init__(self, in_channels: int, channels: int, kernel: int, first: bool, rng=None):
+    def __init__(self, in_channels: int, channels: int, kernel: int, first: bool, rng=None,
+                 cond_channels: int = 0):
         super().__init__()
         self.first, self.r = first, kernel // 2
         self.v_conv = Conv2d(in_channels, 2 * channels, (self.r + 1, kernel), rng=rng)
@@ -61,17 +70,22 @@ class GatedLayer(Module):
         if first:
             mask[..., -1] = 0  # the centre tap: x_i must not see itself
         self.register_buffer("h_mask", mask)
+        if cond_channels:  # V_v, V_h of the conditional gates
+            self.v_cond = Conv2d(cond_channels, 2 * channels, 1, rng=rng)
+            self.h_cond = Conv2d(cond_channels, 2 * channels, 1, rng=rng)
 
     def h_weight(self):
         """The horizontal kernel times its mask, (2h, in, 1, r + 1)."""
         return self.h_conv.weight * self.h_mask
 
-    def forward(self, v_in, h_in):
+    def forward(self, v_in, h_in, cond=None):
         r = self.r
         v = self.v_conv(F.pad(v_in, (r, r, r, 0)))                   # rows i-r..i, cols j-r..j+r
         hh = F.conv2d(F.pad(h_in, (r, 0, 0, 0)), self.h_weight(),
                       self.h_conv.bias)                              # row i, cols j-r..j (A: ..j-1)
         hh = hh + self.v_to_h(_shift_down(v))                        # + rows < i
+        if cond is not None:                                         # + V s, s (B, c_s, H, W)
+            v, hh = v + self.v_cond(cond), hh + self.h_cond(cond)
         h_out = self.h_out(_gate(hh))
         return _gate(v), (h_out if self.first else h_in + h_out)
 

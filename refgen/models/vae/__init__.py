@@ -7,6 +7,8 @@
 - ``linear-vae``: probabilistic PCA as a VAE, where every term is exact (linear.py).
 - ``vqvae``: a codebook bottleneck with the straight-through gradient and a PixelCNN prior
   over the code grid (vqvae.py).
+- ``vqvae2``: two levels of codes (a coarse top grid feeding a finer bottom grid), gated
+  PixelCNN priors p(k_top) p(k_bottom | k_top) (vqvae2.py).
 - ``kl-autoencoder``, ``vq-autoencoder``: latent diffusion's first stage, an image to a small
   latent grid with a small KL penalty or a quantizer (regularized.py).
 """
@@ -15,7 +17,8 @@ from refgen.models.vae.vae import VAE, BetaVAE, ConditionalVAE, IWAE
 from refgen.models.vae.linear import LinearGaussianVAE, ppca_mle
 from refgen.models.vae.vqvae import VQVAE, nearest_code, perplexity
 from refgen.models.vae.regularized import KLAutoencoder, VQAutoencoder
+from refgen.models.vae.vqvae2 import VQVAE2
 
 __all__ = ["Autoencoder", "LinearAutoencoder", "VAE", "BetaVAE", "ConditionalVAE", "IWAE",
            "LinearGaussianVAE", "ppca_mle", "VQVAE", "nearest_code", "perplexity",
-           "KLAutoencoder", "VQAutoencoder"]
+           "KLAutoencoder", "VQAutoencoder", "VQVAE2"]

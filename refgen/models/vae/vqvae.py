@@ -49,7 +49,7 @@ from refgen.models.vae.nets import ConvHead, ConvTrunk, conv_shapes
 from refgen.models.vae.nets import activation as _activation
 from refgen.nn import Conv2d, Module, Parameter, init, parse_hidden
 
-__all__ = ["VQVAE", "nearest_code", "perplexity"]
+__all__ = ["VQVAE", "ema_codebook_update", "nearest_code", "perplexity"]
 
 
 def nearest_code(z, codebook):
@@ -69,6 +69,18 @@ def perplexity(indices, num_codes: int) -> float:
     p = xp.bincount(idx, minlength=num_codes) / max(idx.size, 1)
     p = p[p > 0]
     return float(xp.exp(-(p * xp.log(p)).sum()))
+
+
+def ema_codebook_update(ema_count, ema_sum, flat, k, decay, eps=1e-5):
+    """(Q3) on arrays: counts N (K,), sums m (K, D), encoder outputs flat (N, D) assigned to
+    codes k (N,) -> the new (N, m, codebook e = m / N), N Laplace-smoothed by eps."""
+    g, num_codes = decay, ema_count.shape[0]
+    onehot = (k[:, None] == xp.arange(num_codes)).astype(flat.dtype)      # (N, K)
+    ema_count = g * ema_count + (1 - g) * onehot.sum(0)
+    ema_sum = g * ema_sum + (1 - g) * (onehot.T @ flat)
+    n = ema_count.sum()
+    count = (ema_count + eps) / (n + num_codes * eps) * n                  # Laplace smoothing
+    return ema_count, ema_sum, (ema_sum / count[:, None]).astype(ema_sum.dtype)
 
 
 @register("vqvae")
@@ -180,13 +192,8 @@ class VQVAE(Module):
     # ------------------------------------------------------------------ training
     def _ema_update(self, flat, k):
         """(Q3): moving averages of the code counts and of the vectors assigned to each code."""
-        g, eps = self.ema_decay, 1e-5
-        onehot = (k[:, None] == xp.arange(self.num_codes)).astype(flat.dtype)   # (N, K)
-        self.ema_count = g * self.ema_count + (1 - g) * onehot.sum(0)
-        self.ema_sum = g * self.ema_sum + (1 - g) * (onehot.T @ flat)
-        n = self.ema_count.sum()
-        count = (self.ema_count + eps) / (n + self.num_codes * eps) * n          # Laplace smoothing
-        self.codebook = (self.ema_sum / count[:, None]).astype(self.codebook.dtype)
+        self.ema_count, self.ema_sum, self.codebook = ema_codebook_update(
+            self.ema_count, self.ema_sum, flat, k, self.ema_decay)
 
     def loss(self, batch, rng):
         """(Q2) (with (Q3) for ema=True) plus the prior's NLL of the batch's codes."""
