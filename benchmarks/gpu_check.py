@@ -13,9 +13,10 @@ the others still run:
 3. timings: matmul, conv2d forward+backward, attention forward+backward, a 28x28 U-Net
    training step and a GPT training step, synchronised medians, and the same ops in torch on
    CUDA when torch is importable;
-4. training: the 28x28 diffusion U-Net (the diffusion_mnist28_small recipe) and the gated
-   PixelCNN, ``--train-s`` seconds each through refgen.train.train: steps per second and the
-   loss curve (MNIST from REFGEN_DATA_DIR, else random stand-in images, recorded as such).
+4. training: the 28x28 diffusion U-Net (the diffusion_mnist28_small recipe), the gated
+   PixelCNN and the Diagonal BiLSTM PixelRNN (the pixelrnn_diagonal_mnist run's size),
+   ``--train-s`` seconds each through refgen.train.train: steps per second and the loss curve
+   (MNIST from REFGEN_DATA_DIR, else random stand-in images, recorded as such).
 
 ``--smoke``: the NumPy backend, one test file, tiny shapes and models, two training steps.
 """
@@ -276,7 +277,7 @@ T0 = time.perf_counter()
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tests-s", type=int, default=240, help="time limit of the test suite")
-    ap.add_argument("--train-s", type=int, default=100, help="seconds of training per model")
+    ap.add_argument("--train-s", type=int, default=75, help="seconds of training per model")
     ap.add_argument("--repeat", type=int, default=10, help="timed calls per op")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,timings,training")
     ap.add_argument("--out", default=None, help="result file (default: results/gpu_check.json)")
@@ -300,6 +301,9 @@ def main():
             64, 1e-3, secs), out)
         part(res, "train_gated_pixelcnn", lambda: train_for(
             "gated-pixelcnn", "mnist-binary", ({"channels": 4, "layers": 2} if SMOKE else {}), 16, 1e-3, secs), out)
+        part(res, "train_diagonal_bilstm", lambda: train_for(
+            "pixelrnn", "mnist-binary", dict(variant="diagonal", hidden=smoke(16, 4), layers=smoke(3, 1)),
+            16, 2e-3, secs), out)
     failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
     if failed:
         print(f"parts that failed: {', '.join(failed)}", file=sys.stderr)
