@@ -4,7 +4,7 @@ about one network pass of work an image instead of H W C."""
 import numpy as np
 import pytest
 
-from refgen.backend import default_rng, to_numpy
+from refgen.backend import asarray, default_rng, to_numpy
 from refgen.cli import sample_options
 from refgen.models import create
 from refgen.models.autoregressive import fast_sampling, gated_pixelcnn, pixelcnn
@@ -35,7 +35,7 @@ def _perturbed(name, shape, opts, seed=0, double=False):
     g = np.random.default_rng(100 + seed)
     for p in model.parameters():
         scale = float(np.std(to_numpy(p.data))) or 0.1
-        p.data[...] = p.data + (0.5 * scale * g.standard_normal(p.data.shape)).astype(p.data.dtype)
+        p.data[...] = p.data + asarray((0.5 * scale * g.standard_normal(p.data.shape)).astype(p.data.dtype))
     return model
 
 
@@ -88,7 +88,7 @@ def test_vqvae_prior_samples_the_same_codes():
                prior_channels=8, prior_blocks=2)
     g = np.random.default_rng(5)
     for p in m.prior.parameters():
-        p.data[...] = p.data + (0.3 * g.standard_normal(p.data.shape)).astype(p.data.dtype)
+        p.data[...] = p.data + asarray((0.3 * g.standard_normal(p.data.shape)).astype(p.data.dtype))
     assert m.prior.one_hot and m.prior.data_shape == (1, 4, 3)
     codes_full = to_numpy(m.prior.sample(8, rng=default_rng(4), sampler="full"))
     assert len(np.unique(codes_full)) > 2

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 import refgen
 import refgen.functional as F
 from refgen.autograd import Tensor, no_grad
-from refgen.backend import default_rng
+from refgen.backend import asarray, default_rng
 from refgen.models import create
 from refgen.models.autoregressive.gated_pixelcnn import GatedLayer
 from refgen.models.base import Batch
@@ -168,7 +168,7 @@ def _generic(m, scale=0.4):
     first cell's distribution uniform), so that every test distribution is a generic one."""
     g = np.random.default_rng(7)
     for p in m.prior.parameters():
-        p.data = (p.data + scale * g.normal(size=p.shape)).astype(p.data.dtype)
+        p.data = p.data + asarray((scale * g.normal(size=p.shape)).astype(p.data.dtype))
     return m
 
 
