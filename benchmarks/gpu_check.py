@@ -14,7 +14,8 @@ the others still run:
    training step and a GPT training step, synchronised medians, and the same ops in torch on
    CUDA when torch is importable;
 4. training: the 28x28 diffusion U-Net (the diffusion_mnist28_small recipe), the gated
-   PixelCNN and the Diagonal BiLSTM PixelRNN (the pixelrnn_diagonal_mnist run's size),
+   PixelCNN, the Diagonal BiLSTM PixelRNN (the pixelrnn_diagonal_mnist run's size) and the
+   MNIST EBM with its 20 SGLD steps per training step (energy_mnist.py's recipe),
    ``--train-s`` seconds each through refgen.train.train: steps per second and the loss curve
    (MNIST from REFGEN_DATA_DIR, else random stand-in images, recorded as such).
 
@@ -37,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, SMOKE, add_smoke, command, machine, smoke, write_json  # noqa: E402
+from energy_mnist import SGLD as EBM_SGLD  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -277,7 +279,7 @@ T0 = time.perf_counter()
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tests-s", type=int, default=240, help="time limit of the test suite")
-    ap.add_argument("--train-s", type=int, default=75, help="seconds of training per model")
+    ap.add_argument("--train-s", type=int, default=60, help="seconds of training per model")
     ap.add_argument("--repeat", type=int, default=10, help="timed calls per op")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,timings,training")
     ap.add_argument("--out", default=None, help="result file (default: results/gpu_check.json)")
@@ -304,6 +306,9 @@ def main():
         part(res, "train_diagonal_bilstm", lambda: train_for(
             "pixelrnn", "mnist-binary", dict(variant="diagonal", hidden=smoke(16, 4), layers=smoke(3, 1)),
             16, 2e-3, secs), out)
+        part(res, "train_mnist_ebm", lambda: train_for(
+            "ebm", "mnist", dict(EBM_SGLD, **({"channels": 4, "buffer_size": 16, "mcmc_steps": 2}
+                                              if SMOKE else {})), smoke(64, 8), 2e-4, secs), out)
     failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
     if failed:
         print(f"parts that failed: {', '.join(failed)}", file=sys.stderr)

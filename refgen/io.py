@@ -352,19 +352,24 @@ def _tick(v: float) -> str:
 def line_plot(xs, ys, *, xlabel: str, ylabel: str, point_labels=None, size: int = 420,
               margin: int = 48):
     """(size, size, 3) float RGB image: the points (xs[i], ys[i]) joined in order by straight
-    segments, both axes starting at 0 and ending 10% above the largest value, with the axis
-    names and the tick values 0 and max written on them, and ``point_labels[i]`` beside
-    point i. Returns (image, (x_max, y_max))."""
+    segments, the x axis from 0 and the y axis from 0 (or 10% below the smallest value when
+    one is negative, with a grey line at y = 0) to 10% above the largest, with the axis
+    names and the tick values written on them, and ``point_labels[i]`` beside point i.
+    Returns (image, (x_max, y_max))."""
     xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
     if xs.shape != ys.shape or xs.ndim != 1 or len(xs) == 0:
         raise ValueError(f"line_plot needs two 1-d arrays of one length; got {xs.shape} and {ys.shape}")
-    if np.any(xs < 0) or np.any(ys < 0) or not np.all(np.isfinite(xs) & np.isfinite(ys)):
-        raise ValueError("line_plot draws finite non-negative values (its axes start at 0)")
+    if np.any(xs < 0) or not np.all(np.isfinite(xs) & np.isfinite(ys)):
+        raise ValueError("line_plot draws finite values with non-negative x (its x axis starts at 0)")
     x_max, y_max = 1.1 * max(xs.max(), 1e-12), 1.1 * max(ys.max(), 1e-12)
+    y_min = min(1.1 * ys.min(), 0.0)
     img = np.ones((size, size, 3))
     inner = size - 2 * margin
-    rows = size - margin - ys / y_max * inner                       # y up
+    rows = size - margin - (ys - y_min) / (y_max - y_min) * inner   # y up
     cols = margin + xs / x_max * inner
+    if y_min < 0:                                                   # the line y = 0
+        img[int(size - margin - -y_min / (y_max - y_min) * inner), margin:size - margin] = 0.7
+        draw_text(img, _tick(y_min), size - margin - 5, margin - 6 - text_width(_tick(y_min)))
     img[size - margin, margin:size - margin] = 0.0                  # x axis
     img[margin:size - margin + 1, margin] = 0.0                     # y axis
     for (r0, c0), (r1, c1) in zip(zip(rows, cols), zip(rows[1:], cols[1:])):

@@ -55,6 +55,7 @@ class NonFiniteEnergy(FloatingPointError):
 class MCMCResult(NamedTuple):
     x: object                # xp array (N, *shape): the chains' last states
     acceptance_rate: float   # fraction of proposals accepted (1.0 for ULA: no test)
+    grad_norm: float | None = None  # ULA: mean over steps and chains of |grad log p(x)|
 
 
 def _check_positive(name, v):
@@ -103,7 +104,8 @@ def langevin_step(x, g, step_size, rng, noise_scale=None):
 
 
 def langevin(x, *, log_prob=None, score=None, n_steps, step_size, noise_scale=None, rng=None):
-    """``n_steps`` ULA steps from x (N, *shape); returns MCMCResult (acceptance 1.0).
+    """``n_steps`` ULA steps from x (N, *shape); returns MCMCResult (acceptance 1.0, and the
+    mean gradient norm along the chains, the diagnostic of Nijkamp et al. 2019).
 
     noise_scale: sigma of the tempered form (default sqrt(step_size), the untempered ULA).
     """
@@ -111,10 +113,13 @@ def langevin(x, *, log_prob=None, score=None, n_steps, step_size, noise_scale=No
     if noise_scale is not None:
         _check_positive("noise_scale", noise_scale)
     s, rng = _score_fn(log_prob, score), default_rng(rng)
+    norm_sum = 0.0
     for k in range(int(n_steps)):
-        x = langevin_step(x, s(x, k), step_size, rng, noise_scale)
+        g = s(x, k)
+        norm_sum = norm_sum + xp.sqrt((g * g).reshape(g.shape[0], -1).sum(1)).mean()
+        x = langevin_step(x, g, step_size, rng, noise_scale)
     _check_finite("a chain's state", x, int(n_steps))
-    return MCMCResult(x, 1.0)
+    return MCMCResult(x, 1.0, float(norm_sum) / int(n_steps) if n_steps else None)
 
 
 def _sum_rest(a):

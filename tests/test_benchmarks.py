@@ -31,6 +31,8 @@ SMOKE_RUNS = [
     ("diffusion_fewsteps_2d.py", [], False),
     ("diffusion_mnist.py", [], True),
     ("dit_mnist.py", [], True),
+    ("energy_mnist.py", [], True),
+    ("energy_mnist.py", ["--model", "jem"], True),
     ("fid_reference.py", [], True),
     ("flows_2d.py", [], False),
     ("flows_mnist.py", ["--model", "glow"], True),

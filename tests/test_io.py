@@ -208,7 +208,23 @@ def test_line_plot_puts_points_where_their_values_say():
         r, c = int(300 - 40 - y / y_max * inner), int(40 + x / x_max * inner)
         assert orange[r, c]
     assert orange.sum() == 3 * 49                        # three 7 x 7 markers, nothing else
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="non-negative x"):
         io.line_plot([-1.0], [1.0], xlabel="x", ylabel="y")
+    with pytest.raises(ValueError, match="finite"):
+        io.line_plot([1.0], [np.nan], xlabel="x", ylabel="y")
+
+
+def test_line_plot_with_negative_values_starts_its_y_axis_below_them():
+    xs, ys = [1.0, 4.0, 10.0], [20.0, -5.0, 0.0]
+    img, (x_max, y_max) = io.line_plot(xs, ys, xlabel="x", ylabel="y", size=300, margin=40)
+    assert (x_max, y_max) == pytest.approx((11.0, 22.0))
+    orange = np.all(np.isclose(img, (0.85, 0.33, 0.10)), axis=-1)
+    inner, y_min = 300 - 2 * 40, -5.5
+    for x, y in zip(xs, ys):
+        r = int(300 - 40 - (y - y_min) / (y_max - y_min) * inner)
+        assert orange[r, int(40 + x / x_max * inner)]
+    assert orange.sum() == 3 * 49
+    zero_row = int(300 - 40 - 5.5 / 27.5 * inner)
+    assert np.all(img[zero_row, 135:225] == 0.7)                     # the grey line y = 0
     with pytest.raises(ValueError, match="one length"):
         io.line_plot([1.0, 2.0], [1.0], xlabel="x", ylabel="y")

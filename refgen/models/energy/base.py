@@ -9,7 +9,9 @@ normalise it. Images use the net alone (``base_std=None``).
 
 sample(n): chains from noise (uniform on [-init_range, init_range]^D for vectors, on
 [-1, 1] for images), ``sample_steps`` steps of ``sampler`` ('mala', 'ula' or 'rwm', from
-refgen.samplers); MALA's acceptance rate is kept in ``last_acceptance_rate``.
+refgen.samplers); ULA's noise is ``sample_noise_scale`` (None: sqrt(eps), untempered; image
+models trained with tempered chains sample with the same tempered step). MALA's acceptance
+rate is kept in ``last_acceptance_rate``, ULA's mean gradient norm in ``last_grad_norm``.
 
 log_prob(x) exists for 2D models only: -E(x) - log Z with log Z from grid quadrature
 (quadrature.py), recomputed when the parameters change.
@@ -39,11 +41,15 @@ class EnergyModel(Module):
 
     def __init__(self, data_shape, *, seed=0, hidden=(128, 128), channels=32, base_std=3.0,
                  init_range=4.5, sampler="mala", sample_steps=300, sample_step_size=1e-2,
-                 out_features=1):
+                 sample_noise_scale=None, out_features=1):
         super().__init__()
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         samplers._check_positive("sample_step_size", sample_step_size)
+        if sample_noise_scale is not None:
+            samplers._check_positive("sample_noise_scale", sample_noise_scale)
+            if sampler != "ula":
+                raise ValueError(f"sample_noise_scale tempers ULA only; sampler is {sampler!r}")
         self.data_shape = tuple(int(s) for s in data_shape)
         self.image = len(self.data_shape) == 3
         self.net = energy_net(self.data_shape, hidden, int(channels), int(out_features),
@@ -52,7 +58,8 @@ class EnergyModel(Module):
         self.init_range = 1.0 if self.image else float(init_range)
         self.sampler, self.sample_steps = sampler, int(sample_steps)
         self.sample_step_size = float(sample_step_size)
-        self.last_acceptance_rate = None
+        self.sample_noise_scale = None if sample_noise_scale is None else float(sample_noise_scale)
+        self.last_acceptance_rate = self.last_grad_norm = None
         self._log_z_cache = (None, None)
 
     # --------------------------------------------------------------- the density
@@ -112,7 +119,7 @@ class EnergyModel(Module):
         else:
             out = samplers.random_walk_metropolis(x, log_prob=target, n_steps=n_steps,
                                                   scale=math.sqrt(step_size), rng=rng)
-        self.last_acceptance_rate = out.acceptance_rate
+        self.last_acceptance_rate, self.last_grad_norm = out.acceptance_rate, out.grad_norm
         return out.x
 
     def sample(self, n, cond=None, *, rng, steps=None):
@@ -120,4 +127,4 @@ class EnergyModel(Module):
         from uniform noise."""
         x0 = self.noise(n, rng)
         return self.run_chains(x0, self.sample_steps if steps is None else int(steps),
-                               self.sample_step_size, rng, self.sampler)
+                               self.sample_step_size, rng, self.sampler, self.sample_noise_scale)

@@ -67,9 +67,18 @@ class PersistentChains:
         except NonFiniteEnergy as e:
             raise sampling_failed(e) from e
         self.buffer.push(idx, x)
-        if self.mcmc != "ula":  # MALA and random-walk MH accept or reject: into the log line
+        if self.mcmc == "ula":  # the chains' mean |grad_x E|: into the log line
+            self.last_stats = {"chain_grad_norm": float(self.last_grad_norm)}
+        else:                   # MALA and random-walk MH accept or reject: into the log line
             self.last_stats = {"acceptance_rate": float(self.last_acceptance_rate)}
         return x
+
+    def chain_loss(self, x_pos, x_neg):
+        """contrastive_loss on E(x+) and E(x-); logs the energy gap mean E(x+) - mean E(x-)
+        (Nijkamp et al. 2019's diagnostic: near 0 when the chains match the data)."""
+        e_pos, e_neg = self.energy(x_pos), self.energy(Tensor(x_neg))
+        self.last_stats["energy_gap"] = float(e_pos.data.mean() - e_neg.data.mean())
+        return contrastive_loss(e_pos, e_neg, self.alpha)
 
 
 @register("ebm")
@@ -80,7 +89,7 @@ class EBM(PersistentChains, EnergyModel):
     default, 'mala', 'rwm'), mcmc_steps per training step from the replay buffer,
     mcmc_step_size its eps, noise_scale its sigma (None: sqrt(eps), the untempered ULA).
     buffer_size persistent chains, a ``reinit`` fraction restarted from noise each step.
-    The density, sampler and normaliser are EnergyModel's (base.py).
+    sample_noise_scale tempers the ULA of ``sample`` (None: untempered). The density, sampler and normaliser are EnergyModel's (base.py).
     """
 
     default_train = dict(steps=4000, batch_size=256, lr=1e-3)
@@ -88,10 +97,11 @@ class EBM(PersistentChains, EnergyModel):
     def __init__(self, data_shape, *, seed=0, hidden=(128, 128), channels=32, base_std=3.0,
                  init_range=4.5, alpha=0.01, mcmc="ula", mcmc_steps=40, mcmc_step_size=1e-2,
                  noise_scale=None, buffer_size=10000, reinit=0.05, sampler="mala",
-                 sample_steps=300, sample_step_size=1e-2):
+                 sample_steps=300, sample_step_size=1e-2, sample_noise_scale=None):
         super().__init__(data_shape, seed=seed, hidden=hidden, channels=channels,
                          base_std=base_std, init_range=init_range, sampler=sampler,
-                         sample_steps=sample_steps, sample_step_size=sample_step_size)
+                         sample_steps=sample_steps, sample_step_size=sample_step_size,
+                         sample_noise_scale=sample_noise_scale)
         self.alpha = float(alpha)
         self._init_chains(buffer_size, reinit, int(seed), mcmc, mcmc_steps, mcmc_step_size,
                           noise_scale)
@@ -99,4 +109,4 @@ class EBM(PersistentChains, EnergyModel):
     def loss(self, batch, rng):
         """The contrastive loss on a batch x+ and as many negatives x- from the chains."""
         x_neg = self.negatives(batch.x.shape[0], rng)
-        return contrastive_loss(self.energy(batch.x), self.energy(Tensor(x_neg)), self.alpha)
+        return self.chain_loss(batch.x, x_neg)

@@ -9,16 +9,17 @@ and is trained on log p(x, y) = log p(y | x) + log p(x): cross-entropy plus the
 maximum-likelihood contrastive loss of E (ebm.py), its negatives from SGLD chains in a replay
 buffer. JEM's SGLD is the tempered step (refgen.samplers): x + eps/2 grad log p + sigma z with
 eps/2 = 1 and sigma = 0.01 (its paper's settings for images in [-1, 1]), not the untempered
-sqrt(eps); ``noise_scale=None`` gives the untempered form.
+sqrt(eps); ``noise_scale=None`` gives the untempered form. ``sample`` runs the same tempered
+step from noise (``sample_noise_scale`` = 0.01).
 """
 from __future__ import annotations
 
 import refgen.functional as F
-from refgen.autograd import Tensor, as_tensor
+from refgen.autograd import as_tensor
 from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.energy.base import EnergyModel
-from refgen.models.energy.ebm import PersistentChains, contrastive_loss
+from refgen.models.energy.ebm import PersistentChains
 
 __all__ = ["JEM"]
 
@@ -33,13 +34,13 @@ class JEM(PersistentChains, EnergyModel):
     def __init__(self, data_shape, *, num_classes=10, seed=0, hidden=(128, 128), channels=32,
                  base_std=None, init_range=4.5, alpha=0.0, mcmc="ula", mcmc_steps=20,
                  mcmc_step_size=2.0, noise_scale=0.01, buffer_size=10000, reinit=0.05,
-                 sampler="ula", sample_steps=100, sample_step_size=2.0):
+                 sampler="ula", sample_steps=100, sample_step_size=2.0, sample_noise_scale=0.01):
         if num_classes is None or int(num_classes) < 2:
             raise ValueError(f"jem needs labelled data with at least 2 classes, got num_classes={num_classes}")
         super().__init__(data_shape, seed=seed, hidden=hidden, channels=channels,
                          base_std=base_std, init_range=init_range, sampler=sampler,
                          sample_steps=sample_steps, sample_step_size=sample_step_size,
-                         out_features=int(num_classes))
+                         sample_noise_scale=sample_noise_scale, out_features=int(num_classes))
         self.num_classes, self.alpha = int(num_classes), float(alpha)
         self._init_chains(buffer_size, reinit, int(seed), mcmc, mcmc_steps, mcmc_step_size,
                           noise_scale)
@@ -58,7 +59,7 @@ class JEM(PersistentChains, EnergyModel):
             raise ValueError("jem trains on labelled data: the batch has no labels")
         ce = F.cross_entropy(self.logits(batch.x), batch.y)                  # -log p(y | x)
         x_neg = self.negatives(batch.x.shape[0], rng)
-        return ce + contrastive_loss(self.energy(batch.x), self.energy(Tensor(x_neg)), self.alpha)
+        return ce + self.chain_loss(batch.x, x_neg)
 
     def sample(self, n, cond=None, *, rng, steps=None):
         """n samples of p_theta(x) by the model's sampler from noise (``cond`` is not used)."""

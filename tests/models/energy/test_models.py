@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from refgen import io, models
-from refgen.autograd import Tensor
+from refgen.autograd import Tensor, grad
 from refgen.backend import default_rng
 from refgen.data import Dataset, toy2d
 from refgen.models.base import Batch
 from refgen.models.energy import (EBM, EBMFCE, EBMNCE, EBMSM, JEM, contrastive_loss,
                                   grid_log_normalizer, nce_loss)
 from refgen.optim import SGD
+from refgen.samplers import langevin
 from refgen.train import TrainingDiverged, train
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
@@ -134,9 +135,9 @@ def test_jem_energies_are_minus_logsumexp_of_the_logits():
         JEM((2,), num_classes=None)
 
 
-def _last_idx(model):
+def _last_idx(model, n=5):
     rng = default_rng(0)
-    return rng.integers(0, model.buffer.chains.shape[0], 5)
+    return rng.integers(0, model.buffer.chains.shape[0], n)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -194,6 +195,52 @@ def test_mala_negatives_log_their_acceptance_rate_and_ula_logs_none(tmp_path):
             assert all(0.0 < r["acceptance_rate"] <= 1.0 for r in log)
         else:
             assert not any("acceptance_rate" in r for r in log)
+            assert all(r["chain_grad_norm"] > 0.0 for r in log)
+        assert all(math.isfinite(r["energy_gap"]) for r in log)
+
+
+def test_the_logged_energy_gap_and_grad_norm_are_the_chains():
+    """energy_gap = mean E(x+) - mean E(x-) on the step's negatives (the loss at alpha = 0,
+    not at alpha > 0); chain_grad_norm = the mean |grad_x E| over the ULA steps and chains."""
+    x = Tensor(toy2d.sample("8gaussians", 8, 1))
+    for alpha in (0.0, 0.3):
+        model = EBM((2,), seed=0, alpha=alpha, mcmc_steps=3, buffer_size=50, **SMALL).double()
+        x0, _ = model.buffer.draw(8, default_rng(0), model.noise)         # the chains' starts
+        loss = model.loss(Batch(x), default_rng(0)).item()
+        x_neg = model.buffer.chains[_last_idx(model, 8)]
+        gap = model.energy(x).data.mean() - model.energy(Tensor(x_neg)).data.mean()
+        assert model.last_stats["energy_gap"] == pytest.approx(gap, rel=1e-12)
+        assert (loss == pytest.approx(gap, rel=1e-12)) == (alpha == 0.0)
+    rng = default_rng(0)
+    rng.integers(0, 50, 8), rng.random(8), model.noise(8, rng)          # what draw() consumed
+    norms, xk = [], x0
+    for _ in range(3):                                                  # the same 3 ULA steps
+        xt = Tensor(xk, requires_grad=True)
+        (g,) = grad((-model.energy(xt)).sum(), xt)
+        norms.append(np.sqrt((g.data ** 2).sum(1)).mean())
+        xk = xk + 0.5 * model.mcmc_step_size * g.data + math.sqrt(model.mcmc_step_size) * \
+            rng.standard_normal(xk.shape, dtype=xk.dtype)
+    np.testing.assert_allclose(xk, x_neg, rtol=1e-12)
+    assert model.last_stats["chain_grad_norm"] == pytest.approx(np.mean(norms), rel=1e-12)
+
+
+def test_sample_noise_scale_tempers_the_sampling_chain():
+    """sample() with sample_noise_scale s is ULA from the same noise with sigma = s; JEM
+    samples with its training step's sigma (0.01) by default; MALA cannot be tempered."""
+    model = EBM((2,), seed=0, sampler="ula", sample_steps=4, sample_step_size=0.05,
+                sample_noise_scale=0.02, **SMALL).double()
+    got = model.sample(6, rng=default_rng(3))
+    rng = default_rng(3)
+    want = langevin(model.noise(6, rng), log_prob=lambda v: -model.energy(v), n_steps=4,
+                    step_size=0.05, noise_scale=0.02, rng=rng).x
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    model.sample_noise_scale = None                                    # untempered: another chain
+    assert not np.allclose(model.sample(6, rng=default_rng(3)), want, atol=1e-3)
+    assert JEM((2,), num_classes=3).sample_noise_scale == 0.01
+    with pytest.raises(ValueError, match="tempers ULA only"):
+        EBM((2,), sampler="mala", sample_noise_scale=0.1)
+    with pytest.raises(ValueError, match="sample_noise_scale must be a finite number > 0"):
+        EBM((2,), sampler="ula", sample_noise_scale=0.0)
 
 
 def test_samplers_and_bad_settings_are_one_clear_error():
