@@ -2,8 +2,8 @@
 persistent Langevin chains, then scored on their samples.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/energy_mnist.py --model ebm --steps 4000
-    OPENBLAS_NUM_THREADS=1 python benchmarks/energy_mnist.py --model jem --steps 4000 \\
-        --lr 3e-4 --schedule cosine
+    OPENBLAS_NUM_THREADS=1 python benchmarks/energy_mnist.py --model jem --steps 5000 \\
+        --lr 1e-3 --warmup 200 --schedule cosine
 
 Both use the conv energy net of refgen/models/energy/nets.py (three stride-2 3x3 convs,
 32-64-128 channels, SiLU) and JEM's SGLD: 20 tempered Langevin steps per training step,
@@ -61,6 +61,7 @@ def parse(argv=None):
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
+    ap.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warmup")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweep", default="50,100,200,400", help="sampler steps to compare at N = 500")
     ap.add_argument("--eval-n", type=int, default=10000, help="samples for the metrics")
@@ -141,7 +142,7 @@ def main(argv=None):
     train_ds, test_ds = load("mnist", "train"), load("mnist", "test")
     settings = dict(SGLD, **parse_sets(args.set))
     st = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-              schedule=args.schedule, log_every=max(min(args.steps // 100, 25), 1),
+              schedule=args.schedule, warmup=args.warmup, log_every=max(min(args.steps // 100, 25), 1),
               ckpt_every=max(args.steps // 8, 1))
     resume = (out / "checkpoint.npz").exists()
     if resume:  # a run to continue: its own settings

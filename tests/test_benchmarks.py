@@ -33,6 +33,7 @@ SMOKE_RUNS = [
     ("dit_mnist.py", [], True),
     ("energy_mnist.py", [], True),
     ("energy_mnist.py", ["--model", "jem"], True),
+    ("fewsteps_mnist.py", [], True),
     ("fid_reference.py", [], True),
     ("flows_2d.py", [], False),
     ("flows_mnist.py", ["--model", "glow"], True),

@@ -1,0 +1,222 @@
+"""Diffusion with fewer steps on MNIST: a v-parameterised DDPM teacher, progressive
+distillation down to one step, consistency distillation and consistency training, every
+sampler scored by FID and KID at the same N, with the wall time per sample.
+
+    # the teacher (v-parameterised, the mnist-14 recipe of diffusion_mnist14_cosine_fixed)
+    OPENBLAS_NUM_THREADS=1 python benchmarks/diffusion_mnist.py train --out /tmp/refgen_dm14_v \\
+        --data mnist-14 --steps 7000 --chunk 500 --lr 1e-3 --ema 0.999 --warmup 500 \\
+        --set channels=16 --set num_res_blocks=1 --set schedule=cosine --set parameterization=v
+    # the stages (each writes its own result file; run them one per core)
+    OPENBLAS_NUM_THREADS=1 python benchmarks/fewsteps_mnist.py --teacher /tmp/refgen_dm14_v --stage teacher
+    OPENBLAS_NUM_THREADS=1 python benchmarks/fewsteps_mnist.py --teacher /tmp/refgen_dm14_v --stage pd
+    OPENBLAS_NUM_THREADS=1 python benchmarks/fewsteps_mnist.py --teacher /tmp/refgen_dm14_v --stage cd
+    OPENBLAS_NUM_THREADS=1 python benchmarks/fewsteps_mnist.py --teacher /tmp/refgen_dm14_v --stage ct
+
+Stages (benchmarks/results/fewsteps_<data>_<stage>.json each):
+  teacher  deterministic DDIM on progressive distillation's nested grids (64, 16, 8, 4, 2, 1
+           steps), the probability-flow ODE in sigma-time (Euler 18 = 18 NFE, Heun 18 = 35
+           NFE) and ancestral DDPM over ``--ddpm-steps`` strided steps;
+  pd       progressive distillation 64 -> 32 -> ... -> 1 (Algorithm 2, ``--round-steps``
+           Adam steps per round); each round's student scored at its N just before it halves;
+  cd       consistency distillation (31) from the teacher (Heun, N = 18, mu = 0.95, l2),
+           ``--cm-steps`` steps, sampled at 1 and 2 steps;
+  ct       consistency training (32) from scratch (the paper's N(k), mu(k), K = --cm-steps).
+The null label throughout (the teacher's unconditional mode). Metrics: fid_mnist, kid_mnist
+(with its standard error), precision / recall and class_kl of ``--n`` samples from one
+generator seed, and ms per sample of a timed draw of ``--time-n`` samples.
+``--smoke``: a tiny teacher trained here for 4 steps, 2 steps per stage, 20 samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SMOKE, add_smoke, command, load, machine, rel, smoke, write_result  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from refgen import backend, io, models, optim  # noqa: E402
+from refgen.autograd import Tensor, no_grad  # noqa: E402
+from refgen.metrics.evaluation import evaluate  # noqa: E402
+from refgen.models.base import Batch  # noqa: E402
+from refgen.models.diffusion.distill import _x0, ddim_sample  # noqa: E402
+from refgen.models.diffusion.teacher import load_teacher  # noqa: E402
+
+SEED = 0
+TARGETS = {"pd": "the 8-step student's FID at or below the teacher's DDIM-16",
+           "cd": "1-step FID <= 1.5x the teacher's Heun-18 (35 NFE) FID; 2 steps better than 1"}
+
+
+class Draw:
+    """A sampler as ``evaluate`` reads a model: sample(n, cond=None, *, rng)."""
+    training = False
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def sample(self, n, cond=None, *, rng):
+        with no_grad():
+            return self.fn(n, rng)
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+def score(fn, test_ds, n, time_n, nfe):
+    """The sample metrics of ``n`` draws of fn(n, rng), and the ms per sample of ``time_n``."""
+    t = time.perf_counter()
+    Draw(fn).sample(time_n, rng=backend.default_rng(SEED + 1))
+    ms = 1000 * (time.perf_counter() - t) / time_n
+    m = evaluate(Draw(fn), test_ds, n_samples=n, sample_batch=250)
+    keep = ("fid_mnist", "kid_mnist", "kid_mnist_se", "precision", "recall", "class_kl", "fid_n_samples")
+    return dict({k: m[k] for k in keep if k in m}, nfe=nfe, ms_per_sample=round(ms, 3))
+
+
+def fit(model, ds, steps, lr, seed, batch_size, log):
+    """``steps`` of model.train_step on random batches (Adam); losses into ``log``."""
+    opts = {"model": optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)}
+    rng, noise = np.random.default_rng(seed), backend.default_rng(seed)
+    model.train()
+    t = time.perf_counter()
+    for k in range(steps):
+        xb = ds.x[rng.integers(0, len(ds.x), batch_size)]
+        info = model.train_step(Batch(Tensor(backend.asarray(xb))), opts, noise)
+        if (k + 1) % max(1, steps // 10) == 0:
+            log.append((k + 1, round(info["loss"], 5)))
+            print(f"  step {k + 1}/{steps}  loss {info['loss']:.5f}  "
+                  f"{(k + 1) / (time.perf_counter() - t):.2f} steps/s", flush=True)
+    model.eval()
+    return time.perf_counter() - t
+
+
+def teacher_ddim(teacher, K):
+    return lambda n, rng: ddim_sample(lambda z, tt: _x0(teacher, Tensor(z), tt).data, teacher.schedule,
+                                      K, rng.standard_normal((n,) + teacher.data_shape, dtype=np.float32)
+                                      ) * teacher.data_scale
+
+
+def stage_teacher(teacher, args, test_ds, res):
+    for K in map(int, args.ddim.split(",")):
+        res[f"ddim{K}"] = score(teacher_ddim(teacher, K), test_ds, args.n, args.time_n, K)
+        print(f"teacher DDIM-{K}: {json.dumps(res[f'ddim{K}'])}", flush=True)
+    for method, nfe in (("euler", 18), ("heun", 35)):
+        res[f"ode_{method}18"] = score(lambda n, rng: teacher.sample(n, rng=rng, sampler=method, steps=18),
+                                       test_ds, args.n, args.time_n, nfe)
+        print(f"teacher {method}-18: {json.dumps(res[f'ode_{method}18'])}", flush=True)
+    K = args.ddpm_steps
+    res[f"ddpm{K}"] = score(lambda n, rng: teacher.sample(n, rng=rng, steps=K), test_ds, args.n,
+                            args.time_n, K)
+    print(f"teacher DDPM-{K}: {json.dumps(res[f'ddpm{K}'])}", flush=True)
+
+
+def stage_pd(teacher, args, train_ds, test_ds, res):
+    pd = models.create("progressive-distillation", data_shape=train_ds.shape, seed=SEED,
+                       teacher=teacher, teacher_steps=64, round_steps=args.round_steps, min_steps=1)
+    res.update(round_steps=args.round_steps, lr=args.lr, batch_size=args.batch_size, rounds={})
+    wall = 0.0
+    for r in range(6):
+        N, log = int(pd.N), []
+        print(f"progressive distillation: round {r + 1}, {2 * N} -> {N} steps", flush=True)
+        # the halving happens inside the round's last train_step: score the student just before
+        wall += fit(pd, train_ds, args.round_steps - 1, args.lr, SEED + r, args.batch_size, log)
+        res["rounds"][str(N)] = dict(score(lambda n, rng: pd.sample(n, rng=rng, steps=N), test_ds,
+                                           args.n, args.time_n, N), loss=log)
+        print(f"  student {N} steps: FID {res['rounds'][str(N)]['fid_mnist']:.2f}", flush=True)
+        wall += fit(pd, train_ds, 1, args.lr, SEED + 100 + r, args.batch_size, [])
+        res["train_wall_s"] = round(wall, 1)
+        yield
+
+
+def stage_cm(kind, teacher, args, train_ds, test_ds, res):
+    net = {k: getattr(teacher.network, k) for k in ("channels", "num_res_blocks", "groups")
+           if getattr(teacher.network, k) is not None}                 # the teacher's U-Net size
+    if kind == "cd":
+        cm = models.create("consistency-distillation", data_shape=train_ds.shape, seed=SEED,
+                           teacher=teacher, N=18, mu=0.95, solver="heun", **net)
+    else:
+        cm = models.create("consistency-training", data_shape=train_ds.shape, seed=SEED,
+                           K=args.cm_steps, **net)
+    log = []
+    res.update(train_steps=args.cm_steps, lr=args.cm_lr, batch_size=args.batch_size,
+               epsilon=cm.epsilon, T=cm.T, network=net, params=cm.num_parameters(), loss=log)
+    res["train_wall_s"] = round(fit(cm, train_ds, args.cm_steps, args.cm_lr, SEED, args.batch_size, log), 1)
+    for K in (1, 2):
+        res[f"steps{K}"] = score(lambda n, rng: cm.sample(n, rng=rng, steps=K), test_ds, args.n,
+                                 args.time_n, K)
+        print(f"{kind} {K} step(s): {json.dumps(res[f'steps{K}'])}", flush=True)
+    grid = RESULTS / f"fewsteps_{args.data.replace('-', '')}_{kind}_1step.png"
+    with no_grad():
+        x = backend.to_numpy(cm.sample(64, rng=backend.default_rng(SEED + 2), steps=1))
+    io.write_png(grid, io.image_grid(np.clip((x + 1) / 2, 0, 1)))
+    res["png"] = rel(grid)
+    yield
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", help="the v-parameterised ddpm run directory")
+    ap.add_argument("--stage", required=not SMOKE, choices=["teacher", "pd", "cd", "ct"])
+    ap.add_argument("--data", default="mnist-14", choices=["mnist-14", "mnist"])
+    ap.add_argument("--n", type=int, default=2000, help="samples per FID / KID")
+    ap.add_argument("--time-n", type=int, default=250, help="samples of the timed draw")
+    ap.add_argument("--ddim", default="64,16,8,4,2,1")
+    ap.add_argument("--ddpm-steps", type=int, default=100)
+    ap.add_argument("--round-steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=2e-4, help="progressive distillation's Adam lr")
+    ap.add_argument("--cm-steps", type=int, default=3000)
+    ap.add_argument("--cm-lr", type=float, default=4e-4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = add_smoke(ap).parse_args(argv)
+    if SMOKE:
+        args.n, args.time_n, args.round_steps, args.cm_steps, args.ddpm_steps = 20, 4, 2, 2, 4
+    return args
+
+
+def smoke_teacher(train_ds, out):
+    from refgen.train import train
+    m = models.create("ddpm", data_shape=train_ds.shape, num_classes=10, seed=0, channels=4,
+                      num_res_blocks=1, groups=2, T=64, parameterization="v", schedule="cosine")
+    cfg = {"model": "ddpm", "model_kwargs": dict(channels=4, num_res_blocks=1, groups=2, T=64,
+                                                 parameterization="v", schedule="cosine"),
+           "data_facts": {"shape": list(train_ds.shape)}, "num_classes": 10, "train": {"seed": 0}}
+    train(m, train_ds, steps=4, batch_size=8, lr=1e-3, out_dir=out, progress=False, samples=False,
+          evaluate_at_end=False, config=cfg, ema_decay=0.9)
+    return out
+
+
+def main(argv=None):
+    args = parse(argv)
+    train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
+    stages = ["teacher", "pd", "cd", "ct"] if SMOKE else [args.stage]
+    teacher_dir = smoke_teacher(train_ds, RESULTS / "teacher") if SMOKE else args.teacher
+    teacher = load_teacher(teacher_dir, train_ds.shape, "fewsteps_mnist")
+    if teacher.parameterization != "v":
+        raise SystemExit(f"the teacher predicts {teacher.parameterization!r}; train it with "
+                         "--set parameterization=v")
+    for stage in stages:
+        tag = f"fewsteps_{args.data.replace('-', '')}_{stage}"
+        res = {"command": command(), "stage": stage, "data": args.data, "teacher": str(teacher_dir),
+               "n": args.n, "time_n": args.time_n, "target": TARGETS.get(stage)}
+        t0, c0 = time.perf_counter(), time.process_time()
+        if stage == "teacher":
+            steps = iter([stage_teacher(teacher, args, test_ds, res)])
+        elif stage == "pd":
+            steps = stage_pd(teacher, args, train_ds, test_ds, res)
+        else:
+            steps = stage_cm(stage, teacher, args, train_ds, test_ds, res)
+        for _ in steps:  # a result file after every part: a stopped run keeps what it finished
+            res.update(wall_s=round(time.perf_counter() - t0, 1),
+                       process_cpu_s=round(time.process_time() - c0, 1), machine=machine())
+            write_result(tag, res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
