@@ -106,14 +106,17 @@ def stage_teacher(teacher, args, test_ds, res):
     for K in map(int, args.ddim.split(",")):
         res[f"ddim{K}"] = score(teacher_ddim(teacher, K), test_ds, args.n, args.time_n, K)
         print(f"teacher DDIM-{K}: {json.dumps(res[f'ddim{K}'])}", flush=True)
+        yield
     for method, nfe in (("euler", 18), ("heun", 35)):
         res[f"ode_{method}18"] = score(lambda n, rng: teacher.sample(n, rng=rng, sampler=method, steps=18),
                                        test_ds, args.n, args.time_n, nfe)
         print(f"teacher {method}-18: {json.dumps(res[f'ode_{method}18'])}", flush=True)
+        yield
     K = args.ddpm_steps
     res[f"ddpm{K}"] = score(lambda n, rng: teacher.sample(n, rng=rng, steps=K), test_ds, args.n,
                             args.time_n, K)
     print(f"teacher DDPM-{K}: {json.dumps(res[f'ddpm{K}'])}", flush=True)
+    yield
 
 
 def stage_pd(teacher, args, train_ds, test_ds, res):
@@ -206,7 +209,7 @@ def main(argv=None):
                "n": args.n, "time_n": args.time_n, "target": TARGETS.get(stage)}
         t0, c0 = time.perf_counter(), time.process_time()
         if stage == "teacher":
-            steps = iter([stage_teacher(teacher, args, test_ds, res)])
+            steps = stage_teacher(teacher, args, test_ds, res)
         elif stage == "pd":
             steps = stage_pd(teacher, args, train_ds, test_ds, res)
         else:

@@ -95,7 +95,7 @@ def run(name, model_name, args):
         x = test_ds.x[:args.nll_n]
         t = time.perf_counter()
         with no_grad():
-            lp = backend.to_numpy(model.log_prob(x, rtol=args.tol, atol=args.tol))
+            lp = backend.to_numpy(model.log_prob(x, rtol=args.tol, atol=args.tol, rng=backend.default_rng(args.seed)))
         nll = -lp
         out["pf_ode_nll"] = {"test_nll_nats": float(nll.mean()),
                              "se": float(nll.std() / math.sqrt(len(nll))), "n": len(nll),
