@@ -129,6 +129,34 @@ def write_result(tag: str, result: dict) -> Path:
     return write_json(RESULTS / f"{tag}.json", result)
 
 
+def fit(model, ds, steps: int, lr: float, seed: int, batch_size: int, log=None, points: int = 10,
+        quiet: bool = True) -> float:
+    """``steps`` of model.train_step with one Adam over its trainable parameters, batches drawn
+    with replacement (a NumPy generator seeded ``seed``), the model's noise from a backend
+    generator seeded ``seed``; (step, loss) at ``points`` steps appended to ``log``. For the
+    students whose round or schedule lives in the model (progressive distillation, consistency
+    models), where the loop's checkpoints are not needed. Returns the wall seconds."""
+    import numpy as np
+
+    from refgen import backend, optim
+    from refgen.autograd import Tensor
+    from refgen.models.base import Batch
+    opts = {"model": optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)}
+    rng, noise = np.random.default_rng(seed), backend.default_rng(seed)
+    model.train()
+    t = time.perf_counter()
+    for k in range(steps):
+        xb = ds.x[rng.integers(0, len(ds.x), batch_size)]
+        info = model.train_step(Batch(Tensor(backend.asarray(xb))), opts, noise)
+        if log is not None and (k + 1) % max(1, steps // points) == 0:
+            log.append((k + 1, round(info["loss"], 5)))
+            if not quiet:
+                print(f"  step {k + 1}/{steps}  loss {info['loss']:.5f}  "
+                      f"{(k + 1) / (time.perf_counter() - t):.2f} steps/s", flush=True)
+    model.eval()
+    return time.perf_counter() - t
+
+
 def train_and_load(model, train_ds, *, steps: int, batch_size: int, settings: dict, seed: int,
                    quiet: bool = False) -> dict:
     """Train ``model`` in a temporary run directory with ``settings`` (a model's

@@ -35,10 +35,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import RESULTS, command, machine, write_json  # noqa: E402
-from refgen import backend, data, io, metrics, models, optim  # noqa: E402
+from common import RESULTS, command, fit, machine, write_json  # noqa: E402
+from refgen import backend, data, io, metrics, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
-from refgen.models.base import Batch  # noqa: E402
 from refgen.models.diffusion.distill import _x0, ddim_sample  # noqa: E402
 from refgen.train import CHECKPOINT, load_weights, train  # noqa: E402
 
@@ -57,21 +56,6 @@ def timed(fn):
     with no_grad():
         s = backend.to_numpy(fn())
     return s, time.perf_counter() - t
-
-
-def fit(model, train_ds, steps, lr, seed, batch_size=256, ema=None, log=None):
-    """Steps of model.train_step (or loss + Adam) on random batches; returns wall seconds."""
-    opts = {"model": optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)}
-    rng, noise = np.random.default_rng(seed), backend.default_rng(seed)
-    model.train()
-    t = time.perf_counter()
-    for k in range(steps):
-        xb = train_ds.x[rng.integers(0, len(train_ds.x), batch_size)]
-        info = model.train_step(Batch(Tensor(backend.asarray(xb))), opts, noise)
-        if log is not None and (k + 1) % max(1, steps // 5) == 0:
-            log.append((k + 1, round(info["loss"], 5)))
-    model.eval()
-    return time.perf_counter() - t
 
 
 def main():
@@ -132,10 +116,10 @@ def main():
         log = []
         # a round ends after round_steps steps; the halving happens inside train_step, so the
         # round's student is sampled from a copy of its weights taken just before the last step
-        wall += fit(pd, train_ds, args.round_steps - 1, 3e-4, args.seed + r, log=log)
+        wall += fit(pd, train_ds, args.round_steps - 1, 3e-4, args.seed + r, 256, log, points=5)
         s, w = timed(lambda: pd.sample(n, rng=rng(), steps=N))
         res["progressive"]["rounds"][str(N)] = dict(score(s, ref, w, n, N), loss=log)
-        wall += fit(pd, train_ds, 1, 3e-4, args.seed + 100 + r)
+        wall += fit(pd, train_ds, 1, 3e-4, args.seed + 100 + r, 256)
         if N in (4, 2, 1):
             pictures.append(s)
         print(N, json.dumps(res["progressive"]["rounds"][str(N)], default=float), flush=True)
@@ -149,7 +133,7 @@ def main():
                        sigma_data=sd)
     for label, cm in (("consistency_distillation", cd), ("consistency_training", ct)):
         log = []
-        w_train = fit(cm, train_ds, args.cm_steps, 4e-4, args.seed, log=log)
+        w_train = fit(cm, train_ds, args.cm_steps, 4e-4, args.seed, 256, log, points=5)
         res[label] = {"train_steps": args.cm_steps, "lr": 4e-4, "sigma_data": sd, "loss": log,
                       "train_wall_s": round(w_train, 1), "epsilon": cm.epsilon, "T": cm.T}
         for K in (1, 2, 4):

@@ -35,14 +35,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SMOKE, add_smoke, command, load, machine, rel, smoke, write_result  # noqa: E402
+from common import RESULTS, SMOKE, add_smoke, command, fit, load, machine, rel, write_result  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from refgen import backend, io, models, optim  # noqa: E402
+from refgen import backend, io, models  # noqa: E402
 from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.metrics.evaluation import evaluate  # noqa: E402
-from refgen.models.base import Batch  # noqa: E402
 from refgen.models.diffusion.distill import _x0, ddim_sample  # noqa: E402
 from refgen.models.diffusion.teacher import load_teacher  # noqa: E402
 
@@ -79,23 +78,6 @@ def score(fn, test_ds, n, time_n, nfe):
     return dict({k: m[k] for k in keep if k in m}, nfe=nfe, ms_per_sample=round(ms, 3))
 
 
-def fit(model, ds, steps, lr, seed, batch_size, log):
-    """``steps`` of model.train_step on random batches (Adam); losses into ``log``."""
-    opts = {"model": optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)}
-    rng, noise = np.random.default_rng(seed), backend.default_rng(seed)
-    model.train()
-    t = time.perf_counter()
-    for k in range(steps):
-        xb = ds.x[rng.integers(0, len(ds.x), batch_size)]
-        info = model.train_step(Batch(Tensor(backend.asarray(xb))), opts, noise)
-        if (k + 1) % max(1, steps // 10) == 0:
-            log.append((k + 1, round(info["loss"], 5)))
-            print(f"  step {k + 1}/{steps}  loss {info['loss']:.5f}  "
-                  f"{(k + 1) / (time.perf_counter() - t):.2f} steps/s", flush=True)
-    model.eval()
-    return time.perf_counter() - t
-
-
 def teacher_ddim(teacher, K):
     return lambda n, rng: ddim_sample(lambda z, tt: _x0(teacher, Tensor(z), tt).data, teacher.schedule,
                                       K, rng.standard_normal((n,) + teacher.data_shape, dtype=np.float32)
@@ -128,11 +110,11 @@ def stage_pd(teacher, args, train_ds, test_ds, res):
         N, log = int(pd.N), []
         print(f"progressive distillation: round {r + 1}, {2 * N} -> {N} steps", flush=True)
         # the halving happens inside the round's last train_step: score the student just before
-        wall += fit(pd, train_ds, args.round_steps - 1, args.lr, SEED + r, args.batch_size, log)
+        wall += fit(pd, train_ds, args.round_steps - 1, args.lr, SEED + r, args.batch_size, log, quiet=False)
         res["rounds"][str(N)] = dict(score(lambda n, rng: pd.sample(n, rng=rng, steps=N), test_ds,
                                            args.n, args.time_n, N), loss=log)
         print(f"  student {N} steps: FID {res['rounds'][str(N)]['fid_mnist']:.2f}", flush=True)
-        wall += fit(pd, train_ds, 1, args.lr, SEED + 100 + r, args.batch_size, [])
+        wall += fit(pd, train_ds, 1, args.lr, SEED + 100 + r, args.batch_size)
         res["train_wall_s"] = round(wall, 1)
         yield
 
@@ -149,7 +131,7 @@ def stage_cm(kind, teacher, args, train_ds, test_ds, res):
     log = []
     res.update(train_steps=args.cm_steps, lr=args.cm_lr, batch_size=args.batch_size,
                epsilon=cm.epsilon, T=cm.T, network=net, params=cm.num_parameters(), loss=log)
-    res["train_wall_s"] = round(fit(cm, train_ds, args.cm_steps, args.cm_lr, SEED, args.batch_size, log), 1)
+    res["train_wall_s"] = round(fit(cm, train_ds, args.cm_steps, args.cm_lr, SEED, args.batch_size, log, quiet=False), 1)
     for K in (1, 2):
         res[f"steps{K}"] = score(lambda n, rng: cm.sample(n, rng=rng, steps=K), test_ds, args.n,
                                  args.time_n, K)

@@ -89,7 +89,8 @@ class EBM(PersistentChains, EnergyModel):
     default, 'mala', 'rwm'), mcmc_steps per training step from the replay buffer,
     mcmc_step_size its eps, noise_scale its sigma (None: sqrt(eps), the untempered ULA).
     buffer_size persistent chains, a ``reinit`` fraction restarted from noise each step.
-    sample_noise_scale tempers the ULA of ``sample`` (None: untempered). The density, sampler and normaliser are EnergyModel's (base.py).
+    sample_noise_scale tempers the ULA of ``sample`` (None: untempered). The density,
+    sampler and normaliser are EnergyModel's (base.py).
     """
 
     default_train = dict(steps=4000, batch_size=256, lr=1e-3)
