@@ -15,9 +15,11 @@ the others still run:
    CUDA when torch is importable;
 4. training: the 28x28 diffusion U-Net (the diffusion_mnist28_small recipe), the gated
    PixelCNN, the Diagonal BiLSTM PixelRNN (the pixelrnn_diagonal_mnist run's size) and the
-   MNIST EBM with its 20 SGLD steps per training step (energy_mnist.py's recipe),
-   ``--train-s`` seconds each through refgen.train.train: steps per second and the loss curve
-   (MNIST from REFGEN_DATA_DIR, else random stand-in images, recorded as such).
+   MNIST EBM with its 20 SGLD steps per training step (energy_mnist.py's recipe), and one
+   progressive-distillation round and consistency distillation on mnist-14 from a teacher of
+   fewsteps_mnist.py's size (a fresh v-parameterised U-Net: the step time, not the quality,
+   is measured), ``--train-s`` seconds each through refgen.train.train: steps per second and
+   the loss curve (MNIST from REFGEN_DATA_DIR, else random stand-in images, recorded as such).
 
 ``--smoke``: the NumPy backend, one test file, tiny shapes and models, two training steps.
 """
@@ -222,11 +224,12 @@ def dataset(name):
     if find_mnist_dir() is not None and not SMOKE:
         return data.load(name, "train"), name
     rng = np.random.default_rng(0)
-    x = rng.random((512, 1, 28, 28)).astype(np.float32)
+    side = 14 if name.startswith("mnist-14") else 28
+    x = rng.random((512, 1, side, side)).astype(np.float32)
     binary = name.endswith("binary")
     x = (x < 0.2).astype(np.float32) if binary else 2 * x - 1
     ds = data.Dataset(name, "train", x, rng.integers(0, 10, 512), "binary" if binary else "continuous",
-                      (1, 28, 28), num_classes=10, value_range=(0.0, 1.0) if binary else (-1.0, 1.0))
+                      (1, side, side), num_classes=10, value_range=(0.0, 1.0) if binary else (-1.0, 1.0))
     return ds, f"random stand-in for {name} (MNIST not found)"
 
 
@@ -235,6 +238,8 @@ def train_for(model_name, data_name, kwargs, batch_size, lr, seconds):
     run resumes for as many steps as fit in ``seconds``."""
     from refgen.train import train
     ds, what = dataset(data_name)
+    if callable(kwargs.get("teacher")):
+        kwargs = dict(kwargs, teacher=kwargs["teacher"](ds))
     model = models.create(model_name, data_shape=ds.shape, seed=0,
                           **({"num_classes": 10} if model_name == "ddpm" else {}), **kwargs)
     first = smoke(10, 1)
@@ -251,11 +256,19 @@ def train_for(model_name, data_name, kwargs, batch_size, lr, seconds):
         wall = time.perf_counter() - t2
         log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl")) if '"loss"' in ln]
     steps = smoke(total, 2) - first
-    return {"model": model_name, "settings": kwargs, "data": what, "batch_size": batch_size, "lr": lr,
+    settings = {k: ("a fresh ddpm" if k == "teacher" else v) for k, v in kwargs.items()}
+    return {"model": model_name, "settings": settings, "data": what, "batch_size": batch_size, "lr": lr,
             "steps": smoke(total, 2), "steps_per_s": round(steps / wall, 2) if steps > 0 else None,
             "first_steps_s_each": round(per_step, 3),
             "loss_curve": [(r["step"], round(float(r["loss"]), 4)) for r in log],
             "parameters": model.num_parameters()}
+
+
+def fresh_teacher(ds):
+    """An untrained v-parameterised DDPM of fewsteps_mnist.py's teacher size."""
+    size = dict(channels=4, num_res_blocks=1, groups=2, T=64) if SMOKE else dict(channels=16, num_res_blocks=1)
+    return models.create("ddpm", data_shape=ds.shape, num_classes=10, seed=0, schedule="cosine",
+                         parameterization="v", **size)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -279,7 +292,7 @@ T0 = time.perf_counter()
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tests-s", type=int, default=240, help="time limit of the test suite")
-    ap.add_argument("--train-s", type=int, default=60, help="seconds of training per model")
+    ap.add_argument("--train-s", type=int, default=40, help="seconds of training per model")
     ap.add_argument("--repeat", type=int, default=10, help="timed calls per op")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,timings,training")
     ap.add_argument("--out", default=None, help="result file (default: results/gpu_check.json)")
@@ -309,6 +322,14 @@ def main():
         part(res, "train_mnist_ebm", lambda: train_for(
             "ebm", "mnist", dict(EBM_SGLD, **({"channels": 4, "buffer_size": 16, "mcmc_steps": 2}
                                               if SMOKE else {})), smoke(64, 8), 2e-4, secs), out)
+        part(res, "train_pd_round_mnist14", lambda: train_for(
+            "progressive-distillation", "mnist-14", dict(teacher=fresh_teacher, teacher_steps=smoke(64, 4),
+                                                         round_steps=10 ** 6), smoke(64, 8), 2e-4, secs), out)
+        part(res, "train_cd_mnist14", lambda: train_for(
+            "consistency-distillation", "mnist-14", dict(teacher=fresh_teacher, N=smoke(18, 4), mu=0.95,
+                                                         solver="heun", channels=smoke(16, 4), num_res_blocks=1,
+                                                         **({"groups": 2} if SMOKE else {})),
+            smoke(64, 8), 4e-4, secs), out)
     failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
     if failed:
         print(f"parts that failed: {', '.join(failed)}", file=sys.stderr)
