@@ -176,6 +176,28 @@ def train_and_load(model, train_ds, *, steps: int, batch_size: int, settings: di
             "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log]}
 
 
+def train_in_chunks(model, ds, out, *, steps, budget_min, chunk, **train_kw):
+    """refgen.train.train in calls of ``chunk`` steps, each resuming the checkpoint in
+    ``out`` (so a stopped run loses at most one chunk), until ``steps`` or ``budget_min``
+    minutes (checked between chunks). Returns the step the checkpoint holds."""
+    import math
+
+    from refgen import io
+    from refgen.train import train
+    done = 0
+    if (Path(out) / "checkpoint.npz").exists():
+        done = int(io.load_checkpoint(Path(out) / "checkpoint.npz")[1]["step"])
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * budget_min if budget_min else math.inf
+    while done < steps and time.perf_counter() < deadline:
+        m = train(model, ds, steps=min(steps, done + chunk), out_dir=out, ckpt_every=chunk,
+                  resume=done > 0, progress=False, samples=False, **train_kw)
+        done = m["steps"]
+        print(f"step {done}  loss {m['loss']:.4f}  wall {m['wall_s']:.0f}s  "
+              f"(this call {time.perf_counter() - t0:.0f}s)", flush=True)
+    return done
+
+
 def read_log(run, key: str) -> list[dict]:
     """The lines of a run directory's log.jsonl that mention ``key``, parsed."""
     lines = (Path(run) / "log.jsonl").read_text().splitlines()
@@ -237,3 +259,55 @@ def sample_grid(model, path, n=64, seed=1234, value_range=(0.0, 1.0), nrow=None,
     io.write_png(path, io.image_grid(x) if nrow is None else io.image_grid(x, nrow=nrow))
     model.train()
     return took
+
+
+class Draw:
+    """A sampler as refgen.metrics.evaluation.evaluate reads a model: sample(n, cond=None, *,
+    rng) -> fn(n, rng) without a graph; ``wall_s`` sums the seconds spent drawing."""
+    training = False
+
+    def __init__(self, fn):
+        self.fn, self.wall_s = fn, 0.0
+
+    def sample(self, n, cond=None, *, rng):
+        from refgen.autograd import no_grad
+        t = time.perf_counter()
+        with no_grad():
+            out = self.fn(n, rng)
+        self.wall_s += time.perf_counter() - t
+        return out
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+class NFECounter:
+    """Counts the rows a network's forward sees while the block runs: ``rows / n`` is the
+    number of network evaluations per sample of n samples (a guided batch of 2n counts twice).
+
+        with NFECounter(model.net) as c:
+            model.sample(n, rng=rng)
+        c.per_sample(n)
+    """
+
+    def __init__(self, net):
+        self.net, self.rows = net, 0
+
+    def __enter__(self):
+        inner = type(self.net).forward.__get__(self.net)
+
+        def forward(x, *a, **kw):
+            self.rows += int(x.shape[0])
+            return inner(x, *a, **kw)
+        object.__setattr__(self.net, "forward", forward)
+        return self
+
+    def __exit__(self, *exc):
+        del self.net.__dict__["forward"]
+        return False
+
+    def per_sample(self, n: int) -> float:
+        return self.rows / max(1, int(n))

@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS, SMOKE, add_smoke, command, load, machine, run_dir, smoke,  # noqa: E402
-                    write_json)
+                    train_in_chunks, write_json)
 
 import numpy as np  # noqa: E402
 
@@ -56,7 +56,7 @@ from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.runs import load_run  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
 from refgen.optim import Adam  # noqa: E402
-from refgen.train import data_facts, train  # noqa: E402
+from refgen.train import data_facts  # noqa: E402
 
 TRAIN = dict(batch_size=64, lr=2e-4, ema=0.999, warmup=500, optimizer="adam",
              schedule="constant", grad_clip=1.0)
@@ -111,24 +111,6 @@ def measure(args):
 
 
 # ----------------------------------------------------------------------------- train
-def train_in_chunks(model, ds, out, *, steps, budget_min, chunk, **train_kw):
-    """refgen.train.train in calls of ``chunk`` steps, each resuming the checkpoint in
-    ``out`` (so a stopped run loses at most one chunk), until ``steps`` or ``budget_min``
-    minutes (checked between chunks). Returns the step the checkpoint holds."""
-    done = 0
-    if (out / "checkpoint.npz").exists():
-        done = int(io.load_checkpoint(out / "checkpoint.npz")[1]["step"])
-    t0 = time.perf_counter()
-    deadline = t0 + 60 * budget_min if budget_min else math.inf
-    while done < steps and time.perf_counter() < deadline:
-        m = train(model, ds, steps=min(steps, done + chunk), out_dir=out, ckpt_every=chunk,
-                  resume=done > 0, progress=False, samples=False, **train_kw)
-        done = m["steps"]
-        print(f"step {done}  loss {m['loss']:.4f}  wall {m['wall_s']:.0f}s  "
-              f"(this call {time.perf_counter() - t0:.0f}s)", flush=True)
-    return done
-
-
 def train_run(args):
     """Train in chunks until --steps or --budget-min is reached; resumable (--resume)."""
     out = Path(args.out)

@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SMOKE, add_smoke, command, fit, load, machine, rel, write_result  # noqa: E402
+from common import (RESULTS, SMOKE, Draw, add_smoke, command, fit, load, machine, rel,  # noqa: E402
+                    write_result)
 
 import numpy as np  # noqa: E402
 
@@ -48,24 +49,6 @@ from refgen.models.diffusion.teacher import load_teacher  # noqa: E402
 SEED = 0
 TARGETS = {"pd": "the 8-step student's FID at or below the teacher's DDIM-16",
            "cd": "1-step FID <= 1.5x the teacher's Heun-18 (35 NFE) FID; 2 steps better than 1"}
-
-
-class Draw:
-    """A sampler as ``evaluate`` reads a model: sample(n, cond=None, *, rng)."""
-    training = False
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def sample(self, n, cond=None, *, rng):
-        with no_grad():
-            return self.fn(n, rng)
-
-    def eval(self):
-        return self
-
-    def train(self, mode=True):
-        return self
 
 
 def score(fn, test_ds, n, time_n, nfe):

@@ -52,6 +52,7 @@ SMOKE_RUNS = [
     ("pixelcnn_recipe.py", [], True),
     ("pixelcnn_step_cost.py", [], False),
     ("pixel_sampling_speed.py", [], True),
+    ("score_mnist.py", [], True),
     ("speed.py", [], False),
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
