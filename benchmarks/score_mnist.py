@@ -17,15 +17,18 @@ evaluations for every sampler of a DDPM run.
     python benchmarks/score_mnist.py --part ddpm --run /tmp/refgen_dm28
     python benchmarks/score_mnist.py --part nfe --run /tmp/refgen_dm28 --n 2000
 
-Parts (benchmarks/results/score_mnist_<part>[_<config>][_14].json each; _14 for mnist-14):
+Parts (benchmarks/results/score_mnist_<part>[_<config>][_T<T>][_14].json each; _T<T> with
+--langevin-T, _14 for mnist-14):
   ncsn  train ``ncsn`` with refgen.train (``--steps`` or ``--budget-min``, in resumable chunks
         of ``--chunk`` steps), load its weights (the EMA for v2), draw a 64-sample grid and
         ``--n`` samples in batches of ``--batch``: fid_mnist, kid_mnist, precision, recall,
         the wall times and the network evaluations per sample (counted).
         v1: 10 geometric levels sigma 1 -> 0.01, T = 100 steps per level, eps = 2e-5, the
         level's index given to the network, no EMA (the values of Song & Ermon 2019, whose
-        data lie in [0, 1]; refgen's images lie in [-1, 1]). v2: the model's defaults
-        (sigma_1 from the data, levels and eps by techniques 2 and 4, EMA 0.995).
+        data lie in [0, 1]; refgen's images lie in [-1, 1]): 1,001 network evaluations per
+        sample. v2: the model's defaults (sigma_1 from the data, levels and eps by techniques
+        2 and 4, EMA 0.995): on 28x28 MNIST sigma_1 ~ 29, gamma = 1.082, L = 103 levels, so
+        T = 100 costs 10,301 evaluations per sample; ``--langevin-T 5`` (NCSNv2's T) 516.
   vp    train ``sde-vp`` the same way, then bits/dim of the first ``--bpd-n`` test images by
         the model's log_prob: uniform dequantisation, the PF-ODE integrated by RK45
         (rtol = atol = ``--tol``) with the Skilling-Hutchinson divergence; mean and standard
@@ -191,18 +194,20 @@ def part_ncsn(args, res, train_ds, test_ds):
     if cfg.get("score_mnist_config", args.config) != args.config:
         raise SystemExit(f"--run {args.run} was trained as --config {cfg['score_mnist_config']}, "
                          f"not {args.config}")
+    if args.langevin_T:         # T of the model, so that technique 4's eps follows it
+        model.T = int(args.langevin_T)
     sig = model.sigmas
     res.update(info, model_kwargs=cfg["model_kwargs"], train=cfg["train"],
                loss_curve=loss_curve(info["run"]), parameters=model.num_parameters(),
                ncsn={"sigma_1": float(sig[0]), "sigma_L": float(sig[-1]), "levels": int(len(sig)),
-                     "T": model.T if args.langevin_T is None else args.langevin_T,
+                     "T": model.T, "T_trained_with": cfg["model_kwargs"].get("T", 100),
                      "eps": model.langevin_eps(), "conditional": model.conditional,
                      "denoise": model.denoise, "ema": cfg["train"].get("ema")})
     say(f"ncsn {args.config}: {json.dumps(res['ncsn'])}")
     yield
 
     def fn(n, rng):
-        return model.sample(n, rng=rng, steps=args.langevin_T)
+        return model.sample(n, rng=rng)
     path = RESULTS / f"{res['tag']}.png"
     res["grid"] = {"png": rel(path), "wall_s": grid(fn, path)}
     yield
@@ -236,7 +241,8 @@ def part_ddpm(args, res, train_ds, test_ds):
     model, cfg = read_run(args.run, "ddpm", args.part, test_ds)
     bridge = DDPMScore(model)
     res.update(run=str(args.run), model_kwargs=cfg.get("model_kwargs"),
-               steps=cfg["train"].get("steps"), T=model.T, parameters=model.num_parameters())
+               steps=cfg["train"].get("steps"), T=model.T, parameters=model.num_parameters(),
+               labels="the null label" if model.num_classes else "unconditional")
     x = test_ds.x[:args.bpd_n]
     check_range(x, (-1.0, 1.0))
     d = math.prod(test_ds.shape)
@@ -306,7 +312,8 @@ def part_nfe(args, res, train_ds, test_ds):
     model, cfg = read_run(args.run, "ddpm", args.part, test_ds)
     bridge = DDPMScore(model)
     res.update(run=str(args.run), model_kwargs=cfg.get("model_kwargs"),
-               steps=cfg["train"].get("steps"), T=model.T, rk45_tol=args.tol, samplers={})
+               steps=cfg["train"].get("steps"), T=model.T, rk45_tol=args.tol, samplers={},
+               labels="the null label" if model.num_classes else "unconditional")
     done = []
     for family, label, fn in nfe_samplers(args, model, bridge):
         r = dict(sample_scores(fn, model.net, test_ds, args.n, args.batch, label), family=family)
@@ -340,7 +347,8 @@ def parse(argv=None):
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option (network size, ...)")
     ap.add_argument("--n", type=int, help="samples per FID / KID (ncsn: 10,000; nfe: 2,000)")
     ap.add_argument("--batch", type=int, default=500, help="samples per sampling batch")
-    ap.add_argument("--langevin-T", type=int, help="ncsn: Langevin steps per level (default: the model's T)")
+    ap.add_argument("--langevin-T", type=int, help="ncsn: Langevin steps per level T (default: the "
+                    "model's, 100); v2's step eps follows T by technique 4")
     ap.add_argument("--bpd-n", type=int, default=10000, help="test images of the bits/dim")
     ap.add_argument("--bpd-batch", type=int, default=500, help="images per likelihood batch")
     ap.add_argument("--tol", type=float, default=1e-5, help="RK45 rtol = atol")
@@ -394,9 +402,10 @@ def smoke_ddpm(args, train_ds, out):
 
 def run_part(args, train_ds, test_ds):
     tag = f"score_mnist_{args.part}" + (f"_{args.config}" if args.part == "ncsn" else "") + \
+        (f"_T{args.langevin_T}" if args.part == "ncsn" and args.langevin_T and not SMOKE else "") + \
         ("_14" if args.data == "mnist-14" else "")
-    res = {"command": command(), "part": args.part, "tag": tag, "data": args.data, "n": args.n,
-           "seed": SEED}
+    res = {"command": command(), "part": args.part, "tag": tag, "data": args.data, "seed": SEED}
+    res.update({"n": args.n} if args.part in ("ncsn", "nfe") else {"bpd_n": args.bpd_n})
     if args.part == "ncsn":
         res["config"] = args.config
     t0, c0 = time.perf_counter(), time.process_time()

@@ -87,3 +87,23 @@ def test_smoke(script, extra, mnist, request, tmp_path):
     written = list(tmp_path.glob("refgen_smoke_*/*.json"))
     assert written, f"{script} --smoke wrote no result JSON into its temporary directory"
     assert _results_state() == before, "a smoke run touched benchmarks/results"
+
+
+def test_nfe_counter_counts_network_evaluations_per_sample():
+    """benchmarks/common.py::NFECounter on annealed Langevin: L levels of T steps and the final
+    denoising step are L * T + 1 evaluations per sample; the network is restored afterwards."""
+    import importlib.util
+
+    from refgen import backend, models
+    spec = importlib.util.spec_from_file_location("benchmarks_common", BENCH / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    NFECounter = common.NFECounter
+    m = models.create("ncsn", data_shape=(2,), seed=0, sigma_max=1.5, num_levels=3, T=4, hidden=8,
+                      depth=1)
+    with NFECounter(m.net) as c:
+        m.sample(5, rng=backend.default_rng(0))
+    assert c.rows == 5 * (3 * 4 + 1) and c.per_sample(5) == 13
+    assert "forward" not in m.net.__dict__
+    m.sample(5, rng=backend.default_rng(0), denoise=False)
+    assert c.rows == 65
