@@ -4,21 +4,24 @@ and of a trained DDPM beside its own variational bound; sample quality against n
 evaluations for every sampler of a DDPM run.
 
     # (a) NCSN: v1 (Song & Ermon 2019) and v2 (NCSNv2's techniques 1-5), each trained into its
-    #     run directory, then N = 10,000 samples scored (a GPU run: REFGEN_BACKEND=cupy)
-    python benchmarks/score_mnist.py --part ncsn --config v1 --steps 20000 --out /tmp/refgen_ncsn_v1
-    python benchmarks/score_mnist.py --part ncsn --config v2 --steps 20000 --out /tmp/refgen_ncsn_v2
-    #     sample and score a saved run again (no training)
-    python benchmarks/score_mnist.py --part ncsn --config v2 --run /tmp/refgen_ncsn_v2
+    #     run directory, then N = 10,000 samples scored
+    REFGEN_BACKEND=cupy python benchmarks/score_mnist.py --part ncsn --config v1 --steps 20000 --out /tmp/refgen_ncsn_v1
+    REFGEN_BACKEND=cupy python benchmarks/score_mnist.py --part ncsn --config v2 --steps 20000 --out /tmp/refgen_ncsn_v2
+    #     sample and score a saved run again (no training), here with NCSNv2's T = 5
+    REFGEN_BACKEND=cupy python benchmarks/score_mnist.py --part ncsn --config v2 --run /tmp/refgen_ncsn_v2 \
+        --langevin-T 5
     # (b) a VP-SDE model: train, then PF-ODE bits/dim of the 10,000 test images
-    python benchmarks/score_mnist.py --part vp --steps 20000 --out /tmp/refgen_sde_vp
-    python benchmarks/score_mnist.py --part vp --steps 20000 --out /tmp/refgen_sde_vp_lw --set weighting=likelihood
-    # (c), (d) a ddpm run directory, as benchmarks/diffusion_mnist.py trains it
-    python benchmarks/diffusion_mnist.py train --data mnist --out /tmp/refgen_dm28 --steps 20000
-    python benchmarks/score_mnist.py --part ddpm --run /tmp/refgen_dm28
-    python benchmarks/score_mnist.py --part nfe --run /tmp/refgen_dm28 --n 2000
+    REFGEN_BACKEND=cupy python benchmarks/score_mnist.py --part vp --steps 20000 --out /tmp/refgen_sde_vp
+    REFGEN_BACKEND=cupy python benchmarks/score_mnist.py --part vp --steps 20000 --out /tmp/refgen_sde_vp_lw \
+        --set weighting=likelihood --tag score_mnist_vp_lw
+    # (c), (d) a ddpm run directory, as benchmarks/diffusion_mnist.py trains it (class-conditional
+    #     with label dropout: both parts use the null label, the unconditional model)
+    REFGEN_BACKEND=cupy python benchmarks/diffusion_mnist.py train --data mnist --out /tmp/refgen_dm28 --steps 20000
+    REFGEN_BACKEND=cupy python benchmarks/score_mnist.py --part ddpm --run /tmp/refgen_dm28
+    REFGEN_BACKEND=cupy python benchmarks/score_mnist.py --part nfe --run /tmp/refgen_dm28 --n 2000
 
-Parts (benchmarks/results/score_mnist_<part>[_<config>][_T<T>][_14].json each; _T<T> with
---langevin-T, _14 for mnist-14):
+Parts (benchmarks/results/score_mnist_<part>[_<config>][_T<T>][_14].json each, _T<T> with
+--langevin-T, _14 for mnist-14, unless --tag names it; the PNGs beside it):
   ncsn  train ``ncsn`` with refgen.train (``--steps`` or ``--budget-min``, in resumable chunks
         of ``--chunk`` steps), load its weights (the EMA for v2), draw a 64-sample grid and
         ``--n`` samples in batches of ``--batch``: fid_mnist, kid_mnist, precision, recall,
@@ -89,7 +92,7 @@ def train_model(name, args, train_ds, settings, ema, extra_cfg=None):
     if args.batch_size:
         st["batch_size"] = args.batch_size
     ema = st.get("ema") if ema == "default" else ema
-    steps = args.steps or st["steps"]
+    steps = args.steps or (10 ** 6 if args.budget_min else st["steps"])  # a budget: until it ends
     out = run_dir(f"score_mnist_{name}", args.out)
     cfg = {"model": name, "data": args.data, "model_kwargs": settings, "num_classes": None,
            "vocab_size": None, "data_facts": data_facts(train_ds), "backend": backend.name(),
@@ -337,10 +340,12 @@ def parse(argv=None):
     ap.add_argument("--part", choices=sorted(PARTS), required=not SMOKE)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="v2", help="ncsn: v1 or v2")
     ap.add_argument("--data", choices=["mnist", "mnist-14"], default="mnist")
+    ap.add_argument("--tag", help="the result files' name (default from the part, config, T and data)")
     ap.add_argument("--run", help="a saved run directory: sample / score it without training "
                     "(ncsn, vp); the ddpm run of --part ddpm and nfe")
     ap.add_argument("--out", help="where training writes its run (default /tmp/refgen_score_mnist_<model>)")
-    ap.add_argument("--steps", type=int, help="training steps (default: the model's default_train)")
+    ap.add_argument("--steps", type=int, help="training steps (default: the model's "
+                    "default_train; with --budget-min, until the budget ends)")
     ap.add_argument("--budget-min", type=float, default=0, help="stop training after this many minutes")
     ap.add_argument("--chunk", type=int, default=500, help="training steps between checkpoints")
     ap.add_argument("--batch-size", type=int, help="training batch (default: the model's)")
@@ -385,7 +390,8 @@ def smoke_jobs(args):
     jobs = []
     for part, config in (("ncsn", "v1"), ("ncsn", "v2"), ("vp", None)):
         a = copy.copy(args)
-        a.part, a.config, a.out = part, config or args.config, str(RESULTS / "runs" / (f"{part}_{config}" if config else part))
+        a.part, a.config = part, config or args.config
+        a.out = str(RESULTS / "runs" / (f"{part}_{config}" if config else part))
         jobs.append(a)
     ddpm_run = RESULTS / "runs" / "ddpm"
     for part in ("ddpm", "nfe"):
@@ -401,7 +407,7 @@ def smoke_ddpm(args, train_ds, out):
 
 
 def run_part(args, train_ds, test_ds):
-    tag = f"score_mnist_{args.part}" + (f"_{args.config}" if args.part == "ncsn" else "") + \
+    tag = args.tag or f"score_mnist_{args.part}" + (f"_{args.config}" if args.part == "ncsn" else "") + \
         (f"_T{args.langevin_T}" if args.part == "ncsn" and args.langevin_T and not SMOKE else "") + \
         ("_14" if args.data == "mnist-14" else "")
     res = {"command": command(), "part": args.part, "tag": tag, "data": args.data, "seed": SEED}
