@@ -26,12 +26,12 @@ Parts (benchmarks/results/score_mnist_<part>[_<config>][_T<T>][_14].json each, _
         of ``--chunk`` steps), load its weights (the EMA for v2), draw a 64-sample grid and
         ``--n`` samples in batches of ``--batch``: fid_mnist, kid_mnist, precision, recall,
         the wall times and the network evaluations per sample (counted).
-        v1: 10 geometric levels sigma 1 -> 0.01, T = 100 steps per level, eps = 2e-5, the
-        level's index given to the network, no EMA (the values of Song & Ermon 2019, whose
-        data lie in [0, 1]; refgen's images lie in [-1, 1]): 1,001 network evaluations per
-        sample. v2: the model's defaults (sigma_1 from the data, levels and eps by techniques
-        2 and 4, EMA 0.995): on 28x28 MNIST sigma_1 ~ 29, gamma = 1.082, L = 103 levels, so
-        T = 100 costs 10,301 evaluations per sample; ``--langevin-T 5`` (NCSNv2's T) 516.
+        v1: Song & Ermon 2019's 10 geometric levels sigma 1 -> 0.01, T = 100 steps per level,
+        eps = 2e-5, the level's index given to the network, no EMA, for data in [0, 1]; on
+        refgen's [-1, 1] the same ladder is sigma 2 -> 0.02 and eps = 8e-5: 1,001 network
+        evaluations per sample. v2: the model's defaults (sigma_1 from the data, levels and
+        eps by techniques 2 and 4, EMA 0.995): on 28x28 MNIST sigma_1 ~ 29, gamma = 1.082,
+        L = 103 levels, so T = 100 costs 10,301 evaluations per sample; ``--langevin-T 5`` (NCSNv2's T) 516.
   vp    train ``sde-vp`` the same way, then bits/dim of the first ``--bpd-n`` test images by
         the model's log_prob: uniform dequantisation, the PF-ODE integrated by RK45
         (rtol = atol = ``--tol``) with the Skilling-Hutchinson divergence; mean and standard
@@ -72,8 +72,10 @@ from refgen.train import data_facts  # noqa: E402
 
 SEED = 0
 # Song & Ermon 2019 (NCSN); v2 keeps every default of refgen's ncsn (NCSNv2's techniques)
-CONFIGS = {"v1": dict(settings=dict(sigma_max=1.0, sigma_min=0.01, num_levels=10, T=100,
-                                    step_eps=2e-5, conditional=True), ema=None),
+# Song & Ermon's sigma 1 -> 0.01 and eps = 2e-5 are for images in [0, 1]; refgen's lie in
+# [-1, 1] (x' = 2x - 1): sigmas double and eps, a squared length, grows 4x
+CONFIGS = {"v1": dict(settings=dict(sigma_max=2.0, sigma_min=0.02, num_levels=10, T=100,
+                                    step_eps=8e-5, conditional=True), ema=None),
            "v2": dict(settings={}, ema="default")}
 TINY = dict(channels=4, groups=2, num_res_blocks=1)
 METRICS = ("fid_mnist", "kid_mnist", "kid_mnist_se", "precision", "recall", "class_kl",
