@@ -12,7 +12,7 @@ sampler scored by FID and KID at the same N, with the wall time per sample.
     OPENBLAS_NUM_THREADS=1 python benchmarks/fewsteps_mnist.py --teacher /tmp/refgen_dm14_v --stage cd
     OPENBLAS_NUM_THREADS=1 python benchmarks/fewsteps_mnist.py --teacher /tmp/refgen_dm14_v --stage ct
 
-Stages (benchmarks/results/fewsteps_<data>_<stage>.json each):
+Stages (benchmarks/results/fewsteps_<data>_<stage>.json each, or ``--tag``):
   teacher  deterministic DDIM on progressive distillation's nested grids (64, 16, 8, 4, 2, 1
            steps), the probability-flow ODE in sigma-time (Euler 18 = 18 NFE, Heun 18 = 35
            NFE) and ancestral DDPM over ``--ddpm-steps`` strided steps;
@@ -21,6 +21,9 @@ Stages (benchmarks/results/fewsteps_<data>_<stage>.json each):
   cd       consistency distillation (31) from the teacher (Heun, N = 18, mu = 0.95, l2),
            ``--cm-steps`` steps, sampled at 1 and 2 steps;
   ct       consistency training (32) from scratch (the paper's N(k), mu(k), K = --cm-steps).
+  student  a progressive-distillation student saved by ``pd --save DIR`` (``--students DIR
+           --k K``) scored again, e.g. at a larger N beside the teacher's DDIM
+           (``--stage teacher --ddim 16 --no-ode --ddpm-steps 0 --n 10000 --tag ...``).
 The null label throughout (the teacher's unconditional mode). Metrics: fid_mnist, kid_mnist
 (with its standard error), precision / recall and class_kl of ``--n`` samples from one
 generator seed, and ms per sample of a timed draw of ``--time-n`` samples.
@@ -72,12 +75,14 @@ def stage_teacher(teacher, args, test_ds, res):
         res[f"ddim{K}"] = score(teacher_ddim(teacher, K), test_ds, args.n, args.time_n, K)
         print(f"teacher DDIM-{K}: {json.dumps(res[f'ddim{K}'])}", flush=True)
         yield
-    for method, nfe in (("euler", 18), ("heun", 35)):
+    for method, nfe in (() if args.no_ode else (("euler", 18), ("heun", 35))):
         res[f"ode_{method}18"] = score(lambda n, rng: teacher.sample(n, rng=rng, sampler=method, steps=18),
                                        test_ds, args.n, args.time_n, nfe)
         print(f"teacher {method}-18: {json.dumps(res[f'ode_{method}18'])}", flush=True)
         yield
     K = args.ddpm_steps
+    if not K:
+        return
     res[f"ddpm{K}"] = score(lambda n, rng: teacher.sample(n, rng=rng, steps=K), test_ds, args.n,
                             args.time_n, K)
     print(f"teacher DDPM-{K}: {json.dumps(res[f'ddpm{K}'])}", flush=True)
@@ -97,9 +102,31 @@ def stage_pd(teacher, args, train_ds, test_ds, res):
         res["rounds"][str(N)] = dict(score(lambda n, rng: pd.sample(n, rng=rng, steps=N), test_ds,
                                            args.n, args.time_n, N), loss=log)
         print(f"  student {N} steps: FID {res['rounds'][str(N)]['fid_mnist']:.2f}", flush=True)
+        if args.save:
+            path = Path(args.save) / f"pd_student{N}.npz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            io.save_checkpoint(path, {k: backend.to_numpy(v) for k, v in pd.state_dict().items()},
+                               {"N": N, "round_steps": args.round_steps, "teacher": str(args.teacher)})
+            res["rounds"][str(N)]["checkpoint"] = str(path)
         wall += fit(pd, train_ds, 1, args.lr, SEED + 100 + r, args.batch_size)
         res["train_wall_s"] = round(wall, 1)
         yield
+
+
+def stage_student(teacher, args, train_ds, test_ds, res):
+    """A saved progressive-distillation student (--students DIR, --k steps) scored again."""
+    path = Path(args.students) / f"pd_student{args.k}.npz"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such student; run --stage pd --save {args.students} first")
+    pd = models.create("progressive-distillation", data_shape=train_ds.shape, seed=SEED,
+                       teacher=teacher, teacher_steps=2 * args.k, min_steps=1)
+    arrays, meta = io.load_checkpoint(path)
+    pd.load_state_dict({k: backend.asarray(v) for k, v in arrays.items()})
+    res.update(checkpoint=str(path), round_steps=meta.get("round_steps"))
+    res[f"student{args.k}"] = score(lambda n, rng: pd.sample(n, rng=rng, steps=args.k), test_ds,
+                                    args.n, args.time_n, args.k)
+    print(f"student {args.k} steps: {json.dumps(res[f'student{args.k}'])}", flush=True)
+    yield
 
 
 def stage_cm(kind, teacher, args, train_ds, test_ds, res):
@@ -130,12 +157,17 @@ def stage_cm(kind, teacher, args, train_ds, test_ds, res):
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", help="the v-parameterised ddpm run directory")
-    ap.add_argument("--stage", required=not SMOKE, choices=["teacher", "pd", "cd", "ct"])
+    ap.add_argument("--stage", required=not SMOKE, choices=["teacher", "pd", "cd", "ct", "student"])
+    ap.add_argument("--tag", help="the result file's name (default fewsteps_<data>_<stage>)")
+    ap.add_argument("--save", help="pd: a directory for each round's student (pd_student<N>.npz)")
+    ap.add_argument("--students", help="student: the --save directory of a pd run")
+    ap.add_argument("--k", type=int, default=8, help="student: the saved student's steps")
+    ap.add_argument("--no-ode", action="store_true", help="teacher: skip the sigma-time ODE samplers")
     ap.add_argument("--data", default="mnist-14", choices=["mnist-14", "mnist"])
     ap.add_argument("--n", type=int, default=2000, help="samples per FID / KID")
     ap.add_argument("--time-n", type=int, default=250, help="samples of the timed draw")
     ap.add_argument("--ddim", default="64,16,8,4,2,1")
-    ap.add_argument("--ddpm-steps", type=int, default=100)
+    ap.add_argument("--ddpm-steps", type=int, default=100, help="teacher: ancestral steps (0: skip)")
     ap.add_argument("--round-steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=2e-4, help="progressive distillation's Adam lr")
     ap.add_argument("--cm-steps", type=int, default=3000)
@@ -144,6 +176,7 @@ def parse(argv=None):
     args = add_smoke(ap).parse_args(argv)
     if SMOKE:
         args.n, args.time_n, args.round_steps, args.cm_steps, args.ddpm_steps = 20, 4, 2, 2, 4
+        args.save = args.students = str(RESULTS / "students")
     return args
 
 
@@ -162,14 +195,14 @@ def smoke_teacher(train_ds, out):
 def main(argv=None):
     args = parse(argv)
     train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
-    stages = ["teacher", "pd", "cd", "ct"] if SMOKE else [args.stage]
+    stages = ["teacher", "pd", "student", "cd", "ct"] if SMOKE else [args.stage]
     teacher_dir = smoke_teacher(train_ds, RESULTS / "teacher") if SMOKE else args.teacher
     teacher = load_teacher(teacher_dir, train_ds.shape, "fewsteps_mnist")
     if teacher.parameterization != "v":
         raise SystemExit(f"the teacher predicts {teacher.parameterization!r}; train it with "
                          "--set parameterization=v")
     for stage in stages:
-        tag = f"fewsteps_{args.data.replace('-', '')}_{stage}"
+        tag = (not SMOKE and args.tag) or f"fewsteps_{args.data.replace('-', '')}_{stage}"
         res = {"command": command(), "stage": stage, "data": args.data, "teacher": str(teacher_dir),
                "n": args.n, "time_n": args.time_n, "target": TARGETS.get(stage)}
         t0, c0 = time.perf_counter(), time.process_time()
@@ -177,6 +210,8 @@ def main(argv=None):
             steps = stage_teacher(teacher, args, test_ds, res)
         elif stage == "pd":
             steps = stage_pd(teacher, args, train_ds, test_ds, res)
+        elif stage == "student":
+            steps = stage_student(teacher, args, train_ds, test_ds, res)
         else:
             steps = stage_cm(stage, teacher, args, train_ds, test_ds, res)
         for _ in steps:  # a result file after every part: a stopped run keeps what it finished
