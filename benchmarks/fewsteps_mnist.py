@@ -19,7 +19,8 @@ Stages (benchmarks/results/fewsteps_<data>_<stage>.json each, or ``--tag``):
   pd       progressive distillation 64 -> 32 -> ... -> 1 (Algorithm 2, ``--round-steps``
            Adam steps per round); each round's student scored at its N just before it halves;
   cd       consistency distillation (31) from the teacher (Heun, N = 18, mu = 0.95, l2),
-           ``--cm-steps`` steps, sampled at 1 and 2 steps;
+           ``--cm-steps`` steps, sampled at 1 and 2 steps; ``--cd-init teacher`` starts F
+           as the teacher's network (sigma_data = 1), ``random`` (default) as a fresh one;
   ct       consistency training (32) from scratch (the paper's N(k), mu(k), K = --cm-steps).
   student  a progressive-distillation student saved by ``pd --save DIR`` (``--students DIR
            --k K``) scored again, e.g. at a larger N beside the teacher's DDIM
@@ -134,13 +135,15 @@ def stage_cm(kind, teacher, args, train_ds, test_ds, res):
            if getattr(teacher.network, k) is not None}                 # the teacher's U-Net size
     if kind == "cd":
         cm = models.create("consistency-distillation", data_shape=train_ds.shape, seed=SEED,
-                           teacher=teacher, N=18, mu=0.95, solver="heun", **net)
+                           teacher=teacher, N=18, mu=0.95, solver="heun", init=args.cd_init,
+                           **(net if args.cd_init == "random" else {}))
     else:
         cm = models.create("consistency-training", data_shape=train_ds.shape, seed=SEED,
                            K=args.cm_steps, **net)
     log = []
-    res.update(train_steps=args.cm_steps, lr=args.cm_lr, batch_size=args.batch_size,
-               epsilon=cm.epsilon, T=cm.T, network=net, params=cm.num_parameters(), loss=log)
+    res.update(init=getattr(cm, "init", "random"), train_steps=args.cm_steps, lr=args.cm_lr,
+               batch_size=args.batch_size, epsilon=cm.epsilon, T=cm.T, sigma_data=cm.sigma_data,
+               network=net, params=cm.num_parameters(), loss=log)
     res["train_wall_s"] = round(fit(cm, train_ds, args.cm_steps, args.cm_lr, SEED, args.batch_size, log, quiet=False), 1)
     for K in (1, 2):
         res[f"steps{K}"] = score(lambda n, rng: cm.sample(n, rng=rng, steps=K), test_ds, args.n,
@@ -172,6 +175,8 @@ def parse(argv=None):
     ap.add_argument("--lr", type=float, default=2e-4, help="progressive distillation's Adam lr")
     ap.add_argument("--cm-steps", type=int, default=3000)
     ap.add_argument("--cm-lr", type=float, default=4e-4)
+    ap.add_argument("--cd-init", choices=["random", "teacher"], default="random",
+                    help="cd: a fresh network, or the teacher's (F = -v, sigma_data = 1)")
     ap.add_argument("--batch-size", type=int, default=64)
     args = add_smoke(ap).parse_args(argv)
     if SMOKE:

@@ -32,6 +32,15 @@ mu_0 = 0.9):
 
 Sampling (the paper's Algorithm 1): x = f(T z, T), then for each tau of a decreasing list,
 x = f(x + sqrt(tau^2 - epsilon^2) z, tau).
+
+CD's F can start as the teacher's network (``init='teacher'``, as the paper's code starts
+from its EDM teacher). A v-parameterised DDPM is EDM's preconditioning with sigma_data = 1:
+at x = x_0 + t z it predicts
+
+    x_0 = x / (1 + t^2) - t / sqrt(1 + t^2) v(x / sqrt(1 + t^2), t(sigma = t))
+
+which is (30) with epsilon = 0, sigma_data = 1, F = -v and the teacher's own time t(sigma)
+in place of c_noise. So f_theta starts at the teacher's x_0 (up to epsilon in c_skip, c_out).
 """
 from __future__ import annotations
 
@@ -46,16 +55,17 @@ from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.diffusion.config import NetworkConfig, make_unet, split_options
 from refgen.models.diffusion.ode import (METHODS, eps_in_sigma, euler_step, heun_step,
-                                         karras_sigmas, schedule_sigmas)
-from refgen.models.diffusion.teacher import load_teacher
+                                         karras_sigmas, schedule_sigmas, sigma_to_t)
+from refgen.models.diffusion.teacher import clone, load_teacher
 from refgen.nn import MLPDenoiser, Module, init
 from refgen.optim import descend
 
 __all__ = ["c_skip", "c_out", "c_in", "c_noise", "karras_times", "ct_N", "ct_mu", "distance",
-           "ConsistencyFunction", "consistency_sample", "ConsistencyDistillation",
-           "ConsistencyTraining", "DISTANCES"]
+           "ConsistencyFunction", "TeacherF", "consistency_sample", "ConsistencyDistillation",
+           "ConsistencyTraining", "DISTANCES", "INITS"]
 
 DISTANCES = ("l2", "l1")
+INITS = ("random", "teacher")
 
 
 def c_skip(t, epsilon, sigma_data):
@@ -112,8 +122,31 @@ def _bcast(a, x):
     return xp.asarray(a, dtype=x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
 
 
+class TeacherF(Module):
+    """F_theta as a v-parameterised DDPM's network (a trainable copy): F(x_in, t(sigma)) = -v,
+    its null label (see the module docstring: with sigma_data = 1, f_theta starts at the
+    teacher's x_0). ``time`` replaces c_noise: the teacher's fractional step t(sigma)."""
+
+    def __init__(self, ddpm):
+        super().__init__()
+        if ddpm.parameterization != "v" or ddpm.learn_sigma:
+            raise ValueError("init='teacher' needs a fixed-variance teacher that predicts v "
+                             f"(this one predicts {ddpm.parameterization!r}"
+                             f"{' and learns sigma' if ddpm.learn_sigma else ''})")
+        self.ddpm = clone(ddpm)
+        for p in self.ddpm.parameters():
+            p.requires_grad = True
+
+    def time(self, t):
+        return sigma_to_t(self.ddpm.schedule, t)
+
+    def forward(self, x_in, t_net):
+        return -self.ddpm._net(x_in, t_net, self.ddpm._labels(None, x_in.shape[0]))
+
+
 class ConsistencyFunction(Module):
-    """f_theta(x, t) of eq. (30) around a network F_theta(x, t_emb): (x (B, ...), t (B,)) -> (B, ...)."""
+    """f_theta(x, t) of eq. (30) around a network F_theta(x, t_emb): (x (B, ...), t (B,)) -> (B, ...).
+    The network is told c_noise(t), or its own ``time(t)`` when it has one (TeacherF)."""
 
     def __init__(self, net, epsilon: float, sigma_data: float):
         super().__init__()
@@ -123,7 +156,8 @@ class ConsistencyFunction(Module):
         x = as_tensor(x)
         t = xp.broadcast_to(xp.asarray(t, dtype=xp.float64), (x.shape[0],))
         sd, eps = self.sigma_data, self.epsilon
-        out = self.net(x * _bcast(c_in(t, sd), x), c_noise(t))            # F_theta
+        t_emb = self.net.time(t) if isinstance(self.net, TeacherF) else c_noise(t)
+        out = self.net(x * _bcast(c_in(t, sd), x), t_emb)                 # F_theta
         return x * _bcast(c_skip(t, eps, sd), x) + out * _bcast(c_out(t, eps, sd), x)  # (30)
 
 
@@ -153,14 +187,13 @@ class _Consistency(Module):
     default_train = dict(steps=3000, batch_size=256, lr=4e-4, ema=0.999, warmup=0)
 
     def _setup(self, data_shape, seed, network, options, *, sigma_data, epsilon, T, rho,
-               dist, data_scale):
+               dist, data_scale, net=None):
         known = {f.name for f in dataclasses.fields(NetworkConfig)}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"{self.registry_name} has no option {unknown[0]!r}; network options: "
                              f"{', '.join(sorted(known))}")
-        net = split_options(dict(network=network), options)["network"]
-        self.network = net
+        self.network = split_options(dict(network=network), options)["network"]
         self.data_shape = tuple(int(d) for d in data_shape)
         if len(self.data_shape) not in (1, 3):
             raise ValueError(f"consistency models take vectors (D,) or images (C, H, W); got "
@@ -173,8 +206,9 @@ class _Consistency(Module):
         self.sigma_data, self.epsilon, self.T, self.rho = float(sigma_data), float(epsilon), \
             float(T), float(rho)
         self.distance, self.data_scale = dist, float(data_scale)
-        self.online = ConsistencyFunction(_network(self.data_shape, net, init.get_rng(int(seed))),
-                                          self.epsilon, self.sigma_data)
+        F_theta = net if net is not None else _network(self.data_shape, self.network,
+                                                       init.get_rng(int(seed)))
+        self.online = ConsistencyFunction(F_theta, self.epsilon, self.sigma_data)
         self.target = copy.deepcopy(self.online)                          # theta^- <- theta
         for p in self.target.parameters():
             p.requires_grad = False
@@ -240,11 +274,13 @@ class _Consistency(Module):
 class ConsistencyDistillation(_Consistency):
     """Consistency distillation (31) from a DDPM teacher (its run directory): Phi is one Euler
     or Heun step of the teacher's probability-flow ODE. epsilon and T are kept inside the
-    teacher's noise range [sigma_1, sigma_T]; the data are scaled as the teacher scales them."""
+    teacher's noise range [sigma_1, sigma_T]; the data are scaled as the teacher scales them.
+    init: 'random' (a fresh network of the ``network`` options, sigma_data 0.5) or 'teacher'
+    (F starts as the v-teacher's network, sigma_data 1: TeacherF)."""
 
     def __init__(self, data_shape, *, seed=0, teacher=None, N: int = 18, mu: float = 0.95,
-                 solver: str = "heun", distance: str = "l2", sigma_data: float = 0.5,
-                 epsilon: float = 0.002, T: float = 80.0, rho: float = 7.0,
+                 solver: str = "heun", distance: str = "l2", sigma_data=None,
+                 epsilon: float = 0.002, T: float = 80.0, rho: float = 7.0, init: str = "random",
                  network: NetworkConfig = NetworkConfig(), **options):
         super().__init__()
         model = load_teacher(teacher, data_shape, "consistency-distillation")
@@ -252,10 +288,20 @@ class ConsistencyDistillation(_Consistency):
             raise ValueError(f"solver must be one of {', '.join(METHODS)}, got {solver!r}")
         if int(N) < 2 or not 0 <= float(mu) < 1:
             raise ValueError(f"need N >= 2 and 0 <= mu < 1, got N={N}, mu={mu}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        F_theta = None
+        if init == "teacher":
+            if options or sigma_data not in (None, 1, 1.0):
+                raise ValueError("init='teacher' takes the teacher's network and sigma_data = 1 "
+                                 "(its v-parameterisation); drop the network options and sigma_data")
+            F_theta, sigma_data = TeacherF(model), 1.0
         sig = schedule_sigmas(model.schedule)
-        self._setup(data_shape, seed, network, options, sigma_data=sigma_data,
+        self._setup(data_shape, seed, network, options, net=F_theta,
+                    sigma_data=0.5 if sigma_data is None else float(sigma_data),
                     epsilon=max(float(epsilon), float(sig[1])), T=min(float(T), float(sig[-1])),
                     rho=rho, dist=distance, data_scale=model.data_scale)
+        self.init = init
         self.teacher = model
         for p in self.teacher.parameters():
             p.requires_grad = False

@@ -231,3 +231,63 @@ def test_cd_keeps_the_teachers_noise_range_and_scale():
         ConsistencyTraining((2,), widht=3)
     with pytest.raises(ValueError, match="LPIPS"):
         ConsistencyTraining((2,), distance="lpips")
+
+
+def _v_teacher(seed=0):
+    t = DDPM((1, 8, 8), num_classes=10, T=100, schedule="cosine", parameterization="v",
+             channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4)
+    _randomize(t, seed, 0.2)
+    return t
+
+
+def test_v_network_is_eq_30_with_sigma_data_1():
+    """A v-teacher's x_0 at step t is (30) with epsilon = 0, sigma_data = 1, F = -v and the
+    teacher's time: TeacherF in a ConsistencyFunction reproduces the teacher's x_0 prediction
+    at every integer step, for generic weights."""
+    from refgen.models.diffusion.consistency import ConsistencyFunction, TeacherF
+    from refgen.models.diffusion.distill import _x0
+    from refgen.models.diffusion.ode import schedule_sigmas
+    teacher = _v_teacher(1)
+    f = ConsistencyFunction(TeacherF(teacher), 0.0, 1.0)
+    steps = np.array([1, 7, 30, 64, 100])
+    sig = schedule_sigmas(teacher.schedule)[steps]
+    z = np.random.default_rng(2).standard_normal((5, 1, 8, 8)).astype(np.float32)   # z = x_t
+    want = _x0(teacher, Tensor(z), steps).data
+    x = z * np.sqrt(1 + sig ** 2)[:, None, None, None].astype(np.float32)  # x = x_t / sqrt(alpha_bar)
+    np.testing.assert_allclose(f(Tensor(x), sig).data, want, rtol=1e-4, atol=1e-5)
+    assert np.abs(want).max() > 0.1                                       # not a trivial zero
+    # sigma_data 0.5 (the random init's) is not the v-parameterisation
+    g = ConsistencyFunction(TeacherF(teacher), 0.0, 0.5)
+    assert np.abs(g(Tensor(x), sig).data - want).max() > 1e-2
+
+
+def test_cd_init_teacher_starts_at_the_teacher_and_trains_a_copy():
+    """init='teacher': online and target start as the teacher's network (f(x, epsilon) = x
+    still holds), sigma_data = 1; a training step moves the online copy, never the teacher."""
+    teacher = _v_teacher(3)
+    cd = ConsistencyDistillation((1, 8, 8), teacher=teacher, init="teacher", N=6)
+    assert cd.sigma_data == 1.0 and cd.init == "teacher"
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(cd.online(Tensor(x), np.full(4, cd.epsilon)).data, x)
+    t = np.full(4, 3.0)
+    np.testing.assert_array_equal(cd.online(Tensor(x), t).data, cd.target(Tensor(x), t).data)
+    before = {k: np.array(v) for k, v in cd.teacher.state_dict().items()}
+    online0 = [np.array(p.data) for p in cd.online.parameters()]
+    assert len(online0) == len(list(teacher.parameters()))
+    opts = {"model": optim.Adam([p for p in cd.parameters() if p.requires_grad], lr=1e-3)}
+    cd.train_step(Batch(Tensor(x * 0.5)), opts, default_rng(0))
+    assert max(np.abs(p.data - b).max() for p, b in zip(cd.online.parameters(), online0)) > 0
+    for k, v in cd.teacher.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(v), before[k])
+
+
+def test_cd_init_teacher_bad_input():
+    with pytest.raises(ValueError, match="init must be"):
+        ConsistencyDistillation((1, 8, 8), teacher=_v_teacher(), init="pretrained")
+    with pytest.raises(ValueError, match="sigma_data"):
+        ConsistencyDistillation((1, 8, 8), teacher=_v_teacher(), init="teacher", sigma_data=0.5)
+    with pytest.raises(ValueError, match="network options"):
+        ConsistencyDistillation((1, 8, 8), teacher=_v_teacher(), init="teacher", channels=4)
+    eps_teacher = DDPM((2,), T=50, hidden=8, depth=1)
+    with pytest.raises(ValueError, match="predicts v"):
+        ConsistencyDistillation((2,), teacher=eps_teacher, init="teacher")
