@@ -149,7 +149,7 @@ def stage_cm(kind, teacher, args, train_ds, test_ds, res):
         res[f"steps{K}"] = score(lambda n, rng: cm.sample(n, rng=rng, steps=K), test_ds, args.n,
                                  args.time_n, K)
         print(f"{kind} {K} step(s): {json.dumps(res[f'steps{K}'])}", flush=True)
-    grid = RESULTS / f"fewsteps_{args.data.replace('-', '')}_{kind}_1step.png"
+    grid = RESULTS / f"{res['tag']}_1step.png"
     with no_grad():
         x = backend.to_numpy(cm.sample(64, rng=backend.default_rng(SEED + 2), steps=1))
     io.write_png(grid, io.image_grid(np.clip((x + 1) / 2, 0, 1)))
@@ -208,7 +208,7 @@ def main(argv=None):
                          "--set parameterization=v")
     for stage in stages:
         tag = (not SMOKE and args.tag) or f"fewsteps_{args.data.replace('-', '')}_{stage}"
-        res = {"command": command(), "stage": stage, "data": args.data, "teacher": str(teacher_dir),
+        res = {"command": command(), "tag": tag, "stage": stage, "data": args.data, "teacher": str(teacher_dir),
                "n": args.n, "time_n": args.time_n, "target": TARGETS.get(stage)}
         t0, c0 = time.perf_counter(), time.process_time()
         if stage == "teacher":
