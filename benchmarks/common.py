@@ -168,8 +168,8 @@ def train_and_load(model, train_ds, *, steps: int, batch_size: int, settings: di
     with tempfile.TemporaryDirectory() as tmp:
         m = train(model, train_ds, steps=steps, batch_size=batch_size, lr=settings["lr"],
                   seed=seed, out_dir=tmp, ema_decay=settings["ema"],
-                  warmup=settings.get("warmup", 0), progress=not quiet, samples=False,
-                  log_every=max(1, steps // 10))
+                  warmup=settings.get("warmup", 0), grad_clip=settings.get("grad_clip"),
+                  progress=not quiet, samples=False, log_every=max(1, steps // 10))
         log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl"))]
         load_weights(model, io.load_checkpoint(os.path.join(tmp, CHECKPOINT))[0])
     return {"train_wall_s": round(time.perf_counter() - t0, 1), "final_loss": m["loss"],
