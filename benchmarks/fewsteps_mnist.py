@@ -22,6 +22,8 @@ Stages (benchmarks/results/fewsteps_<data>_<stage>.json each, or ``--tag``):
            ``--cm-steps`` steps, sampled at 1 and 2 steps; ``--cd-init teacher`` starts F
            as the teacher's network (sigma_data = 1), ``random`` (default) as a fresh one;
   ct       consistency training (32) from scratch (the paper's N(k), mu(k), K = --cm-steps).
+  verdict  the targets against the result files: measured, bound, gap, met
+           (fewsteps_<data>_verdict.json; no teacher needed).
   student  a progressive-distillation student saved by ``pd --save DIR`` (``--students DIR
            --k K``) scored again, e.g. at a larger N beside the teacher's DDIM
            (``--stage teacher --ddim 16 --no-ode --ddpm-steps 0 --n 10000 --tag ...``).
@@ -160,7 +162,7 @@ def stage_cm(kind, teacher, args, train_ds, test_ds, res):
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", help="the v-parameterised ddpm run directory")
-    ap.add_argument("--stage", required=not SMOKE, choices=["teacher", "pd", "cd", "ct", "student"])
+    ap.add_argument("--stage", required=not SMOKE, choices=["teacher", "pd", "cd", "ct", "student", "verdict"])
     ap.add_argument("--tag", help="the result file's name (default fewsteps_<data>_<stage>)")
     ap.add_argument("--save", help="pd: a directory for each round's student (pd_student<N>.npz)")
     ap.add_argument("--students", help="student: the --save directory of a pd run")
@@ -197,8 +199,38 @@ def smoke_teacher(train_ds, out):
     return out
 
 
+def verdict(data: str, cd_tags=("cd", "cd_init_teacher")):
+    """The targets against the stages' result files (RESULTS/fewsteps_<data>_*.json): measured,
+    bound, gap and met, written to fewsteps_<data>_verdict.json."""
+    d = data.replace("-", "")
+
+    def read(stage):
+        path = RESULTS / f"fewsteps_{d}_{stage}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    teacher, pd, out = read("teacher"), read("pd"), {"command": command(), "data": data}
+    if teacher and pd and "8" in pd.get("rounds", {}) and "ddim16" in teacher:
+        got, bound = pd["rounds"]["8"]["fid_mnist"], teacher["ddim16"]["fid_mnist"]
+        out["pd"] = dict(target=TARGETS["pd"], fid=got, bound=bound, gap=got - bound, met=got <= bound,
+                         kid=pd["rounds"]["8"]["kid_mnist"], kid_bound=teacher["ddim16"]["kid_mnist"])
+    for tag in cd_tags:
+        cd = read(tag)
+        if teacher and cd and "ode_heun18" in teacher and "steps1" in cd:
+            one, two, bound = cd["steps1"]["fid_mnist"], cd["steps2"]["fid_mnist"], \
+                1.5 * teacher["ode_heun18"]["fid_mnist"]
+            out[tag] = dict(target=TARGETS["cd"], init=cd.get("init", "random"), fid_1step=one,
+                            bound=bound, gap=one - bound, met_1step=one <= bound, fid_2steps=two,
+                            met_2_better_than_1=two < one, met=one <= bound and two < one)
+    write_result(f"fewsteps_{d}_verdict", out)
+    for k, v in out.items():
+        if isinstance(v, dict):
+            print(f"{k}: {json.dumps(v)}", flush=True)
+    return 0
+
+
 def main(argv=None):
     args = parse(argv)
+    if args.stage == "verdict":
+        return verdict(args.data)
     train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
     stages = ["teacher", "pd", "student", "cd", "ct"] if SMOKE else [args.stage]
     teacher_dir = smoke_teacher(train_ds, RESULTS / "teacher") if SMOKE else args.teacher
@@ -223,6 +255,8 @@ def main(argv=None):
             res.update(wall_s=round(time.perf_counter() - t0, 1),
                        process_cpu_s=round(time.process_time() - c0, 1), machine=machine())
             write_result(tag, res)
+    if SMOKE:
+        verdict(args.data)
     return 0
 
 
