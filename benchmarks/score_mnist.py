@@ -190,6 +190,20 @@ def bpd_in_batches(fn, x, batch, label):
     return np.concatenate(out)
 
 
+def pf_ode_bpd(fn, net, x, args, label):
+    """The PF-ODE bits/dim fn(x_batch) of the rows of x, its mean and standard error, with the
+    settings, the network evaluations per image (rows through ``net``) and the wall time."""
+    t = time.perf_counter()
+    with NFECounter(net) as c:
+        bpd = bpd_in_batches(fn, x, args.bpd_batch, f"{label} PF-ODE bits/dim")
+    res = dict(mean_se(bpd), method="rk45", rtol=args.tol, atol=args.tol,
+               divergence="hutchinson (one Rademacher probe per image)",
+               dequantisation="uniform, one draw per image",
+               nfe_per_image=round(c.per_sample(len(x)), 1), wall_s=round(time.perf_counter() - t, 1))
+    say(f"{label} PF-ODE: {json.dumps(res)}")
+    return res, bpd
+
+
 # ----------------------------------------------------------------------------- parts
 def part_ncsn(args, res, train_ds, test_ds):
     conf = CONFIGS[args.config]
@@ -227,18 +241,10 @@ def part_vp(args, res, train_ds, test_ds):
                weighting=model.weighting, loss_curve=loss_curve(info["run"]),
                parameters=model.num_parameters())
     yield
-    x = test_ds.x[:args.bpd_n]
-    d = math.prod(test_ds.shape)
-    rng, t = backend.default_rng(SEED + 1), time.perf_counter()
-    with NFECounter(model.net) as c:
-        bpd = bpd_in_batches(lambda xb: -model.log_prob(xb, rng=rng, rtol=args.tol, atol=args.tol)
-                             / (d * math.log(2)), x, args.bpd_batch, "sde-vp PF-ODE bits/dim")
-    res["pf_ode_bpd"] = dict(mean_se(bpd), method="rk45", rtol=args.tol, atol=args.tol,
-                             divergence="hutchinson (one Rademacher probe per image)",
-                             dequantisation="uniform, one draw per image",
-                             nfe_per_image=round(c.per_sample(len(x)), 1),
-                             wall_s=round(time.perf_counter() - t, 1))
-    say(f"sde-vp: {json.dumps(res['pf_ode_bpd'])}")
+    d, rng = math.prod(test_ds.shape), backend.default_rng(SEED + 1)
+    res["pf_ode_bpd"], _ = pf_ode_bpd(
+        lambda xb: -model.log_prob(xb, rng=rng, rtol=args.tol, atol=args.tol) / (d * math.log(2)),
+        model.net, test_ds.x[:args.bpd_n], args, "sde-vp")
     yield
 
 
@@ -250,20 +256,12 @@ def part_ddpm(args, res, train_ds, test_ds):
                labels="the null label" if model.num_classes else "unconditional")
     x = test_ds.x[:args.bpd_n]
     check_range(x, (-1.0, 1.0))
-    d = math.prod(test_ds.shape)
-    rng, t = backend.default_rng(SEED + 1), time.perf_counter()
+    d, rng = math.prod(test_ds.shape), backend.default_rng(SEED + 1)
 
     def pf_ode(xb):
         xd = dequantize(xb, rng, (-1.0, 1.0))
         return bits_per_dim(bridge.log_prob(xd, rng=rng, rtol=args.tol, atol=args.tol), d)
-    with NFECounter(model.net) as c:
-        bpd = bpd_in_batches(pf_ode, x, args.bpd_batch, "ddpm PF-ODE bits/dim")
-    res["pf_ode_bpd"] = dict(mean_se(bpd), method="rk45", rtol=args.tol, atol=args.tol,
-                             divergence="hutchinson (one Rademacher probe per image)",
-                             dequantisation="uniform, one draw per image",
-                             nfe_per_image=round(c.per_sample(len(x)), 1),
-                             wall_s=round(time.perf_counter() - t, 1))
-    say(f"ddpm PF-ODE: {json.dumps(res['pf_ode_bpd'])}")
+    res["pf_ode_bpd"], bpd = pf_ode_bpd(pf_ode, model.net, x, args, "ddpm")
     yield
     rng, t = backend.default_rng(SEED + 2), time.perf_counter()
     k = args.vlb_k or "default"
