@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from refgen import backend, data, io, models
 from refgen.runs import UsageError, build_model, load_run, run_config, run_training, train_settings
 
@@ -23,23 +21,6 @@ DEMO_DATASETS = ("8gaussians", "checkerboard")
 MARK = ".refgen-demo"
 _PANEL = 256
 _LEGEND_H = 28
-
-
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    """A uint8 panel with ``text`` in its top-left corner and a grey frame."""
-    f = img.astype(np.float64) / 255.0
-    io.draw_text(f, text, 6, 6, scale=2, color=np.array([0.1, 0.1, 0.1]))
-    f[[0, -1], :] = f[:, [0, -1]] = 190 / 255.0  # a grey frame, so white panels stay apart
-    return io.to_uint8(f)
-
-
-def _legend(width: int) -> np.ndarray:
-    """A strip saying which colour is which: the data blue, the samples orange."""
-    f = np.ones((_LEGEND_H, width, 3))
-    io.draw_text(f, "DATA", 8, 8, scale=2, color=io._DATA_RGB)
-    col = 8 + io.text_width("DATA ", 2) + 8
-    io.draw_text(f, "MODEL SAMPLES", 8, col, scale=2, color=io._MODEL_RGB)
-    return io.to_uint8(f)
 
 
 def _choose(args):
@@ -69,8 +50,8 @@ def run_demo(args) -> int:
     with backend.use_backend("numpy"):  # the demo is the CPU job, whatever REFGEN_BACKEND says
         for dname in datasets:
             train_ds, test_ds = data.load(dname, "train"), data.load(dname, "test")
-            panels = [_label(io.scatter_image(np.zeros((0, 2)), reference=test_ds.x[:3000],
-                                              size=_PANEL), f"DATA {dname}")]
+            panels = [io.labelled_panel(io.scatter_image(None, reference=test_ds.x[:3000],
+                                                         size=_PANEL), f"DATA {dname}")]
             for mname in names:
                 cls = models.get(mname)
                 st = train_settings({"steps": args.steps}, cls)
@@ -86,11 +67,10 @@ def run_demo(args) -> int:
                 m = run_training(model, train_ds, test_ds, out=run, st=st, config=config,
                                  resume=False, quiet=args.quiet, samples=False)
                 x = _samples(run, train_ds)
-                panels.append(_label(io.scatter_image(x, size=_PANEL), f"{mname} {dname}"))
+                panels.append(io.labelled_panel(io.scatter_image(x, size=_PANEL), f"{mname} {dname}"))
                 summary.append((mname, dname, m, time.perf_counter() - t))
             rows.append(io.concat_images_horizontal(panels))
-    sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
-    grid = np.concatenate([_legend(rows[0].shape[1])] + [r for row in rows for r in (sep, row)], axis=0)
+    grid = io.concat_images_vertical([io.scatter_legend(rows[0].shape[1], _LEGEND_H)] + rows)
     io.write_png(out / "demo.png", grid)
     print(f"columns: the data (blue), then samples (orange) of {', '.join(names)}; "
           f"rows: {', '.join(datasets)}; runs in {out}/MODEL-DATA")
@@ -104,7 +84,7 @@ def run_demo(args) -> int:
     return 0
 
 
-def _samples(run: Path, train_ds) -> np.ndarray:
+def _samples(run: Path, train_ds):
     """The run's samples.png (drawn as refgen train draws it: the EMA weights where there are
     any, the samples generator), and its points for the demo's panel, from one draw."""
     from refgen.train import SAMPLE_SEED, draw_samples

@@ -205,6 +205,21 @@ def concat_images_horizontal(images, pad: int = 4, pad_value: int = 255) -> np.n
     return np.concatenate(cols, axis=1)
 
 
+def concat_images_vertical(images, pad: int = 4, pad_value: int = 255) -> np.ndarray:
+    """Panels one above the other -> uint8 (H, W, 3); narrower panels are padded on the right."""
+    rotated = [np.swapaxes(to_uint8(im), 0, 1) for im in images]
+    return np.swapaxes(concat_images_horizontal(rotated, pad, pad_value), 0, 1)
+
+
+def labelled_panel(img, text: str) -> np.ndarray:
+    """A uint8 panel with ``text`` in its top-left corner and a grey frame (so white panels
+    side by side stay apart)."""
+    f = to_uint8(img).astype(np.float64) / 255.0
+    draw_text(f, text, 6, 6, scale=2, color=np.array([0.1, 0.1, 0.1]))
+    f[[0, -1], :] = f[:, [0, -1]] = 190 / 255.0
+    return to_uint8(f)
+
+
 # ----------------------------------------------------------------------------- 2D plots
 _DATA_RGB = np.array([0.55, 0.62, 0.75])   # reference data: grey-blue
 _MODEL_RGB = np.array([0.85, 0.33, 0.10])  # model samples: orange-red
@@ -233,12 +248,22 @@ def _splat(canvas, points, extent, rgb, strength):
 
 
 def scatter_image(points, reference=None, extent=(-4, 4, -4, 4), size=512, strength=0.6):
-    """(size, size, 3) uint8: model ``points`` (n, 2) in orange over ``reference`` in blue."""
+    """(size, size, 3) uint8: model ``points`` (n, 2) in orange over ``reference`` in blue
+    (either may be None)."""
     canvas = np.ones((size, size, 3))
     if reference is not None:
         canvas = _splat(canvas, reference, extent, _DATA_RGB, strength)
-    canvas = _splat(canvas, points, extent, _MODEL_RGB, strength)
+    if points is not None:
+        canvas = _splat(canvas, points, extent, _MODEL_RGB, strength)
     return to_uint8(canvas)
+
+
+def scatter_legend(width: int, height: int = 28) -> np.ndarray:
+    """A uint8 strip naming scatter_image's colours: the data blue, the samples orange."""
+    f = np.ones((height, width, 3))
+    draw_text(f, "DATA", 8, 8, scale=2, color=_DATA_RGB)
+    draw_text(f, "MODEL SAMPLES", 8, 8 + text_width("DATA ", 2) + 8, scale=2, color=_MODEL_RGB)
+    return to_uint8(f)
 
 
 def scatter_png(path, points, reference=None, extent=(-4, 4, -4, 4), size=512) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 
 REFGEN = Path(__file__).resolve().parents[1] / "refgen"
 PACKAGES = ["functional", "nn", "models"]
-MODULES = ["autograd.py", "optim.py", "distributions.py"]
+MODULES = ["autograd.py", "optim.py", "distributions.py", "demo.py"]
 # The one sanctioned exception (DESIGN.md, RNG): parameters are drawn from a host NumPy
 # generator and then moved to the backend, so one seed gives the same weights on CPU and GPU.
 HOST_NUMPY_ALLOWED = {"nn/init.py"}

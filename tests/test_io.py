@@ -228,3 +228,20 @@ def test_line_plot_with_negative_values_starts_its_y_axis_below_them():
     assert np.all(img[zero_row, 135:225] == 0.7)                     # the grey line y = 0
     with pytest.raises(ValueError, match="one length"):
         io.line_plot([1.0, 2.0], [1.0], xlabel="x", ylabel="y")
+
+
+def test_vertical_concat_labelled_panel_and_legend():
+    a = np.zeros((5, 7, 3), np.uint8)
+    b = np.full((3, 4), 0.5)                                    # gray, narrower
+    v = io.concat_images_vertical([a, b], pad=2, pad_value=255)
+    assert v.shape == (5 + 2 + 3, 7, 3) and v.dtype == np.uint8
+    assert (v[:5] == 0).all() and (v[5:7] == 255).all()
+    np.testing.assert_array_equal(v[7:, :4], io.to_uint8(b)[:, :, None].repeat(3, 2))
+    assert (v[7:, 4:] == 255).all()                             # padded on the right
+    p = io.labelled_panel(np.full((40, 60, 3), 255, np.uint8), "AB")
+    assert (p[0] == 190).all() and (p[:, -1] == 190).all()      # the grey frame
+    assert (p[6:16, 6:30] < 100).any()                          # the text, dark
+    empty = io.scatter_image(None, reference=None, size=16)
+    assert (empty == 255).all()
+    leg = io.scatter_legend(200)
+    assert leg.shape == (28, 200, 3) and (leg != 255).any()
