@@ -146,18 +146,18 @@ class TeacherF(Module):
 
 class ConsistencyFunction(Module):
     """f_theta(x, t) of eq. (30) around a network F_theta(x, t_emb): (x (B, ...), t (B,)) -> (B, ...).
-    The network is told c_noise(t), or its own ``time(t)`` when it has one (TeacherF)."""
+    The network is told time(t): c_noise(t), or TeacherF's own t(sigma)."""
 
-    def __init__(self, net, epsilon: float, sigma_data: float):
+    def __init__(self, net, epsilon: float, sigma_data: float, time=c_noise):
         super().__init__()
         self.net, self.epsilon, self.sigma_data = net, float(epsilon), float(sigma_data)
+        self.time = time
 
     def forward(self, x, t):
         x = as_tensor(x)
         t = xp.broadcast_to(xp.asarray(t, dtype=xp.float64), (x.shape[0],))
         sd, eps = self.sigma_data, self.epsilon
-        t_emb = self.net.time(t) if isinstance(self.net, TeacherF) else c_noise(t)
-        out = self.net(x * _bcast(c_in(t, sd), x), t_emb)                 # F_theta
+        out = self.net(x * _bcast(c_in(t, sd), x), self.time(t))          # F_theta
         return x * _bcast(c_skip(t, eps, sd), x) + out * _bcast(c_out(t, eps, sd), x)  # (30)
 
 
@@ -187,7 +187,7 @@ class _Consistency(Module):
     default_train = dict(steps=3000, batch_size=256, lr=4e-4, ema=0.999, warmup=0)
 
     def _setup(self, data_shape, seed, network, options, *, sigma_data, epsilon, T, rho,
-               dist, data_scale, net=None):
+               dist, data_scale, net=None, time=c_noise):
         known = {f.name for f in dataclasses.fields(NetworkConfig)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -208,7 +208,7 @@ class _Consistency(Module):
         self.distance, self.data_scale = dist, float(data_scale)
         F_theta = net if net is not None else _network(self.data_shape, self.network,
                                                        init.get_rng(int(seed)))
-        self.online = ConsistencyFunction(F_theta, self.epsilon, self.sigma_data)
+        self.online = ConsistencyFunction(F_theta, self.epsilon, self.sigma_data, time)
         self.target = copy.deepcopy(self.online)                          # theta^- <- theta
         for p in self.target.parameters():
             p.requires_grad = False
@@ -298,6 +298,7 @@ class ConsistencyDistillation(_Consistency):
             F_theta, sigma_data = TeacherF(model), 1.0
         sig = schedule_sigmas(model.schedule)
         self._setup(data_shape, seed, network, options, net=F_theta,
+                    time=c_noise if F_theta is None else F_theta.time,
                     sigma_data=0.5 if sigma_data is None else float(sigma_data),
                     epsilon=max(float(epsilon), float(sig[1])), T=min(float(T), float(sig[-1])),
                     rho=rho, dist=distance, data_scale=model.data_scale)

@@ -248,7 +248,8 @@ def test_v_network_is_eq_30_with_sigma_data_1():
     from refgen.models.diffusion.distill import _x0
     from refgen.models.diffusion.ode import schedule_sigmas
     teacher = _v_teacher(1)
-    f = ConsistencyFunction(TeacherF(teacher), 0.0, 1.0)
+    F_ = TeacherF(teacher)
+    f = ConsistencyFunction(F_, 0.0, 1.0, F_.time)
     steps = np.array([1, 7, 30, 64, 100])
     sig = schedule_sigmas(teacher.schedule)[steps]
     z = np.random.default_rng(2).standard_normal((5, 1, 8, 8)).astype(np.float32)   # z = x_t
@@ -257,7 +258,7 @@ def test_v_network_is_eq_30_with_sigma_data_1():
     np.testing.assert_allclose(f(Tensor(x), sig).data, want, rtol=1e-4, atol=1e-5)
     assert np.abs(want).max() > 0.1                                       # not a trivial zero
     # sigma_data 0.5 (the random init's) is not the v-parameterisation
-    g = ConsistencyFunction(TeacherF(teacher), 0.0, 0.5)
+    g = ConsistencyFunction(F_, 0.0, 0.5, F_.time)
     assert np.abs(g(Tensor(x), sig).data - want).max() > 1e-2
 
 
@@ -271,6 +272,15 @@ def test_cd_init_teacher_starts_at_the_teacher_and_trains_a_copy():
     np.testing.assert_array_equal(cd.online(Tensor(x), np.full(4, cd.epsilon)).data, x)
     t = np.full(4, 3.0)
     np.testing.assert_array_equal(cd.online(Tensor(x), t).data, cd.target(Tensor(x), t).data)
+    # f = c_skip x + c_out (-v) with v the teacher's network at its own step, for CD's epsilon
+    from refgen.models.diffusion.ode import schedule_sigmas
+    steps = np.array([5, 20, 60, 90])
+    sig = schedule_sigmas(teacher.schedule)[steps]
+    z = x / np.sqrt(1 + sig ** 2)[:, None, None, None].astype(np.float32)
+    v = teacher._net(Tensor(z), steps.astype(np.float64), teacher._labels(None, 4)).data
+    want = (c_skip(sig, cd.epsilon, 1.0)[:, None, None, None] * x
+            - c_out(sig, cd.epsilon, 1.0)[:, None, None, None] * v)
+    np.testing.assert_allclose(cd.online(Tensor(x), sig).data, want, rtol=1e-4, atol=1e-5)
     before = {k: np.array(v) for k, v in cd.teacher.state_dict().items()}
     online0 = [np.array(p.data) for p in cd.online.parameters()]
     assert len(online0) == len(list(teacher.parameters()))
