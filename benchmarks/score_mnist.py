@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -424,18 +423,17 @@ def run_part(args, train_ds, test_ds):
 
 def main(argv=None):
     args = parse(argv)
-    with backend.use_backend(os.environ.get("REFGEN_BACKEND", "numpy")):
-        train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
-        if SMOKE and args.part is None:
-            jobs, ddpm_run = smoke_jobs(args)
-            smoke_ddpm(args, train_ds, ddpm_run)
-        else:
-            jobs = [args]
-        for a in jobs:
-            t = time.perf_counter()
-            run_part(a, train_ds, test_ds)
-            say(f"part {a.part}{' ' + a.config if a.part == 'ncsn' else ''}: "
-                f"{time.perf_counter() - t:.1f}s")
+    train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
+    if SMOKE and args.part is None:
+        jobs, ddpm_run = smoke_jobs(args)
+        smoke_ddpm(args, train_ds, ddpm_run)
+    else:
+        jobs = [args]
+    for a in jobs:
+        t = time.perf_counter()
+        run_part(a, train_ds, test_ds)
+        say(f"part {a.part}{' ' + a.config if a.part == 'ncsn' else ''}: "
+            f"{time.perf_counter() - t:.1f}s")
     return 0
 
 
