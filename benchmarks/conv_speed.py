@@ -1,7 +1,7 @@
 """Convolution speed at the recipes' shapes, against this machine's float32 matmul.
 
     python benchmarks/conv_speed.py           # writes results/conv_speed_cpu.json
-    python benchmarks/conv_speed.py --tune    # times both algorithms per raw shape and prints
+    python benchmarks/conv_speed.py --tune    # times every algorithm per raw shape and prints
                                               # the table for refgen/functional/conv.py::MEASURED
 
 The shapes are those of one training step of two recipes: the 28x28 diffusion U-Net (ddpm,
@@ -18,9 +18,10 @@ geometry, and for --tune each raw kernel call), then re-run alone on random arra
   steps in fresh processes: CPU seconds and page faults per step with and without
   refgen.allocator, and with neither it nor the table. Medians of process CPU time, one BLAS
   thread: on a shared machine CPU time, not wall time, is what a run costs.
-- --tune: every stride-1, one-group raw kernel (forward, and weight gradient) under both
-  algorithms at chunks of 256 KiB, 1 MiB and 4 MiB, rounds in rotating order; prints the
-  shapes where a candidate beat im2col at CHUNK_BYTES by more than 10%.
+- --tune: every one-group raw kernel (forward, and weight gradient) under each algorithm
+  that applies (im2col, channels-last; shifted at stride 1) at chunks of 256 KiB, 1 MiB and
+  4 MiB, rounds in rotating order; prints the shapes where a candidate beat im2col at
+  CHUNK_BYTES by more than 10%.
 
 ``--smoke``: 4-channel models at batch 2, one repeat.
 """
@@ -43,7 +44,7 @@ from refgen.autograd import Tensor  # noqa: E402
 from refgen.functional import conv  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
 
-CANDIDATES = [(alg, kib << 10) for alg in ("im2col", "shifted") for kib in (256, 1024, 4096)]
+CANDIDATES = [(alg, kib << 10) for alg in ("im2col", "shifted", "nhwc") for kib in (256, 1024, 4096)]
 
 
 def recipes():
@@ -199,7 +200,8 @@ def measure(repeat):
 
 
 def tune(repeat):
-    """Per stride-1 one-group raw kernel shape: the median CPU seconds of each candidate."""
+    """Per one-group raw kernel shape: the median CPU seconds of each candidate that applies
+    (shifted: stride 1 and no cropping)."""
     rng = np.random.default_rng(0)
     shapes = {}  # table key -> the first raw call with it
     for model, batch in recipes().values():
@@ -209,8 +211,8 @@ def tune(repeat):
             (stride, padding, dilation, groups) = geom
             p = pads or (padding[0], padding[0], padding[1], padding[1])
             o, kernel = (ys[0], ys[2:]) if kind == "forward" else (ys[1], hw)
-            key = (kind, xs[1], o) + tuple(kernel) + (xs[2] + p[0] + p[1], xs[3] + p[2] + p[3])
-            if stride == (1, 1) and groups == 1 and dilation == (1, 1) and min(p) >= 0:
+            key = (kind, xs[1], o) + tuple(kernel) + (xs[2] + p[0] + p[1], xs[3] + p[2] + p[3]) + tuple(stride)
+            if groups == 1 and dilation == (1, 1):
                 shapes.setdefault(key, c)
     rows, table = [], {}
     for key, (kind, xs, ys, geom, hw, pads) in shapes.items():
@@ -220,9 +222,11 @@ def tune(repeat):
             run = lambda: conv._conv2d_raw(x, other, None, geom, hw, pads=pads)  # noqa: E731
         else:
             run = lambda: conv._conv2d_weight_raw(x, other, hw, geom)  # noqa: E731
-        times = {c: [] for c in CANDIDATES}
+        p = pads or (geom[1][0], geom[1][0], geom[1][1], geom[1][1])
+        cands = [c for c in CANDIDATES if c[0] != "shifted" or (geom[0] == (1, 1) and min(p) >= 0)]
+        times = {c: [] for c in cands}
         for r in range(repeat + 1):
-            for c in CANDIDATES[r % len(CANDIDATES):] + CANDIDATES[:r % len(CANDIDATES)]:
+            for c in cands[r % len(cands):] + cands[:r % len(cands)]:
                 restore = forced(*c)
                 try:
                     times[c].append(cpu_time(run))
@@ -294,7 +298,7 @@ def allocator(repeat, rounds=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--tune", action="store_true", help="time both algorithms per raw shape")
+    ap.add_argument("--tune", action="store_true", help="time every algorithm per raw shape")
     ap.add_argument("--probe-step", help=argparse.SUPPRESS)
     ap.add_argument("--probe-im2col", action="store_true", help=argparse.SUPPRESS)
     args = add_smoke(ap).parse_args()

@@ -68,34 +68,36 @@ ALGORITHM = None
 # at CHUNK_BYTES by more than 10% are kept. The shifted weight gradient in 256 KiB chunks (the
 # (C + O) x L panels of each tap's GEMM stay in cache) is the largest win: 1.5-2x at 28x28.
 MEASURED = {
-    ('forward', 16, 16, 3, 3, 30, 30): ('im2col', 1 << 20),
-    ('forward', 32, 32, 3, 3, 16, 16): ('im2col', 1 << 20),
-    ('forward', 64, 32, 3, 3, 16, 16): ('shifted', 256 << 10),
-    ('forward', 48, 32, 3, 3, 16, 16): ('im2col', 256 << 10),
-    ('forward', 32, 32, 3, 3, 30, 30): ('im2col', 256 << 10),
-    ('forward', 48, 16, 3, 3, 30, 30): ('shifted', 256 << 10),
-    ('forward', 32, 16, 3, 3, 30, 30): ('shifted', 1 << 20),
-    ('forward', 16, 1, 3, 3, 30, 30): ('shifted', 4 << 20),
-    ('forward', 16, 32, 3, 3, 30, 30): ('im2col', 1 << 20),
-    ('forward', 16, 48, 3, 3, 30, 30): ('im2col', 1 << 20),
-    ('forward', 32, 16, 3, 3, 16, 16): ('shifted', 256 << 10),
-    ('weight', 16, 1, 3, 3, 30, 30): ('shifted', 1 << 20),
-    ('weight', 16, 16, 3, 3, 30, 30): ('shifted', 256 << 10),
-    ('weight', 32, 16, 3, 3, 30, 30): ('shifted', 256 << 10),
-    ('weight', 48, 16, 3, 3, 30, 30): ('shifted', 256 << 10),
-    ('weight', 32, 32, 3, 3, 30, 30): ('shifted', 256 << 10),
-    ('weight', 32, 32, 3, 3, 16, 16): ('im2col', 1 << 20),
-    ('weight', 64, 32, 3, 3, 16, 16): ('im2col', 256 << 10),
-    ('weight', 32, 32, 3, 3, 9, 9): ('shifted', 256 << 10),
-    ('weight', 16, 32, 3, 3, 16, 16): ('shifted', 256 << 10),
-    ('forward', 1, 48, 14, 27, 41, 54): ('im2col', 1 << 20),
-    ('forward', 24, 48, 2, 3, 29, 30): ('im2col', 1 << 20),
-    ('forward', 1, 64, 1, 1, 28, 28): ('im2col', 1 << 20),
-    ('forward', 48, 24, 1, 2, 28, 30): ('shifted', 1 << 20),
-    ('forward', 48, 24, 2, 3, 30, 32): ('shifted', 1 << 20),
-    ('weight', 24, 48, 1, 2, 28, 29): ('shifted', 256 << 10),
-    ('weight', 24, 48, 2, 3, 29, 30): ('shifted', 256 << 10),
-    ('weight', 1, 48, 14, 27, 41, 54): ('im2col', 256 << 10),
+    ('forward', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
+    ('forward', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+    ('forward', 32, 32, 3, 3, 16, 16, 2, 2): ('nhwc', 1 << 20),
+    ('forward', 32, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
+    ('forward', 64, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
+    ('forward', 64, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+    ('forward', 48, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+    ('forward', 48, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+    ('forward', 32, 16, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+    ('forward', 16, 1, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+    ('forward', 32, 48, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+    ('forward', 32, 64, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
+    ('forward', 32, 16, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+    ('weight', 16, 1, 3, 3, 30, 30, 1, 1): ('shifted', 4 << 20),
+    ('weight', 16, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+    ('weight', 32, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+    ('weight', 48, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+    ('weight', 32, 32, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+    ('weight', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+    ('weight', 48, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+    ('weight', 64, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+    ('weight', 32, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 4 << 20),
+    ('weight', 64, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
+    ('weight', 32, 32, 3, 3, 16, 16, 2, 2): ('nhwc', 1 << 20),
+    ('weight', 16, 32, 3, 3, 16, 16, 1, 1): ('shifted', 256 << 10),
+    ('weight', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
+    ('forward', 48, 24, 1, 2, 28, 30, 1, 1): ('shifted', 1 << 20),
+    ('forward', 48, 24, 2, 3, 30, 32, 1, 1): ('shifted', 1 << 20),
+    ('weight', 24, 48, 1, 2, 28, 29, 1, 1): ('shifted', 256 << 10),
+    ('weight', 24, 48, 2, 3, 29, 30, 1, 1): ('shifted', 256 << 10),
 }
 
 
@@ -103,11 +105,16 @@ def _plan(kind, c, o, kernel, padded_hw, stride, groups, pads):
     """(algorithm, chunk bytes) for one raw convolution."""
     if backend_name() != "numpy":
         return "im2col", GPU_CHUNK_BYTES
-    shiftable = stride == (1, 1) and groups == 1 and min(pads) >= 0
+    allowed = {"im2col"}
+    if groups == 1:
+        allowed.add("nhwc")
+        if stride == (1, 1) and min(pads) >= 0:
+            allowed.add("shifted")
     if ALGORITHM is not None:
-        return (ALGORITHM if shiftable else "im2col"), CHUNK_BYTES
-    alg, chunk = MEASURED.get((kind, c, o) + tuple(kernel) + tuple(padded_hw), ("im2col", CHUNK_BYTES))
-    return (alg if shiftable else "im2col"), chunk
+        return (ALGORITHM if ALGORITHM in allowed else "im2col"), CHUNK_BYTES
+    key = (kind, c, o) + tuple(kernel) + tuple(padded_hw) + tuple(stride)
+    alg, chunk = MEASURED.get(key, ("im2col", CHUNK_BYTES))
+    return (alg if alg in allowed else "im2col"), chunk
 
 
 def _batch_chunks(n, bytes_per_item, limit=None):
@@ -162,8 +169,9 @@ def _conv2d_raw(x, w, b, geom, out_hw, pads=None):
     pads = pads if pads is not None else (padding[0], padding[0], padding[1], padding[1])
     padded_hw = (x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3])
     alg, chunk = _plan("forward", x.shape[1], o, (kh, kw), padded_hw, stride, groups, pads)
-    if alg == "shifted":
-        y = _conv2d_shifted(x, w, pads, dilation, out_hw, chunk)
+    if alg in ("shifted", "nhwc"):
+        y = (_conv2d_shifted(x, w, pads, dilation, out_hw, chunk) if alg == "shifted"
+             else _conv2d_nhwc(x, w, pads, stride, dilation, out_hw, chunk))
         return y if b is None else y + b.reshape(1, o, 1, 1)
     xpad = _padded4(x, pads)
     cols = _windows(xpad, (kh, kw), stride, dilation, out_hw, groups)
@@ -238,6 +246,8 @@ def _conv2d_weight_raw(x, gy, kernel, geom):
     alg, chunk = _plan("weight", x.shape[1], o, kernel, padded_hw, stride, groups, pads)
     if alg == "shifted":
         return _conv2d_weight_shifted(x, gy, kernel, pads, dilation, chunk)
+    if alg == "nhwc":
+        return _conv2d_weight_nhwc(x, gy, kernel, pads, stride, dilation, chunk)
     cols = _windows(_padded(x, *padding), kernel, stride, dilation, (ho, wo), groups)
     gwt = xp.zeros((groups, k, o // groups), dtype=xp.result_type(x.dtype, gy.dtype))
     for sl in _batch_chunks(n, groups * k * p * x.itemsize, chunk):
@@ -325,6 +335,63 @@ def _conv2d_weight_shifted(x, gy, kernel, pads, dilation, chunk):
         for a, off in enumerate(taps):
             gw[a] += gflat[:, :big] @ xflat[:, off:off + big].T
     return gw.reshape(kernel[0], kernel[1], o, c).transpose(2, 3, 0, 1)
+
+
+# --- the channels-last algorithm: one group, any stride --------------------------------------
+#
+# The same columns as im2col, taken from the input laid out channels-last, (N, Hp, Wp, C): a
+# window's row of kw taps is then kw*C contiguous numbers (C numbers at dilation > 1) instead
+# of kw scattered ones, so the copy that builds the columns moves long runs, and the batch
+# chunk is one GEMM, (m*Ho*Wo, kh*kw*C) @ (kh*kw*C, O), instead of m small ones. The price
+# is a transpose of the input and of the output; it wins where the planes are small (14x14,
+# 7x7, stride 2), where im2col's runs are shortest and its per-image GEMMs thinnest.
+
+def _padded_nhwc(x, pads):
+    """(N, C, H, W) -> (N, H + t + b, W + l + r, C), zero-padded (a negative width crops)."""
+    n, c, h, w = x.shape
+    t, b, l, r = pads
+    out = xp.zeros((n, h + t + b, w + l + r, c), dtype=x.dtype)
+    out[:, max(t, 0):max(t, 0) + h + min(t, 0) + min(b, 0),
+        max(l, 0):max(l, 0) + w + min(l, 0) + min(r, 0)] = \
+        x[:, :, max(-t, 0):h - max(-b, 0), max(-l, 0):w - max(-r, 0)].transpose(0, 2, 3, 1)
+    return out
+
+
+def _windows_nhwc(xpad, kernel, stride, dilation, out_hw):
+    """A strided VIEW (N, Ho, Wo, kh, kw, C) of every window of a channels-last input:
+    element [n, h, w, i, j, c] is xpad[n, h*sh + i*dh, w*sw + j*dw, c]."""
+    sn, sy, sx, sc = xpad.strides
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    shape = (xpad.shape[0], ho, wo, kh, kw, xpad.shape[3])
+    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=(sn, sy * sh, sx * sw, sy * dh, sx * dw, sc))
+
+
+def _conv2d_nhwc(x, w, pads, stride, dilation, out_hw, chunk):
+    """conv2d, one group: per batch chunk, y^T = cols (m*P, K) @ W^T (K, O), K = (i, j, c)."""
+    n, c = x.shape[:2]
+    o, _, kh, kw = w.shape
+    k, p = kh * kw * c, out_hw[0] * out_hw[1]
+    win = _windows_nhwc(_padded_nhwc(x, pads), (kh, kw), stride, dilation, out_hw)
+    wt = xp.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(k, o)  # (K, O)
+    y = xp.empty((n, o) + tuple(out_hw), dtype=xp.result_type(x.dtype, w.dtype))
+    for sl in _batch_chunks(n, k * p * x.itemsize, chunk):
+        cols = xp.ascontiguousarray(win[sl]).reshape(-1, k)  # (m*P, K)
+        # (m*P, O) -> (m, O, Ho, Wo)
+        y[sl] = (cols @ wt).reshape((-1,) + tuple(out_hw) + (o,)).transpose(0, 3, 1, 2)
+    return y
+
+
+def _conv2d_weight_nhwc(x, gy, kernel, pads, stride, dilation, chunk):
+    """gw^T (K, O) = sum over batch chunks of cols^T (K, m*P) @ gy^T (m*P, O)."""
+    n, c = x.shape[:2]
+    o, ho, wo = gy.shape[1:]
+    k, p = kernel[0] * kernel[1] * c, ho * wo
+    win = _windows_nhwc(_padded_nhwc(x, pads), kernel, stride, dilation, (ho, wo))
+    gwt = xp.zeros((k, o), dtype=xp.result_type(x.dtype, gy.dtype))
+    for sl in _batch_chunks(n, k * p * x.itemsize, chunk):
+        cols = xp.ascontiguousarray(win[sl]).reshape(-1, k)  # (m*P, K)
+        gwt += cols.T @ xp.ascontiguousarray(gy[sl].transpose(0, 2, 3, 1)).reshape(-1, o)
+    return gwt.reshape(kernel[0], kernel[1], c, o).transpose(3, 2, 0, 1)  # (O, C, kh, kw)
 
 
 # --- the differentiable triple -------------------------------------------------------------

@@ -188,16 +188,67 @@ class _AffineNorm(Function):
         return reshape(gx, x.shape), gw, gb
 
 
+def _rowdot(a, b):
+    """sum(a * b) along the last axis with no temporary of a's size."""
+    vecdot = getattr(xp, "vecdot", None)
+    return vecdot(a, b) if vecdot is not None else xp.einsum("ij,ij->i", a, b)
+
+
+class _GroupAffineNorm(_AffineNorm):
+    """Group norm's y = xhat * w[c] + b[c], w and b per channel, in one node that never
+    materialises xhat. With d = x - mean over each group's row and r = rstd of the row,
+
+        y = d * (r w)[n, c] + b[c]
+        dL/dx = r (g w - mean(g w) - xhat mean(g w xhat))
+              = g (r w)[n, c] - (r mean(g w))[n, grp] - d (r^3 mean(g w d))[n, grp]
+
+    and the row means come from per-(n, c) sums S1 = sum_hw g, S2 = sum_hw g d, weighted by
+    w and summed over each group's channels; dL/dw = sum_n r S2, dL/db = sum_n S1. Each
+    broadcast pass over x costs about twice a plain elementwise one here, so the forward
+    makes two of them and the backward three (recorded backward: as _AffineNorm).
+    """
+
+    def forward(self, x, w, b, stat_shape, axes, param_shape, eps):
+        self.stat_shape, self.axes, self.param_shape, self.eps = stat_shape, axes, param_shape, eps
+        n, c, groups, m = x.shape[0], x.shape[1], stat_shape[1], stat_shape[2]
+        self.avg = xp.full((m,), 1.0 / m, dtype=x.dtype)
+        xs = x.reshape(-1, m)                                           # (N G, M)
+        self.d = xs - (xs @ self.avg)[:, None]                          # x - mean per row
+        self.r = 1.0 / xp.sqrt(_rowdot(self.d, self.d) * (1.0 / m) + eps)  # (N G,)
+        scale = self.r.reshape(n, groups, 1) * w.reshape(1, groups, c // groups)  # (r w)[n, c]
+        y = self.d.reshape(n, c, -1) * scale.reshape(n, c, 1)           # (N, C, HW)
+        y += b.reshape(1, c, 1)
+        return y.reshape(x.shape)
+
+    def backward(self, gy):
+        if is_grad_enabled():  # create_graph: the formulas in refgen ops, differentiable again
+            return super().backward(gy)
+        x, w, b = self.inputs
+        n, c, groups = x.shape[0], x.shape[1], self.stat_shape[1]
+        m, cg = self.stat_shape[2], c // self.stat_shape[1]
+        g = gy.data.reshape(n * c, -1)                                  # (N C, HW)
+        d = self.d.reshape(n * c, -1)
+        s1 = (g @ xp.ones((g.shape[1],), dtype=g.dtype)).reshape(n, groups, cg)  # sum_hw g
+        s2 = _rowdot(g, d).reshape(n, groups, cg)                       # sum_hw g d
+        r = self.r.reshape(n, groups, 1)
+        wg = w.data.reshape(1, groups, cg)
+        m1 = (s1 * wg).sum(axis=2, keepdims=True) / m                   # mean(g w) per row
+        m2 = (s2 * wg).sum(axis=2, keepdims=True) / m                   # mean(g w d)
+        gx = g * (r * wg).reshape(n * c, 1)                             # g (r w)
+        gx = gx.reshape(n * groups, -1)                                 # rows of (N G, M)
+        gx -= self.d * (r ** 3 * m2).reshape(-1, 1)                     # - d r^3 mean(g w d)
+        gx -= (r * m1).reshape(-1, 1)                                   # - r mean(g w)
+        gw = (r * s2).sum(axis=0).reshape(w.shape)                      # sum_n r S2
+        gb = s1.sum(axis=0).reshape(b.shape)                            # sum_n S1
+        return Tensor(gx.reshape(x.shape)), Tensor(gw), Tensor(gb)
+
+
 def _sum_to_params(a, ps):
-    """A raw array summed down to the parameter shape ``ps``: its trailing dims (layer norm)
-    or (1, C, 1, ...) (group norm), the sums as matrix-vector products with ones."""
-    if len(ps) < a.ndim:                                   # (..., *ps) -> ps
+    """A raw array (..., *ps) summed down to the layer norm's parameter shape ``ps``, the sum
+    over the leading rows as a vector-matrix product with ones."""
+    if len(ps) < a.ndim:
         rows = a.reshape(-1, math.prod(ps))
         return (xp.ones((rows.shape[0],), dtype=a.dtype) @ rows).reshape(ps)
-    if ps[0] == 1 and all(n == 1 for n in ps[2:]):        # (N, C, ...) -> (1, C, 1, ...)
-        rows = a.reshape(a.shape[0] * a.shape[1], -1)      # (N C, positions)
-        per = (rows @ xp.ones((rows.shape[1],), dtype=a.dtype)).reshape(a.shape[0], a.shape[1])
-        return xp.sum(per, axis=0).reshape(ps)
     return sum_to(Tensor(a), ps).data
 
 
@@ -231,8 +282,8 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     groups = (n, num_groups, x.size // (n * num_groups))  # (N, C, ...) -> (N, G, C/G * ...)
     per_channel = (1, c) + (1,) * (x.ndim - 2)  # (C,) -> (1, C, 1, ...)
     if weight is not None and bias is not None:
-        return _AffineNorm.apply(x, as_tensor(weight), as_tensor(bias), stat_shape=groups,
-                                 axes=(2,), param_shape=per_channel, eps=eps)
+        return _GroupAffineNorm.apply(x, as_tensor(weight), as_tensor(bias), stat_shape=groups,
+                                      axes=(2,), param_shape=per_channel, eps=eps)
     y = reshape(_Standardize.apply(reshape(x, groups), axes=(2,), eps=eps), x.shape)
     if weight is not None:
         y = y * reshape(weight, per_channel)

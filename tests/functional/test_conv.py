@@ -301,22 +301,99 @@ def test_forcing_shifted_leaves_strided_grouped_and_cropping_convs_to_im2col():
                                    rtol=1e-10, atol=1e-10)
 
 
+@st.composite
+def nhwc_configs(draw):
+    """A one-group geometry with any stride and its own (top, bottom, left, right) padding,
+    negative (cropping, as the transpose's flipped convolution does) included."""
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = tuple(draw(st.integers(-1, 2)) for _ in range(4))
+    size = tuple(draw(st.integers(max(1 - min(a, 0) - min(b, 0), d * (k - 1) + 1 - a - b), d * (k - 1) + 5))
+                 for k, d, a, b in zip(kernel, dilation, pads[::2], pads[1::2]))
+    n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    chunk = draw(st.sampled_from([1, 200, 1 << 20]))
+    return kernel, dilation, stride, pads, size, n, c, o, chunk
+
+
+@on_backend("numpy")  # compares the two algorithms in float64
+@given(nhwc_configs(), st.integers(0, 2**32 - 1))
+def test_nhwc_kernels_equal_im2col(cfg, seed):
+    """Forward (any stride, any of its four paddings, cropping included) and weight gradient:
+    the channels-last columns give what im2col and the direct loop give."""
+    kernel, dilation, stride, pads, size, n, c, o, chunk = cfg
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((n, c) + size), rng.standard_normal((o, c) + kernel)
+    out_hw = tuple((s + a + b - d * (k - 1) - 1) // st_ + 1
+                   for s, a, b, d, k, st_ in zip(size, pads[::2], pads[1::2], dilation, kernel, stride))
+    geom = (stride, (0, 0), dilation, 1)
+    sym_pad = (max(pads[:2] + (0,)), max(pads[2:] + (0,)))  # the weight gradient's padding
+    sym = (stride, sym_pad, dilation, 1)
+    out_sym = tuple((s + 2 * a - d * (k - 1) - 1) // st_ + 1
+                    for s, a, d, k, st_ in zip(size, sym_pad, dilation, kernel, stride))
+    gy = rng.standard_normal((n, o) + out_sym)
+    got = {}
+    for alg in ("im2col", "nhwc"):
+        with algorithm(alg, chunk):
+            got[alg] = (conv_module._conv2d_raw(x, w, None, geom, out_hw, pads=pads),
+                        conv_module._conv2d_weight_raw(x, gy, kernel, sym))
+    for a, b in zip(got["im2col"], got["nhwc"]):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+    cropped = x[:, :, max(-pads[0], 0):size[0] - max(-pads[1], 0), max(-pads[2], 0):size[1] - max(-pads[3], 0)]
+    padded = np.pad(cropped, ((0, 0), (0, 0), (max(pads[0], 0), max(pads[1], 0)), (max(pads[2], 0), max(pads[3], 0))))
+    np.testing.assert_allclose(got["nhwc"][0], ref_conv2d(padded, w, None, stride, (0, 0), dilation, 1),
+                               rtol=1e-10, atol=1e-10)
+
+
+@on_backend("numpy")  # finite differences in float64
+@given(nhwc_configs(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_nhwc_gradients_and_double_backward(cfg, bias, seed):
+    """conv2d and conv_transpose2d (strided) with every one-group raw kernel channels-last:
+    gradients of first and second order."""
+    kernel, dilation, stride, pads, size, n, c, o, chunk = cfg
+    rng = np.random.default_rng(seed)
+    padding = tuple(min(max(p, 0), d * (k - 1) // 2) for p, d, k in zip(pads[::2], dilation, kernel))
+    size = tuple(s + d * (k - 1) for s, d, k in zip(size, dilation, kernel))  # conv2d fits
+    x, w = rng.standard_normal((n, c) + size), rng.standard_normal((o, c) + kernel)
+    b = [rng.standard_normal(o)] if bias else []
+    with algorithm("nhwc", chunk):
+        check_grads(lambda x, w, *b: F.conv2d(x, w, *b, stride=stride, padding=padding, dilation=dilation),
+                    [x, w] + b, rng=np.random.default_rng(seed))
+        wt = rng.standard_normal((c, o) + kernel)
+        check_grads(lambda x, w, *b: F.conv_transpose2d(x, w, *b, stride=stride, padding=padding,
+                                                        dilation=dilation),
+                    [x, wt] + b, rng=np.random.default_rng(seed))
+
+
+@on_backend("numpy")
+def test_forcing_nhwc_leaves_grouped_convs_to_im2col():
+    """The channels-last algorithm is for one group; a grouped conv stays exact under it."""
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2))
+    with algorithm("nhwc"):
+        assert conv_module._plan("forward", 4, 6, (3, 2), (9, 8), (1, 1), 2, (1, 1, 1, 1))[0] == "im2col"
+        y = F.conv2d(x, w, stride=(2, 1), padding=1, groups=2)
+    np.testing.assert_allclose(y.numpy(), ref_conv2d(x, w, None, (2, 1), (1, 1), (1, 1), 2), rtol=1e-10, atol=1e-10)
+
+
 @on_backend("numpy")
 def test_measured_table_shapes_equal_im2col():
-    """Every shape the table sends to the shifted algorithm, at batch 2: forward and weight
-    gradient as im2col gives them (float32, as trained)."""
+    """Every shape the table names, at batch 2: forward and weight gradient under the chosen
+    algorithm as im2col gives them (float32, as trained)."""
     rng = np.random.default_rng(0)
     assert conv_module.MEASURED, "the measured table is empty"
-    for (kind, c, o, kh, kw, hp, wp), (alg, chunk) in conv_module.MEASURED.items():
-        assert alg in ("im2col", "shifted") and chunk > 0
+    for (kind, c, o, kh, kw, hp, wp, sh, sw), (alg, chunk) in conv_module.MEASURED.items():
+        assert alg in ("im2col", "shifted", "nhwc") and chunk > 0
+        assert alg != "shifted" or (sh, sw) == (1, 1)
         pad = (min(1, hp - kh), min(1, wp - kw))  # a padding the shape allows, within it
         x = rng.standard_normal((2, c, hp - 2 * pad[0], wp - 2 * pad[1])).astype(np.float32)
         w = rng.standard_normal((o, c, kh, kw)).astype(np.float32)
-        geom = ((1, 1), pad, (1, 1), 1)
-        gy = rng.standard_normal((2, o, hp - kh + 1, wp - kw + 1)).astype(np.float32)
-        assert conv_module._plan(kind, c, o, (kh, kw), (hp, wp), (1, 1), 1, (pad[0],) * 2 + (pad[1],) * 2) \
+        geom = ((sh, sw), pad, (1, 1), 1)
+        out_hw = ((hp - kh) // sh + 1, (wp - kw) // sw + 1)
+        gy = rng.standard_normal((2, o) + out_hw).astype(np.float32)
+        assert conv_module._plan(kind, c, o, (kh, kw), (hp, wp), (sh, sw), 1, (pad[0],) * 2 + (pad[1],) * 2) \
             == (alg, chunk)
-        run = {"forward": lambda: conv_module._conv2d_raw(x, w, None, geom, gy.shape[2:]),
+        run = {"forward": lambda: conv_module._conv2d_raw(x, w, None, geom, out_hw),
                "weight": lambda: conv_module._conv2d_weight_raw(x, gy, (kh, kw), geom)}[kind]
         got = run()
         with algorithm("im2col"):
