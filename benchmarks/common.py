@@ -130,7 +130,7 @@ def write_result(tag: str, result: dict) -> Path:
 
 
 def fit(model, ds, steps: int, lr: float, seed: int, batch_size: int, log=None, points: int = 10,
-        quiet: bool = True) -> float:
+        quiet: bool = True, ema: float | None = None) -> float:
     """``steps`` of model.train_step with one Adam over its trainable parameters, batches drawn
     with replacement (a NumPy generator seeded ``seed``), the model's noise from a backend
     generator seeded ``seed``; (step, loss) at ``points`` steps appended to ``log``. For the
@@ -143,16 +143,21 @@ def fit(model, ds, steps: int, lr: float, seed: int, batch_size: int, log=None, 
     from refgen.models.base import Batch
     opts = {"model": optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)}
     rng, noise = np.random.default_rng(seed), backend.default_rng(seed)
+    average = optim.EMA(model, ema) if ema else None
     model.train()
     t = time.perf_counter()
     for k in range(steps):
         xb = ds.x[rng.integers(0, len(ds.x), batch_size)]
         info = model.train_step(Batch(Tensor(backend.asarray(xb))), opts, noise)
+        if average is not None:
+            average.update()
         if log is not None and (k + 1) % max(1, steps // points) == 0:
             log.append((k + 1, round(info["loss"], 5)))
             if not quiet:
                 print(f"  step {k + 1}/{steps}  loss {info['loss']:.5f}  "
                       f"{(k + 1) / (time.perf_counter() - t):.2f} steps/s", flush=True)
+    if average is not None:
+        average.copy_to()
     model.eval()
     return time.perf_counter() - t
 
@@ -160,7 +165,7 @@ def fit(model, ds, steps: int, lr: float, seed: int, batch_size: int, log=None, 
 def train_and_load(model, train_ds, *, steps: int, batch_size: int, settings: dict, seed: int,
                    quiet: bool = False) -> dict:
     """Train ``model`` in a temporary run directory with ``settings`` (a model's
-    default_train: lr, ema, warmup), load the weights the run's samples would use (the EMA
+    default_train: lr, ema, warmup, grad_clip, schedule), load the weights the run's samples would use (the EMA
     where there is one) and return train_wall_s, final_loss and a ten-point loss_curve."""
     from refgen import io
     from refgen.train import CHECKPOINT, load_weights, train
@@ -169,7 +174,7 @@ def train_and_load(model, train_ds, *, steps: int, batch_size: int, settings: di
         m = train(model, train_ds, steps=steps, batch_size=batch_size, lr=settings["lr"],
                   seed=seed, out_dir=tmp, ema_decay=settings["ema"],
                   warmup=settings.get("warmup", 0), grad_clip=settings.get("grad_clip"),
-                  progress=not quiet, samples=False, log_every=max(1, steps // 10))
+                  schedule=settings.get("schedule", "constant"), progress=not quiet, samples=False, log_every=max(1, steps // 10))
         log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl"))]
         load_weights(model, io.load_checkpoint(os.path.join(tmp, CHECKPOINT))[0])
     return {"train_wall_s": round(time.perf_counter() - t0, 1), "final_loss": m["loss"],

@@ -97,7 +97,7 @@ def stage_pd(teacher, args, train_ds, test_ds, res):
                        teacher=teacher, teacher_steps=64, round_steps=args.round_steps, min_steps=1)
     res.update(round_steps=args.round_steps, lr=args.lr, batch_size=args.batch_size, rounds={})
     wall = 0.0
-    for r in range(6):
+    for r in range(args.rounds):
         N, log = int(pd.N), []
         print(f"progressive distillation: round {r + 1}, {2 * N} -> {N} steps", flush=True)
         # the halving happens inside the round's last train_step: score the student just before
@@ -144,9 +144,11 @@ def stage_cm(kind, teacher, args, train_ds, test_ds, res):
                            K=args.cm_steps, **net)
     log = []
     res.update(init=getattr(cm, "init", "random"), train_steps=args.cm_steps, lr=args.cm_lr,
+               sample_ema=args.cm_ema,
                batch_size=args.batch_size, epsilon=cm.epsilon, T=cm.T, sigma_data=cm.sigma_data,
                network=net, params=cm.num_parameters(), loss=log)
-    res["train_wall_s"] = round(fit(cm, train_ds, args.cm_steps, args.cm_lr, SEED, args.batch_size, log, quiet=False), 1)
+    res["train_wall_s"] = round(fit(cm, train_ds, args.cm_steps, args.cm_lr, SEED, args.batch_size, log,
+                                    quiet=False, ema=args.cm_ema), 1)
     for K in (1, 2):
         res[f"steps{K}"] = score(lambda n, rng: cm.sample(n, rng=rng, steps=K), test_ds, args.n,
                                  args.time_n, K)
@@ -174,12 +176,20 @@ def parse(argv=None):
     ap.add_argument("--ddim", default="64,16,8,4,2,1")
     ap.add_argument("--ddpm-steps", type=int, default=100, help="teacher: ancestral steps (0: skip)")
     ap.add_argument("--round-steps", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=6, help="pd: halvings from the teacher's 64 steps")
     ap.add_argument("--lr", type=float, default=2e-4, help="progressive distillation's Adam lr")
     ap.add_argument("--cm-steps", type=int, default=3000)
     ap.add_argument("--cm-lr", type=float, default=4e-4)
+    ap.add_argument("--cm-ema", type=float, default=None,
+                    help="cd / ct: sample an EMA of the online weights at this decay (default: the "
+                         "online weights)")
     ap.add_argument("--cd-init", choices=["random", "teacher"], default="random",
                     help="cd: a fresh network, or the teacher's (F = -v, sigma_data = 1)")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--verdict-teacher", default="teacher",
+                    help="verdict: the teacher stage's result (fewsteps_<data>_<this>.json)")
+    ap.add_argument("--verdict-pd", default="pd", help="verdict: the pd stage's result")
+    ap.add_argument("--verdict-cd", default="cd,cd_init_teacher", help="verdict: the cd results")
     args = add_smoke(ap).parse_args(argv)
     if SMOKE:
         args.n, args.time_n, args.round_steps, args.cm_steps, args.ddpm_steps = 20, 4, 2, 2, 4
@@ -199,15 +209,17 @@ def smoke_teacher(train_ds, out):
     return out
 
 
-def verdict(data: str, cd_tags=("cd", "cd_init_teacher")):
-    """The targets against the stages' result files (RESULTS/fewsteps_<data>_*.json): measured,
-    bound, gap and met, written to fewsteps_<data>_verdict.json."""
+def verdict(data: str, teacher_tag="teacher", pd_tag="pd", cd_tags=("cd", "cd_init_teacher"),
+            out_tag="verdict"):
+    """The targets against the stages' result files (RESULTS/fewsteps_<data>_<tag>.json):
+    measured, bound, gap and met, written to fewsteps_<data>_<out_tag>.json."""
     d = data.replace("-", "")
 
     def read(stage):
         path = RESULTS / f"fewsteps_{d}_{stage}.json"
         return json.loads(path.read_text()) if path.is_file() else None
-    teacher, pd, out = read("teacher"), read("pd"), {"command": command(), "data": data}
+    teacher, pd = read(teacher_tag), read(pd_tag)
+    out = {"command": command(), "data": data, "teacher_file": teacher_tag, "pd_file": pd_tag}
     if teacher and pd and "8" in pd.get("rounds", {}) and "ddim16" in teacher:
         got, bound = pd["rounds"]["8"]["fid_mnist"], teacher["ddim16"]["fid_mnist"]
         out["pd"] = dict(target=TARGETS["pd"], fid=got, bound=bound, gap=got - bound, met=got <= bound,
@@ -220,7 +232,7 @@ def verdict(data: str, cd_tags=("cd", "cd_init_teacher")):
             out[tag] = dict(target=TARGETS["cd"], init=cd.get("init", "random"), fid_1step=one,
                             bound=bound, gap=one - bound, met_1step=one <= bound, fid_2steps=two,
                             met_2_better_than_1=two < one, met=one <= bound and two < one)
-    write_result(f"fewsteps_{d}_verdict", out)
+    write_result(f"fewsteps_{d}_{out_tag}", out)
     for k, v in out.items():
         if isinstance(v, dict):
             print(f"{k}: {json.dumps(v)}", flush=True)
@@ -230,7 +242,8 @@ def verdict(data: str, cd_tags=("cd", "cd_init_teacher")):
 def main(argv=None):
     args = parse(argv)
     if args.stage == "verdict":
-        return verdict(args.data)
+        return verdict(args.data, args.verdict_teacher, args.verdict_pd, tuple(args.verdict_cd.split(",")),
+                       args.tag or "verdict")
     train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
     stages = ["teacher", "pd", "student", "cd", "ct"] if SMOKE else [args.stage]
     teacher_dir = smoke_teacher(train_ds, RESULTS / "teacher") if SMOKE else args.teacher

@@ -59,13 +59,15 @@ def run(name, model_name, args):
     train_ds, test_ds = data.load(name, "train"), data.load(name, "test")
     cls = models.get(model_name)
     st = dict(cls.default_train)
-    st.update({k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip)) if v is not None})
+    st.update({k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip),
+                                 ("schedule", args.schedule)) if v is not None})
     steps = args.steps or st["steps"]
     settings = parse_sets(args.set) if model_name != "ncsn" else {}
     model = models.create(model_name, data_shape=(2,), seed=args.seed, **settings)
     out = {"data": name, "model": model_name, "settings": settings, "steps": steps,
            "batch_size": st["batch_size"],
-           "lr": st["lr"], "ema": st["ema"], "grad_clip": st.get("grad_clip")}
+           "lr": st["lr"], "ema": st["ema"], "grad_clip": st.get("grad_clip"),
+           "schedule": st.get("schedule", "constant")}
     out.update(train_and_load(model, train_ds, steps=steps, batch_size=st["batch_size"],
                               settings=st, seed=args.seed, quiet=args.quiet))
     model.eval()
@@ -112,6 +114,8 @@ def main():
     p.add_argument("--models", default="sde-vp,sde-ve,ncsn")
     p.add_argument("--steps", type=int, default=None, help="default: each model's default_train")
     p.add_argument("--lr", type=float, default=None, help="default: each model's default_train")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
+                   help="learning-rate schedule (default: constant)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient's norm (default: none)")
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--sde-steps", type=int, default=1000, help="em / pc steps")

@@ -16,6 +16,9 @@ benchmark recipes; synthetic data of the right kind, so no dataset is needed):
     pixelcnn   gated PixelCNN, 12 layers of 24 channels, 27x27 first layer, batch 16
     gpt        GPT on 14x14 binary MNIST (196 tokens + BOS), 4 layers, 4 heads, width 64, batch 32
     ddim       50 DDIM steps (eta = 0) of the U-Net above drawing 64 images (no gradient)
+    pixelcnn_draw  the gated PixelCNN drawing 4 images, one network pass over rows 0..i per
+               pixel on both sides (refgen's 'full' sampler; its default 'cached' draw is
+               recorded beside it as refgen_cached_s)
 
 and ops (forward + backward, float32):
 
@@ -63,14 +66,15 @@ try:
 except ImportError:  # the benchmark still times refgen alone
     torch = None
 
-MODELS = ("vae", "unet", "pixelcnn", "gpt", "ddim")
+MODELS = ("vae", "unet", "pixelcnn", "gpt", "ddim", "pixelcnn_draw")
 OPS = ("attention", "gelu_tanh", "silu", "sigmoid", "layer_norm", "group_norm")
 
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=7, help="alternating refgen/torch pairs per workload")
-    ap.add_argument("--ddim-pairs", type=int, default=3, help="pairs for the 50-step DDIM draw")
+    ap.add_argument("--ddim-pairs", type=int, default=3,
+                    help="pairs for the two draws (DDIM, the PixelCNN)")
     ap.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     ap.add_argument("--tag", default="speed_cpu", help="result file name (without .json)")
     ap.add_argument("--label", default="", help="a note stored with the result (e.g. the code measured)")
@@ -454,6 +458,37 @@ def pixelcnn_workload(rng):
                                                              "max_abs_diff_logits": diff}
 
 
+def pixelcnn_draw_workload(rng):
+    """4 binary images from the gated PixelCNN above, pixel by pixel, each pixel's logit from
+    a pass of the whole network over rows 0..i (refgen's 'full' sampler, the same work on both
+    sides); refgen's default 'cached' draw is timed once beside it."""
+    n = smoke(4, 1)
+    cfg = dict(channels=24, layers=12, first_kernel=27) if not SMOKE else dict(channels=8, layers=2, first_kernel=7)
+    size = smoke(28, 6)
+    model = models.create("gated-pixelcnn", data_shape=(1, size, size), **cfg)
+    seed = iter(range(10**6))
+
+    def ours():
+        model.sample(n, rng=default_rng(next(seed)), sampler="full")
+    t = time.perf_counter()
+    model.sample(n, rng=default_rng(0), sampler="cached")
+    extra = {"images": n, "refgen_cached_s": round(time.perf_counter() - t, 3)}
+    if torch is None:
+        return ours, None, extra
+    tn = TGatedPixelCNN(cfg["channels"], cfg["layers"], cfg["first_kernel"], 3, 64)
+    extra["weights_copied"] = copy_weights(model, tn)
+
+    @torch.no_grad()
+    def theirs():
+        x = torch.zeros(n, 1, size, size)
+        for i in range(size):
+            for j in range(size):
+                p = torch.sigmoid(tn(x[:, :, :i + 1])[:, 0, i, j])
+                x[:, 0, i, j] = torch.bernoulli(p)
+        return x
+    return ours, theirs, extra
+
+
 # --- GPT -------------------------------------------------------------------------------------
 
 if torch is not None:
@@ -572,6 +607,7 @@ def group_norm_workload(rng):
 
 
 WORKLOADS = {"vae": vae_workload, "unet": unet_workload, "pixelcnn": pixelcnn_workload,
+             "pixelcnn_draw": pixelcnn_draw_workload,
              "gpt": gpt_workload, "ddim": ddim_workload, "attention": attention_workload,
              "gelu_tanh": gelu_tanh_workload, "silu": silu_workload, "sigmoid": sigmoid_workload,
              "layer_norm": layer_norm_workload, "group_norm": group_norm_workload}
@@ -597,7 +633,7 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         torch is not None and torch.manual_seed(0)
         ours, theirs, info = WORKLOADS[name](rng)
-        res = paired(ours, theirs, args.ddim_pairs if name == "ddim" else args.pairs)
+        res = paired(ours, theirs, args.ddim_pairs if name in ("ddim", "pixelcnn_draw") else args.pairs)
         results[name] = {**res, **info}
         line = f"{name:11s} refgen {res['refgen_s'] * 1e3:9.1f} ms"
         if "ratio" in res:

@@ -18,7 +18,9 @@ time (at most ``CHUNK_BYTES``), so memory stays a small multiple of input + outp
 At stride 1 with one group there is a second algorithm, "shifted": the padded input is laid
 out channels-first, (C, n*Hp*Wp), so that kernel tap (i, j) of every window is ONE contiguous
 slice of it, and the convolution is kh*kw GEMMs on those slices with no columns at all (the
-weight gradient likewise). Which of the two runs, and in what chunk size, is read from
+weight gradient likewise). With one group at any stride there is a third, "nhwc": im2col's
+columns taken from the input laid out channels-last, so each window row is one contiguous
+run and a batch chunk is one GEMM. Which runs, and in what chunk size, is read from
 ``MEASURED``, a table of the winners timed per shape on the CPU; shapes not in it, and the GPU,
 take im2col.
 """
@@ -59,14 +61,16 @@ def _out_size(n, k, s, p, d):
 # applies (the tests, and benchmarks/conv_speed.py's before/after).
 ALGORITHM = None
 
-# (kind, C_in, C_out, kh, kw, Hp, Wp) -> (algorithm, chunk bytes), for kind "forward" (also the
-# stride-1 input gradient, a forward conv with the flipped kernel) and "weight"; Hp, Wp are the
-# padded input's size. Winners of `python benchmarks/conv_speed.py --tune` (both algorithms at
-# chunks of 256 KiB, 1 MiB and 4 MiB, the median CPU time of 7 interleaved repeats, one BLAS
-# thread, a 2-core AMD EPYC under heavy shared load; benchmarks/results/conv_tune_cpu.json) at
-# the U-Net's (batch 64) and gated PixelCNN's (batch 16) shapes; only entries that beat im2col
-# at CHUNK_BYTES by more than 10% are kept. The shifted weight gradient in 256 KiB chunks (the
-# (C + O) x L panels of each tap's GEMM stay in cache) is the largest win: 1.5-2x at 28x28.
+# (kind, C_in, C_out, kh, kw, Hp, Wp, sh, sw) -> (algorithm, chunk bytes), for kind "forward"
+# (also the stride-1 input gradient, a forward conv with the flipped kernel) and "weight"; Hp,
+# Wp are the padded input's size. Winners of `python benchmarks/conv_speed.py --tune` (every
+# algorithm that applies at chunks of 256 KiB, 1 MiB and 4 MiB, the median CPU time of 5
+# interleaved repeats after a warm-up, one BLAS thread, a 2-core AMD EPYC with one other process;
+# benchmarks/results/conv_tune_cpu.json) at the U-Net's (batch 64) and gated PixelCNN's
+# (batch 16) shapes; only entries that beat im2col at CHUNK_BYTES by more than 10% are kept.
+# The shifted weight gradient at 28x28 in 256 KiB chunks (the (C + O) x L panels of each
+# tap's GEMM stay in cache) and the channels-last kernels at 14x14, 7x7 and stride 2 (long
+# copy runs, one GEMM per chunk) are the largest wins, 1.2-2x.
 MEASURED = {
     ('forward', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
     ('forward', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
