@@ -238,6 +238,24 @@ def _toposort(roots):
     return order
 
 
+class SliceGrad:
+    """The gradient of ``x[idx]`` (basic indexing) with respect to x when no graph is being
+    recorded: ``data`` belongs at ``idx`` of a zero array of ``shape``. The backward pass adds
+    it straight into x's accumulated gradient, so T slices of one array cost T slice-sized
+    adds, not T full-size zero arrays and T full-size sums (a recurrent net that reads its
+    precomputed inputs one time step at a time would be quadratic in T)."""
+
+    __slots__ = ("data", "idx", "shape")
+
+    def __init__(self, data, idx, shape):
+        self.data, self.idx, self.shape = data, idx, tuple(shape)
+
+    def dense(self):
+        out = xp.zeros(self.shape, dtype=self.data.dtype)
+        out[self.idx] = self.data
+        return out
+
+
 def _backprop(outputs, grad_outputs, inputs, create_graph):
     for o in outputs:
         if not isinstance(o, Tensor):
@@ -257,10 +275,26 @@ def _backprop(outputs, grad_outputs, inputs, create_graph):
         seeds.append((o, g))
 
     grads = {}  # id(tensor) -> (tensor, accumulated gradient Tensor)
+    owned = set()  # ids whose gradient buffer this pass allocated: safe to add into in place
 
     def accumulate(t, g):
-        if id(t) in grads:
-            grads[id(t)] = (t, grads[id(t)][1] + g)  # out of place: the old gradient is untouched
+        if isinstance(g, SliceGrad):  # a slice's gradient: added into its place, no zeros of its own
+            if id(t) not in grads:
+                grads[id(t)] = (t, Tensor(g.dense()))
+            elif id(t) in owned:
+                grads[id(t)][1].data[g.idx] += g.data
+            else:
+                buf = xp.array(grads[id(t)][1].data, copy=True)
+                buf[g.idx] += g.data
+                grads[id(t)] = (t, Tensor(buf))
+            owned.add(id(t))
+        elif id(t) in grads:
+            acc = grads[id(t)][1]
+            if id(t) in owned and not create_graph and acc.shape == g.shape and acc.dtype == g.dtype:
+                acc.data += g.data
+            else:
+                grads[id(t)] = (t, grads[id(t)][1] + g)  # out of place: the old gradient is untouched
+                owned.add(id(t))
         else:
             grads[id(t)] = (t, g)
 
@@ -274,6 +308,7 @@ def _backprop(outputs, grad_outputs, inputs, create_graph):
                 continue
             if id(t) not in wanted:
                 del grads[id(t)]  # free intermediate gradients as soon as they are used
+                owned.discard(id(t))
             gxs = t._fn.backward(entry[1])
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)

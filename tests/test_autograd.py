@@ -56,6 +56,62 @@ def test_backward_accumulates_out_of_place():
     np.testing.assert_array_equal(arr(x.grad), first_values + 3.0)
 
 
+def test_slice_gradients_are_added_in_place_without_touching_anything_passed_in():
+    """x read one column at a time (as a recurrent net reads its inputs), plus whole-array
+    paths whose gradients arrive first and are shared: the accumulated gradient equals the
+    closed form, the gradient handed in (grad_outputs) and the one a path passes on unchanged
+    are left as they were, and the recorded (create_graph) pass gives the same numbers."""
+    rng = np.random.default_rng(3)
+    xv = rng.standard_normal((3, 6))
+    wv = rng.standard_normal(6)
+    gv = rng.standard_normal((3, 6))
+    x = leaf(xv)
+    g_out = refgen.tensor(gv.copy())
+
+    def outputs():
+        y = x + x                                   # Add's backward passes g_out on to x twice
+        cols = [x[:, t:t + 1] * float(wv[t]) for t in range(6)]
+        return y, F.cat(cols, dim=1) + F.sin(x[:, 1:4]).sum()
+    y, z = outputs()
+    (g,) = grad([y, z], [x], grad_outputs=[g_out, refgen.tensor(np.ones((3, 6)))])
+    want = 2 * gv + wv[None, :] + 0.0
+    want[:, 1:4] += 18 * np.cos(xv[:, 1:4])         # sin(x[:, 1:4]).sum() is added to all 18 entries
+    np.testing.assert_allclose(arr(g), want, rtol=1e-13)
+    np.testing.assert_array_equal(arr(g_out), gv)   # nothing handed in was written to
+    y, z = outputs()
+    (g2,) = grad([y, z], [x], grad_outputs=[g_out, refgen.tensor(np.ones((3, 6)))], create_graph=True)
+    np.testing.assert_allclose(arr(g2), want, rtol=1e-13)
+    np.testing.assert_array_equal(arr(g_out), gv)
+
+
+def test_a_slice_gradient_arriving_first_is_not_shared():
+    """Two slices of x whose gradients are the same upstream array: each lands in x's own
+    buffer, and the upstream gradient stays as it was."""
+    xv = np.arange(8.0).reshape(2, 4)
+    x = leaf(xv)
+    g_in = np.full((2, 2), 5.0)
+    y = F.cat([x[:, 0:2], x[:, 1:3]], dim=0)        # (4, 2)
+    (g,) = grad(y, [x], grad_outputs=refgen.tensor(np.concatenate([g_in, g_in])))
+    np.testing.assert_array_equal(arr(g), [[5.0, 10.0, 5.0, 0.0], [5.0, 10.0, 5.0, 0.0]])
+    np.testing.assert_array_equal(g_in, np.full((2, 2), 5.0))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_a_slice_gradient_after_a_passed_on_one_copies_it_first(order):
+    """x + c passes the gradient handed in on to x unchanged (the same array); a slice of x
+    then adds into x's gradient: into a copy, never into the array the caller gave."""
+    xv = np.arange(6.0).reshape(2, 3)
+    x = leaf(xv)
+    g_whole, g_col = np.full((2, 3), 2.0), np.full((2, 1), 7.0)
+    pairs = [(x + 1.0, refgen.tensor(g_whole)), (x[:, 1:2], refgen.tensor(g_col))]
+    if order:
+        pairs.reverse()
+    (g,) = grad([p[0] for p in pairs], [x], grad_outputs=[p[1] for p in pairs])
+    np.testing.assert_array_equal(arr(g), [[2.0, 9.0, 2.0], [2.0, 9.0, 2.0]])
+    for _, given in pairs:
+        np.testing.assert_array_equal(arr(given), np.full(given.shape, 2.0 if given.shape == (2, 3) else 7.0))
+
+
 def test_non_scalar_backward_needs_an_explicit_gradient():
     x = leaf([1.0, 2.0, 3.0])
     y = x * 2.0

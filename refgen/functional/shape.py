@@ -6,7 +6,7 @@ import math
 
 import builtins
 
-from refgen.autograd import Function, Tensor, as_tensor
+from refgen.autograd import Function, SliceGrad, Tensor, as_tensor, is_grad_enabled
 from refgen.backend import xp, scatter_add
 
 __all__ = ["reshape", "flatten", "permute", "transpose", "broadcast_to", "sum_to", "squeeze",
@@ -163,6 +163,8 @@ class _GetItem(Function):
         return x[idx]
 
     def backward(self, gy):
+        if not (self.advanced or is_grad_enabled()):  # added in place by the backward pass
+            return SliceGrad(gy.data, self.idx, self.inputs[0].shape)
         return index_add(gy, self.idx, self.inputs[0].shape, self.advanced)
 
 
