@@ -95,13 +95,15 @@ def stage_teacher(teacher, args, test_ds, res):
 def stage_pd(teacher, args, train_ds, test_ds, res):
     pd = models.create("progressive-distillation", data_shape=train_ds.shape, seed=SEED,
                        teacher=teacher, teacher_steps=64, round_steps=args.round_steps, min_steps=1)
-    res.update(round_steps=args.round_steps, lr=args.lr, batch_size=args.batch_size, rounds={})
+    res.update(round_steps=args.round_steps, lr=args.lr, batch_size=args.batch_size, student_ema=args.pd_ema,
+               rounds={})
     wall = 0.0
     for r in range(args.rounds):
         N, log = int(pd.N), []
         print(f"progressive distillation: round {r + 1}, {2 * N} -> {N} steps", flush=True)
         # the halving happens inside the round's last train_step: score the student just before
-        wall += fit(pd, train_ds, args.round_steps - 1, args.lr, SEED + r, args.batch_size, log, quiet=False)
+        wall += fit(pd, train_ds, args.round_steps - 1, args.lr, SEED + r, args.batch_size, log, quiet=False,
+                    ema=args.pd_ema)  # with --pd-ema the round's student is the average
         res["rounds"][str(N)] = dict(score(lambda n, rng: pd.sample(n, rng=rng, steps=N), test_ds,
                                            args.n, args.time_n, N), loss=log)
         print(f"  student {N} steps: FID {res['rounds'][str(N)]['fid_mnist']:.2f}", flush=True)
@@ -178,6 +180,9 @@ def parse(argv=None):
     ap.add_argument("--round-steps", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=6, help="pd: halvings from the teacher's 64 steps")
     ap.add_argument("--lr", type=float, default=2e-4, help="progressive distillation's Adam lr")
+    ap.add_argument("--pd-ema", type=float, default=None,
+                    help="pd: each round's student is an EMA of its weights at this decay (it is "
+                         "scored, then takes the round's last step and becomes the next teacher)")
     ap.add_argument("--cm-steps", type=int, default=3000)
     ap.add_argument("--cm-lr", type=float, default=4e-4)
     ap.add_argument("--cm-ema", type=float, default=None,
