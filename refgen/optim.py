@@ -255,6 +255,10 @@ class EMA:
     """Exponential moving average of a model's parameters, for sampling with averaged weights.
 
         shadow <- decay * shadow + (1 - decay) * theta     after each optimizer step
+
+    A parameter that does not require a gradient (a frozen teacher, a target network with its
+    own update) is not averaged: its shadow is its current value, exactly, so copying the
+    averages in never moves it (in float32, averaging a constant drifts it by a few ulps).
     """
 
     def __init__(self, model, decay: float = 0.999):
@@ -276,6 +280,9 @@ class EMA:
         d = self.decay
         for k, p in self._pairs(model):
             s = self.shadow[k]
+            if not p.requires_grad:  # frozen: tracked, not averaged
+                s[...] = p.data
+                continue
             s *= d  # shadow <- decay shadow + (1 - decay) theta
             s += (1 - d) * p.data
         self.num_updates += 1

@@ -265,6 +265,27 @@ def test_ema_math_swap_copy_and_state(tmp_path):
         other.load_state_dict({"num_updates": np.array(1)})
 
 
+def test_ema_tracks_frozen_parameters_exactly():
+    """A parameter without a gradient (a frozen teacher) is not averaged: its shadow is its
+    current value bit for bit, also after it is replaced, so copy_to never moves it; the
+    trainable one next to it is averaged as before (float32, where averaging a constant
+    would drift it)."""
+    lin = nn.Linear(3, 4, rng=0, dtype=np.float32)
+    lin.bias.requires_grad = False
+    frozen0 = lin.bias.numpy().copy()
+    ema = optim.EMA(lin, decay=0.999)
+    for k in range(300):
+        lin.weight.data = lin.weight.data + np.float32(0.01)
+        if k == 200:  # replaced wholesale, as a distillation round replaces its teacher
+            lin.bias.data = lin.bias.data * np.float32(1.7)
+        ema.update()
+    np.testing.assert_array_equal(to_numpy(ema.shadow["bias"]), frozen0 * np.float32(1.7))
+    assert np.all(to_numpy(ema.shadow["weight"]) < lin.weight.numpy() - 0.5)  # averaged: lags
+    current = lin.bias.numpy().copy()
+    ema.copy_to()
+    np.testing.assert_array_equal(lin.bias.numpy(), current)
+
+
 def test_schedules():
     assert optim.linear_warmup(0, 10) == pytest.approx(0.1)
     assert optim.linear_warmup(9, 10) == 1.0 and optim.linear_warmup(50, 10) == 1.0

@@ -203,17 +203,16 @@ class _GroupAffineNorm(_AffineNorm):
               = g (r w)[n, c] - (r mean(g w))[n, grp] - d (r^3 mean(g w d))[n, grp]
 
     and the row means come from per-(n, c) sums S1 = sum_hw g, S2 = sum_hw g d, weighted by
-    w and summed over each group's channels; dL/dw = sum_n r S2, dL/db = sum_n S1. Each
-    broadcast pass over x costs about twice a plain elementwise one here, so the forward
-    makes two of them and the backward three (recorded backward: as _AffineNorm).
+    w and summed over each group's channels; dL/dw = sum_n r S2, dL/db = sum_n S1. The
+    forward makes two broadcast passes over x after the centring, the backward three
+    (recorded backward: as _AffineNorm).
     """
 
     def forward(self, x, w, b, stat_shape, axes, param_shape, eps):
         self.stat_shape, self.axes, self.param_shape, self.eps = stat_shape, axes, param_shape, eps
         n, c, groups, m = x.shape[0], x.shape[1], stat_shape[1], stat_shape[2]
-        self.avg = xp.full((m,), 1.0 / m, dtype=x.dtype)
         xs = x.reshape(-1, m)                                           # (N G, M)
-        self.d = xs - (xs @ self.avg)[:, None]                          # x - mean per row
+        self.d = xs - (xs @ xp.full((m,), 1.0 / m, dtype=x.dtype))[:, None]  # x - mean per row
         self.r = 1.0 / xp.sqrt(_rowdot(self.d, self.d) * (1.0 / m) + eps)  # (N G,)
         scale = self.r.reshape(n, groups, 1) * w.reshape(1, groups, c // groups)  # (r w)[n, c]
         y = self.d.reshape(n, c, -1) * scale.reshape(n, c, 1)           # (N, C, HW)

@@ -88,8 +88,8 @@ class _SumTo(Function):
         axes = tuple(range(lead)) + tuple(
             lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
         # summed trailing dims of a contiguous array: one matrix-vector product with ones
-        # (BLAS; a reduction over the last axes of (N, C, H, W) to (1, C, 1, 1) measured
-        # several times slower), then the rest on the far smaller array
+        # (BLAS, where NumPy's reduction over the last axes of (N, C, H, W) to (1, C, 1, 1)
+        # was a visible part of a U-Net step), then the rest on the far smaller array
         k = 0
         while k < len(axes) and axes[-1 - k] == x.ndim - 1 - k:
             k += 1
