@@ -17,6 +17,7 @@ Importing this module (the scripts do it first, with
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -130,12 +131,14 @@ def write_result(tag: str, result: dict) -> Path:
 
 
 def fit(model, ds, steps: int, lr: float, seed: int, batch_size: int, log=None, points: int = 10,
-        quiet: bool = True, ema: float | None = None) -> float:
+        quiet: bool = True, ema: float | None = None, at_point=None) -> float:
     """``steps`` of model.train_step with one Adam over its trainable parameters, batches drawn
     with replacement (a NumPy generator seeded ``seed``), the model's noise from a backend
     generator seeded ``seed``; (step, loss) at ``points`` steps appended to ``log``. For the
     students whose round or schedule lives in the model (progressive distillation, consistency
-    models), where the loop's checkpoints are not needed. Returns the wall seconds."""
+    models), where the loop's checkpoints are not needed. at_point(step): called at each log
+    point in eval mode, holding the averaged weights under ``ema``; its seconds are not
+    counted. Returns the wall seconds of training."""
     import numpy as np
 
     from refgen import backend, optim
@@ -156,6 +159,13 @@ def fit(model, ds, steps: int, lr: float, seed: int, batch_size: int, log=None, 
             if not quiet:
                 print(f"  step {k + 1}/{steps}  loss {info['loss']:.5f}  "
                       f"{(k + 1) / (time.perf_counter() - t):.2f} steps/s", flush=True)
+            if at_point is not None:
+                t_point = time.perf_counter()
+                model.eval()
+                with average.swapped() if average is not None else contextlib.nullcontext():
+                    at_point(k + 1)
+                model.train()
+                t += time.perf_counter() - t_point
     if average is not None:
         average.copy_to()
     model.eval()

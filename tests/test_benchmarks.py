@@ -89,16 +89,51 @@ def test_smoke(script, extra, mnist, request, tmp_path):
     assert _results_state() == before, "a smoke run touched benchmarks/results"
 
 
-def test_nfe_counter_counts_network_evaluations_per_sample():
-    """benchmarks/common.py::NFECounter on annealed Langevin: L levels of T steps and the final
-    denoising step are L * T + 1 evaluations per sample; the network is restored afterwards."""
+def _common():
     import importlib.util
-
-    from refgen import backend, models
     spec = importlib.util.spec_from_file_location("benchmarks_common", BENCH / "common.py")
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
-    NFECounter = common.NFECounter
+    return common
+
+
+def test_fit_at_point_sees_the_average_and_leaves_training_alone():
+    """benchmarks/common.py::fit's at_point runs in eval mode on the EMA weights (those the run
+    ends with at its last point), and a run with it ends on the same weights as one without."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from refgen import backend, models
+    fit = _common().fit
+    ds = SimpleNamespace(x=np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32))
+
+    def run(at_point=None):
+        m = models.create("consistency-training", data_shape=(2,), seed=0, K=6, hidden=16, depth=1)
+        fit(m, ds, 6, 1e-2, 0, 8, log=[], points=3, ema=0.5, at_point=at_point and at_point(m))
+        return m, {k: backend.to_numpy(v).copy() for k, v in m.state_dict().items()}
+    seen = []
+
+    def at_point(m):
+        def call(step):
+            online = {k: backend.to_numpy(p.data).copy() for k, p in m.named_parameters()}
+            seen.append((step, m.training, online))
+        return call
+    m, with_calls = run(at_point)
+    _, without = run()
+    assert [s for s, _, _ in seen] == [2, 4, 6] and not any(t for _, t, _ in seen)
+    assert with_calls.keys() == without.keys()
+    assert all(np.array_equal(with_calls[k], without[k]) for k in without)
+    last = seen[-1][2]                     # the average at the last point is what fit leaves
+    assert all(np.array_equal(last[k], with_calls[k]) for k in last)
+    assert any(not np.array_equal(seen[0][2][k], last[k]) for k in last)
+
+
+def test_nfe_counter_counts_network_evaluations_per_sample():
+    """benchmarks/common.py::NFECounter on annealed Langevin: L levels of T steps and the final
+    denoising step are L * T + 1 evaluations per sample; the network is restored afterwards."""
+    from refgen import backend, models
+    NFECounter = _common().NFECounter
     m = models.create("ncsn", data_shape=(2,), seed=0, sigma_max=1.5, num_levels=3, T=4, hidden=8,
                       depth=1)
     with NFECounter(m.net) as c:
