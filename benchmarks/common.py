@@ -103,15 +103,46 @@ def machine() -> dict:
     return {"nproc": os.cpu_count(), "cpu": cpu, "backend": backend.name(),
             "python": platform.python_version(), "numpy": np.__version__,
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+            "blas_core": blas_core(), "avx512": _cpu_has("avx512f"),
             "load_avg_at_end": ([round(v, 2) for v in os.getloadavg()]
                                 if hasattr(os, "getloadavg") else None),
             "process_cpu_s": round(time.process_time(), 1)}
 
 
+def blas_core() -> str | None:
+    """The kernel family NumPy's bundled OpenBLAS runs (e.g. 'Haswell' for AVX2, 'SkylakeX'
+    for AVX-512): the one it detected for this CPU when it loaded, or the one the environment
+    names in OPENBLAS_CORETYPE; None where NumPy links another BLAS."""
+    import ctypes
+    import glob
+
+    import numpy as np
+    libs = glob.glob(str(Path(np.__file__).parent.parent / "numpy.libs" / "*openblas*"))
+    for lib in libs:
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                     "openblas_get_corename64_", "openblas_get_corename"):
+            fn = getattr(ctypes.CDLL(lib), name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return None
+
+
+def _cpu_has(flag: str) -> bool | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return flag in line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return None
+
+
 def command() -> str:
     """The command line that reproduces this run, from the repository root, with the
     environment variables that change what it does."""
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("REFGEN_BACKEND",) if k in os.environ)
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("REFGEN_BACKEND", "OPENBLAS_CORETYPE")
+                   if k in os.environ)  # the second picks the BLAS kernels: a timing's context
     return (env + " " if env else "") + "python " + " ".join(
         [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
 

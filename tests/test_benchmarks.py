@@ -129,6 +129,18 @@ def test_fit_at_point_sees_the_average_and_leaves_training_alone():
     assert any(not np.array_equal(seen[0][2][k], last[k]) for k in last)
 
 
+def test_machine_records_the_blas_kernel_and_command_its_override(monkeypatch):
+    """Timings are only comparable with the BLAS kernels that ran: machine() names them and
+    command() keeps an OPENBLAS_CORETYPE that chose them."""
+    common = _common()
+    m = common.machine()
+    assert m["blas_core"] is None or (isinstance(m["blas_core"], str) and m["blas_core"])
+    assert m["avx512"] in (True, False, None)
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")
+    monkeypatch.delenv("REFGEN_BACKEND", raising=False)
+    assert common.command().startswith("OPENBLAS_CORETYPE=SkylakeX python ")
+
+
 def test_nfe_counter_counts_network_evaluations_per_sample():
     """benchmarks/common.py::NFECounter on annealed Langevin: L levels of T steps and the final
     denoising step are L * T + 1 evaluations per sample; the network is restored afterwards."""
