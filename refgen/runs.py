@@ -5,8 +5,10 @@
     DIR/log.jsonl, DIR/metrics.json, DIR/samples.png
     DIR/.lock            present while a run writes DIR (holds the writer's process id)
 
-``load_run(DIR)`` rebuilds the trained model; ``build_model`` and ``parse_sets`` turn a model
-name and ``--set key=value`` pairs into a model. Bad input raises UsageError, one line.
+``load_run(DIR)`` rebuilds the trained model; ``load_component`` gives a model the trained
+model it builds on (a teacher, a first stage, a dVAE, a CLIP); ``build_model`` and
+``parse_sets`` turn a model name and ``--set key=value`` pairs into a model. Bad input raises
+UsageError, one line.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from refgen.metrics.evaluation import evaluate_after_training
 from refgen.models.base import constructor_kwargs, hyperparameters
 from refgen.train import CHECKPOINT, TrainConfig, load_weights, train
 
-__all__ = ["UsageError", "parse_sets", "build_model", "load_run", "run_dir", "read_json",
+__all__ = ["UsageError", "parse_sets", "build_model", "load_run", "load_component", "run_dir", "read_json",
            "write_json", "default_out", "locked", "lock_holder", "LOCK", "check_writable", "run_config",
            "run_training", "train_settings", "TRAIN_DEFAULTS"]
 
@@ -134,6 +136,42 @@ def load_run(path, use_ema=True):
         raise UsageError(f"cannot load {d / CHECKPOINT}: {e}".replace("\n", " ")) from None
     model.eval()
     return model, cfg
+
+
+def load_component(spec, *, who: str, option: str, kinds, data_shape=None, copy=None, hint=""):
+    """The trained model that model ``who`` builds on through its option ``option`` (a
+    teacher, a ControlNet's base, a first stage, a dVAE, a CLIP), in eval mode: ``spec``
+    itself when it is a model registered as one of ``kinds`` (``copy(spec)`` when a copy is
+    asked for: one on the active backend that the caller may change), else the model of the
+    run directory ``spec`` names, with its EMA weights. ``data_shape``, when given, must be
+    the component's. Anything else is a ValueError of one line naming ``option`` (and, for a
+    run directory that cannot be read, ending with ``hint``: how to make one)."""
+    from refgen.nn import Module
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    wanted = " or ".join(kinds)
+    if spec is None:
+        raise ValueError(f"{who} builds on a trained {wanted}: pass its run directory, "
+                         f"--set {option}=runs/<{wanted} run>")
+    if isinstance(spec, Module):
+        kind = getattr(spec, "registry_name", type(spec).__name__)
+        if kind not in kinds:
+            raise ValueError(f"{option} is a {kind!r} model; {who} needs a {wanted}")
+        model = spec if copy is None else copy(spec)
+    elif isinstance(spec, (str, os.PathLike)):
+        try:
+            kind = read_json(run_dir(spec) / "config.json").get("model")
+            if kind not in kinds:
+                raise ValueError(f"{option} {str(spec)!r} is a {kind!r} run; {who} needs a {wanted} run")
+            model, _ = load_run(spec)
+        except UsageError as e:
+            raise ValueError(f"{option}: {e}" + (f"; {hint}" if hint else "")) from None
+    else:
+        raise ValueError(f"{option} must be a {wanted} run directory or a {wanted} model, "
+                         f"got {type(spec).__name__}")
+    if data_shape is not None and tuple(int(s) for s in data_shape) != tuple(model.data_shape):
+        raise ValueError(f"{who}: the data has shape {tuple(int(s) for s in data_shape)} but the "
+                         f"{option} was trained on {tuple(model.data_shape)}")
+    return model.eval()
 
 
 def check_writable(d: Path):

@@ -536,3 +536,35 @@ def test_sample_steps_and_sampler_reach_the_models_sampler(run_dir, tmp_path, ca
                                          "--out", str(tmp_path / "e.png")]))
     assert "'gmm' takes no --steps" in line
     assert not (tmp_path / "d.png").exists() and not (tmp_path / "e.png").exists()
+
+
+def test_load_component_takes_a_model_or_its_run_and_refuses_the_rest_in_one_line(tmp_path):
+    """refgen.runs.load_component, the one door for a model built on a trained one: a model of
+    the named kind (itself, or copy(model)), the model of a run directory with the run's
+    weights, and one ValueError line for the wrong kind, a wrong shape, a missing run, a bad
+    type, or nothing given."""
+    from refgen.runs import load_component, load_run
+    run_dir = tmp_path / "flow"
+    assert main(["train", "realnvp", "--data", "8gaussians", "--steps", "2", "--no-eval", "-q",
+                 "--out", str(run_dir)]) == 0
+    ref, _ = load_run(run_dir)
+    kw = dict(who="student", option="base")
+    got = load_component(str(run_dir), kinds="realnvp", data_shape=(2,), **kw)
+    assert type(got) is type(ref) and not got.training
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(got.state_dict()[k], v)
+    assert load_component(ref, kinds=("ddpm", "realnvp"), **kw) is ref
+    twin = models.create("realnvp", data_shape=(2,), seed=1)
+    assert load_component(ref, kinds="realnvp", copy=lambda m: twin, **kw) is twin
+    cases = [(dict(spec=str(run_dir), kinds="ddpm"), r"^base '.*' is a 'realnvp' run; student needs a ddpm run$"),
+             (dict(spec=ref, kinds="ddpm"), r"^base is a 'realnvp' model; student needs a ddpm$"),
+             (dict(spec=str(run_dir), kinds="realnvp", data_shape=(3,)),
+              r"^student: the data has shape \(3,\) but the base was trained on \(2,\)$"),
+             (dict(spec=str(run_dir / "none"), kinds="realnvp"), r"^base: run directory .* does not exist"),
+             (dict(spec=3, kinds="realnvp"), r"^base must be a realnvp run directory or a realnvp model, got int$"),
+             (dict(spec=None, kinds=("a", "b")),
+              r"^student builds on a trained a or b: pass its run directory, --set base=runs/<a or b run>$")]
+    for case, message in cases:
+        spec = case.pop("spec")
+        with pytest.raises(ValueError, match=message):
+            load_component(spec, **case, **kw)

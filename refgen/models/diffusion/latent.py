@@ -40,29 +40,15 @@ def load_autoencoder(autoencoder, data_shape):
     """The first stage, in eval mode: a copy of ``autoencoder`` on the active backend when it
     is a model (so that freezing it leaves the caller's model alone), else the model in the
     run directory it names (EMA weights)."""
-    if autoencoder is None:
-        raise ValueError("ldm diffuses in a trained autoencoder's latent: pass its run directory, "
-                         "--set autoencoder=runs/<kl-autoencoder or vq-autoencoder run>")
-    if isinstance(autoencoder, Module):
-        model = copy.deepcopy(autoencoder)
-        model.load_state_dict(autoencoder.state_dict())                   # onto the active backend
-    else:
-        from refgen.runs import UsageError, load_run, read_json, run_dir
-        try:
-            kind = read_json(run_dir(autoencoder) / "config.json").get("model")
-            if kind not in FIRST_STAGES:
-                raise ValueError(f"autoencoder {str(autoencoder)!r} is a {kind!r} run; ldm needs "
-                                 f"one of {', '.join(FIRST_STAGES)}")
-            model, _ = load_run(autoencoder)
-        except UsageError as e:
-            raise ValueError(f"autoencoder: {e}") from None
-    if not (hasattr(model, "encode_latent") and hasattr(model, "decode_latent")):
-        raise ValueError(f"autoencoder {type(model).__name__} has no encode_latent/decode_latent; "
-                         f"ldm takes one of {', '.join(FIRST_STAGES)}")
-    if tuple(int(s) for s in data_shape) != tuple(model.data_shape):
-        raise ValueError(f"ldm: the data has shape {tuple(data_shape)} but the autoencoder was "
-                         f"trained on {tuple(model.data_shape)}")
-    return model.eval()
+    from refgen.runs import load_component
+    return load_component(autoencoder, who="ldm", option="autoencoder", kinds=FIRST_STAGES,
+                          data_shape=data_shape, copy=_copy)
+
+
+def _copy(model):
+    out = copy.deepcopy(model)
+    out.load_state_dict(model.state_dict())                             # onto the active backend
+    return out
 
 
 @register("ldm")

@@ -126,18 +126,6 @@ class DalleTransformer(Module):
         return z
 
 
-def _load(what, path):
-    """A model from a run directory (``refgen train`` output), or the model itself."""
-    if isinstance(path, Module):
-        return path
-    from refgen.runs import load_run   # runs imports the registry: import late
-    try:
-        model, _ = load_run(path)
-    except Exception as e:  # noqa: BLE001 - one line whatever went wrong
-        raise ValueError(f"dalle: cannot load the {what} run {path!r}: {e}") from None
-    return model
-
-
 @register("dalle")
 class DALLE(Module):
     """DALL-E on captioned images: a frozen dVAE (``dvae``: a run directory, ``--set
@@ -155,11 +143,11 @@ class DALLE(Module):
                  clip=None, width: int = 64, layers: int = 2, heads: int = 4,
                  text_weight: float = 1.0 / 8, context: int = CONTEXT):
         super().__init__()
-        if dvae is None:
-            raise ValueError("dalle needs a trained dVAE: --set dvae=RUN_DIR (from refgen train dvae)")
         self.tokenizer = Tokenizer(context=context)
-        self.dvae = _load("dvae", dvae).requires_grad_(False).eval()
-        self.clip = None if clip is None else _load("clip", clip).requires_grad_(False).eval()
+        from refgen.runs import load_component   # runs imports the registry: import late
+        self.dvae = load_component(dvae, who="dalle", option="dvae", kinds="dvae").requires_grad_(False)
+        self.clip = None if clip is None else \
+            load_component(clip, who="dalle", option="clip", kinds="clip").requires_grad_(False)
         self.data_shape = tuple(int(s) for s in data_shape)
         if tuple(self.dvae.data_shape) != self.data_shape:
             raise ValueError(f"the dVAE models images of shape {tuple(self.dvae.data_shape)}, "

@@ -34,7 +34,6 @@ import dataclasses
 from refgen.autograd import Tensor, no_grad
 from refgen.backend import xp
 from refgen.models import register
-from refgen.models.text_to_image.clip import CLIP
 from refgen.models.text_to_image.contrastive import normalize
 from refgen.models.text_to_image.text_diffusion import NETWORK, SAMPLING, TextDiffusion
 from refgen.nn import init
@@ -47,19 +46,9 @@ IMAGEN_SAMPLING = dataclasses.replace(SAMPLING, guidance=5.0, threshold="dynamic
 def load_clip(clip):
     """A CLIP model from a run directory (its EMA weights when it has them), or ``clip`` itself
     when it is one; ValueError in one line otherwise."""
-    if isinstance(clip, CLIP):
-        return clip
-    if not isinstance(clip, str):
-        raise ValueError(f"clip must be a CLIP run directory or a CLIP model, got {type(clip).__name__}")
-    from refgen.runs import UsageError, load_run
-    try:
-        model, cfg = load_run(clip)
-    except UsageError as e:
-        raise ValueError(f"clip={clip!r}: {e} (train one with: refgen train clip --data "
-                         f"mnist-captions --out {clip})") from None
-    if cfg.get("model") != "clip":
-        raise ValueError(f"clip={clip!r} is a {cfg.get('model')!r} run, not a clip run")
-    return model
+    from refgen.runs import load_component
+    return load_component(clip, who="imagen", option="clip", kinds="clip",
+                          hint=f"train one with: refgen train clip --data mnist-captions --out {clip}")
 
 
 def attach_frozen_clip(owner, clip):

@@ -33,8 +33,10 @@ def test_teacher_is_the_runs_model(teacher_run):
     z = np.random.default_rng(0).standard_normal((5, 2)).astype(np.float32)
     want = ddim_sample(lambda zz, tt: _x0(ref, Tensor(zz), tt).data, ref.schedule, 4, z)
     np.testing.assert_allclose(pd.sample(5, steps=4, x_T=z, rng=default_rng(0)), want, rtol=1e-6)
-    with pytest.raises(ValueError, match="not a refgen run directory"):
+    with pytest.raises(ValueError, match="^teacher: run directory .* does not exist"):
         models.create("consistency-distillation", data_shape=(2,), teacher=str(teacher_run / "x"))
+    with pytest.raises(ValueError, match="^teacher: .* is not a refgen run directory: it has no config.json"):
+        models.create("consistency-distillation", data_shape=(2,), teacher=str(teacher_run.parent))
 
 
 @pytest.mark.parametrize("name,sets", [

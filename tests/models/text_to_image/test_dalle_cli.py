@@ -71,4 +71,4 @@ def test_dalle_without_a_dvae_is_refused_in_one_line(tmp_path, mnist_dir, capsys
     assert main(["train", "dalle", "--data", "mnist-captions", "--steps", "1", "-q",
                  "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--set dvae=RUN_DIR" in err
+    assert len(err.splitlines()) == 1 and "--set dvae=runs/<dvae run>" in err

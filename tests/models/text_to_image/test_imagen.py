@@ -180,5 +180,5 @@ def test_imagen_samples_threshold_the_guided_x0_dynamically(trained):
 def test_bad_clip_is_one_clear_line(tmp_path):
     with pytest.raises(ValueError, match="train one with: refgen train clip"):
         tiny(clip=str(tmp_path / "nothing"))
-    with pytest.raises(ValueError, match="clip must be a CLIP run directory or a CLIP model"):
+    with pytest.raises(ValueError, match="clip must be a clip run directory or a clip model, got int"):
         tiny(clip=3)
