@@ -200,7 +200,7 @@ class Function:
         fn = cls()
         fn.inputs = inputs
         y = Tensor(fn.forward(*[t.data for t in inputs], **params))
-        if _grad_enabled and any(t.requires_grad for t in inputs):
+        if fn.recorded:
             y.requires_grad = True
             y._fn = fn
             fn._out = weakref.ref(y)  # weak: the output owns the function, not the reverse
@@ -209,6 +209,12 @@ class Function:
     @property
     def output(self) -> Tensor:
         return self._out()
+
+    @property
+    def recorded(self) -> bool:
+        """Whether this call's output joins a graph (a backward may follow). A forward that
+        keeps arrays for its backward may keep none, and work in place, when it does not."""
+        return _grad_enabled and any(t.requires_grad for t in self.inputs)
 
     def forward(self, *arrays, **params):
         raise NotImplementedError

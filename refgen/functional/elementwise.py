@@ -228,6 +228,12 @@ class _Silu(Function):
     """y = x sigma(x), one node: dy/dx = sigma (1 + x (1 - sigma))."""
 
     def forward(self, x):
+        if not self.recorded:  # no backward to come: x / (1 + e^-x), one new buffer
+            y = xp.asarray(xp.negative(x))
+            with _overflow_ok():
+                xp.exp(y, out=y)
+            y += 1.0
+            return xp.divide(x, y, out=y)
         self.s = _sigmoid_array(x)
         return x * self.s
 

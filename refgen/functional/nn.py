@@ -212,10 +212,15 @@ class _GroupAffineNorm(_AffineNorm):
         self.stat_shape, self.axes, self.param_shape, self.eps = stat_shape, axes, param_shape, eps
         n, c, groups, m = x.shape[0], x.shape[1], stat_shape[1], stat_shape[2]
         xs = x.reshape(-1, m)                                           # (N G, M)
-        self.d = xs - (xs @ xp.full((m,), 1.0 / m, dtype=x.dtype))[:, None]  # x - mean per row
-        self.r = 1.0 / xp.sqrt(_rowdot(self.d, self.d) * (1.0 / m) + eps)  # (N G,)
-        scale = self.r.reshape(n, groups, 1) * w.reshape(1, groups, c // groups)  # (r w)[n, c]
-        y = self.d.reshape(n, c, -1) * scale.reshape(n, c, 1)           # (N, C, HW)
+        d = xs - (xs @ xp.full((m,), 1.0 / m, dtype=x.dtype))[:, None]  # x - mean per row
+        r = 1.0 / xp.sqrt(_rowdot(d, d) * (1.0 / m) + eps)              # (N G,)
+        scale = r.reshape(n, groups, 1) * w.reshape(1, groups, c // groups)  # (r w)[n, c]
+        if self.recorded:
+            self.d, self.r = d, r
+            y = d.reshape(n, c, -1) * scale.reshape(n, c, 1)            # (N, C, HW)
+        else:  # no backward to come: y is made in d's buffer
+            y = d.reshape(n, c, -1)
+            y *= scale.reshape(n, c, 1)
         y += b.reshape(1, c, 1)
         return y.reshape(x.shape)
 

@@ -161,6 +161,34 @@ def test_norms_float32_one_node_and_closed_form():
     assert F.layer_norm(xt, 5, wt, bt)._fn.inputs == (xt, wt, bt), "one node fed by x, w, b"
 
 
+def test_unrecorded_forwards_equal_the_recorded_ones_and_keep_nothing():
+    """Outside a graph (no_grad, or no input requiring a gradient) SiLU and group norm take
+    their in-place paths: the same values as a recorded call (to float32 rounding), the
+    input untouched, no graph; a recorded call still differentiates."""
+    r = np.random.default_rng(5)
+    x = (r.standard_normal((3, 6, 4, 4)) * 4 - 1).astype(np.float32)
+    w, b = r.standard_normal(6).astype(np.float32), r.standard_normal(6).astype(np.float32)
+    x[0, 0, 0, :2] = [-100.0, 100.0]                      # e^-x overflows: the limit 0, and x
+    for op in (lambda x, w, b: F.silu(x), lambda x, w, b: F.group_norm(x, 3, w, b)):
+        xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+        rec = op(xt, wt, bt)
+        assert rec._fn is not None and rec._fn.recorded
+        with refgen.no_grad():
+            plain = op(xt, wt, bt)
+        bare = op(Tensor(x.copy()), Tensor(w), Tensor(b))   # grad on, nothing requires one
+        for y in (plain, bare):
+            assert y._fn is None and y.data.dtype == np.float32
+            np.testing.assert_allclose(y.data, rec.data, rtol=2e-6, atol=2e-6)
+        np.testing.assert_array_equal(xt.data, x)
+        rec.sum().backward()
+        assert xt.grad is not None and np.isfinite(xt.grad.data).all()
+    y = F.silu(Tensor(x[0, 0, 0, :2]))
+    np.testing.assert_array_equal(y.data, [0.0, 100.0])
+    with refgen.no_grad():
+        fn = F.group_norm(Tensor(x, requires_grad=True), 3, Tensor(w), Tensor(b))
+    assert fn._fn is None
+
+
 # --- attention ---------------------------------------------------------------------------
 
 def _qkv(seed, batch, L, S, E, Ev):
