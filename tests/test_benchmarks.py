@@ -52,6 +52,7 @@ SMOKE_RUNS = [
     ("pixelcnn_recipe.py", [], True),
     ("pixelcnn_step_cost.py", [], False),
     ("pixel_sampling_speed.py", [], True),
+    ("sampling_speed.py", [], False),
     ("score_mnist.py", [], True),
     ("speed.py", [], False),
     ("train_mnist_classifier.py", [], True),
