@@ -21,6 +21,10 @@ Stages (benchmarks/results/fewsteps_<data>_<stage>.json each, or ``--tag``):
   cd       consistency distillation (31) from the teacher (Heun, N = 18, mu = 0.95, l2),
            ``--cm-steps`` steps, sampled at 1 and 2 steps; ``--cd-init teacher`` starts F
            as the teacher's network (sigma_data = 1), ``random`` (default) as a fresh one;
+           ``--cm-ema`` samples an average of the weights, ``--curve-n N`` scores one step
+           at each loss point (and ``--cm-save`` keeps the sampled weights there), and
+           ``--cm-mids`` tries intermediate times for two steps, the best by FID on a
+           separate draw scored again as steps2_best;
   ct       consistency training (32) from scratch (the paper's N(k), mu(k), K = --cm-steps).
   verdict  the targets against the result files: measured, bound, gap, met
            (fewsteps_<data>_verdict.json; no teacher needed).
