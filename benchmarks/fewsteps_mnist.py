@@ -24,7 +24,9 @@ Stages (benchmarks/results/fewsteps_<data>_<stage>.json each, or ``--tag``):
            ``--cm-ema`` samples an average of the weights, ``--curve-n N`` scores one step
            at each loss point (and ``--cm-save`` keeps the sampled weights there), and
            ``--cm-mids`` tries intermediate times for two steps, the best by FID on a
-           separate draw scored again as steps2_best;
+           separate draw scored again as steps2_best; ``--cm-init-from`` restarts from a
+           saved model (a warm restart: the saved average as the online weights, a fresh
+           Adam), its curve counting on from the saved step;
   ct       consistency training (32) from scratch (the paper's N(k), mu(k), K = --cm-steps).
   verdict  the targets against the result files: measured, bound, gap, met
            (fewsteps_<data>_verdict.json; no teacher needed).
@@ -151,7 +153,12 @@ def stage_cm(kind, teacher, args, train_ds, test_ds, res):
     else:
         cm = models.create("consistency-training", data_shape=train_ds.shape, seed=SEED,
                            K=args.cm_steps, **net)
-    log = []
+    log, before = [], 0
+    if args.cm_init_from:  # a warm restart: every weight of a saved model (online = its sampled
+        arrays, meta = io.load_checkpoint(args.cm_init_from)   # average, theta^-), a fresh Adam
+        cm.load_state_dict({k: backend.asarray(v) for k, v in arrays.items()})
+        before = int(meta["train_steps"])
+        res.update(init_from=str(args.cm_init_from), steps_before=before)
     res.update(init=getattr(cm, "init", "random"), train_steps=args.cm_steps, lr=args.cm_lr,
                sample_ema=args.cm_ema,
                batch_size=args.batch_size, epsilon=cm.epsilon, T=cm.T, sigma_data=cm.sigma_data,
@@ -167,14 +174,14 @@ def stage_cm(kind, teacher, args, train_ds, test_ds, res):
 
     def point(step):  # the 1-step FID along training (the sampled weights), kept as it comes
         m = score(lambda n, rng: cm.sample(n, rng=rng, steps=1), test_ds, args.curve_n, 0, 1)
-        res["curve"].append([step, round(m["fid_mnist"], 2), round(m["kid_mnist"], 1)])
-        print(f"  step {step}: 1-step FID {m['fid_mnist']:.2f} (N = {args.curve_n})", flush=True)
-        save(step)
+        res["curve"].append([before + step, round(m["fid_mnist"], 2), round(m["kid_mnist"], 1)])
+        print(f"  step {before + step}: 1-step FID {m['fid_mnist']:.2f} (N = {args.curve_n})", flush=True)
+        save(before + step)
         write_result(res["tag"], res)
     res["curve_n"] = args.curve_n
     res["train_wall_s"] = round(fit(cm, train_ds, args.cm_steps, args.cm_lr, SEED, args.batch_size, log,
                                     quiet=False, ema=args.cm_ema, at_point=point if args.curve_n else None), 1)
-    save(args.cm_steps)
+    save(before + args.cm_steps)
     for K in (1, 2):
         res[f"steps{K}"] = score(lambda n, rng: cm.sample(n, rng=rng, steps=K), test_ds, args.n,
                                  args.time_n, K)
@@ -233,6 +240,8 @@ def parse(argv=None):
                     help="cd / ct: intermediate times (sigmas) for two-step sampling, e.g. "
                          "0.5,1,2; the best by FID on a selection draw is scored as steps2_best")
     ap.add_argument("--cm-save", help="cd / ct: save the sampled weights to this .npz")
+    ap.add_argument("--cm-init-from", help="cd / ct: start from a --cm-save checkpoint (its "
+                    "online weights are the average it sampled; Adam starts afresh)")
     ap.add_argument("--cd-init", choices=["random", "teacher"], default="random",
                     help="cd: a fresh network, or the teacher's (F = -v, sigma_data = 1)")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -298,13 +307,16 @@ def main(argv=None):
         return verdict(args.data, args.verdict_teacher, args.verdict_pd, tuple(args.verdict_cd.split(",")),
                        args.tag or "verdict")
     train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
-    stages = ["teacher", "pd", "student", "cd", "ct"] if SMOKE else [args.stage]
+    # smoke: every stage, and cd twice, the second a warm restart from the first's weights
+    stages = ["teacher", "pd", "student", "cd", "cd", "ct"] if SMOKE else [args.stage]
     teacher_dir = smoke_teacher(train_ds, RESULTS / "teacher") if SMOKE else args.teacher
     teacher = load_teacher(teacher_dir, train_ds.shape, "fewsteps_mnist")
     if teacher.parameterization != "v":
         raise SystemExit(f"the teacher predicts {teacher.parameterization!r}; train it with "
                          "--set parameterization=v")
-    for stage in stages:
+    for i, stage in enumerate(stages):
+        if SMOKE:
+            args.cm_init_from = args.cm_save if stage == "cd" and "cd" in stages[:i] else None
         tag = (not SMOKE and args.tag) or f"fewsteps_{args.data.replace('-', '')}_{stage}"
         res = {"command": command(), "tag": tag, "stage": stage, "data": args.data, "teacher": str(teacher_dir),
                "n": args.n, "time_n": args.time_n, "target": TARGETS.get(stage)}
