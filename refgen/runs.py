@@ -141,9 +141,10 @@ def load_run(path, use_ema=True):
 def load_component(spec, *, who: str, option: str, kinds, data_shape=None, copy=None, hint=""):
     """The trained model that model ``who`` builds on through its option ``option`` (a
     teacher, a ControlNet's base, a first stage, a dVAE, a CLIP), in eval mode: ``spec``
-    itself when it is a model registered as one of ``kinds`` (``copy(spec)`` when a copy is
-    asked for: one on the active backend that the caller may change), else the model of the
-    run directory ``spec`` names, with its EMA weights. ``data_shape``, when given, must be
+    itself when it is a model of the class of one of ``kinds`` or of a class built on it
+    (``copy(spec)`` when a copy is asked for: one on the active backend that the caller may
+    change), else the model of the run directory ``spec`` names, which must be of one of
+    ``kinds`` by name, with its EMA weights. ``data_shape``, when given, must be
     the component's. Anything else is a ValueError of one line naming ``option`` (and, for a
     run directory that cannot be read, ending with ``hint``: how to make one)."""
     from refgen.nn import Module
@@ -152,9 +153,9 @@ def load_component(spec, *, who: str, option: str, kinds, data_shape=None, copy=
     if spec is None:
         raise ValueError(f"{who} builds on a trained {wanted}: pass its run directory, "
                          f"--set {option}=runs/<{wanted} run>")
-    if isinstance(spec, Module):
-        kind = getattr(spec, "registry_name", type(spec).__name__)
-        if kind not in kinds:
+    if isinstance(spec, Module):  # a model of a kind's class, or of a class built on it
+        if not isinstance(spec, tuple(models.get(k) for k in kinds)):
+            kind = getattr(spec, "registry_name", type(spec).__name__)
             raise ValueError(f"{option} is a {kind!r} model; {who} needs a {wanted}")
         model = spec if copy is None else copy(spec)
     elif isinstance(spec, (str, os.PathLike)):

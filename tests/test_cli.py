@@ -554,6 +554,8 @@ def test_load_component_takes_a_model_or_its_run_and_refuses_the_rest_in_one_lin
     for k, v in ref.state_dict().items():
         np.testing.assert_array_equal(got.state_dict()[k], v)
     assert load_component(ref, kinds=("ddpm", "realnvp"), **kw) is ref
+    sub = type("Sub", (type(ref),), {})(data_shape=(2,), seed=1)   # a class built on the kind's
+    assert load_component(sub, kinds="realnvp", **kw) is sub
     twin = models.create("realnvp", data_shape=(2,), seed=1)
     assert load_component(ref, kinds="realnvp", copy=lambda m: twin, **kw) is twin
     cases = [(dict(spec=str(run_dir), kinds="ddpm"), r"^base '.*' is a 'realnvp' run; student needs a ddpm run$"),

@@ -147,7 +147,7 @@ class DALLE(Module):
         from refgen.runs import load_component   # runs imports the registry: import late
         self.dvae = load_component(dvae, who="dalle", option="dvae", kinds="dvae").requires_grad_(False)
         self.clip = None if clip is None else \
-            load_component(clip, who="dalle", option="clip", kinds="clip").requires_grad_(False)
+            load_component(clip, who="dalle", option="clip", kinds=("clip", "clip-noised")).requires_grad_(False)
         self.data_shape = tuple(int(s) for s in data_shape)
         if tuple(self.dvae.data_shape) != self.data_shape:
             raise ValueError(f"the dVAE models images of shape {tuple(self.dvae.data_shape)}, "
