@@ -1,6 +1,6 @@
 """Mode collapse on the 2D mixtures of the GAN literature: GAN, NS-GAN, WGAN-GP and PacGAN2.
 
-    python benchmarks/gan_2d.py                     # every model, ring8 and grid25, 10 seeds
+    python benchmarks/gan_2d.py                     # the default models, ring8 and grid25, 10 seeds
     python benchmarks/gan_2d.py --seeds 3 --steps 2000 --models nsgan,pacgan2 --data grid25
     python benchmarks/gan_2d.py --smoke             # seconds: one tiny run per model
 
@@ -15,7 +15,9 @@ beside it as ``modes_covered_strict``. Each entry gives mean +- standard error o
 and every seed's numbers.
 
 Models: gan (saturating minimax), nsgan (non-saturating), wgan-gp (n_critic = 5, lambda =
-10, Adam (0, 0.9)) and pacgan2 (nsgan with pack = 2); the same MLPs for all. Results go to
+10, Adam (0, 0.9)) and pacgan2 (nsgan with pack = 2), the default set; and f-GAN with the KL,
+reverse KL and Jensen-Shannon divergences (fgan-kl, fgan-reverse-kl, fgan-js: mode covering
+against mode seeking); the same MLPs for all. Results go to
 benchmarks/results/gan_2d.json with the command, the machine and the wall time, and a
 scatter of seed 0's samples per (model, data set) to benchmarks/results/gan_2d_<model>_<data>.png.
 """
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, command, machine, write_json  # noqa: E402
 
 from refgen import backend, data, io, metrics  # noqa: E402
-from refgen.models.gan import NSGAN, GAN, WGANGP  # noqa: E402
+from refgen.models.gan import FGAN, NSGAN, GAN, WGANGP  # noqa: E402
 from refgen.train import train  # noqa: E402
 
 N_SAMPLES = 2500          # the published protocol's sample count
@@ -52,7 +54,12 @@ MODELS = {
     "nsgan": (NSGAN, {}, 1e-3),
     "wgan-gp": (WGANGP, {}, 1e-3),
     "pacgan2": (NSGAN, {"pack": 2}, 1e-3),
+    # f-GAN with the divergences that cover modes (KL), seek them (reverse KL), or sit between
+    "fgan-kl": (FGAN, {"divergence": "kl"}, 1e-3),
+    "fgan-reverse-kl": (FGAN, {"divergence": "reverse_kl"}, 1e-3),
+    "fgan-js": (FGAN, {"divergence": "jensen_shannon"}, 1e-3),
 }
+DEFAULT_MODELS = "gan,nsgan,wgan-gp,pacgan2"
 PUBLISHED = {  # Lin et al. 2018 (PacGAN), Table 1, grid25: modes covered (of 25), high quality %
     "grid25": {"PacGAN2": [23.8, 91.3]},
 }
@@ -84,7 +91,7 @@ def _mean_se(v):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=DEFAULT_MODELS, help=f"of {', '.join(MODELS)}")
     ap.add_argument("--data", default="grid25,ring8")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=3000)
