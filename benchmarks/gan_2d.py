@@ -44,7 +44,7 @@ from common import RESULTS, command, machine, write_json  # noqa: E402
 
 from refgen import backend, data, io, metrics  # noqa: E402
 from refgen.models.gan import FGAN, NSGAN, GAN, WGANGP  # noqa: E402
-from refgen.train import train  # noqa: E402
+from refgen.train import TrainingDiverged, train  # noqa: E402
 
 N_SAMPLES = 2500          # the published protocol's sample count
 NETS = dict(hidden=[128, 128], z_dim=2, g_norm="batch")   # BatchNorm in G, as PacGAN's
@@ -70,8 +70,11 @@ def run_one(name, data_name, seed, steps, batch_size, out_dir, schedule="cosine"
     ds = data.load(data_name, "train", seed=seed)
     model = cls(data_shape=(2,), seed=seed, **NETS, **kw)
     t0 = time.perf_counter()
-    train(model, ds, steps=steps, batch_size=batch_size, lr=lr, seed=seed, out_dir=out_dir,
-          schedule=schedule, progress=False, samples=False, ckpt_every=steps)
+    try:
+        train(model, ds, steps=steps, batch_size=batch_size, lr=lr, seed=seed, out_dir=out_dir,
+              schedule=schedule, progress=False, samples=False, ckpt_every=steps)
+    except TrainingDiverged as e:  # kept as a result of its own: the run has no samples
+        return {"seed": seed, "diverged": str(e), "wall_s": round(time.perf_counter() - t0, 2)}, None
     wall = time.perf_counter() - t0
     model.eval()
     x = backend.to_numpy(model.sample(N_SAMPLES, rng=backend.default_rng(10_000 + seed))).astype(np.float64)
@@ -123,13 +126,15 @@ def main(argv=None):
                                      Path(tmp) / f"{name}-{data_name}-{seed}", args.schedule)
                     per_seed.append(rec)
                     print(f"{data_name:7s} {name:8s} seed {seed}: {rec}", file=sys.stderr)
-                    if seed == 0 and not args.smoke:
+                    if seed == 0 and x is not None and not args.smoke:
                         ref = data.load(data_name, "test").x[:2500]
                         e = 5.0 if data_name == "grid25" else 1.5
                         io.scatter_png(RESULTS / f"gan_2d_{name}_{data_name}.png", x,
                                        reference=ref, extent=(-e, e, -e, e))
-                summary = {k: _mean_se([r[k] for r in per_seed])
+                done = [r for r in per_seed if "diverged" not in r]   # the seeds with samples
+                summary = {k: _mean_se([r[k] for r in done])
                            for k in ("modes_covered", "hq_fraction", "modes_covered_strict")}
+                summary["diverged_seeds"] = len(per_seed) - len(done)
                 result["runs"][f"{name}/{data_name}"] = {
                     "model": name, "data": data_name, "lr": MODELS[name][2],
                     "model_kwargs": {**NETS, **MODELS[name][1]}, "seeds": args.seeds,
