@@ -88,6 +88,8 @@ def run_one(name, data_name, seed, steps, batch_size, out_dir, schedule="cosine"
 
 def _mean_se(v):
     v = np.asarray(v, dtype=np.float64)
+    if not len(v):  # every seed diverged
+        return [float("nan"), float("nan")]
     se = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
     return [float(v.mean()), float(se)]
 
