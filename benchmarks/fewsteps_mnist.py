@@ -67,13 +67,14 @@ TARGETS = {"pd": "the 8-step student's FID at or below the teacher's DDIM-16",
 def score(fn, test_ds, n, time_n, nfe, rng=None):
     """The sample metrics of ``n`` draws of fn(n, rng) (the evaluation's generator seed, or
     ``rng``), and the ms per sample of ``time_n`` (none timed when 0)."""
-    t = time.perf_counter()
+    ms = None
     if time_n:
+        t = time.perf_counter()
         Draw(fn).sample(time_n, rng=backend.default_rng(SEED + 1))
-    ms = 1000 * (time.perf_counter() - t) / max(time_n, 1)
+        ms = round(1000 * (time.perf_counter() - t) / time_n, 3)
     m = evaluate(Draw(fn), test_ds, n_samples=n, sample_batch=250, rng=rng)
     keep = ("fid_mnist", "kid_mnist", "kid_mnist_se", "precision", "recall", "class_kl", "fid_n_samples")
-    return dict({k: m[k] for k in keep if k in m}, nfe=nfe, ms_per_sample=round(ms, 3))
+    return dict({k: m[k] for k in keep if k in m}, nfe=nfe, ms_per_sample=ms)
 
 
 def teacher_ddim(teacher, K):

@@ -145,13 +145,11 @@ class DALLE(Module):
         super().__init__()
         self.tokenizer = Tokenizer(context=context)
         from refgen.runs import load_component   # runs imports the registry: import late
-        self.dvae = load_component(dvae, who="dalle", option="dvae", kinds="dvae").requires_grad_(False)
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.dvae = load_component(dvae, who="dalle", option="dvae", kinds="dvae",
+                                   data_shape=self.data_shape).requires_grad_(False)
         self.clip = None if clip is None else \
             load_component(clip, who="dalle", option="clip", kinds=("clip", "clip-noised")).requires_grad_(False)
-        self.data_shape = tuple(int(s) for s in data_shape)
-        if tuple(self.dvae.data_shape) != self.data_shape:
-            raise ValueError(f"the dVAE models images of shape {tuple(self.dvae.data_shape)}, "
-                             f"the data {self.data_shape}")
         self.text_weight = float(text_weight)
         h, w = self.dvae.grid
         self.net = DalleTransformer(int(vocab_size or len(self.tokenizer)), int(context),
