@@ -45,7 +45,7 @@ from refgen.autograd import Tensor, no_grad  # noqa: E402
 from refgen.metrics import fid as _fid  # noqa: E402
 from refgen.metrics.evaluation import EVAL_SEED, evaluate  # noqa: E402
 from refgen.runs import build_model, load_run, parse_sets  # noqa: E402
-from refgen.train import data_facts, train  # noqa: E402
+from refgen.train import CHECKPOINT, data_facts, load_weights, train  # noqa: E402
 
 FLOOR_10K = 3.204          # train vs test at N = 10,000, benchmarks/results/fid_reference.json
 SGLD = dict(mcmc="ula", mcmc_steps=20, mcmc_step_size=2.0, noise_scale=0.01, buffer_size=10000,
@@ -66,6 +66,12 @@ def parse(argv=None):
     ap.add_argument("--sweep", default="50,100,200,400", help="sampler steps to compare at N = 500")
     ap.add_argument("--eval-n", type=int, default=10000, help="samples for the metrics")
     ap.add_argument("--long-steps", type=int, default=5000, help="steps of the long-run chains")
+    ap.add_argument("--accuracy-only", action="store_true",
+                    help="jem: train and report the test accuracy only (no sampling), e.g. for the "
+                         "classifier-alone control --set px_weight=0")
+    ap.add_argument("--init-from", default=None, metavar="RUN_DIR",
+                    help="start from the weights of a run of the same network (e.g. the classifier "
+                         "trained alone with --set px_weight=0); a resumed run ignores it")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
     args = add_smoke(ap).parse_args(argv)
@@ -154,6 +160,9 @@ def main(argv=None):
            "train": st, "backend": backend.name(), "command": command()}
     model = build_model(args.model, data_shape=train_ds.shape, num_classes=train_ds.num_classes,
                         seed=st["seed"], overrides=settings)
+    if args.init_from and not resume:
+        load_weights(model, io.load_checkpoint(Path(args.init_from) / CHECKPOINT)[0])
+        cfg["init_from"] = str(args.init_from)
     cpu0 = time.process_time()
     m = train(model, train_ds, out_dir=out, resume=resume, config=cfg, samples=False,
               evaluate_at_end=False, **st)
@@ -161,7 +170,8 @@ def main(argv=None):
     model, run_cfg = load_run(out)
     model.eval()
     result = {"model": args.model, "data": "mnist", "command": command(),
-              "train_command": run_cfg.get("command"), "model_kwargs": run_cfg["model_kwargs"],
+              "train_command": run_cfg.get("command"), "init_from": run_cfg.get("init_from"),
+              "model_kwargs": run_cfg["model_kwargs"],
               "train": run_cfg["train"], "steps": m["steps"], "params": model.num_parameters(),
               "epochs": round(m["steps"] * st["batch_size"] / len(train_ds.x), 2),
               "train_wall_s": round(m["wall_s"], 1), "train_cpu_s_this_call": round(train_cpu, 1),
@@ -169,6 +179,10 @@ def main(argv=None):
     if args.model == "jem":
         result["test_accuracy"] = test_accuracy(model, test_ds)
         print(f"test accuracy {result['test_accuracy']:.4f}", flush=True)
+        if args.accuracy_only:
+            result["machine"] = machine()
+            write_result(tag, result)
+            return
     sweep = [fid_at(model, test_ds, 20 if SMOKE else 500, k) for k in map(int, args.sweep.split(","))]
     result["chain_length_sweep_at_500"] = sweep
     best = min(sweep, key=lambda r: r["fid_mnist"])["sample_steps"]

@@ -19,7 +19,8 @@ Models: gan (saturating minimax), nsgan (non-saturating), wgan-gp (n_critic = 5,
 reverse KL and Jensen-Shannon divergences (fgan-kl, fgan-reverse-kl, fgan-js: mode covering
 against mode seeking); the same MLPs for all. Results go to
 benchmarks/results/gan_2d.json with the command, the machine and the wall time, and a
-scatter of seed 0's samples per (model, data set) to benchmarks/results/gan_2d_<model>_<data>.png.
+scatter of seed 0's samples per (model, data set) to benchmarks/results/gan_2d_<model>_<data>.png
+(``--pngs`` sets the prefix).
 """
 from __future__ import annotations
 
@@ -105,6 +106,8 @@ def main(argv=None):
     ap.add_argument("--hidden", default=None, help="e.g. 128,128 (default %s)" % NETS["hidden"])
     ap.add_argument("--smoke", action="store_true", help="one 30-step run per model, no files")
     ap.add_argument("--out", default=str(RESULTS / "gan_2d.json"))
+    ap.add_argument("--pngs", default=str(RESULTS / "gan_2d"),
+                    help="prefix of the scatter PNGs: <prefix>_<model>_<data>.png")
     args = ap.parse_args(argv)
     names, datasets = args.models.split(","), args.data.split(",")
     for n in names:
@@ -131,7 +134,7 @@ def main(argv=None):
                     if seed == 0 and x is not None and not args.smoke:
                         ref = data.load(data_name, "test").x[:2500]
                         e = 5.0 if data_name == "grid25" else 1.5
-                        io.scatter_png(RESULTS / f"gan_2d_{name}_{data_name}.png", x,
+                        io.scatter_png(f"{args.pngs}_{name}_{data_name}.png", x,
                                        reference=ref, extent=(-e, e, -e, e))
                 done = [r for r in per_seed if "diverged" not in r]   # the seeds with samples
                 summary = {k: _mean_se([r[k] for r in done])

@@ -18,7 +18,8 @@ the others still run:
    MNIST EBM with its 20 SGLD steps per training step (energy_mnist.py's recipe), and one
    progressive-distillation round and consistency distillation on mnist-14 from a teacher of
    fewsteps_mnist.py's size (a fresh v-parameterised U-Net: the step time, not the quality,
-   is measured), ``--train-s`` seconds each through refgen.train.train: steps per second and
+   is measured), JEM (energy_mnist.py's recipe), CLIP, the dVAE and DALL-E (dalle_mnist.py's
+   sizes, on mnist-captions), ``--train-s`` seconds each through refgen.train.train: steps per second and
    the loss curve (MNIST from REFGEN_DATA_DIR, else random stand-in images, recorded as such).
 
 ``--smoke``: the NumPy backend, one test file, tiny shapes and models, two training steps.
@@ -226,6 +227,13 @@ def dataset(name):
     rng = np.random.default_rng(0)
     side = 14 if name.startswith("mnist-14") else 28
     x = rng.random((512, 1, side, side)).astype(np.float32)
+    if name == "mnist-captions":   # random images with random measured levels
+        from refgen.data import captions as cap
+        x, y, tok = 2 * x - 1, rng.integers(0, 10, 512), cap.Tokenizer()
+        ds = cap.CaptionDataset(name, "train", x, y, "continuous", (1, side, side), num_classes=10,
+                                vocab=list(tok.words), value_range=(-1.0, 1.0),
+                                captions=cap.CaptionData(y, rng.integers(0, 3, (512, 4)), tok))
+        return ds, f"random stand-in for {name} (MNIST not found)"
     binary = name.endswith("binary")
     x = (x < 0.2).astype(np.float32) if binary else 2 * x - 1
     ds = data.Dataset(name, "train", x, rng.integers(0, 10, 512), "binary" if binary else "continuous",
@@ -238,10 +246,11 @@ def train_for(model_name, data_name, kwargs, batch_size, lr, seconds):
     run resumes for as many steps as fit in ``seconds``."""
     from refgen.train import train
     ds, what = dataset(data_name)
-    if callable(kwargs.get("teacher")):
-        kwargs = dict(kwargs, teacher=kwargs["teacher"](ds))
-    model = models.create(model_name, data_shape=ds.shape, seed=0,
-                          **({"num_classes": 10} if model_name == "ddpm" else {}), **kwargs)
+    built = {k: v(ds) for k, v in kwargs.items() if callable(v)}   # a teacher, a dVAE, a CLIP
+    extra = {"num_classes": 10} if model_name in ("ddpm", "jem") else {}
+    if ds.vocab is not None:
+        extra["vocab_size"] = len(ds.vocab)
+    model = models.create(model_name, data_shape=ds.shape, seed=0, **extra, **dict(kwargs, **built))
     first = smoke(10, 1)
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(batch_size=batch_size, lr=lr, out_dir=tmp, progress=False, samples=False,
@@ -256,12 +265,23 @@ def train_for(model_name, data_name, kwargs, batch_size, lr, seconds):
         wall = time.perf_counter() - t2
         log = [json.loads(ln) for ln in open(os.path.join(tmp, "log.jsonl")) if '"loss"' in ln]
     steps = smoke(total, 2) - first
-    settings = {k: ("a fresh ddpm" if k == "teacher" else v) for k, v in kwargs.items()}
+    settings = {k: (f"a fresh {v.__name__.replace('fresh_', '')}" if callable(v) else v) for k, v in kwargs.items()}
     return {"model": model_name, "settings": settings, "data": what, "batch_size": batch_size, "lr": lr,
             "steps": smoke(total, 2), "steps_per_s": round(steps / wall, 2) if steps > 0 else None,
             "first_steps_s_each": round(per_step, 3),
             "loss_curve": [(r["step"], round(float(r["loss"]), 4)) for r in log],
             "parameters": model.num_parameters()}
+
+
+def fresh_dvae(ds):
+    """An untrained dVAE of dalle_mnist.py's size (7x7 tokens, 64 codes)."""
+    return models.create("dvae", data_shape=ds.shape, seed=0, num_codes=smoke(64, 8))
+
+
+def fresh_clip(ds):
+    """An untrained CLIP of the default size (the one dalle_mnist.py re-ranks with)."""
+    return models.create("clip", data_shape=ds.shape, vocab_size=len(ds.vocab), seed=0,
+                         **({"width": 16, "layers": 1} if SMOKE else {}))
 
 
 def fresh_teacher(ds):
@@ -292,7 +312,7 @@ T0 = time.perf_counter()
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tests-s", type=int, default=240, help="time limit of the test suite")
-    ap.add_argument("--train-s", type=int, default=40, help="seconds of training per model")
+    ap.add_argument("--train-s", type=int, default=25, help="seconds of training per model")
     ap.add_argument("--repeat", type=int, default=10, help="timed calls per op")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,timings,training")
     ap.add_argument("--out", default=None, help="result file (default: results/gpu_check.json)")
@@ -330,6 +350,17 @@ def main():
                                                          solver="heun", channels=smoke(16, 4), num_res_blocks=1,
                                                          **({"groups": 2} if SMOKE else {})),
             smoke(64, 8), 4e-4, secs), out)
+        part(res, "train_mnist_jem", lambda: train_for(
+            "jem", "mnist", dict(EBM_SGLD, **({"channels": 4, "buffer_size": 16, "mcmc_steps": 2}
+                                              if SMOKE else {})), smoke(64, 8), 1e-3, secs), out)
+        part(res, "train_clip", lambda: train_for(
+            "clip", "mnist-captions", ({"width": 16, "layers": 1} if SMOKE else {}), smoke(256, 8), 2e-3,
+            secs), out)
+        part(res, "train_dvae", lambda: train_for("dvae", "mnist", {"num_codes": smoke(64, 8)}, smoke(64, 8),
+                                                  1e-3, secs), out)
+        part(res, "train_dalle", lambda: train_for(
+            "dalle", "mnist-captions", dict(dvae=fresh_dvae, clip=fresh_clip, width=smoke(128, 16),
+                                            layers=smoke(4, 1), heads=smoke(4, 2)), smoke(64, 8), 1e-3, secs), out)
     failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
     if failed:
         print(f"parts that failed: {', '.join(failed)}", file=sys.stderr)

@@ -11,6 +11,10 @@ buffer. JEM's SGLD is the tempered step (refgen.samplers): x + eps/2 grad log p 
 eps/2 = 1 and sigma = 0.01 (its paper's settings for images in [-1, 1]), not the untempered
 sqrt(eps); ``noise_scale=None`` gives the untempered form. ``sample`` runs the same tempered
 step from noise (``sample_noise_scale`` = 0.01).
+
+``px_weight`` weights the marginal term, log p(y | x) + px_weight log p(x), as the JEM code's
+``p_x_weight`` does: 1 is JEM, 0 the classifier alone (no chains are run), the control that
+says what the generative term costs or gives the classifier.
 """
 from __future__ import annotations
 
@@ -34,14 +38,17 @@ class JEM(PersistentChains, EnergyModel):
     def __init__(self, data_shape, *, num_classes=10, seed=0, hidden=(128, 128), channels=32,
                  base_std=None, init_range=4.5, alpha=0.0, mcmc="ula", mcmc_steps=20,
                  mcmc_step_size=2.0, noise_scale=0.01, buffer_size=10000, reinit=0.05,
-                 sampler="ula", sample_steps=100, sample_step_size=2.0, sample_noise_scale=0.01):
+                 sampler="ula", sample_steps=100, sample_step_size=2.0, sample_noise_scale=0.01,
+                 px_weight=1.0):
         if num_classes is None or int(num_classes) < 2:
             raise ValueError(f"jem needs labelled data with at least 2 classes, got num_classes={num_classes}")
         super().__init__(data_shape, seed=seed, hidden=hidden, channels=channels,
                          base_std=base_std, init_range=init_range, sampler=sampler,
                          sample_steps=sample_steps, sample_step_size=sample_step_size,
                          sample_noise_scale=sample_noise_scale, out_features=int(num_classes))
-        self.num_classes, self.alpha = int(num_classes), float(alpha)
+        if not px_weight >= 0:
+            raise ValueError(f"px_weight must be >= 0, got {px_weight}")
+        self.num_classes, self.alpha, self.px_weight = int(num_classes), float(alpha), float(px_weight)
         self._init_chains(buffer_size, reinit, int(seed), mcmc, mcmc_steps, mcmc_step_size,
                           noise_scale)
 
@@ -54,12 +61,15 @@ class JEM(PersistentChains, EnergyModel):
         return -F.logsumexp(self.logits(x), dim=1)
 
     def loss(self, batch, rng):
-        """cross-entropy(f(x), y) + mean E(x+) - mean E(x-) (+ alpha * energy magnitudes)."""
+        """cross-entropy(f(x), y) + px_weight (mean E(x+) - mean E(x-) (+ alpha * energy
+        magnitudes))."""
         if batch.y is None:
             raise ValueError("jem trains on labelled data: the batch has no labels")
         ce = F.cross_entropy(self.logits(batch.x), batch.y)                  # -log p(y | x)
+        if self.px_weight == 0:
+            return ce
         x_neg = self.negatives(batch.x.shape[0], rng)
-        return ce + self.chain_loss(batch.x, x_neg)
+        return ce + self.px_weight * self.chain_loss(batch.x, x_neg)
 
     def sample(self, n, cond=None, *, rng, steps=None):
         """n samples of p_theta(x) by the model's sampler from noise (``cond`` is not used)."""
