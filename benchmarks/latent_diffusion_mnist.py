@@ -12,8 +12,9 @@
 
 Budgets are process CPU seconds, checked between chunks of --chunk steps, so that a shared
 machine's load slows the run but does not change what each model is given. Runs live in
-/tmp/refgen_latent_diffusion_mnist/{ae,ldm,pixel} (refgen sample works on each).
-Result: benchmarks/results/latent_diffusion_mnist.json (+ a PNG grid per model).
+/tmp/refgen_<tag>/{ae,ldm,pixel} (refgen sample works on each).
+Result: benchmarks/results/<tag>.json (+ a PNG grid per model); --tag defaults to
+latent_diffusion_mnist.
 """
 from __future__ import annotations
 
@@ -99,8 +100,10 @@ def main():
     p.add_argument("--fid-n", type=int, default=500)
     p.add_argument("--ddim", type=int, default=25, help="DDIM steps of every sampler")
     p.add_argument("--chunk", type=int, default=100)
+    p.add_argument("--tag", default="latent_diffusion_mnist",
+                   help="result file, PNG prefix and run directory /tmp/refgen_<tag>")
     a = p.parse_args()
-    root = run_dir("latent_diffusion_mnist")
+    root = run_dir(a.tag)
     ds = load(DATA, "train")
     n, steps = smoke(a.fid_n, 20), smoke(a.ddim, 3)
     chunk = smoke(a.chunk, 2)
@@ -136,7 +139,7 @@ def main():
         trained = [q for q in model.parameters() if q.requires_grad]
         res[key]["parameters"] = int(sum(q.data.size for q in trained))
         x, timing = draw(model, n, steps)
-        res[key].update(timing, fid_mnist=fid(x, n), grid=grid(x, f"latent_diffusion_mnist_{key}"))
+        res[key].update(timing, fid_mnist=fid(x, n), grid=grid(x, f"{a.tag}_{key}"))
         print(key, {k: v for k, v in res[key].items() if k != "kwargs"}, flush=True)
     rng = np.random.default_rng(0)
     res["fid_real_floor"] = fid(ds.x[rng.choice(len(ds.x), n, replace=False)], n)
@@ -147,7 +150,7 @@ def main():
                       "fid within 20% of pixel": bool(res["fid_ratio_ldm_over_pixel"] <= 1.2)}
     res["wall_s"] = round(time.perf_counter() - t_start, 1)
     res["machine"] = machine()
-    write_result("latent_diffusion_mnist", res)
+    write_result(a.tag, res)
 
 
 if __name__ == "__main__":
