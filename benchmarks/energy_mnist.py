@@ -75,6 +75,10 @@ def parse(argv=None):
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
     args = add_smoke(ap).parse_args(argv)
+    if args.accuracy_only and args.model != "jem":
+        ap.error("--accuracy-only reports a classifier's test accuracy: it needs --model jem")
+    if args.init_from and not (Path(args.init_from) / CHECKPOINT).exists():
+        ap.error(f"--init-from: no {CHECKPOINT} in {args.init_from}")
     if SMOKE:
         args.steps, args.batch_size, args.eval_n, args.long_steps = 3, 8, 20, 4
         args.sweep = "2,4"
