@@ -22,7 +22,8 @@ test image that has one); then on the first M prompts: cond_accuracy and CLIP sc
 candidates re-ranked by CLIP vs 1. ``--runs`` names the stages' run directories, so runs of
 other sizes keep their own.
 
-Writes benchmarks/results/dalle_mnist.json and dalle_mnist_prompts.png. ``--smoke``: tiny.
+Writes benchmarks/results/<tag>.json and <tag>_prompts.png (--tag, default dalle_mnist).
+``--smoke``: tiny.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def fit(model, ds, tag, steps, batch, lr, seed, **kw):
 
 
 def dvae_metrics(dvae, x):
-    rec, kl, toks, recon = [], [], [], []
+    nats, kl, toks, recon = [], [], [], []
     with no_grad():
         for i in range(0, len(x), 500):
             xb = backend.asarray(x[i:i + 500])
@@ -81,11 +82,11 @@ def dvae_metrics(dvae, x):
             hat = (recon[-1] + 1) / 2                                     # Bernoulli means
             ink = (x[i:i + 500] + 1) / 2
             p = np.clip(hat, 1e-7, 1 - 1e-7)
-            rec.append(-(ink * np.log(p) + (1 - ink) * np.log(1 - p)).sum(axis=(1, 2, 3)))
+            nats.append(-(ink * np.log(p) + (1 - ink) * np.log(1 - p)).sum(axis=(1, 2, 3)))
             kl.append(backend.to_numpy(kl_uniform(logits, 1).data).sum(axis=(1, 2)))
             toks.append(z)
     toks = np.concatenate(toks)
-    return {"reconstruction_nats": float(np.concatenate(rec).mean()), "kl_uniform_nats": float(np.concatenate(kl).mean()),
+    return {"reconstruction_nats": float(np.concatenate(nats).mean()), "kl_uniform_nats": float(np.concatenate(kl).mean()),
             "codebook_perplexity": codebook_perplexity(toks, dvae.num_codes), "codes_used": int(len(np.unique(toks))),
             "reconstruction_fid_mnist": float(fid_mnist(np.concatenate(recon))) if len(x) >= 2 else None}
 
@@ -126,7 +127,7 @@ def heldout(model, test, n, seed, **kw):
         keep = slice(None) if name == "heldout_combos" else slice(0, n)
         ids, rows = ids[keep], rows[keep]
         x = generate(model, ids, seed + k, **kw)
-        out[name] = {"captions": int(len(rows)), "example": cap.Tokenizer().decode(ids[0]),
+        out[name] = {"captions": int(len(rows)), "example": model.tokenizer.decode(ids[0]),
                      "cond_accuracy": cond_accuracy(x, labels[rows]),
                      "attribute_agreement": agreement(x, ids, model.tokenizer)}
     return out

@@ -184,6 +184,7 @@ def main(argv=None):
         result["test_accuracy"] = test_accuracy(model, test_ds)
         print(f"test accuracy {result['test_accuracy']:.4f}", flush=True)
         if args.accuracy_only:
+            result["log"] = read_log(out, "loss")
             result["machine"] = machine()
             write_result(tag, result)
             return

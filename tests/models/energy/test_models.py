@@ -139,19 +139,18 @@ def test_jem_px_weight_scales_the_marginal_term_and_zero_is_the_classifier_alone
     """loss = CE + px_weight (mean E(x+) - mean E(x-)); px_weight = 0 runs no chains."""
     x = Tensor(np.random.default_rng(0).standard_normal((5, 2)))
     y = np.array([0, 2, 1, 1, 0])
-    terms = {}
     for w in (1.0, 0.3, 0.0):
         model = JEM((2,), num_classes=3, seed=0, buffer_size=20, mcmc_steps=2, px_weight=w, **SMALL).double()
         before = model.buffer.chains.copy()
-        terms[w] = model.loss(Batch(x, y), default_rng(0)).item()
+        loss = model.loss(Batch(x, y), default_rng(0)).item()
         f = model.logits(x).data
         ce = -(f[np.arange(5), y] - np.log(np.exp(f).sum(1))).mean()
         gap = model.energy(x).data.mean() - model.energy(Tensor(model.buffer.chains[_last_idx(model)])).data.mean()
         if w == 0:
-            assert terms[w] == pytest.approx(ce, rel=1e-12)
+            assert loss == pytest.approx(ce, rel=1e-12)
             np.testing.assert_array_equal(model.buffer.chains, before)      # no chain ran
         else:
-            assert terms[w] == pytest.approx(ce + w * gap, rel=1e-9)
+            assert loss == pytest.approx(ce + w * gap, rel=1e-9)
             assert abs(gap) > 1e-3                                         # the weight is seen
     assert JEM((2,), num_classes=3).px_weight == 1.0
     with pytest.raises(ValueError, match="px_weight"):
