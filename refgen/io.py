@@ -374,36 +374,52 @@ def _tick(v: float) -> str:
     return f"{v:.3g}"
 
 
-def line_plot(xs, ys, *, xlabel: str, ylabel: str, point_labels=None, size: int = 420,
-              margin: int = 48):
+# (line, marker) colours of the series of line_plot, in order
+SERIES_COLOURS = (((0.55, 0.62, 0.75), (0.85, 0.33, 0.10)), ((0.60, 0.80, 0.60), (0.15, 0.50, 0.15)),
+                  ((0.80, 0.65, 0.85), (0.50, 0.20, 0.60)))
+
+
+def line_plot(xs, ys, *, xlabel: str, ylabel: str, point_labels=None, series_labels=None,
+              size: int = 420, margin: int = 48):
     """(size, size, 3) float RGB image: the points (xs[i], ys[i]) joined in order by straight
     segments, the x axis from 0 and the y axis from 0 (or 10% below the smallest value when
     one is negative, with a grey line at y = 0) to 10% above the largest, with the axis
     names and the tick values written on them, and ``point_labels[i]`` beside point i.
-    Returns (image, (x_max, y_max))."""
-    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
-    if xs.shape != ys.shape or xs.ndim != 1 or len(xs) == 0:
-        raise ValueError(f"line_plot needs two 1-d arrays of one length; got {xs.shape} and {ys.shape}")
-    if np.any(xs < 0) or not np.all(np.isfinite(xs) & np.isfinite(ys)):
+    Several series share the axes: ys (S, N) (a list of S lists), point_labels (S, N),
+    series_labels (S,) written as a key in the top right, each series in its own colours
+    (SERIES_COLOURS, at most 3). Returns (image, (x_max, y_max))."""
+    xs, y_in = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    multi, ys = y_in.ndim == 2, np.atleast_2d(y_in)                 # ys (S, N)
+    if (xs.ndim != 1 or len(xs) == 0 or y_in.ndim > 2 or ys.shape[1:] != xs.shape
+            or len(ys) > len(SERIES_COLOURS)):
+        raise ValueError(f"line_plot needs x (N,) and y of one length, (N,) or (S <= "
+                         f"{len(SERIES_COLOURS)}, N) for S series; got {xs.shape} and {y_in.shape}")
+    if np.any(xs < 0) or not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
         raise ValueError("line_plot draws finite values with non-negative x (its x axis starts at 0)")
+    labels = [None] * len(ys) if point_labels is None else (point_labels if multi else [point_labels])
     x_max, y_max = 1.1 * max(xs.max(), 1e-12), 1.1 * max(ys.max(), 1e-12)
     y_min = min(1.1 * ys.min(), 0.0)
     img = np.ones((size, size, 3))
     inner = size - 2 * margin
-    rows = size - margin - (ys - y_min) / (y_max - y_min) * inner   # y up
     cols = margin + xs / x_max * inner
     if y_min < 0:                                                   # the line y = 0
         img[int(size - margin - -y_min / (y_max - y_min) * inner), margin:size - margin] = 0.7
         draw_text(img, _tick(y_min), size - margin - 5, margin - 6 - text_width(_tick(y_min)))
     img[size - margin, margin:size - margin] = 0.0                  # x axis
     img[margin:size - margin + 1, margin] = 0.0                     # y axis
-    for (r0, c0), (r1, c1) in zip(zip(rows, cols), zip(rows[1:], cols[1:])):
-        t = np.linspace(0.0, 1.0, 4 * inner)
-        img[(r0 + t * (r1 - r0)).astype(int), (c0 + t * (c1 - c0)).astype(int)] = (0.55, 0.62, 0.75)
-    for i, (r, c) in enumerate(zip(rows.astype(int), cols.astype(int))):
-        img[r - 3:r + 4, c - 3:c + 4] = (0.85, 0.33, 0.10)
-        if point_labels is not None:
-            draw_text(img, str(point_labels[i]), r - 14, c + 6)
+    for y, lab, (line, marker) in zip(ys, labels, SERIES_COLOURS):
+        rows = size - margin - (y - y_min) / (y_max - y_min) * inner   # y up
+        for (r0, c0), (r1, c1) in zip(zip(rows, cols), zip(rows[1:], cols[1:])):
+            t = np.linspace(0.0, 1.0, 4 * inner)
+            img[(r0 + t * (r1 - r0)).astype(int), (c0 + t * (c1 - c0)).astype(int)] = line
+        for i, (r, c) in enumerate(zip(rows.astype(int), cols.astype(int))):
+            img[r - 3:r + 4, c - 3:c + 4] = marker
+            if lab is not None:
+                draw_text(img, str(lab[i]), r - 14, c + 6)
+    for k, (name, (_, marker)) in enumerate(zip(series_labels or [], SERIES_COLOURS)):
+        r, c = margin - 28 + 12 * k, size - margin - text_width(str(name)) - 12
+        img[r:r + 7, c:c + 7] = marker
+        draw_text(img, str(name), r, c + 10)
     draw_text(img, "0", size - margin + 6, margin - 3)
     draw_text(img, _tick(x_max), size - margin + 6, size - margin - text_width(_tick(x_max)))
     draw_text(img, _tick(y_max), margin - 5, margin - 6 - text_width(_tick(y_max)))

@@ -214,6 +214,23 @@ def test_line_plot_puts_points_where_their_values_say():
         io.line_plot([1.0], [np.nan], xlabel="x", ylabel="y")
 
 
+def test_line_plot_draws_each_series_in_its_colours_on_shared_axes():
+    xs, ys = [0.0, 5.0, 10.0], [[30.0, 10.0, 40.0], [20.0, 12.0, 8.0]]
+    img, (x_max, y_max) = io.line_plot(xs, ys, xlabel="w", ylabel="FID", size=300, margin=40,
+                                       series_labels=["static", "dynamic"])
+    assert (x_max, y_max) == pytest.approx((11.0, 44.0))           # the largest of either series
+    inner = 300 - 2 * 40
+    for y, (_, marker) in zip(ys, io.SERIES_COLOURS):
+        hit = np.all(np.isclose(img, marker), axis=-1)
+        for xv, yv in zip(xs, y):
+            assert hit[int(300 - 40 - yv / y_max * inner), int(40 + xv / x_max * inner)]
+        assert hit.sum() == 4 * 49                                  # 3 markers and the key's square
+    with pytest.raises(ValueError, match=r"\(S <= 3, N\) for S series"):
+        io.line_plot([1.0, 2.0], [[1.0, 2.0]] * 4, xlabel="x", ylabel="y")
+    with pytest.raises(ValueError, match="finite"):
+        io.line_plot([1.0, 2.0], [[1.0, 2.0], [np.inf, 1.0]], xlabel="x", ylabel="y")
+
+
 def test_line_plot_with_negative_values_starts_its_y_axis_below_them():
     xs, ys = [1.0, 4.0, 10.0], [20.0, -5.0, 0.0]
     img, (x_max, y_max) = io.line_plot(xs, ys, xlabel="x", ylabel="y", size=300, margin=40)

@@ -26,6 +26,8 @@ added to the time embedding; z is replaced by zeros with probability p_uncond (1
 paper), so sampling can guide the decoder by eq. (26) too.
 
 Image variations: x -> z = sqrt(D) c^i(x) -> decoder samples that share x's embedding.
+Interpolations: decoder samples from one noise along the great circle between two images'
+embeddings (slerp), as the paper's interpolations between image embeddings.
 
 Both parts are trained together, loss = L_decoder + L_prior (each logged), on the frozen CLIP
 of ``clip`` (held outside the module tree, as in Imagen). CLIP's image tower takes images of
@@ -50,7 +52,7 @@ from refgen.models.text_to_image.text_diffusion import NETWORK, SAMPLING, TextDi
 from refgen.nn import (LayerNorm, Linear, Module, ModuleList, Parameter, TimeEmbedding,
                        TransformerBlock, init)
 
-__all__ = ["EmbeddingPrior", "UnCLIP"]
+__all__ = ["EmbeddingPrior", "UnCLIP", "slerp"]
 
 
 class EmbeddingPrior(Module):
@@ -199,10 +201,42 @@ class UnCLIP(TextDiffusion):
         return super().sample(n, z, rng=rng, guidance=guidance, steps=steps, sampler=sampler,
                               eta=eta, threshold=threshold, x_T=x_T)
 
+    def decode(self, z, *, rng, guidance=None, steps=None, x_T=None):
+        """x ~ P(x | z): one decoder sample per embedding of z (B, D) (scaled as embed_images
+        scales them), from the noise x_T when given."""
+        z = xp.asarray(asarray(z), dtype=self.dtype)
+        return super().sample(z.shape[0], z, rng=rng, guidance=guidance, steps=steps, x_T=x_T)
+
     def variations(self, x, *, rng, guidance=None, steps=None):
         """One decoder sample per image of x (B, C, H, W) from its own embedding z = sqrt(D) c^i(x)."""
-        z = self.embed_images(x)
-        return super().sample(z.shape[0], z, rng=rng, guidance=guidance, steps=steps)
+        return self.decode(self.embed_images(x), rng=rng, guidance=guidance, steps=steps)
+
+    def interpolations(self, x_a, x_b, k: int, *, rng, guidance=None, steps=None):
+        """k decoder samples (k, C, H, W) along the great circle from x_a's embedding to
+        x_b's (each (1, C, H, W) or (C, H, W)), all from one noise x_T (unCLIP's interpolations):
+
+            z_s = sin((1 - s) theta) / sin(theta) z_a + sin(s theta) / sin(theta) z_b,
+            theta = arccos(<z_a, z_b> / D),  s = 0, 1/(k-1), ..., 1
+        """
+        if int(k) < 2:
+            raise ValueError(f"interpolations need k >= 2 points, got {k}")
+        z = self.embed_images(xp.concatenate([xp.reshape(asarray(x), (1,) + self.data_shape)
+                                              for x in (x_a, x_b)]))      # (2, D)
+        zs = slerp(z[0], z[1], xp.linspace(0.0, 1.0, int(k)))             # (k, D)
+        x_T = xp.broadcast_to(rng.standard_normal((1,) + self.data_shape, dtype=self.dtype),
+                              (int(k),) + self.data_shape).copy()
+        return self.decode(zs, rng=rng, guidance=guidance, steps=steps, x_T=x_T)
+
+
+def slerp(a, b, s):
+    """Points (len(s), D) on the great circle from a (D,) to b (D,) (equal norms) at
+    fractions s (k,); the straight line where a and b are (nearly) parallel."""
+    cos = xp.clip(xp.sum(a * b) / xp.sqrt(xp.sum(a * a) * xp.sum(b * b)), -1.0, 1.0)
+    theta = xp.arccos(cos)
+    s = xp.asarray(s, dtype=a.dtype)[:, None]                             # (k, 1)
+    if float(theta) < 1e-6:
+        return (1 - s) * a + s * b
+    return (xp.sin((1 - s) * theta) * a + xp.sin(s * theta) * b) / xp.sin(theta)
 
 
 def _drop_rows(a, p: float, rng):

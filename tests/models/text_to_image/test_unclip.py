@@ -2,7 +2,7 @@
 otherwise, the loss against a replay of its own draws (decoder on the image's own CLIP
 embedding + prior on the caption's text embedding), the scaled embedding, the frozen CLIP,
 the decoder's guidance (26) with the null embedding, eq. (34)'s two-stage sampling, image
-variations, an overfit of the prior, gradient checks of the prior network, and bad input."""
+variations and interpolations (slerp), an overfit of the prior, gradient checks of the prior network, and bad input."""
 import math
 
 import numpy as np
@@ -18,6 +18,7 @@ from refgen.models import create
 from refgen.models.base import Batch
 from refgen.models.diffusion.process import q_sample
 from refgen.models.text_to_image import EmbeddingPrior, TextDiffusion
+from refgen.models.text_to_image.unclip import slerp
 from refgen.nn import Module
 from refgen.optim import Adam
 from refgen.testing import check_grads, on_backend
@@ -239,6 +240,46 @@ def test_variations_decode_the_images_own_embedding(trained):
     got = npv(m.variations(x, rng=default_rng(2), steps=3))
     want = npv(TextDiffusion.sample(m, 4, m.embed_images(x), rng=default_rng(2), steps=3))
     assert np.array_equal(got, want)
+
+
+@given(st.integers(2, 16), st.floats(0.05, 3.0), st.integers(0, 2**16))
+@settings(max_examples=30, deadline=None)
+def test_slerp_walks_the_great_circle_at_constant_speed(d, theta, seed):
+    """z_s has the endpoints' norm and makes the angle s theta with a and (1 - s) theta with b."""
+    r = np.random.default_rng(seed)
+    a = r.standard_normal(d)
+    a *= 2.5 / np.linalg.norm(a)
+    u = r.standard_normal(d)
+    u -= (u @ a) / (a @ a) * a                           # orthogonal to a, same norm
+    u *= 2.5 / np.linalg.norm(u)
+    b = np.cos(theta) * a + np.sin(theta) * u            # angle theta from a
+    s = np.array([0.0, 0.3, 0.5, 1.0])
+    z = backend.to_numpy(slerp(backend.asarray(a), backend.asarray(b), backend.asarray(s)))
+
+    def angle(p, q):
+        return np.arccos(np.clip(p @ q / (np.linalg.norm(p) * np.linalg.norm(q)), -1, 1))
+    np.testing.assert_allclose(z[[0, -1]], np.stack([a, b]), atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 2.5, rtol=1e-9)
+    np.testing.assert_allclose([angle(a, zi) for zi in z], s * theta, atol=1e-6)
+    np.testing.assert_allclose([angle(zi, b) for zi in z], (1 - s) * theta, atol=1e-6)
+
+
+def test_interpolations_decode_the_slerped_embeddings_from_one_noise(trained):
+    """Decoder samples of the slerp of the two images' embeddings (whose ends are the images'
+    own embeddings), all from one shared x_T."""
+    m, x = trained, images(seed=6)
+    got = npv(m.interpolations(x[0], x[1:2], 3, rng=default_rng(2), steps=3))
+    r = default_rng(2)
+    x_T = r.standard_normal((1, 1, 14, 14), dtype=np.float32)
+    z = m.embed_images(x[:2])
+    zs = slerp(z[0], z[1], backend.asarray(np.array([0.0, 0.5, 1.0])))
+    np.testing.assert_allclose(npv(zs)[[0, 2]], npv(z), rtol=1e-5, atol=1e-5)
+    want = npv(TextDiffusion.sample(m, 3, zs, rng=default_rng(9), steps=3,
+                                    x_T=backend.xp.concatenate([x_T] * 3)))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert np.abs(got[0] - got[2]).max() > 1e-3
+    with pytest.raises(ValueError, match="k >= 2"):
+        m.interpolations(x[0], x[1], 1, rng=default_rng(0))
 
 
 def test_bad_input_is_one_clear_line(trained):

@@ -1,0 +1,147 @@
+"""Imagen on mnist-captions-14: a frozen text encoder, and what dynamic thresholding buys at
+large guidance weights.
+
+    OPENBLAS_NUM_THREADS=1 nice python benchmarks/imagen_mnist.py --budget-min 40 \\
+        --out /tmp/refgen_imagen_mnist14 --n 1000
+
+Builds on a trained CLIP (dalle_mnist.py's, in /tmp/refgen_<--clip-run>; trained here to
+--clip-steps when that directory holds none), whose text tower is Imagen's frozen encoder.
+Trains ``imagen`` on the 14x14 images with refgen's loop in resumable chunks until --steps or
+--budget-min, then draws N images (DDIM, --sample-steps) for the captions of the first N test
+images (glide_mnist.py's prompts) at every guidance weight w of --guidance, once with static
+clipping of the predicted x_0 to [-1, 1] and once with dynamic thresholding (p = 0.995), and
+reports per (threshold, w): cond_accuracy, attribute agreement (glide_mnist.py's measure),
+FID and KID against the mnist-14 test set, all at the same N and from the same noise.
+
+Writes benchmarks/results/<tag>.json, <tag>_fid_vs_w.png (FID against w, one line per
+threshold, each point labelled with its cond_accuracy) and <tag>_<threshold>_w<w>.png grids.
+``--eval-only`` evaluates the checkpoint in --out. ``--smoke``: a tiny model, a few steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, run_dir,  # noqa: E402
+                    smoke, train_in_chunks, write_result)
+from dalle_mnist import fit  # noqa: E402
+from glide_mnist import agreement, prompts, up2  # noqa: E402
+from unclip_mnist import chunks, image_scores  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from refgen import backend, io  # noqa: E402
+from refgen.data import captions as cap  # noqa: E402
+from refgen.metrics import mnist_features  # noqa: E402
+from refgen.metrics.fid import reference_stats  # noqa: E402
+from refgen.metrics.frechet import gaussian_stats  # noqa: E402
+from refgen.models import create  # noqa: E402
+from refgen.train import CHECKPOINT, load_weights  # noqa: E402
+
+DATA = "mnist-captions-14"
+THRESHOLDS = ("static", "dynamic")
+
+
+def main():
+    p = add_smoke(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--budget-min", type=float, default=30.0)
+    p.add_argument("--chunk", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-run", default="dalle_mnist_w128_clip",
+                   help="the CLIP's run directory /tmp/refgen_<clip-run> (dalle_mnist.py's)")
+    p.add_argument("--clip-steps", type=int, default=1100)
+    p.add_argument("--clip-batch", type=int, default=256)
+    p.add_argument("--n", type=int, default=1000, help="captions per (threshold, w)")
+    p.add_argument("--guidance", default="0,1,3,5,7,10")
+    p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--set", action="append", default=[], help="model option key=value")
+    p.add_argument("--out", help="run directory (default /tmp/refgen_<tag>)")
+    p.add_argument("--tag", default="imagen_mnist14")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out")
+    p.add_argument("--ema", type=float, default=0.999)
+    args = p.parse_args()
+    settings = dict(channels=16, heads=2)
+    settings.update({k: json.loads(v) if v[:1].isdigit() or v[:1] in "[-" else v
+                     for k, v in (s.split("=", 1) for s in args.set)})
+    if SMOKE:
+        settings.update(channels=8, T=50)
+    train_ds, test_ds = load(DATA, "train"), load(DATA, "test")
+    clip = create("clip", data_shape=(1, 28, 28), vocab_size=len(train_ds.vocab), seed=args.seed)
+    clip_train = fit(clip, load("mnist-captions", "train"), args.clip_run, smoke(args.clip_steps, 2),
+                     smoke(args.clip_batch, 8), 2e-3, args.seed, schedule="cosine",
+                     warmup=smoke(50, 1), grad_clip=1.0)
+    model = create("imagen", data_shape=train_ds.shape, seed=args.seed, clip=clip, **settings)
+    out = run_dir(args.tag, args.out)
+    t0 = time.perf_counter()
+    if not args.eval_only:
+        train_in_chunks(model, train_ds, out, steps=smoke(args.steps, 4), budget_min=args.budget_min,
+                        chunk=smoke(args.chunk, 2), batch_size=smoke(args.batch_size, 8), lr=args.lr,
+                        seed=args.seed, ema_decay=args.ema, warmup=smoke(200, 1), grad_clip=1.0,
+                        log_every=smoke(25, 1), evaluate_at_end=False)
+    arrays, meta = io.load_checkpoint(out / CHECKPOINT)
+    used_ema = load_weights(model, arrays)
+    model.eval()
+
+    n, steps = smoke(args.n, 16), smoke(args.sample_steps, 3)
+    ids, templates = prompts(test_ds, n)
+    labels, lev = test_ds.y[:n], test_ds.captions.lev[:n]
+    cuts = cap.thresholds(cap.measure(up2(train_ds.x[:smoke(10_000, 64)])))
+    f_ref = mnist_features(load("mnist-14", "test").x)
+    ref_stats = gaussian_stats(f_ref) if SMOKE else reference_stats("test", 14)
+    t_eval = time.perf_counter()
+    weights = [float(g) for g in args.guidance.split(",")]
+    per = {th: {} for th in THRESHOLDS}
+    for th in THRESHOLDS:
+        for w in weights:
+            rng, ts = backend.default_rng(args.seed + 13), time.perf_counter()   # the same noise for every cell
+            x = np.clip(chunks(lambda s: model.sample(s.stop - s.start, backend.asarray(ids[s]), rng=rng,
+                                                      guidance=w, threshold=th, steps=steps), n), -1, 1)
+            per[th][f"w={w:g}"] = dict(image_scores(x, labels, ref_stats, f_ref),
+                                       attribute_agreement=agreement(x, lev, templates, cuts),
+                                       sample_wall_s=round(time.perf_counter() - ts, 1))
+            io.write_png(RESULTS / f"{args.tag}_{th}_w{w:g}.png", io.image_grid((x[:64] + 1) / 2))
+            print(th, w, json.dumps(per[th][f"w={w:g}"]), flush=True)
+    img, _ = io.line_plot(weights, [[per[th][f"w={w:g}"]["fid_mnist"] for w in weights] for th in THRESHOLDS],
+                          xlabel="guidance w", ylabel="FID", series_labels=list(THRESHOLDS),
+                          point_labels=[[f"{per[th][f'w={w:g}']['cond_accuracy']:.2f}" for w in weights]
+                                        for th in THRESHOLDS])
+    io.write_png(RESULTS / f"{args.tag}_fid_vs_w.png", img)
+
+    log = read_log(out, "loss")
+    hi = [w for w in weights if 5 <= w <= 10]
+    result = {
+        "command": command(), "machine": machine(), "data": DATA, "settings": settings,
+        "clip": {"run": f"/tmp/refgen_{args.clip_run}", "train": clip_train,
+                 "role": "frozen text encoder (its text tower)"},
+        "parameters": model.num_parameters(), "steps": int(meta["step"]),
+        "batch_size": smoke(args.batch_size, 8), "lr": args.lr, "ema": args.ema,
+        "sampled_with": "EMA weights" if used_ema else "trained weights",
+        "train_wall_s": round(log[-1]["wall_s"], 1) if log else None,
+        "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log[::max(1, len(log) // 12)]],
+        "sampler": f"ddim{steps}", "n": n, "dynamic_percentile": 0.995,
+        "prompts": "the test images' captions, training template i mod 8 for image i",
+        "per_threshold": per,
+        "attribute_agreement_real": agreement(test_ds.x[:n], lev, templates, cuts),
+        "eval_wall_s": round(time.perf_counter() - t_eval, 1),
+        "this_call_wall_s": round(time.perf_counter() - t0, 1),
+        "targets": {"cond_accuracy_at_w_ge_1": 0.98,
+                    "dynamic_fid_below_static_at_w_5_to_10": True},
+        "plot": f"{args.tag}_fid_vs_w.png",
+    }
+    result["met"] = {
+        "cond_accuracy_at_w_ge_1": all(v["cond_accuracy"] >= 0.98 for k, v in per["dynamic"].items()
+                                       if float(k[2:]) >= 1),
+        "dynamic_fid_below_static_at_w_5_to_10": bool(hi) and all(
+            per["dynamic"][f"w={w:g}"]["fid_mnist"] < per["static"][f"w={w:g}"]["fid_mnist"] for w in hi)}
+    write_result(args.tag, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""unCLIP on mnist-captions-14: the prior's embeddings, image variations and eq. (34)'s samples.
+
+    OPENBLAS_NUM_THREADS=1 nice python benchmarks/unclip_mnist.py --budget-min 45 \\
+        --out /tmp/refgen_unclip_mnist14 --n 2000
+
+Builds on a trained CLIP: the one dalle_mnist.py trains in /tmp/refgen_<--clip-run>
+(1,100 steps at batch 256 in its headline run; trained here to --clip-steps when that
+directory holds none). Trains ``unclip`` on the 14x14 images (the diffusion prior over
+z = sqrt(D) c^i(x) given the caption's text embedding, and the decoder U-Net given z, both at
+once) with refgen's loop in resumable chunks until --steps or --budget-min, then on the first
+N test images reports
+
+  prior_cosine     cos(z_hat, c^i(x)) of the prior's embedding z_hat for x's caption (the
+                   caption of glide_mnist.py's prompts: template i mod 8 for image i) with x's
+                   own CLIP image embedding, per prior guidance weight; beside it the cosine
+                   of a random other test image's embedding (what no caption information
+                   gives), of the mean embedding of the test images of the caption's digit
+                   (what the digit alone gives), and of the caption's text embedding (CLIP's
+                   own alignment, a different space's scale)
+  variations       cond_accuracy of one decoder sample from each image's own embedding (the
+                   class kept?) per decoder guidance weight, and the variations' FID / KID
+  text_to_image    eq. (34): z ~ prior(caption), x ~ decoder(z); cond_accuracy, attribute
+                   agreement (glide_mnist.py's measure), FID / KID against the mnist-14 test
+                   set, per decoder guidance weight, all at the same N
+
+and writes benchmarks/results/<tag>.json with <tag>_variations.png (a source image, then 7
+variations, per row), <tag>_interpolations.png (rows: slerp between two test images'
+embeddings from one noise, the sources at the ends) and <tag>_w<w>.png (eq. (34) grids).
+``--eval-only`` evaluates the checkpoint in --out. ``--smoke``: a tiny model, a few steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, run_dir,  # noqa: E402
+                    smoke, train_in_chunks, write_result)
+from dalle_mnist import fit  # noqa: E402
+from glide_mnist import agreement, prompts, up2  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from refgen import backend, io  # noqa: E402
+from refgen.autograd import no_grad  # noqa: E402
+from refgen.data import captions as cap  # noqa: E402
+from refgen.metrics import cond_accuracy, kid, mnist_features  # noqa: E402
+from refgen.metrics.fid import reference_stats  # noqa: E402
+from refgen.metrics.frechet import frechet_distance, gaussian_stats  # noqa: E402
+from refgen.models import create  # noqa: E402
+from refgen.train import CHECKPOINT, load_weights  # noqa: E402
+
+DATA = "mnist-captions-14"
+
+
+def chunks(f, n, size=100):
+    """f(slice) for consecutive slices of range(n), concatenated (as NumPy)."""
+    with no_grad():
+        return np.concatenate([backend.to_numpy(f(slice(i, min(n, i + size)))) for i in range(0, n, size)])
+
+
+def cosine(a, b):
+    """Row-wise cosine similarity of (N, D) arrays."""
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def image_scores(x, labels, ref_stats, f_ref):
+    """cond_accuracy, FID and KID of images x (N, 1, 14, 14) in [-1, 1]."""
+    feats = mnist_features(x)
+    k, k_se = kid(feats, f_ref, rng=0)
+    return {"cond_accuracy": cond_accuracy(x, labels),
+            "fid_mnist": frechet_distance(*gaussian_stats(feats), *ref_stats),
+            "kid_mnist": k, "kid_mnist_se": k_se, "n": int(len(x))}
+
+
+def main():
+    p = add_smoke(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--budget-min", type=float, default=30.0)
+    p.add_argument("--chunk", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-run", default="dalle_mnist_w128_clip",
+                   help="the CLIP's run directory /tmp/refgen_<clip-run> (dalle_mnist.py's)")
+    p.add_argument("--clip-steps", type=int, default=1100)
+    p.add_argument("--clip-batch", type=int, default=256)
+    p.add_argument("--n", type=int, default=2000, help="test images / captions per evaluation")
+    p.add_argument("--guidance", default="0,1,3", help="decoder guidance weights")
+    p.add_argument("--prior-guidance", default="0,1,3", help="prior guidance weights (cosine)")
+    p.add_argument("--sample-prior-guidance", type=float, default=1.0,
+                   help="the prior's guidance weight in the eq. (34) samples")
+    p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--set", action="append", default=[], help="model option key=value")
+    p.add_argument("--out", help="run directory (default /tmp/refgen_<tag>)")
+    p.add_argument("--tag", default="unclip_mnist14")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out")
+    p.add_argument("--ema", type=float, default=0.999)
+    args = p.parse_args()
+    settings = dict(channels=16, heads=2, prior_width=64, prior_layers=2, prior_heads=4)
+    settings.update({k: json.loads(v) if v[:1].isdigit() or v[:1] in "[-" else v
+                     for k, v in (s.split("=", 1) for s in args.set)})
+    if SMOKE:
+        settings.update(channels=8, prior_width=16, T=50, prior_T=50)
+    train_ds, test_ds = load(DATA, "train"), load(DATA, "test")
+    clip = create("clip", data_shape=(1, 28, 28), vocab_size=len(train_ds.vocab), seed=args.seed)
+    clip_train = fit(clip, load("mnist-captions", "train"), args.clip_run, smoke(args.clip_steps, 2),
+                     smoke(args.clip_batch, 8), 2e-3, args.seed, schedule="cosine",
+                     warmup=smoke(50, 1), grad_clip=1.0)
+    model = create("unclip", data_shape=train_ds.shape, seed=args.seed, clip=clip, **settings)
+    out = run_dir(args.tag, args.out)
+    t0 = time.perf_counter()
+    if not args.eval_only:
+        train_in_chunks(model, train_ds, out, steps=smoke(args.steps, 4), budget_min=args.budget_min,
+                        chunk=smoke(args.chunk, 2), batch_size=smoke(args.batch_size, 8), lr=args.lr,
+                        seed=args.seed, ema_decay=args.ema, warmup=smoke(200, 1), grad_clip=1.0,
+                        log_every=smoke(25, 1), evaluate_at_end=False)
+    arrays, meta = io.load_checkpoint(out / CHECKPOINT)
+    used_ema = load_weights(model, arrays)
+    model.eval()
+
+    n, steps = smoke(args.n, 16), smoke(args.sample_steps, 3)
+    ids, templates = prompts(test_ds, n)
+    x_real, labels, lev = test_ds.x[:n], test_ds.y[:n], test_ds.captions.lev[:n]
+    cuts = cap.thresholds(cap.measure(up2(train_ds.x[:smoke(10_000, 64)])))
+    f_ref = mnist_features(load("mnist-14", "test").x)
+    ref_stats = gaussian_stats(f_ref) if SMOKE else reference_stats("test", 14)
+    t_eval = time.perf_counter()
+
+    # ---- the prior: cos(z_hat, c^i(x))
+    z_true = chunks(lambda s: model.embed_images(backend.asarray(x_real[s])), n)          # (N, D)
+    v = chunks(lambda s: model.embed_text(backend.asarray(ids[s])), n)
+    means = {d: z_true[labels == d].mean(0) for d in np.unique(labels)}
+    other = np.random.default_rng(args.seed).permutation(n)
+    prior = {"random_other_image": float(cosine(z_true, z_true[other]).mean()),
+             "mean_embedding_of_the_digit": float(cosine(z_true, np.stack([means[d] for d in labels])).mean()),
+             "text_embedding": float(cosine(z_true, v).mean())}
+    for w in [float(g) for g in args.prior_guidance.split(",")]:
+        rng = backend.default_rng(args.seed + 11)
+        z_hat = chunks(lambda s: model.sample_embeddings(s.stop - s.start, backend.asarray(ids[s]), rng=rng,
+                                                          guidance=w), n)
+        prior[f"w={w:g}"] = float(cosine(z_true, z_hat).mean())
+        print("prior", w, prior[f"w={w:g}"], flush=True)
+
+    # ---- variations and eq. (34), per decoder guidance weight
+    variations, t2i = {}, {}
+    for w in [float(g) for g in args.guidance.split(",")]:
+        rng = backend.default_rng(args.seed + 12)
+        ts = time.perf_counter()
+        xv = np.clip(chunks(lambda s: model.variations(backend.asarray(x_real[s]), rng=rng, guidance=w,
+                                                       steps=steps), n), -1, 1)
+        variations[f"w={w:g}"] = dict(image_scores(xv, labels, ref_stats, f_ref),
+                                      sample_wall_s=round(time.perf_counter() - ts, 1))
+        print("variations", w, json.dumps(variations[f"w={w:g}"]), flush=True)
+        rng, ts = backend.default_rng(args.seed + 13), time.perf_counter()
+        xs = np.clip(chunks(lambda s: model.sample(s.stop - s.start, backend.asarray(ids[s]), rng=rng, guidance=w,
+                                                   prior_guidance=args.sample_prior_guidance, steps=steps), n),
+                     -1, 1)
+        t2i[f"w={w:g}"] = dict(image_scores(xs, labels, ref_stats, f_ref),
+                               attribute_agreement=agreement(xs, lev, templates, cuts),
+                               sample_wall_s=round(time.perf_counter() - ts, 1))
+        io.write_png(RESULTS / f"{args.tag}_w{w:g}.png", io.image_grid((xs[:64] + 1) / 2))
+        print("eq34", w, json.dumps(t2i[f"w={w:g}"]), flush=True)
+
+    # ---- grids: variations (source, then 7) and interpolations (8 points between two images)
+    w_grid = 1.0 if 1.0 in [float(g) for g in args.guidance.split(",")] else float(args.guidance.split(",")[0])
+    rng = backend.default_rng(args.seed + 14)
+    src = x_real[:8]
+    with no_grad():
+        var = backend.to_numpy(model.variations(backend.asarray(np.repeat(src, 7, axis=0)), rng=rng,
+                                                guidance=w_grid, steps=steps)).reshape(8, 7, *src.shape[1:])
+        rows = np.concatenate([src[:, None], np.clip(var, -1, 1)], axis=1)                  # (8, 8, 1, 14, 14)
+        io.write_png(RESULTS / f"{args.tag}_variations.png",
+                     io.image_grid((rows.reshape(64, *src.shape[1:]) + 1) / 2, nrow=8))
+        pairs = [(2 * i, 2 * i + 1) for i in range(8)]
+        lerp = [np.concatenate([x_real[a][None], np.clip(backend.to_numpy(model.interpolations(
+            backend.asarray(x_real[a]), backend.asarray(x_real[b]), 6, rng=rng, guidance=w_grid, steps=steps)),
+            -1, 1), x_real[b][None]]) for a, b in pairs]                                   # 8 x (8, 1, 14, 14)
+        io.write_png(RESULTS / f"{args.tag}_interpolations.png",
+                     io.image_grid((np.concatenate(lerp) + 1) / 2, nrow=8))
+
+    log = read_log(out, "loss")
+    best_var = max(v["cond_accuracy"] for v in variations.values())
+    best_cos = max(prior[k] for k in prior if k.startswith("w="))
+    result = {
+        "command": command(), "machine": machine(), "data": DATA, "settings": settings,
+        "clip": {"run": f"/tmp/refgen_{args.clip_run}", "train": clip_train},
+        "parameters": model.num_parameters(), "steps": int(meta["step"]),
+        "batch_size": smoke(args.batch_size, 8), "lr": args.lr, "ema": args.ema,
+        "sampled_with": "EMA weights" if used_ema else "trained weights",
+        "train_wall_s": round(log[-1]["wall_s"], 1) if log else None,
+        "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log[::max(1, len(log) // 12)]],
+        "sampler": f"ddim{steps} (decoder), ddim{model.prior_steps} (prior)", "n": n,
+        "prompts": "the test images' captions, training template i mod 8 for image i",
+        "prior_cosine": prior, "variations": variations,
+        "text_to_image": {"prior_guidance": args.sample_prior_guidance, "per_decoder_guidance": t2i},
+        "attribute_agreement_real": agreement(x_real, lev, templates, cuts),
+        "eval_wall_s": round(time.perf_counter() - t_eval, 1),
+        "this_call_wall_s": round(time.perf_counter() - t0, 1),
+        "targets": {"prior_cosine": 0.8, "variations_keep_class": 0.95,
+                    "text_to_image_cond_accuracy_at_w_ge_1": 0.98},
+        "grids": [f"{args.tag}_variations.png", f"{args.tag}_interpolations.png"]
+                 + [f"{args.tag}_w{w}.png" for w in args.guidance.split(",")],
+    }
+    result["met"] = {"prior_cosine": best_cos >= 0.8, "variations_keep_class": best_var >= 0.95,
+                     "text_to_image_cond_accuracy_at_w_ge_1": all(
+                         v["cond_accuracy"] >= 0.98 for k, v in t2i.items() if float(k[2:]) >= 1)}
+    write_result(args.tag, result)
+    print(json.dumps({"prior_cosine": prior, "variations": {k: v["cond_accuracy"] for k, v in variations.items()},
+                      "t2i": {k: v["cond_accuracy"] for k, v in t2i.items()}}))
+
+
+if __name__ == "__main__":
+    main()
