@@ -42,6 +42,7 @@ SMOKE_RUNS = [
     ("gan_mnist.py", [], True),
     ("gflow_2d.py", [], False),
     ("glide_mnist.py", [], True),
+    ("glide_mnist.py", ["--guidance", "", "--clip-scales", "0,5"], True),
     ("gpt_mnist14.py", [], True),
     ("imagen_mnist.py", [], True),
     ("gpu_check.py", [], False),

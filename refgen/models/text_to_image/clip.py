@@ -102,7 +102,8 @@ class CLIP(Module):
         tok = Tokenizer()
         vocab_size = int(vocab_size or len(tok))
         g = init.get_rng(seed)
-        self.image_encoder = ImageEncoder(tuple(data_shape), embed_dim, channels, rng=g)
+        self.data_shape = tuple(int(d) for d in data_shape)                # (C, H, W) it reads
+        self.image_encoder = ImageEncoder(self.data_shape, embed_dim, channels, rng=g)
         self.text_encoder = TextEncoder(vocab_size, context, embed_dim, width, layers, heads,
                                         eot=tok.eot, rng=g)
         self.log_scale = Parameter(xp.asarray(math.log(1.0 / init_temperature), dtype=xp.float32))

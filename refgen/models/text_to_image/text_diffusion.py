@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from refgen.autograd import Tensor, as_tensor, no_grad
+from refgen.autograd import Tensor, as_tensor, enable_grad, no_grad
 from refgen.backend import asarray, xp
 from refgen.data.captions import Tokenizer
 from refgen.models.base import DataSpec
@@ -232,16 +232,46 @@ class TextDiffusion(Module):
             return p_c._replace(eps=eps, x0=x0_from_eps(sch, x, t, eps))  # (11)
         return predict
 
+    def clip_guided(self, predict, sch, n, cond, noised_clip, scale: float):
+        """predict(x_t, t) shifted by GLIDE's CLIP guidance: the noised CLIP's similarity
+        u(x_t, t) . v(c) in place of log p(y | x_t) in eq. (25),
+
+            eps_bar = eps - sqrt(1 - alpha_bar_t) s grad_{x_t} (u(x_t, t) . v(c))
+
+        (GLIDE writes it on the mean, mu + s Sigma grad (u . v); the eps form is what the
+        DDIM sampler reads). The noised CLIP must share the model's schedule and image size."""
+        if tuple(noised_clip.data_shape) != self.data_shape:
+            raise ValueError(f"the noised CLIP reads images {tuple(noised_clip.data_shape)}; this "
+                             f"model draws {self.data_shape}")
+        if noised_clip.T != self.T or not bool(xp.allclose(noised_clip.schedule.alpha_bar,
+                                                           self.schedule.alpha_bar)):
+            raise ValueError("CLIP guidance needs the noised CLIP to share the model's schedule "
+                             "(the same schedule and T)")
+        ids = caption_batch(cond, n, self.tok)
+
+        def predict_guided(x, t):
+            p = predict(x, t)
+            with enable_grad():
+                g = noised_clip.guidance_grad(x, xp.full((n,), int(sch.net_t[t]), dtype=xp.int64), ids)
+            eps = G.classifier_guided_eps(sch, x, t, p.eps, g, float(scale))   # (25), grad (u . v)
+            return p._replace(eps=eps, x0=x0_from_eps(sch, x, t, eps))   # (11)
+        return predict_guided
+
     def sample(self, n, cond=None, *, rng, guidance=None, steps=None, sampler=None, eta=None,
-               threshold=None, x_T=None):
+               threshold=None, x_T=None, noised_clip=None, clip_scale: float = 0.0):
         """n images (n, C, H, W) for captions ``cond``: token ids (n, L) or (L,), or texts;
         None samples the null caption. guidance: w of eq. (26); steps, sampler ('ddpm' or
         'ddim'), eta, threshold ('none', 'static', 'dynamic'): None takes the model's option
-        of the same name. rng: the backend generator of the noise."""
+        of the same name. noised_clip, clip_scale: GLIDE's CLIP guidance with scale s on top
+        (a trained ``clip-noised`` model; see clip_guided). rng: the backend generator."""
         if steps is None:  # the model's sample_steps (at most T; None: all T)
             steps = min(self.sampling.sample_steps or self.T, self.T)
         sch = self.schedule.strided(steps)
         predict = self.predictor(sch, n, cond, guidance)
+        if noised_clip is not None and clip_scale != 0.0:
+            if cond is None:
+                raise ValueError("CLIP guidance steps towards a caption: pass cond")
+            predict = self.clip_guided(predict, sch, n, cond, noised_clip, clip_scale)
         with no_grad():
             return sample_loop(predict, sch, (n,) + self.data_shape, rng,
                                sampler=sampler or self.sampling.sampler,

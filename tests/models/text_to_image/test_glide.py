@@ -1,7 +1,8 @@
 """GLIDE: caption dropout, the null caption, classifier-free guidance (26) against separate
 network calls (w = 0 is the conditional model bit for bit, a dropped caption the null one),
 the loss against a hand-made L_simple (19), the caption reaching the U-Net through both the
-time embedding and the cross-attention (and the padding not at all), an overfit, training
+time embedding and the cross-attention (and the padding not at all), CLIP guidance (25)
+with a noised CLIP's similarity gradient, an overfit, training
 through the loop, gradient checks of the new layer, and bad input."""
 import numpy as np
 import pytest
@@ -119,6 +120,47 @@ def test_sample_takes_ids_or_texts_and_w_changes_the_images(trained):
     assert a.shape == (4, 1, 8, 8) and np.array_equal(a, b) and not np.allclose(a, c)
     one = npv(trained.sample(3, cond=ids()[1], rng=default_rng(3), steps=4))  # one caption for all
     assert one.shape == (3, 1, 8, 8)
+
+
+# ----------------------------------------------------------------------------- CLIP guidance
+def noised_clip(T=20, shape=(1, 8, 8)):
+    return create("clip-noised", data_shape=shape, seed=1, embed_dim=8, width=16, layers=1,
+                  channels=4, T=T)
+
+
+@pytest.mark.parametrize("w,s", [(0.0, 2.5), (1.5, 40.0)])
+def test_clip_guidance_is_eq_25_with_the_similarity_gradient(trained, w, s):
+    """eps_bar = eps_cfg - sqrt(1 - alpha_bar_t) s grad_{x_t} (u(x_t, t) . v(c)) on top of the
+    classifier-free guided eps, the gradient taken from the noised CLIP at the step's time,
+    and x_0 from eps_bar by eq. (11)."""
+    m, x, clip = trained, images(seed=3), noised_clip()
+    sch = m.schedule.strided(5)
+    k = 3                                               # a step of the strided schedule
+    plain = m.predictor(sch, 4, cond=ids(), guidance=w)(x, k)
+    got = m.clip_guided(m.predictor(sch, 4, cond=ids(), guidance=w), sch, 4, ids(), clip, s)(x, k)
+    g = npv(clip.guidance_grad(x, backend.asarray(np.full(4, int(sch.net_t[k]))), ids()))
+    assert np.abs(g).max() > 1e-4
+    ab = float(sch.alpha_bar[k])
+    want = npv(plain.eps) - np.sqrt(1 - ab) * s * g
+    np.testing.assert_allclose(npv(got.eps), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(npv(got.x0), (npv(x) - np.sqrt(1 - ab) * want) / np.sqrt(ab),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_clip_guidance_scale_zero_is_the_plain_sampler_and_a_scale_moves_it(trained):
+    clip = noised_clip()
+    kw = dict(cond=ids(), steps=4, guidance=1.0)
+    plain = npv(trained.sample(4, rng=default_rng(5), **kw))
+    zero = npv(trained.sample(4, rng=default_rng(5), noised_clip=clip, clip_scale=0.0, **kw))
+    moved = npv(trained.sample(4, rng=default_rng(5), noised_clip=clip, clip_scale=50.0, **kw))
+    assert np.array_equal(plain, zero) and np.abs(moved - plain).max() > 1e-3
+    with pytest.raises(ValueError, match="share the model's schedule"):
+        trained.sample(4, rng=default_rng(5), noised_clip=noised_clip(T=30), clip_scale=1.0, **kw)
+    with pytest.raises(ValueError, match=r"reads images \(1, 12, 12\)"):
+        trained.sample(4, rng=default_rng(5), noised_clip=noised_clip(shape=(1, 12, 12)),
+                       clip_scale=1.0, **kw)
+    with pytest.raises(ValueError, match="pass cond"):
+        trained.sample(4, rng=default_rng(5), noised_clip=clip, clip_scale=1.0)
 
 
 # ----------------------------------------------------------------------------- the conditioning
