@@ -27,7 +27,8 @@ gradient of its similarity to the caption at each step, scored the same way on -
 captions per scale s (``--guidance ""`` skips the classifier-free part).
 
 Writes benchmarks/results/<tag>.json (and <tag>_w<w>.png, <tag>_clip_s<s>.png grids of the
-first 64 images).
+first 64 images), and each w's samples with their labels as samples_w<w>.npz in the run
+directory (what cascade_mnist.py upsamples).
 ``--smoke``: a few steps of a tiny model on 64 images, into a temporary directory.
 """
 from __future__ import annotations
@@ -206,6 +207,7 @@ def main():
             "kid_mnist": k, "kid_mnist_se": k_se, "n": n,
             "sample_wall_s": round(time.perf_counter() - ts, 1)}
         io.write_png(RESULTS / f"{args.tag}_w{w:g}.png", io.image_grid((x[:64] + 1) / 2))
+        np.savez(out / f"samples_w{w:g}.npz", x=x, labels=labels)        # for cascade_mnist.py
         print(f"w={w:g}", json.dumps(per_w[f"w={w:g}"]), flush=True)
     clip_guided = clip_guidance(model, args, train_ds, ids, labels, lev, templates, cuts, f_ref,
                                 (mu_r, sigma_r)) if args.clip_scales else None

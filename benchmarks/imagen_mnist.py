@@ -14,7 +14,9 @@ reports per (threshold, w): cond_accuracy, attribute agreement (glide_mnist.py's
 FID and KID against the mnist-14 test set, all at the same N and from the same noise.
 
 Writes benchmarks/results/<tag>.json, <tag>_fid_vs_w.png (FID against w, one line per
-threshold, each point labelled with its cond_accuracy) and <tag>_<threshold>_w<w>.png grids.
+threshold, each point labelled with its cond_accuracy) and <tag>_<threshold>_w<w>.png grids,
+and the samples with their labels as samples_<threshold>_w<w>.npz in the run directory (what
+cascade_mnist.py upsamples).
 ``--eval-only`` evaluates the checkpoint in --out. ``--smoke``: a tiny model, a few steps.
 """
 from __future__ import annotations
@@ -107,6 +109,7 @@ def main():
                                        attribute_agreement=agreement(x, lev, templates, cuts),
                                        sample_wall_s=round(time.perf_counter() - ts, 1))
             io.write_png(RESULTS / f"{args.tag}_{th}_w{w:g}.png", io.image_grid((x[:64] + 1) / 2))
+            np.savez(out / f"samples_{th}_w{w:g}.npz", x=x, labels=labels)   # for cascade_mnist.py
             print(th, w, json.dumps(per[th][f"w={w:g}"]), flush=True)
     img, _ = io.line_plot(weights, [[per[th][f"w={w:g}"]["fid_mnist"] for w in weights] for th in THRESHOLDS],
                           xlabel="guidance w", ylabel="FID", series_labels=list(THRESHOLDS),

@@ -21,6 +21,7 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 
 # script -> (extra arguments, reads MNIST); one script may appear with several argument sets
 SMOKE_RUNS = [
+    ("cascade_mnist.py", [], True),
     ("clip_mnist.py", [], True),
     ("conv_speed.py", [], False),
     ("controlnet_mnist.py", [], True),
