@@ -58,6 +58,7 @@ SMOKE_RUNS = [
     ("sampling_speed.py", [], False),
     ("score_mnist.py", [], True),
     ("speed.py", [], False),
+    ("t2i_table_mnist.py", [], True),
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
