@@ -11,4 +11,4 @@ from refgen.models.text_to_image.text_diffusion import (TextDiffusion, drop_capt
                                                         null_caption)
 from refgen.models.text_to_image.glide import GLIDE  # noqa: F401
 from refgen.models.text_to_image.imagen import Imagen  # noqa: F401
-from refgen.models.text_to_image.unclip import EmbeddingPrior, UnCLIP  # noqa: F401
+from refgen.models.text_to_image.unclip import AutoregressivePrior, EmbeddingPrior, UnCLIP  # noqa: F401

@@ -20,6 +20,16 @@ f_theta is a small causal transformer (refgen.nn.TransformerBlock) over the sequ
 the caption's encoded tokens first; at MNIST scale the text embedding carries the caption).
 v is replaced by zeros with probability p_uncond_prior (classifier-free guidance of the prior).
 
+Or (prior_kind="ar") the paper's autoregressive prior: each coordinate of z quantized into K
+uniform buckets over [-r, r], and the code sequence predicted left to right,
+
+    c_j = min(floor((z_j + r) K / (2 r)), K - 1) clipped at 0,   z_j ~= -r + (c_j + 1/2) 2 r / K
+    P(c | y) = prod_j P(c_j | c_<j, v),    L_prior = -sum_j log P(c_j | c_<j, v)
+
+by a causal transformer over [W_v v, e(c_1), ..., e(c_{D-1})] (the paper first reduces its
+1,024-dimensional embedding to 319 principal components; D = 64 needs no reduction), guided
+at sampling by eq. (26) on the logits, (w + 1) l(c_<j, v) - w l(c_<j, 0).
+
 Decoder P(x | z): GLIDE's U-Net (text_diffusion.py) with z in place of a caption: projected
 into ``embedding_tokens`` context tokens that every attention layer cross-attends to, and
 added to the time embedding; z is replaced by zeros with probability p_uncond (10% in the
@@ -49,10 +59,10 @@ from refgen.models.diffusion.sampling import sample_loop
 from refgen.models.diffusion.schedule import make_schedule
 from refgen.models.text_to_image.imagen import attach_frozen_clip
 from refgen.models.text_to_image.text_diffusion import NETWORK, SAMPLING, TextDiffusion, caption_batch
-from refgen.nn import (LayerNorm, Linear, Module, ModuleList, Parameter, TimeEmbedding,
-                       TransformerBlock, init)
+from refgen.nn import (Embedding, LayerNorm, Linear, Module, ModuleList, Parameter,
+                       TimeEmbedding, TransformerBlock, init)
 
-__all__ = ["EmbeddingPrior", "UnCLIP", "slerp"]
+__all__ = ["AutoregressivePrior", "EmbeddingPrior", "UnCLIP", "slerp"]
 
 
 class EmbeddingPrior(Module):
@@ -84,6 +94,33 @@ class EmbeddingPrior(Module):
         return self.out(self.ln(seq)[:, -1])                             # (B, W) -> (B, D)
 
 
+class AutoregressivePrior(Module):
+    """Logits (B, S + 1, K) of codes c_1..c_{S+1} from the known codes c_<= S (B, S) and the
+    text embedding v (B, D): a causal transformer over [W_v v, e(c_1), ..., e(c_S)]."""
+
+    def __init__(self, dim: int, bins: int, width: int = 64, layers: int = 2, heads: int = 4,
+                 rng=None, dtype=xp.float32):
+        super().__init__()
+        self.text_in = Linear(dim, width, rng=rng, dtype=dtype)
+        self.codes = Embedding(bins, width, rng=rng, dtype=dtype)
+        self.pos = Parameter(xp.zeros((dim, width), dtype=dtype))
+        init.normal_(self.pos, 0.0, 0.02, rng=rng)
+        self.blocks = ModuleList(TransformerBlock(width, heads, causal=True, rng=rng, dtype=dtype)
+                                 for _ in range(layers))
+        self.ln = LayerNorm(width, dtype=dtype)
+        self.out = Linear(width, bins, rng=rng, dtype=dtype)
+
+    def forward(self, c, v):
+        b, s, w = v.shape[0], c.shape[1], self.pos.shape[1]
+        seq = F.reshape(self.text_in(v), (b, 1, w))
+        if s:
+            seq = F.cat([seq, self.codes(c)], dim=1)                      # (B, S + 1, W)
+        seq = seq + self.pos[:s + 1]
+        for block in self.blocks:
+            seq = block(seq)
+        return self.out(self.ln(seq))                                     # (B, S + 1, K)
+
+
 @register("unclip")
 class UnCLIP(TextDiffusion):
     """Prior P(z | y) and decoder P(x | z) on a frozen CLIP (see the module docstring).
@@ -94,6 +131,7 @@ class UnCLIP(TextDiffusion):
                  clip_size: int = 28, embedding_tokens: int = 4, prior_width: int = 64,
                  prior_layers: int = 2, prior_heads: int = 4, prior_T: int = 1000,
                  prior_steps: int = 50, prior_guidance: float = 1.0, p_uncond_prior: float = 0.1,
+                 prior_kind: str = "diffusion", prior_bins: int = 64, prior_range: float = 4.0,
                  schedule: str = "cosine", T: int = 1000, parameterization: str = "eps",
                  variance: str = "beta_tilde", p_uncond: float = 0.1,
                  network=NETWORK, sampling=dataclasses.replace(SAMPLING, guidance=1.0), **options):
@@ -110,8 +148,18 @@ class UnCLIP(TextDiffusion):
             raise ValueError(f"p_uncond_prior must be in [0, 1), got {p_uncond_prior}")
         self.p_uncond_prior, self.prior_guidance = float(p_uncond_prior), float(prior_guidance)
         self.prior_schedule, self.prior_steps = make_schedule(schedule, int(prior_T)), int(prior_steps)
+        if prior_kind not in ("diffusion", "ar"):
+            raise ValueError(f"prior_kind must be 'diffusion' or 'ar', got {prior_kind!r}")
+        if int(prior_bins) < 2 or not float(prior_range) > 0:
+            raise ValueError(f"the ar prior needs prior_bins >= 2 and prior_range > 0, got "
+                             f"{prior_bins} and {prior_range}")
+        self.prior_kind, self.bins, self.range = prior_kind, int(prior_bins), float(prior_range)
         g = init.get_rng(int(seed))
-        self.prior = EmbeddingPrior(d, int(prior_width), int(prior_layers), int(prior_heads), rng=g)
+        if prior_kind == "ar":
+            self.prior = AutoregressivePrior(d, self.bins, int(prior_width), int(prior_layers),
+                                             int(prior_heads), rng=g)
+        else:
+            self.prior = EmbeddingPrior(d, int(prior_width), int(prior_layers), int(prior_heads), rng=g)
         width = self.network.channels * 4
         self.tokens = Linear(d, self.k * width, rng=g)                    # z -> k context tokens
         self._build_unet(context_dim=width, pooled_dim=d, rng=g)
@@ -151,8 +199,23 @@ class UnCLIP(TextDiffusion):
         return F.reshape(self.tokens(z), (z.shape[0], self.k, -1)), z, None
 
     # ------------------------------------------------------------------------- training
+    def quantize(self, z):
+        """Codes c (B, D) int64 of embeddings z (B, D): K uniform buckets over [-r, r]."""
+        c = xp.floor((asarray(z) + self.range) * (self.bins / (2 * self.range)))
+        return xp.clip(c, 0, self.bins - 1).astype(xp.int64)
+
+    def dequantize(self, c):
+        """The bucket centres (B, D) of codes c: -r + (c + 1/2) 2 r / K."""
+        return (-self.range + (asarray(c) + 0.5) * (2 * self.range / self.bins)).astype(self.dtype)
+
     def prior_loss(self, z0, v, rng):
-        """L_prior = || z - f_theta(z_t, t, v) ||^2, v dropped to zeros with p_uncond_prior."""
+        """L_prior = || z - f_theta(z_t, t, v) ||^2 (diffusion), or -sum_j log P(c_j | c_<j, v)
+        per embedding (ar), v dropped to zeros with p_uncond_prior."""
+        if self.prior_kind == "ar":
+            c = self.quantize(z0.data if isinstance(z0, Tensor) else z0)      # (B, D)
+            v = Tensor(_drop_rows(asarray(v), self.p_uncond_prior, rng))
+            logits = self.prior(c[:, :-1], v)                                 # (B, D, K)
+            return F.cross_entropy(F.transpose(logits, 1, 2), c, reduction="none").sum(1).mean()
         sch = self.prior_schedule
         z0 = as_tensor(z0)
         t = rng.integers(1, sch.T + 1, size=z0.shape[0])                 # t ~ U{1, ..., T}
@@ -178,6 +241,8 @@ class UnCLIP(TextDiffusion):
         w = self.prior_guidance if guidance is None else float(guidance)
         v = self.embed_text(ids)
         vv = xp.concatenate([v, xp.zeros_like(v)]) if w != 0 else v
+        if self.prior_kind == "ar":
+            return self._sample_codes(n, vv, w, rng)
         sch = self.prior_schedule.strided(min(steps or self.prior_steps, self.prior_schedule.T))
 
         def predict(z, t):
@@ -191,6 +256,20 @@ class UnCLIP(TextDiffusion):
             return p._replace(eps=eps, x0=x0_from_eps(sch, z, t, eps))    # (11)
         with no_grad():
             return sample_loop(predict, sch, (n, self.dim), rng, sampler="ddim", dtype=self.dtype)
+
+    def _sample_codes(self, n, vv, w, rng):
+        """The ar prior's embeddings (n, D): D draws c_j ~ softmax(l_j), l_j guided by (26)."""
+        c = xp.zeros((n, 0), dtype=xp.int64)
+        with no_grad():
+            for _ in range(self.dim):
+                cc = xp.concatenate([c, c]) if w != 0 else c
+                logits = self.prior(cc, Tensor(vv)).data[:, -1]               # (n or 2n, K)
+                if w != 0:
+                    logits = (w + 1.0) * logits[:n] - w * logits[n:]          # (26) on the logits
+                u = rng.random(logits.shape)
+                gumbel = -xp.log(-xp.log(xp.clip(u, 1e-20, 1.0)))
+                c = xp.concatenate([c, xp.argmax(logits + gumbel, axis=1)[:, None]], axis=1)
+        return self.dequantize(c)
 
     def sample(self, n, cond=None, *, rng, guidance=None, prior_guidance=None, steps=None,
                sampler=None, eta=None, threshold=None, x_T=None):

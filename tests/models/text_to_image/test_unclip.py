@@ -2,7 +2,8 @@
 otherwise, the loss against a replay of its own draws (decoder on the image's own CLIP
 embedding + prior on the caption's text embedding), the scaled embedding, the frozen CLIP,
 the decoder's guidance (26) with the null embedding, eq. (34)'s two-stage sampling, image
-variations and interpolations (slerp), an overfit of the prior, gradient checks of the prior network, and bad input."""
+variations and interpolations (slerp), the autoregressive prior (buckets, its
+negative log-likelihood, causality, guided Gumbel-max draws), an overfit of the prior, gradient checks of the prior network, and bad input."""
 import math
 
 import numpy as np
@@ -282,6 +283,123 @@ def test_interpolations_decode_the_slerped_embeddings_from_one_noise(trained):
         m.interpolations(x[0], x[1], 1, rng=default_rng(0))
 
 
+# ----------------------------------------------------------------------------- the autoregressive prior
+def ar(**kw):
+    return tiny(prior_kind="ar", prior_bins=16, prior_range=3.0, **kw)
+
+
+class CodeOracle(Module):
+    """An ar prior network whose logits (B, S + 1, K) are fixed per position: table (D, K)
+    for a non-zero text embedding, table_null (D, K) for the zero one."""
+
+    def __init__(self, table, table_null=None):
+        super().__init__()
+        self.table, self.table_null = table, table if table_null is None else table_null
+
+    def forward(self, c, v):
+        s = c.shape[1] + 1
+        null = np.all(npv(v) == 0, axis=1)[:, None, None]                 # (B, 1, 1)
+        return Tensor(backend.asarray(np.where(null, self.table_null[None, :s], self.table[None, :s])))
+
+
+def test_quantize_buckets_and_their_centres():
+    """c = floor((z + r) K / 2r) clipped to 0..K-1; the centre is within half a bucket of z."""
+    m = ar()
+    z = np.array([[-3.0, -2.99, -0.1, 0.0, 0.4, 2.99, 3.0, 7.5]], dtype=np.float32)
+    c = npv(m.quantize(backend.asarray(z)))
+    np.testing.assert_array_equal(c, [[0, 0, 7, 8, 9, 15, 15, 15]])       # width 6 / 16 = 0.375
+    zz = np.random.default_rng(0).uniform(-3, 3, (50, 8)).astype(np.float32)
+    back = npv(m.dequantize(m.quantize(backend.asarray(zz))))
+    assert np.abs(back - zz).max() <= 0.375 / 2 + 1e-6
+    np.testing.assert_allclose(npv(m.dequantize(backend.asarray(np.array([[0, 15]])))), [[-2.8125, 2.8125]])
+
+
+def test_the_ar_prior_loss_is_the_codes_negative_log_likelihood():
+    """Replayed from the generator: the rows whose v is dropped, then -sum_j log P(c_j | c_<j, v)."""
+    m = ar(p_uncond_prior=0.5)
+    z = m.embed_images(images(seed=7))
+    v = m.embed_text(ids())
+    got = float(m.prior_loss(z, v, default_rng(0)).item())
+    keep = npv(default_rng(0).random((4,))) >= 0.5
+    assert 0 < keep.sum() < 4                                              # some of each
+    v_used = backend.asarray(np.where(keep[:, None], npv(v), 0.0).astype(np.float32))
+    c = npv(m.quantize(z))
+    with no_grad():
+        logits = npv(m.prior(backend.asarray(c[:, :-1]), Tensor(v_used)))  # (4, 8, 16)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    want = -np.take_along_axis(logp, c[:, :, None], axis=2).sum(axis=(1, 2)).mean()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert logits.shape == (4, 8, 16)
+
+
+def test_the_ar_prior_is_causal():
+    """The logits for c_j read v and c_<j only: changing c_j and later codes leaves them."""
+    m = ar()
+    v = Tensor(m.embed_text(ids()))
+    c = np.random.default_rng(1).integers(0, 16, (4, 7))
+    c2 = c.copy()
+    c2[:, 4:] = (c2[:, 4:] + 5) % 16
+    with no_grad():
+        a, b = npv(m.prior(backend.asarray(c), v)), npv(m.prior(backend.asarray(c2), v))
+    np.testing.assert_array_equal(a[:, :5], b[:, :5])
+    assert np.abs(a[:, 5:] - b[:, 5:]).max() > 1e-4
+
+
+def test_each_ar_position_adds_its_own_position_embedding():
+    """Moving the embedding of position 3 moves the logits from position 3 on, not before."""
+    m = ar()
+    v = Tensor(m.embed_text(ids()))
+    c = backend.asarray(np.random.default_rng(4).integers(0, 16, (4, 7)))
+    bump = backend.asarray(np.random.default_rng(5).normal(0, 0.5, m.prior.pos.shape[1]).astype(np.float32))
+    with no_grad():
+        a = npv(m.prior(c, v))
+        m.prior.pos.data[3] += bump                     # not a constant: LayerNorm removes those
+        b = npv(m.prior(c, v))
+        m.prior.pos.data[3] -= bump
+    np.testing.assert_array_equal(a[:, :3], b[:, :3])
+    assert np.abs(a[:, 3] - b[:, 3]).max() > 1e-3
+
+
+def test_ar_sampling_draws_each_code_from_its_guided_softmax():
+    """With peaked logits the draw is their argmax, guided by (26) on the logits; with soft
+    logits the codes are distributed as their softmax (Gumbel-max)."""
+    m = ar()
+    k = np.arange(16)
+    cond = np.where(k[None, :] == (np.arange(8)[:, None] + 3) % 16, 60.0, 0.0)   # peak at j + 3
+    null = np.where(k[None, :] == (np.arange(8)[:, None] + 3) % 16, 80.0, 0.0)   # stronger there
+    null[:, 0] = 50.0
+    m.prior = CodeOracle(cond, null)
+    got = npv(m.sample_embeddings(4, ids(), rng=default_rng(2), guidance=0.0))
+    np.testing.assert_array_equal(got, npv(m.dequantize(backend.asarray(np.tile((np.arange(8) + 3) % 16, (4, 1))))))
+    # w = 2: 3 * 60 - 2 * 80 = 20 at j + 3, 3 * 0 - 2 * 50 = -100 at bucket 0, 0 elsewhere:
+    # still j + 3; w = 5: 6 * 60 - 5 * 80 = -40 < 0, so the argmax moves to a bucket where
+    # both logits are 0 (neither j + 3 nor bucket 0, at 6 * 0 - 5 * 50)
+    g2 = npv(m.quantize(m.sample_embeddings(4, ids(), rng=default_rng(2), guidance=2.0)))
+    np.testing.assert_array_equal(g2, np.tile((np.arange(8) + 3) % 16, (4, 1)))
+    g5 = npv(m.quantize(m.sample_embeddings(4, ids(), rng=default_rng(2), guidance=5.0)))
+    assert not np.any(g5 == (np.arange(8) + 3) % 16) and not np.any(g5 == 0)
+    p = np.array([0.5, 0.3, 0.15, 0.05] + [0.0] * 12)
+    m.prior = CodeOracle(np.tile(np.log(np.maximum(p, 1e-30)), (8, 1)))
+    c = npv(m.quantize(m.sample_embeddings(500, CAPTIONS[0], rng=default_rng(3), guidance=0.0)))
+    freq = np.bincount(c.ravel(), minlength=16)[:4] / c.size          # 4,000 draws
+    np.testing.assert_allclose(freq, p[:4], atol=4 * np.sqrt(0.25 / c.size))
+
+
+def test_the_ar_prior_learns_a_batch():
+    m = ar(p_uncond_prior=0.0)
+    z, v = m.embed_images(images(seed=8)), m.embed_text(ids())
+    opt = Adam(list(m.prior.parameters()), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = m.prior_loss(z, v, default_rng(0))
+        first = first or float(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.item()) < 0.2 * first                                # from ~8 log 16 = 22
+
+
 def test_bad_input_is_one_clear_line(trained):
     with pytest.raises(ValueError, match=r"image embeddings of shape \(4, 3\): expected \(4, 8\)"):
         TextDiffusion.sample(trained, 4, np.zeros((4, 3), np.float32), rng=default_rng(0))
@@ -289,3 +407,7 @@ def test_bad_input_is_one_clear_line(trained):
         tiny(data_shape=(1, 12, 12))
     with pytest.raises(ValueError, match="p_uncond_prior"):
         tiny(p_uncond_prior=1.5)
+    with pytest.raises(ValueError, match="prior_kind must be 'diffusion' or 'ar'"):
+        tiny(prior_kind="flow")
+    with pytest.raises(ValueError, match="prior_bins >= 2"):
+        tiny(prior_kind="ar", prior_bins=1)
