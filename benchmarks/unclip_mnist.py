@@ -17,6 +17,8 @@ N test images reports
                    gives), of the mean embedding of the test images of the caption's digit
                    (what the digit alone gives), and of the caption's text embedding (CLIP's
                    own alignment, a different space's scale)
+  prior_cosine_ar  (--ar-prior-steps) the same for the autoregressive prior, trained alone on
+                   the same frozen CLIP for that many steps
   variations       cond_accuracy of one decoder sample from each image's own embedding (the
                    class kept?) per decoder guidance weight, and the variations' FID / KID
   text_to_image    eq. (34): z ~ prior(caption), x ~ decoder(z); cond_accuracy, attribute
@@ -76,6 +78,38 @@ def image_scores(x, labels, ref_stats, f_ref):
             "kid_mnist": k, "kid_mnist_se": k_se, "n": int(len(x))}
 
 
+def ar_prior(args, clip, settings, train_ds, ids, z_true):
+    """unCLIP's autoregressive prior trained alone (the decoder is not needed for its cosine)
+    for --ar-prior-steps Adam steps on (image embedding, caption) pairs, then its prior
+    cosine per prior guidance weight, as for the diffusion prior."""
+    from refgen import optim
+    model = create("unclip", data_shape=train_ds.shape, seed=args.seed, clip=clip, prior_kind="ar",
+                   **settings)
+    opt = optim.Adam(list(model.prior.parameters()), lr=args.ar_prior_lr)
+    rng, noise = np.random.default_rng(args.seed), backend.default_rng(args.seed)
+    steps, t0, curve = smoke(args.ar_prior_steps, 3), time.perf_counter(), []
+    for k in range(steps):
+        x, caps = train_ds.batch(rng.integers(0, len(train_ds), smoke(args.batch_size, 8)), rng)
+        loss = model.prior_loss(model.embed_images(backend.asarray(x)), model.embed_text(backend.asarray(caps)), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (k + 1) % max(1, steps // 10) == 0:
+            curve.append((k + 1, round(float(loss.item()), 3)))
+            print("ar prior", curve[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
+    out = {"steps": steps, "lr": args.ar_prior_lr, "bins": model.bins, "range": model.range,
+           "train_wall_s": round(time.perf_counter() - t0, 1), "loss_curve": curve,
+           "loss": "nats per embedding (64 codes)"}
+    model.eval()
+    for w in [float(g) for g in args.prior_guidance.split(",")]:
+        rng_s = backend.default_rng(args.seed + 11)
+        z_hat = chunks(lambda s: model.sample_embeddings(s.stop - s.start, backend.asarray(ids[s]), rng=rng_s,
+                                                          guidance=w), len(z_true))
+        out[f"w={w:g}"] = float(cosine(z_true, z_hat).mean())
+        print("ar prior", w, out[f"w={w:g}"], flush=True)
+    return out
+
+
 def main():
     p = add_smoke(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("--steps", type=int, default=100_000)
@@ -99,6 +133,9 @@ def main():
     p.add_argument("--tag", default="unclip_mnist14")
     p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out")
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--ar-prior-steps", type=int, default=0,
+                   help="also train the autoregressive prior alone for this many steps and report its cosine")
+    p.add_argument("--ar-prior-lr", type=float, default=1e-3)
     args = p.parse_args()
     settings = dict(channels=16, heads=2, prior_width=64, prior_layers=2, prior_heads=4)
     settings.update({k: json.loads(v) if v[:1].isdigit() or v[:1] in "[-" else v
@@ -144,6 +181,8 @@ def main():
                                                           guidance=w), n)
         prior[f"w={w:g}"] = float(cosine(z_true, z_hat).mean())
         print("prior", w, prior[f"w={w:g}"], flush=True)
+
+    prior_ar = ar_prior(args, clip, settings, train_ds, ids, z_true) if args.ar_prior_steps else None
 
     # ---- variations and eq. (34), per decoder guidance weight
     variations, t2i = {}, {}
@@ -195,7 +234,7 @@ def main():
         "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log[::max(1, len(log) // 12)]],
         "sampler": f"ddim{steps} (decoder), ddim{model.prior_steps} (prior)", "n": n,
         "prompts": "the test images' captions, training template i mod 8 for image i",
-        "prior_cosine": prior, "variations": variations,
+        "prior_cosine": prior, "prior_cosine_ar": prior_ar, "variations": variations,
         "text_to_image": {"prior_guidance": args.sample_prior_guidance, "per_decoder_guidance": t2i},
         "attribute_agreement_real": agreement(x_real, lev, templates, cuts),
         "eval_wall_s": round(time.perf_counter() - t_eval, 1),
