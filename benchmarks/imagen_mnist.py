@@ -28,23 +28,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, run_dir,  # noqa: E402
-                    smoke, train_in_chunks, write_result)
-from dalle_mnist import fit  # noqa: E402
-from glide_mnist import agreement, prompts, up2  # noqa: E402
-from unclip_mnist import chunks, image_scores  # noqa: E402
+from common import RESULTS, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
+from t2i_common import (DATA, add_clip_args, agreement, chunks, eval_context, frozen_clip,  # noqa: E402
+                        image_scores, settings_from, train_or_load)
 
 import numpy as np  # noqa: E402
 
 from refgen import backend, io  # noqa: E402
-from refgen.data import captions as cap  # noqa: E402
-from refgen.metrics import mnist_features  # noqa: E402
-from refgen.metrics.fid import reference_stats  # noqa: E402
-from refgen.metrics.frechet import gaussian_stats  # noqa: E402
 from refgen.models import create  # noqa: E402
-from refgen.train import CHECKPOINT, load_weights  # noqa: E402
 
-DATA = "mnist-captions-14"
 THRESHOLDS = ("static", "dynamic")
 
 
@@ -56,10 +48,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-run", default="dalle_mnist_w128_clip",
-                   help="the CLIP's run directory /tmp/refgen_<clip-run> (dalle_mnist.py's)")
-    p.add_argument("--clip-steps", type=int, default=1100)
-    p.add_argument("--clip-batch", type=int, default=256)
+    add_clip_args(p)
     p.add_argument("--n", type=int, default=1000, help="captions per (threshold, w)")
     p.add_argument("--guidance", default="0,1,3,5,7,10")
     p.add_argument("--sample-steps", type=int, default=25)
@@ -69,35 +58,15 @@ def main():
     p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out")
     p.add_argument("--ema", type=float, default=0.999)
     args = p.parse_args()
-    settings = dict(channels=16, heads=2)
-    settings.update({k: json.loads(v) if v[:1].isdigit() or v[:1] in "[-" else v
-                     for k, v in (s.split("=", 1) for s in args.set)})
-    if SMOKE:
-        settings.update(channels=8, T=50)
+    settings = settings_from(dict(channels=16, heads=2), args.set, dict(channels=8, T=50))
     train_ds, test_ds = load(DATA, "train"), load(DATA, "test")
-    clip = create("clip", data_shape=(1, 28, 28), vocab_size=len(train_ds.vocab), seed=args.seed)
-    clip_train = fit(clip, load("mnist-captions", "train"), args.clip_run, smoke(args.clip_steps, 2),
-                     smoke(args.clip_batch, 8), 2e-3, args.seed, schedule="cosine",
-                     warmup=smoke(50, 1), grad_clip=1.0)
+    clip, clip_train = frozen_clip(args, len(train_ds.vocab))
     model = create("imagen", data_shape=train_ds.shape, seed=args.seed, clip=clip, **settings)
     out = run_dir(args.tag, args.out)
-    t0 = time.perf_counter()
-    if not args.eval_only:
-        train_in_chunks(model, train_ds, out, steps=smoke(args.steps, 4), budget_min=args.budget_min,
-                        chunk=smoke(args.chunk, 2), batch_size=smoke(args.batch_size, 8), lr=args.lr,
-                        seed=args.seed, ema_decay=args.ema, warmup=smoke(200, 1), grad_clip=1.0,
-                        log_every=smoke(25, 1), evaluate_at_end=False)
-    arrays, meta = io.load_checkpoint(out / CHECKPOINT)
-    used_ema = load_weights(model, arrays)
-    model.eval()
-
+    meta, used_ema = train_or_load(model, train_ds, out, args)
     n, steps = smoke(args.n, 16), smoke(args.sample_steps, 3)
-    ids, templates = prompts(test_ds, n)
-    labels, lev = test_ds.y[:n], test_ds.captions.lev[:n]
-    cuts = cap.thresholds(cap.measure(up2(train_ds.x[:smoke(10_000, 64)])))
-    f_ref = mnist_features(load("mnist-14", "test").x)
-    ref_stats = gaussian_stats(f_ref) if SMOKE else reference_stats("test", 14)
-    t_eval = time.perf_counter()
+    ev = eval_context(train_ds, test_ds, n)
+    ids, labels = ev["ids"], ev["labels"]
     weights = [float(g) for g in args.guidance.split(",")]
     per = {th: {} for th in THRESHOLDS}
     for th in THRESHOLDS:
@@ -105,8 +74,8 @@ def main():
             rng, ts = backend.default_rng(args.seed + 13), time.perf_counter()   # the same noise for every cell
             x = np.clip(chunks(lambda s: model.sample(s.stop - s.start, backend.asarray(ids[s]), rng=rng,
                                                       guidance=w, threshold=th, steps=steps), n), -1, 1)
-            per[th][f"w={w:g}"] = dict(image_scores(x, labels, ref_stats, f_ref),
-                                       attribute_agreement=agreement(x, lev, templates, cuts),
+            per[th][f"w={w:g}"] = dict(image_scores(x, labels, ev["ref_stats"], ev["f_ref"]),
+                                       attribute_agreement=agreement(x, ev["lev"], ev["templates"], ev["cuts"]),
                                        sample_wall_s=round(time.perf_counter() - ts, 1))
             io.write_png(RESULTS / f"{args.tag}_{th}_w{w:g}.png", io.image_grid((x[:64] + 1) / 2))
             np.savez(out / f"samples_{th}_w{w:g}.npz", x=x, labels=labels)   # for cascade_mnist.py
@@ -131,9 +100,8 @@ def main():
         "sampler": f"ddim{steps}", "n": n, "dynamic_percentile": 0.995,
         "prompts": "the test images' captions, training template i mod 8 for image i",
         "per_threshold": per,
-        "attribute_agreement_real": agreement(test_ds.x[:n], lev, templates, cuts),
-        "eval_wall_s": round(time.perf_counter() - t_eval, 1),
-        "this_call_wall_s": round(time.perf_counter() - t0, 1),
+        "attribute_agreement_real": agreement(test_ds.x[:n], ev["lev"], ev["templates"], ev["cuts"]),
+        "eval_wall_s": round(time.perf_counter() - ev["t0"], 1),
         "targets": {"cond_accuracy_at_w_ge_1": 0.98,
                     "dynamic_fid_below_static_at_w_5_to_10": True},
         "plot": f"{args.tag}_fid_vs_w.png",

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SMOKE, add_smoke, command, load, machine, smoke, write_result  # noqa: E402
-from glide_mnist import agreement, prompts, up2  # noqa: E402
+from t2i_common import agreement, prompts, up2  # noqa: E402
 
 import numpy as np  # noqa: E402
 

@@ -39,43 +39,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, run_dir,  # noqa: E402
-                    smoke, train_in_chunks, write_result)
-from dalle_mnist import fit  # noqa: E402
-from glide_mnist import agreement, prompts, up2  # noqa: E402
+from common import RESULTS, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
+from t2i_common import (DATA, add_clip_args, agreement, chunks, eval_context, frozen_clip,  # noqa: E402
+                        image_scores, settings_from, train_or_load)
 
 import numpy as np  # noqa: E402
 
 from refgen import backend, io  # noqa: E402
 from refgen.autograd import no_grad  # noqa: E402
-from refgen.data import captions as cap  # noqa: E402
-from refgen.metrics import cond_accuracy, kid, mnist_features  # noqa: E402
-from refgen.metrics.fid import reference_stats  # noqa: E402
-from refgen.metrics.frechet import frechet_distance, gaussian_stats  # noqa: E402
 from refgen.models import create  # noqa: E402
-from refgen.train import CHECKPOINT, load_weights  # noqa: E402
-
-DATA = "mnist-captions-14"
-
-
-def chunks(f, n, size=100):
-    """f(slice) for consecutive slices of range(n), concatenated (as NumPy)."""
-    with no_grad():
-        return np.concatenate([backend.to_numpy(f(slice(i, min(n, i + size)))) for i in range(0, n, size)])
 
 
 def cosine(a, b):
     """Row-wise cosine similarity of (N, D) arrays."""
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-def image_scores(x, labels, ref_stats, f_ref):
-    """cond_accuracy, FID and KID of images x (N, 1, 14, 14) in [-1, 1]."""
-    feats = mnist_features(x)
-    k, k_se = kid(feats, f_ref, rng=0)
-    return {"cond_accuracy": cond_accuracy(x, labels),
-            "fid_mnist": frechet_distance(*gaussian_stats(feats), *ref_stats),
-            "kid_mnist": k, "kid_mnist_se": k_se, "n": int(len(x))}
 
 
 def ar_prior(args, clip, settings, train_ds, ids, z_true):
@@ -118,10 +95,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-run", default="dalle_mnist_w128_clip",
-                   help="the CLIP's run directory /tmp/refgen_<clip-run> (dalle_mnist.py's)")
-    p.add_argument("--clip-steps", type=int, default=1100)
-    p.add_argument("--clip-batch", type=int, default=256)
+    add_clip_args(p)
     p.add_argument("--n", type=int, default=2000, help="test images / captions per evaluation")
     p.add_argument("--guidance", default="0,1,3", help="decoder guidance weights")
     p.add_argument("--prior-guidance", default="0,1,3", help="prior guidance weights (cosine)")
@@ -137,35 +111,17 @@ def main():
                    help="also train the autoregressive prior alone for this many steps and report its cosine")
     p.add_argument("--ar-prior-lr", type=float, default=1e-3)
     args = p.parse_args()
-    settings = dict(channels=16, heads=2, prior_width=64, prior_layers=2, prior_heads=4)
-    settings.update({k: json.loads(v) if v[:1].isdigit() or v[:1] in "[-" else v
-                     for k, v in (s.split("=", 1) for s in args.set)})
-    if SMOKE:
-        settings.update(channels=8, prior_width=16, T=50, prior_T=50)
+    settings = settings_from(dict(channels=16, heads=2, prior_width=64, prior_layers=2, prior_heads=4), args.set,
+                             dict(channels=8, prior_width=16, T=50, prior_T=50))
     train_ds, test_ds = load(DATA, "train"), load(DATA, "test")
-    clip = create("clip", data_shape=(1, 28, 28), vocab_size=len(train_ds.vocab), seed=args.seed)
-    clip_train = fit(clip, load("mnist-captions", "train"), args.clip_run, smoke(args.clip_steps, 2),
-                     smoke(args.clip_batch, 8), 2e-3, args.seed, schedule="cosine",
-                     warmup=smoke(50, 1), grad_clip=1.0)
+    clip, clip_train = frozen_clip(args, len(train_ds.vocab))
     model = create("unclip", data_shape=train_ds.shape, seed=args.seed, clip=clip, **settings)
     out = run_dir(args.tag, args.out)
-    t0 = time.perf_counter()
-    if not args.eval_only:
-        train_in_chunks(model, train_ds, out, steps=smoke(args.steps, 4), budget_min=args.budget_min,
-                        chunk=smoke(args.chunk, 2), batch_size=smoke(args.batch_size, 8), lr=args.lr,
-                        seed=args.seed, ema_decay=args.ema, warmup=smoke(200, 1), grad_clip=1.0,
-                        log_every=smoke(25, 1), evaluate_at_end=False)
-    arrays, meta = io.load_checkpoint(out / CHECKPOINT)
-    used_ema = load_weights(model, arrays)
-    model.eval()
-
+    meta, used_ema = train_or_load(model, train_ds, out, args)
     n, steps = smoke(args.n, 16), smoke(args.sample_steps, 3)
-    ids, templates = prompts(test_ds, n)
-    x_real, labels, lev = test_ds.x[:n], test_ds.y[:n], test_ds.captions.lev[:n]
-    cuts = cap.thresholds(cap.measure(up2(train_ds.x[:smoke(10_000, 64)])))
-    f_ref = mnist_features(load("mnist-14", "test").x)
-    ref_stats = gaussian_stats(f_ref) if SMOKE else reference_stats("test", 14)
-    t_eval = time.perf_counter()
+    ev = eval_context(train_ds, test_ds, n)
+    ids, labels, lev, templates, cuts = ev["ids"], ev["labels"], ev["lev"], ev["templates"], ev["cuts"]
+    ref_stats, f_ref, x_real = ev["ref_stats"], ev["f_ref"], test_ds.x[:n]
 
     # ---- the prior: cos(z_hat, c^i(x))
     z_true = chunks(lambda s: model.embed_images(backend.asarray(x_real[s])), n)          # (N, D)
@@ -237,8 +193,7 @@ def main():
         "prior_cosine": prior, "prior_cosine_ar": prior_ar, "variations": variations,
         "text_to_image": {"prior_guidance": args.sample_prior_guidance, "per_decoder_guidance": t2i},
         "attribute_agreement_real": agreement(x_real, lev, templates, cuts),
-        "eval_wall_s": round(time.perf_counter() - t_eval, 1),
-        "this_call_wall_s": round(time.perf_counter() - t0, 1),
+        "eval_wall_s": round(time.perf_counter() - ev["t0"], 1),
         "targets": {"prior_cosine": 0.8, "variations_keep_class": 0.95,
                     "text_to_image_cond_accuracy_at_w_ge_1": 0.98},
         "grids": [f"{args.tag}_variations.png", f"{args.tag}_interpolations.png"]

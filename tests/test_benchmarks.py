@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-HELPERS = {"common.py"}  # imported by the scripts, not run
+HELPERS = {"common.py", "t2i_common.py"}  # imported by the scripts, not run
 # scripts whose smoke run lives in another test file, with a reason
 ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills_its_mutants",
              "sample_metrics_reference.py": "tests/metrics/test_sample_metrics_reference.py",
