@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
-from t2i_common import (DATA, agreement, chunks, eval_context, image_scores, settings_from,  # noqa: E402
+from t2i_common import (DATA, add_run_args, agreement, chunks, eval_context, image_scores, settings_from,  # noqa: E402
                         train_or_load)
 
 import numpy as np  # noqa: E402
@@ -77,27 +77,16 @@ def clip_guidance(model, args, train_ds, ev):
 
 def main():
     p = add_smoke(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--budget-min", type=float, default=30.0)
-    p.add_argument("--chunk", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, "glide_mnist14")
     p.add_argument("--n", type=int, default=500, help="images per guidance weight")
     p.add_argument("--guidance", default="0,1,3")
     p.add_argument("--sample-steps", type=int, default=50)
-    p.add_argument("--set", action="append", default=[], help="model option key=value")
-    p.add_argument("--out", help="run directory (default /tmp/refgen_glide_mnist14)")
-    p.add_argument("--tag", default="glide_mnist14")
-    p.add_argument("--eval-only", action="store_true",
-                   help="evaluate the checkpoint already in --out (no training)")
     p.add_argument("--clip-scales", default="",
                    help="CLIP guidance scales s to evaluate (GLIDE's alternative to eq. (26)), e.g. 0,50,200")
     p.add_argument("--clip-w", type=float, default=0.0, help="eq. (26)'s w under CLIP guidance")
     p.add_argument("--n-clip", type=int, default=500, help="images per CLIP guidance scale")
     p.add_argument("--noised-clip-steps", type=int, default=2000,
                    help="training steps of the noised CLIP (/tmp/refgen_<tag>_noised_clip)")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
     p.add_argument("--no-ema", action="store_true",
                    help="sample with the trained weights, not their EMA (for short runs, where "
                         "the average still holds much of the initialisation)")

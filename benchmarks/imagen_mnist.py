@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
-from t2i_common import (DATA, add_clip_args, agreement, chunks, eval_context, frozen_clip,  # noqa: E402
+from t2i_common import (DATA, add_run_args, add_clip_args, agreement, chunks, eval_context, frozen_clip,  # noqa: E402
                         image_scores, settings_from, train_or_load)
 
 import numpy as np  # noqa: E402
@@ -42,21 +42,11 @@ THRESHOLDS = ("static", "dynamic")
 
 def main():
     p = add_smoke(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--budget-min", type=float, default=30.0)
-    p.add_argument("--chunk", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, "imagen_mnist14")
     add_clip_args(p)
     p.add_argument("--n", type=int, default=1000, help="captions per (threshold, w)")
     p.add_argument("--guidance", default="0,1,3,5,7,10")
     p.add_argument("--sample-steps", type=int, default=25)
-    p.add_argument("--set", action="append", default=[], help="model option key=value")
-    p.add_argument("--out", help="run directory (default /tmp/refgen_<tag>)")
-    p.add_argument("--tag", default="imagen_mnist14")
-    p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out")
-    p.add_argument("--ema", type=float, default=0.999)
     args = p.parse_args()
     settings = settings_from(dict(channels=16, heads=2), args.set, dict(channels=8, T=50))
     train_ds, test_ds = load(DATA, "train"), load(DATA, "test")

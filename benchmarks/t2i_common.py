@@ -96,6 +96,22 @@ def frozen_clip(args, vocab: int):
     return clip, record
 
 
+def add_run_args(p, tag: str):
+    """The options every one of these benchmarks takes: training (--steps, --budget-min,
+    --chunk, --batch-size, --lr, --seed, --ema), --set, --out, --tag and --eval-only."""
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--budget-min", type=float, default=30.0)
+    p.add_argument("--chunk", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
+    p.add_argument("--set", action="append", default=[], help="model option key=value")
+    p.add_argument("--out", help="run directory (default /tmp/refgen_<tag>)")
+    p.add_argument("--tag", default=tag)
+    p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out (no training)")
+
+
 def add_clip_args(p):
     p.add_argument("--clip-run", default="dalle_mnist_w128_clip",
                    help="the CLIP's run directory /tmp/refgen_<clip-run> (dalle_mnist.py's)")

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
-from t2i_common import (DATA, add_clip_args, agreement, chunks, eval_context, frozen_clip,  # noqa: E402
+from t2i_common import (DATA, add_run_args, add_clip_args, agreement, chunks, eval_context, frozen_clip,  # noqa: E402
                         image_scores, settings_from, train_or_load)
 
 import numpy as np  # noqa: E402
@@ -89,12 +89,7 @@ def ar_prior(args, clip, settings, train_ds, ids, z_true):
 
 def main():
     p = add_smoke(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--budget-min", type=float, default=30.0)
-    p.add_argument("--chunk", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p, "unclip_mnist14")
     add_clip_args(p)
     p.add_argument("--n", type=int, default=2000, help="test images / captions per evaluation")
     p.add_argument("--guidance", default="0,1,3", help="decoder guidance weights")
@@ -102,11 +97,6 @@ def main():
     p.add_argument("--sample-prior-guidance", type=float, default=1.0,
                    help="the prior's guidance weight in the eq. (34) samples")
     p.add_argument("--sample-steps", type=int, default=25)
-    p.add_argument("--set", action="append", default=[], help="model option key=value")
-    p.add_argument("--out", help="run directory (default /tmp/refgen_<tag>)")
-    p.add_argument("--tag", default="unclip_mnist14")
-    p.add_argument("--eval-only", action="store_true", help="evaluate the checkpoint in --out")
-    p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ar-prior-steps", type=int, default=0,
                    help="also train the autoregressive prior alone for this many steps and report its cosine")
     p.add_argument("--ar-prior-lr", type=float, default=1e-3)
