@@ -41,8 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
-from t2i_common import (DATA, add_run_args, agreement, chunks, eval_context, image_scores, settings_from,  # noqa: E402
-                        train_or_load)
+from t2i_common import (DATA, add_run_args, agreement, chunks, eval_context, image_scores,  # noqa: E402
+                        settings_from, train_command, train_or_load)
 
 import numpy as np  # noqa: E402
 
@@ -114,7 +114,8 @@ def main():
     clip_guided = clip_guidance(model, args, train_ds, ev) if args.clip_scales else None
     log = read_log(out, "loss")
     result = {
-        "command": command(), "machine": machine(), "data": DATA, "settings": settings,
+        "command": command(), "train_command": train_command(out), "machine": machine(), "data": DATA,
+        "settings": settings,
         "parameters": model.num_parameters(), "steps": int(meta["step"]),
         "batch_size": smoke(args.batch_size, 8), "lr": args.lr, "ema": args.ema,
         "sampled_with": "EMA weights" if used_ema else "trained weights (no EMA)",

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
-from t2i_common import (DATA, add_run_args, add_clip_args, agreement, chunks, eval_context, frozen_clip,  # noqa: E402
-                        image_scores, settings_from, train_or_load)
+from t2i_common import (DATA, add_clip_args, add_run_args, agreement, chunks, eval_context,  # noqa: E402
+                        frozen_clip, image_scores, settings_from, train_command, train_or_load)
 
 import numpy as np  # noqa: E402
 
@@ -79,7 +79,8 @@ def main():
     log = read_log(out, "loss")
     hi = [w for w in weights if 5 <= w <= 10]
     result = {
-        "command": command(), "machine": machine(), "data": DATA, "settings": settings,
+        "command": command(), "train_command": train_command(out), "machine": machine(), "data": DATA,
+        "settings": settings,
         "clip": {"run": f"/tmp/refgen_{args.clip_run}", "train": clip_train,
                  "role": "frozen text encoder (its text tower)"},
         "parameters": model.num_parameters(), "steps": int(meta["step"]),

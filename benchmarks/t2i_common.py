@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from common import SMOKE, load, smoke, train_in_chunks
+from common import SMOKE, command, load, smoke, train_in_chunks
 
 from refgen import backend, io
 from refgen.autograd import no_grad
@@ -123,8 +123,11 @@ def train_or_load(model, train_ds, out, args, use_ema=True):
     """Unless args.eval_only: refgen's loop in resumable chunks of args.chunk steps until
     args.steps or args.budget_min (batch, lr, seed, EMA from args; 200 warm-up steps,
     gradients clipped at 1). Then the checkpoint's weights (its EMA under use_ema) in eval
-    mode. Returns (checkpoint metadata, whether the EMA was loaded)."""
+    mode (the training command is kept in out/command.txt, see train_command). Returns
+    (checkpoint metadata, whether the EMA was loaded)."""
     if not args.eval_only:
+        (out / "command.txt").parent.mkdir(parents=True, exist_ok=True)
+        (out / "command.txt").write_text(command() + "\n")
         train_in_chunks(model, train_ds, out, steps=smoke(args.steps, 4), budget_min=args.budget_min,
                         chunk=smoke(args.chunk, 2), batch_size=smoke(args.batch_size, 8), lr=args.lr,
                         seed=args.seed, ema_decay=args.ema, warmup=smoke(200, 1), grad_clip=1.0,
@@ -133,6 +136,12 @@ def train_or_load(model, train_ds, out, args, use_ema=True):
     used_ema = load_weights(model, arrays, use_ema=use_ema)
     model.eval()
     return meta, used_ema
+
+
+def train_command(out):
+    """The command that trained the run in ``out`` (its command.txt), or None."""
+    path = out / "command.txt"
+    return path.read_text().strip() if path.exists() else None
 
 
 def eval_context(train_ds, test_ds, n: int) -> dict:

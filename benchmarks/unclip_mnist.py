@@ -40,8 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
-from t2i_common import (DATA, add_run_args, add_clip_args, agreement, chunks, eval_context, frozen_clip,  # noqa: E402
-                        image_scores, settings_from, train_or_load)
+from t2i_common import (DATA, add_clip_args, add_run_args, agreement, chunks, eval_context,  # noqa: E402
+                        frozen_clip, image_scores, settings_from, train_command, train_or_load)
 
 import numpy as np  # noqa: E402
 
@@ -171,7 +171,8 @@ def main():
     best_var = max(v["cond_accuracy"] for v in variations.values())
     best_cos = max(prior[k] for k in prior if k.startswith("w="))
     result = {
-        "command": command(), "machine": machine(), "data": DATA, "settings": settings,
+        "command": command(), "train_command": train_command(out), "machine": machine(), "data": DATA,
+        "settings": settings,
         "clip": {"run": f"/tmp/refgen_{args.clip_run}", "train": clip_train},
         "parameters": model.num_parameters(), "steps": int(meta["step"]),
         "batch_size": smoke(args.batch_size, 8), "lr": args.lr, "ema": args.ema,
