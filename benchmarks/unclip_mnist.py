@@ -16,7 +16,10 @@ N test images reports
                    of a random other test image's embedding (what no caption information
                    gives), of the mean embedding of the test images of the caption's digit
                    (what the digit alone gives), and of the caption's text embedding (CLIP's
-                   own alignment, a different space's scale)
+                   own alignment, a different space's scale); per number of candidates k
+                   (--prior-candidates: k draws, the one with the highest z . v kept), and
+                   beside them the cosine of another test image of the same digit (what a
+                   draw from the digit's own embeddings gives)
   prior_cosine_ar  (--ar-prior-steps) the same for the autoregressive prior, trained alone on
                    the same frozen CLIP for that many steps
   variations       cond_accuracy of one decoder sample from each image's own embedding (the
@@ -55,6 +58,30 @@ def cosine(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def prior_cosines(model, args, ids, z_true):
+    """{"w=<w>" (k = 1) or "w=<w> k=<k>": mean cos(z_hat, c^i(x))} over --prior-guidance and
+    --prior-candidates, each from the same generator seed."""
+    out = {}
+    for k in [int(c) for c in args.prior_candidates.split(",")]:
+        for w in [float(g) for g in args.prior_guidance.split(",")]:
+            rng = backend.default_rng(args.seed + 11)
+            z_hat = chunks(lambda s: model.sample_embeddings(s.stop - s.start, backend.asarray(ids[s]), rng=rng,
+                                                              guidance=w, candidates=k), len(z_true))
+            key = f"w={w:g}" + (f" k={k}" if k > 1 else "")
+            out[key] = float(cosine(z_true, z_hat).mean())
+            print("prior", model.prior_kind, key, out[key], flush=True)
+    return out
+
+
+def same_digit_other(labels, seed):
+    """For each i, another index j != i with labels[j] == labels[i] (a random cycle per digit)."""
+    other, rng = np.arange(len(labels)), np.random.default_rng(seed)
+    for d in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == d))
+        other[idx] = np.roll(idx, 1)
+    return other
+
+
 def ar_prior(args, clip, settings, train_ds, ids, z_true):
     """unCLIP's autoregressive prior trained alone (the decoder is not needed for its cosine)
     for --ar-prior-steps Adam steps on (image embedding, caption) pairs, then its prior
@@ -78,12 +105,7 @@ def ar_prior(args, clip, settings, train_ds, ids, z_true):
            "train_wall_s": round(time.perf_counter() - t0, 1), "loss_curve": curve,
            "loss": "nats per embedding (64 codes)"}
     model.eval()
-    for w in [float(g) for g in args.prior_guidance.split(",")]:
-        rng_s = backend.default_rng(args.seed + 11)
-        z_hat = chunks(lambda s: model.sample_embeddings(s.stop - s.start, backend.asarray(ids[s]), rng=rng_s,
-                                                          guidance=w), len(z_true))
-        out[f"w={w:g}"] = float(cosine(z_true, z_hat).mean())
-        print("ar prior", w, out[f"w={w:g}"], flush=True)
+    out.update(prior_cosines(model, args, ids, z_true))
     return out
 
 
@@ -100,6 +122,10 @@ def main():
     p.add_argument("--ar-prior-steps", type=int, default=0,
                    help="also train the autoregressive prior alone for this many steps and report its cosine")
     p.add_argument("--ar-prior-lr", type=float, default=1e-3)
+    p.add_argument("--prior-candidates", default="1,2",
+                   help="draws per caption, keeping the highest z . v (the paper samples 2)")
+    p.add_argument("--prior-only", action="store_true",
+                   help="only the prior cosines, into <tag>_prior.json")
     args = p.parse_args()
     settings = settings_from(dict(channels=16, heads=2, prior_width=64, prior_layers=2, prior_heads=4), args.set,
                              dict(channels=8, prior_width=16, T=50, prior_T=50))
@@ -119,16 +145,19 @@ def main():
     means = {d: z_true[labels == d].mean(0) for d in np.unique(labels)}
     other = np.random.default_rng(args.seed).permutation(n)
     prior = {"random_other_image": float(cosine(z_true, z_true[other]).mean()),
+             "other_image_of_the_digit": float(cosine(z_true, z_true[same_digit_other(labels, args.seed)]).mean()),
              "mean_embedding_of_the_digit": float(cosine(z_true, np.stack([means[d] for d in labels])).mean()),
              "text_embedding": float(cosine(z_true, v).mean())}
-    for w in [float(g) for g in args.prior_guidance.split(",")]:
-        rng = backend.default_rng(args.seed + 11)
-        z_hat = chunks(lambda s: model.sample_embeddings(s.stop - s.start, backend.asarray(ids[s]), rng=rng,
-                                                          guidance=w), n)
-        prior[f"w={w:g}"] = float(cosine(z_true, z_hat).mean())
-        print("prior", w, prior[f"w={w:g}"], flush=True)
-
+    prior.update(prior_cosines(model, args, ids, z_true))
     prior_ar = ar_prior(args, clip, settings, train_ds, ids, z_true) if args.ar_prior_steps else None
+    if args.prior_only:
+        write_result(f"{args.tag}_prior", {
+            "command": command(), "train_command": train_command(out), "machine": machine(),
+            "steps": int(meta["step"]), "n": n, "prior_sampler": f"ddim{model.prior_steps}",
+            "prior_cosine": prior, "prior_cosine_ar": prior_ar,
+            "eval_wall_s": round(time.perf_counter() - ev["t0"], 1), "targets": {"prior_cosine": 0.8},
+            "met": {"prior_cosine": max(v for k, v in prior.items() if k.startswith("w=")) >= 0.8}})
+        return
 
     # ---- variations and eq. (34), per decoder guidance weight
     variations, t2i = {}, {}

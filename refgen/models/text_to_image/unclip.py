@@ -132,6 +132,7 @@ class UnCLIP(TextDiffusion):
                  prior_layers: int = 2, prior_heads: int = 4, prior_T: int = 1000,
                  prior_steps: int = 50, prior_guidance: float = 1.0, p_uncond_prior: float = 0.1,
                  prior_kind: str = "diffusion", prior_bins: int = 64, prior_range: float = 4.0,
+                 prior_candidates: int = 1,
                  schedule: str = "cosine", T: int = 1000, parameterization: str = "eps",
                  variance: str = "beta_tilde", p_uncond: float = 0.1,
                  network=NETWORK, sampling=dataclasses.replace(SAMPLING, guidance=1.0), **options):
@@ -154,6 +155,7 @@ class UnCLIP(TextDiffusion):
             raise ValueError(f"the ar prior needs prior_bins >= 2 and prior_range > 0, got "
                              f"{prior_bins} and {prior_range}")
         self.prior_kind, self.bins, self.range = prior_kind, int(prior_bins), float(prior_range)
+        self.prior_candidates = int(prior_candidates)
         g = init.get_rng(int(seed))
         if prior_kind == "ar":
             self.prior = AutoregressivePrior(d, self.bins, int(prior_width), int(prior_layers),
@@ -234,9 +236,21 @@ class UnCLIP(TextDiffusion):
         return decoder + prior
 
     # ------------------------------------------------------------------------- sampling
-    def sample_embeddings(self, n, cond, *, rng, guidance=None, steps=None):
-        """z ~ P(z | y) (n, D) for captions ``cond`` (ids or texts) by the prior's DDIM chain,
-        classifier-free guided by ``guidance`` (default prior_guidance)."""
+    def sample_embeddings(self, n, cond, *, rng, guidance=None, steps=None, candidates=None):
+        """z ~ P(z | y) (n, D) for captions ``cond`` (ids or texts) by the prior's DDIM chain
+        (or its codes, ar), classifier-free guided by ``guidance`` (default prior_guidance).
+        candidates k > 1 (default prior_candidates): k draws per caption, keeping the one
+        with the highest dot product with the caption's text embedding v (the paper's
+        sampling, with k = 2)."""
+        k = self.prior_candidates if candidates is None else int(candidates)
+        if k < 1:
+            raise ValueError(f"candidates must be >= 1, got {k}")
+        if k > 1:
+            ids = caption_batch(cond, n, self.tok)
+            z = self.sample_embeddings(k * n, xp.concatenate([ids] * k), rng=rng, guidance=guidance,
+                                       steps=steps, candidates=1).reshape(k, n, -1)   # (k, n, D)
+            score = xp.sum(z * self.embed_text(ids)[None], axis=-1)          # (k, n): z . v
+            return z[xp.argmax(score, axis=0), xp.arange(n)]                 # (n, D)
         ids = caption_batch(cond, n, self.tok)
         w = self.prior_guidance if guidance is None else float(guidance)
         v = self.embed_text(ids)

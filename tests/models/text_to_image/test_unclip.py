@@ -198,6 +198,21 @@ def test_two_stage_sampling_is_eq_34(trained):
     assert not np.allclose(z0, z3)
 
 
+def test_prior_candidates_keep_the_draw_with_the_highest_dot_product_with_v(trained):
+    """k = 3 candidates: the same draws as 3 n captions from one generator, and per caption
+    the draw whose z . v is largest."""
+    m = trained
+    got = npv(m.sample_embeddings(4, ids(), rng=default_rng(6), steps=3, candidates=3))
+    draws = npv(m.sample_embeddings(12, backend.xp.concatenate([ids()] * 3), rng=default_rng(6), steps=3,
+                                    candidates=1)).reshape(3, 4, -1)
+    score = (draws * npv(m.embed_text(ids()))[None]).sum(-1)              # (3, 4)
+    best = score.argmax(0)
+    np.testing.assert_array_equal(got, draws[best, np.arange(4)])
+    assert len(set(best.tolist())) > 1                    # not always the first draw
+    with pytest.raises(ValueError, match="candidates must be >= 1"):
+        m.sample_embeddings(4, ids(), rng=default_rng(6), candidates=0)
+
+
 def test_one_prior_step_from_z_T_is_the_networks_clean_embedding(trained):
     """With one DDIM step the prior's sample is f_theta(z_T, T, v) itself (alpha_bar_0 = 1):
     the network's output is read as the clean embedding."""
