@@ -98,8 +98,8 @@ def main():
         "plot": f"{args.tag}_fid_vs_w.png",
     }
     result["met"] = {
-        "cond_accuracy_at_w_ge_1": all(v["cond_accuracy"] >= 0.98 for k, v in per["dynamic"].items()
-                                       if float(k[2:]) >= 1),
+        **{f"cond_accuracy_at_w_ge_1_{th}": all(v["cond_accuracy"] >= 0.98 for k, v in per[th].items()
+                                                if float(k[2:]) >= 1) for th in THRESHOLDS},
         "dynamic_fid_below_static_at_w_5_to_10": bool(hi) and all(
             per["dynamic"][f"w={w:g}"]["fid_mnist"] < per["static"][f"w={w:g}"]["fid_mnist"] for w in hi)}
     write_result(args.tag, result)
