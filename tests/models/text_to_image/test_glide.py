@@ -130,7 +130,8 @@ def noised_clip(T=20, shape=(1, 8, 8)):
 
 @pytest.mark.parametrize("w,s", [(0.0, 2.5), (1.5, 40.0)])
 def test_clip_guidance_is_eq_25_with_the_similarity_gradient(trained, w, s):
-    """eps_bar = eps_cfg - sqrt(1 - alpha_bar_t) s grad_{x_t} (u(x_t, t) . v(c)) on top of the
+    """Eq. (25) with the noised CLIP's similarity in place of log p(y | x_t):
+    eps_bar = eps_cfg - sqrt(1 - alpha_bar_t) s grad_{x_t} (u(x_t, t) . v(c)) on top of the
     classifier-free guided eps, the gradient taken from the noised CLIP at the step's time,
     and x_0 from eps_bar by eq. (11)."""
     m, x, clip = trained, images(seed=3), noised_clip()
