@@ -73,6 +73,15 @@ def prior_cosines(model, args, ids, z_true):
     return out
 
 
+def part_losses(out, windows=12):
+    """Each part's training loss (l_prior, l_decoder) averaged over ``windows`` equal spans of
+    the run's log: [(last step of the span, mean)], single batches being noisy."""
+    log = read_log(out, "l_prior")
+    spans = np.array_split(np.arange(len(log)), min(windows, len(log)))
+    return {key: [(log[ix[-1]]["step"], round(float(np.mean([log[i][key] for i in ix])), 4)) for ix in spans]
+            for key in ("l_prior", "l_decoder")}
+
+
 def same_digit_other(labels, seed):
     """For each i, another index j != i with labels[j] == labels[i] (a random cycle per digit)."""
     other, rng = np.arange(len(labels)), np.random.default_rng(seed)
@@ -154,7 +163,7 @@ def main():
         write_result(f"{args.tag}_prior", {
             "command": command(), "train_command": train_command(out), "machine": machine(),
             "steps": int(meta["step"]), "n": n, "prior_sampler": f"ddim{model.prior_steps}",
-            "prior_cosine": prior, "prior_cosine_ar": prior_ar,
+            "prior_cosine": prior, "prior_cosine_ar": prior_ar, "part_losses": part_losses(out),
             "eval_wall_s": round(time.perf_counter() - ev["t0"], 1), "targets": {"prior_cosine": 0.8},
             "met": {"prior_cosine": max(v for k, v in prior.items() if k.startswith("w=")) >= 0.8}})
         return
@@ -208,6 +217,7 @@ def main():
         "sampled_with": "EMA weights" if used_ema else "trained weights",
         "train_wall_s": round(log[-1]["wall_s"], 1) if log else None,
         "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log[::max(1, len(log) // 12)]],
+        "part_losses": part_losses(out),
         "sampler": f"ddim{steps} (decoder), ddim{model.prior_steps} (prior)", "n": n,
         "prompts": "the test images' captions, training template i mod 8 for image i",
         "prior_cosine": prior, "prior_cosine_ar": prior_ar, "variations": variations,

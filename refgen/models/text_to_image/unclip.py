@@ -280,9 +280,7 @@ class UnCLIP(TextDiffusion):
                 logits = self.prior(cc, Tensor(vv)).data[:, -1]               # (n or 2n, K)
                 if w != 0:
                     logits = (w + 1.0) * logits[:n] - w * logits[n:]          # (26) on the logits
-                u = rng.random(logits.shape)
-                gumbel = -xp.log(-xp.log(xp.clip(u, 1e-20, 1.0)))
-                c = xp.concatenate([c, xp.argmax(logits + gumbel, axis=1)[:, None]], axis=1)
+                c = xp.concatenate([c, F.gumbel_max(logits, rng)[:, None].astype(xp.int64)], axis=1)
         return self.dequantize(c)
 
     def sample(self, n, cond=None, *, rng, guidance=None, prior_guidance=None, steps=None,
@@ -297,7 +295,7 @@ class UnCLIP(TextDiffusion):
     def decode(self, z, *, rng, guidance=None, steps=None, x_T=None):
         """x ~ P(x | z): one decoder sample per embedding of z (B, D) (scaled as embed_images
         scales them), from the noise x_T when given."""
-        z = xp.asarray(asarray(z), dtype=self.dtype)
+        z = asarray(z)                                                    # condition() casts it
         return super().sample(z.shape[0], z, rng=rng, guidance=guidance, steps=steps, x_T=x_T)
 
     def variations(self, x, *, rng, guidance=None, steps=None):
