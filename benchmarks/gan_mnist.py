@@ -62,11 +62,15 @@ def parse(argv=None):
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-n", type=int, default=10000, help="samples for the metrics")
+    ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (default: none)")
+    ap.add_argument("--variants-n", type=int, default=2000,
+                    help="samples per row of the sampling-variants FID table (0: no table)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
     args = add_smoke(ap).parse_args(argv)
     if SMOKE:
         args.steps, args.chunk, args.batch_size, args.eval_n = 4, 2, 8, 20
+        args.variants_n = min(args.variants_n, 20)
         args.set = (args.set or []) + ["channels=4", "hidden=16", "z_dim=8"]
     return args
 
@@ -110,6 +114,29 @@ def loss_plot(out, path, points=60):
     return path
 
 
+def sampling_variants(out, n, batch_size, seed=0):
+    """FID at N = n of the generator's samples drawn four ways: its trained or its EMA weights
+    (when the run has them), each with BatchNorm's running statistics (eval mode, what
+    ``sample`` does) or with each batch's own statistics (train mode, the statistics G was
+    trained under; batches of ``batch_size``, the training batch). {row: fid_mnist}."""
+    from refgen.metrics import fid_mnist
+    rows = {}
+    for use_ema in (False, True):
+        model, _ = load_run(out, use_ema=use_ema)
+        has_ema = any(k.startswith("ema/") for k in io.load_checkpoint(out / "checkpoint.npz")[0])
+        if use_ema and not has_ema:
+            continue
+        for stats in ("running", "batch"):
+            model.train() if stats == "batch" else model.eval()
+            rng = backend.default_rng(seed)
+            x = np.concatenate([backend.to_numpy(model.sample(min(batch_size, n - i), rng=rng))
+                                for i in range(0, n, batch_size)])
+            key = f"{'ema' if use_ema else 'trained'} weights, {stats} statistics"
+            rows[key] = fid_mnist(np.clip(x, -1, 1))
+            print("variant", key, rows[key], flush=True)
+    return rows
+
+
 def diffusion_at_500(data):
     """The diffusion U-Net's FID at N = 500 and its file, where there is one."""
     if data not in DIFFUSION_AT_500:
@@ -134,11 +161,11 @@ def main(argv=None):
     train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
     num_classes = train_ds.num_classes  # the model takes it only if it is conditional
     st = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, optimizer="adam",
-              schedule="constant", log_every=max(args.chunk // 10, 1))
+              schedule="constant", log_every=max(args.chunk // 10, 1), ema_decay=args.ema)
     cfg_path = out / "config.json"
     if cfg_path.exists():  # a run to continue: its own model settings
         cfg = json.loads(cfg_path.read_text())
-        settings, st = cfg["model_kwargs"], {k: cfg["train"][k] for k in st}
+        settings, st = cfg["model_kwargs"], {k: cfg["train"].get(k) for k in st}
     cfg = {"model": args.model, "data": args.data, "model_kwargs": settings,
            "data_dir": os.environ.get("REFGEN_DATA_DIR"), "data_facts": data_facts(train_ds),
            "num_classes": num_classes, "vocab_size": None, "vocab": None,
@@ -169,6 +196,11 @@ def main(argv=None):
     r500 = evaluate(model, test_ds, n_samples=n500)
     result["fid_at_500"] = {"fid_mnist": r500["fid_mnist"], "fid_n_samples": r500["fid_n_samples"],
                             "eval_wall_s": round(time.perf_counter() - t, 1)}
+    if args.variants_n:
+        t = time.perf_counter()
+        result["fid_by_sampling_variant"] = dict(
+            n=args.variants_n, rows=sampling_variants(out, args.variants_n, st["batch_size"], args.seed),
+            eval_wall_s=round(time.perf_counter() - t, 1))
     result["diffusion_unet_at_500"] = diffusion_at_500(args.data)
     result["fid_real_floor_at_10000"] = FLOOR_10K.get(args.data)
 

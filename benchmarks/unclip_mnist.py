@@ -91,31 +91,71 @@ def same_digit_other(labels, seed):
     return other
 
 
-def ar_prior(args, clip, settings, train_ds, ids, z_true):
-    """unCLIP's autoregressive prior trained alone (the decoder is not needed for its cosine)
-    for --ar-prior-steps Adam steps on (image embedding, caption) pairs, then its prior
-    cosine per prior guidance weight, as for the diffusion prior."""
+def train_prior_alone(model, train_ds, z_all, *, steps, lr, batch_size, seed, ema=0.999, label="prior"):
+    """The prior of ``model`` trained alone (the decoder is not needed for its cosine):
+    ``steps`` Adam steps on (image embedding, caption) pairs at ``lr``, halved to zero by a
+    cosine, batches of ``batch_size`` training images with a fresh caption each, the image
+    embeddings ``z_all`` (N_train, D) computed once; an EMA of the prior's weights at the end.
+    Returns the loss over tenths of the run and the time taken."""
     from refgen import optim
-    model = create("unclip", data_shape=train_ds.shape, seed=args.seed, clip=clip, prior_kind="ar",
-                   **settings)
-    opt = optim.Adam(list(model.prior.parameters()), lr=args.ar_prior_lr)
-    rng, noise = np.random.default_rng(args.seed), backend.default_rng(args.seed)
-    steps, t0, curve = smoke(args.ar_prior_steps, 3), time.perf_counter(), []
+    model.train()
+    opt = optim.Adam(list(model.prior.parameters()), lr=lr)
+    sched = optim.LRScheduler(opt, lambda k: optim.cosine_schedule(k, steps, warmup=min(200, steps // 10)))
+    avg = optim.EMA(model.prior, decay=ema)
+    rng, noise = np.random.default_rng(seed), backend.default_rng(seed)
+    t0, curve, window = time.perf_counter(), [], []
     for k in range(steps):
-        x, caps = train_ds.batch(rng.integers(0, len(train_ds), smoke(args.batch_size, 8)), rng)
-        loss = model.prior_loss(model.embed_images(backend.asarray(x)), model.embed_text(backend.asarray(caps)), noise)
+        idx = rng.integers(0, len(train_ds), batch_size)
+        _, caps = train_ds.batch(idx, rng)
+        loss = model.prior_loss(backend.asarray(z_all[idx]), model.embed_text(backend.asarray(caps)), noise)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
+        avg.update()
+        window.append(float(loss.item()))
         if (k + 1) % max(1, steps // 10) == 0:
-            curve.append((k + 1, round(float(loss.item()), 3)))
-            print("ar prior", curve[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
-    out = {"steps": steps, "lr": args.ar_prior_lr, "bins": model.bins, "range": model.range,
-           "train_wall_s": round(time.perf_counter() - t0, 1), "loss_curve": curve,
-           "loss": "nats per embedding (64 codes)"}
+            curve.append((k + 1, round(float(np.mean(window)), 4)))
+            window = []
+            print(label, curve[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
+    avg.copy_to(model.prior)
     model.eval()
+    return {"steps": steps, "lr": lr, "schedule": "cosine to 0", "batch_size": batch_size, "ema": ema,
+            "train_wall_s": round(time.perf_counter() - t0, 1),
+            "loss_curve": curve, "loss_curve_is": "the mean training loss over each tenth"}
+
+
+def train_embeddings(model, train_ds):
+    """z = sqrt(D) c^i(x) (N_train, D) of every training image, in batches."""
+    ts = time.perf_counter()
+    z = chunks(lambda s: model.embed_images(backend.asarray(train_ds.x[s])), smoke(len(train_ds), 64), size=500)
+    print(f"train embeddings {z.shape} in {time.perf_counter() - ts:.0f}s", flush=True)
+    return z
+
+
+def ar_prior(args, clip, settings, train_ds, z_all, ids, z_true):
+    """unCLIP's autoregressive prior trained alone for --ar-prior-steps Adam steps, then its
+    prior cosine per prior guidance weight, as for the diffusion prior."""
+    model = create("unclip", data_shape=train_ds.shape, seed=args.seed, clip=clip, prior_kind="ar",
+                   **settings)
+    out = train_prior_alone(model, train_ds, z_all, steps=smoke(args.ar_prior_steps, 3), lr=args.ar_prior_lr,
+                            batch_size=smoke(args.batch_size, 8), seed=args.seed, label="ar prior")
+    out.update({"bins": model.bins, "range": model.range, "loss": "nats per embedding (64 codes)"})
     out.update(prior_cosines(model, args, ids, z_true))
     return out
+
+
+def diffusion_prior_alone(args, model, train_ds, z_all, ids, z_true, out_dir):
+    """The trained model's diffusion prior, trained on alone for --prior-alone-steps at
+    --prior-alone-batch from the checkpoint's (EMA) weights; its cosines, and its weights
+    saved as <out>/prior_alone.npz (loaded by --use-prior-alone)."""
+    res = train_prior_alone(model, train_ds, z_all, steps=smoke(args.prior_alone_steps, 3),
+                            lr=args.prior_alone_lr, batch_size=smoke(args.prior_alone_batch, 8), seed=args.seed + 1,
+                            label="diffusion prior alone")
+    io.save_checkpoint(out_dir / "prior_alone.npz", model.prior.state_dict(), {"prior_alone": res})
+    res["from"] = "the checkpoint's EMA prior"
+    res.update(prior_cosines(model, args, ids, z_true))
+    return res
 
 
 def main():
@@ -133,6 +173,12 @@ def main():
     p.add_argument("--ar-prior-lr", type=float, default=1e-3)
     p.add_argument("--prior-candidates", default="1,2",
                    help="draws per caption, keeping the highest z . v (the paper samples 2)")
+    p.add_argument("--prior-alone-steps", type=int, default=0,
+                   help="train the checkpoint's diffusion prior on alone for this many steps, then its cosine")
+    p.add_argument("--prior-alone-lr", type=float, default=3e-4)
+    p.add_argument("--prior-alone-batch", type=int, default=256)
+    p.add_argument("--use-prior-alone", action="store_true",
+                   help="sample with the prior weights <out>/prior_alone.npz (from --prior-alone-steps)")
     p.add_argument("--prior-only", action="store_true",
                    help="only the prior cosines, into <tag>_prior.json")
     args = p.parse_args()
@@ -143,6 +189,8 @@ def main():
     model = create("unclip", data_shape=train_ds.shape, seed=args.seed, clip=clip, **settings)
     out = run_dir(args.tag, args.out)
     meta, used_ema = train_or_load(model, train_ds, out, args)
+    if args.use_prior_alone:
+        model.prior.load_state_dict(io.load_checkpoint(out / "prior_alone.npz")[0])
     n, steps = smoke(args.n, 16), smoke(args.sample_steps, 3)
     ev = eval_context(train_ds, test_ds, n)
     ids, labels, lev, templates, cuts = ev["ids"], ev["labels"], ev["lev"], ev["templates"], ev["cuts"]
@@ -158,14 +206,20 @@ def main():
              "mean_embedding_of_the_digit": float(cosine(z_true, np.stack([means[d] for d in labels])).mean()),
              "text_embedding": float(cosine(z_true, v).mean())}
     prior.update(prior_cosines(model, args, ids, z_true))
-    prior_ar = ar_prior(args, clip, settings, train_ds, ids, z_true) if args.ar_prior_steps else None
+    z_all = train_embeddings(model, train_ds) if args.ar_prior_steps or args.prior_alone_steps else None
+    prior_ar = ar_prior(args, clip, settings, train_ds, z_all, ids, z_true) if args.ar_prior_steps else None
+    prior_alone = (diffusion_prior_alone(args, model, train_ds, z_all, ids, z_true, out)
+                   if args.prior_alone_steps else None)
+    best_cos = max([v for k, v in prior.items() if k.startswith("w=")]
+                   + [v for k, v in (prior_alone or {}).items() if k.startswith("w=")])
     if args.prior_only:
         write_result(f"{args.tag}_prior", {
             "command": command(), "train_command": train_command(out), "machine": machine(),
             "steps": int(meta["step"]), "n": n, "prior_sampler": f"ddim{model.prior_steps}",
-            "prior_cosine": prior, "prior_cosine_ar": prior_ar, "part_losses": part_losses(out),
-            "eval_wall_s": round(time.perf_counter() - ev["t0"], 1), "targets": {"prior_cosine": 0.8},
-            "met": {"prior_cosine": max(v for k, v in prior.items() if k.startswith("w=")) >= 0.8}})
+            "prior_cosine": prior, "prior_cosine_ar": prior_ar, "prior_cosine_trained_alone": prior_alone,
+            "part_losses": part_losses(out), "prior_weights": "prior_alone.npz" if args.use_prior_alone or args.prior_alone_steps else
+            "the checkpoint's", "eval_wall_s": round(time.perf_counter() - ev["t0"], 1),
+            "targets": {"prior_cosine": 0.8}, "met": {"prior_cosine": best_cos >= 0.8}})
         return
 
     # ---- variations and eq. (34), per decoder guidance weight
@@ -207,7 +261,6 @@ def main():
 
     log = read_log(out, "loss")
     best_var = max(v["cond_accuracy"] for v in variations.values())
-    best_cos = max(prior[k] for k in prior if k.startswith("w="))
     result = {
         "command": command(), "train_command": train_command(out), "machine": machine(), "data": DATA,
         "settings": settings,
@@ -220,7 +273,9 @@ def main():
         "part_losses": part_losses(out),
         "sampler": f"ddim{steps} (decoder), ddim{model.prior_steps} (prior)", "n": n,
         "prompts": "the test images' captions, training template i mod 8 for image i",
-        "prior_cosine": prior, "prior_cosine_ar": prior_ar, "variations": variations,
+        "prior_cosine": prior, "prior_cosine_ar": prior_ar, "prior_cosine_trained_alone": prior_alone,
+        "prior_weights": "prior_alone.npz" if args.use_prior_alone or args.prior_alone_steps else "the checkpoint's",
+        "variations": variations,
         "text_to_image": {"prior_guidance": args.sample_prior_guidance, "per_decoder_guidance": t2i},
         "attribute_agreement_real": agreement(x_real, lev, templates, cuts),
         "eval_wall_s": round(time.perf_counter() - ev["t0"], 1),

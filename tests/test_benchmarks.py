@@ -62,7 +62,7 @@ SMOKE_RUNS = [
     ("train_mnist_classifier.py", [], True),
     ("vae_beta_sweep.py", [], True),
     ("vae_mnist.py", ["--model", "cvae", "--latent-dim", "2"], True),
-    ("unclip_mnist.py", ["--ar-prior-steps", "3"], True),
+    ("unclip_mnist.py", ["--ar-prior-steps", "3", "--prior-alone-steps", "3"], True),
     ("unet_variants_mnist.py", [], True),
     ("vqvae_mnist.py", [], True),
     ("vqvae2_mnist.py", [], True),

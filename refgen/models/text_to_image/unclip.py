@@ -110,15 +110,20 @@ class AutoregressivePrior(Module):
         self.ln = LayerNorm(width, dtype=dtype)
         self.out = Linear(width, bins, rng=rng, dtype=dtype)
 
-    def forward(self, c, v):
+    def forward(self, c, v, caches=None, start: int = 0):
+        """Logits (B, S + 1, K) as above. With ``caches`` (one dict per block, holding the
+        keys and values of the positions before ``start``), incremental decoding: start 0
+        feeds [W_v v, e(c)], start j > 0 feeds e(c) (B, S) at positions j..j + S - 1 only, and
+        the logits are those of the positions fed (B, S, K)."""
         b, s, w = v.shape[0], c.shape[1], self.pos.shape[1]
-        seq = F.reshape(self.text_in(v), (b, 1, w))
+        parts = [F.reshape(self.text_in(v), (b, 1, w))] if start == 0 else []
         if s:
-            seq = F.cat([seq, self.codes(c)], dim=1)                      # (B, S + 1, W)
-        seq = seq + self.pos[:s + 1]
-        for block in self.blocks:
-            seq = block(seq)
-        return self.out(self.ln(seq))                                     # (B, S + 1, K)
+            parts.append(self.codes(c))                                   # (B, S, W)
+        seq = parts[0] if len(parts) == 1 else F.cat(parts, dim=1)        # (B, S + 1, W) at start 0
+        seq = seq + self.pos[start:start + seq.shape[1]]
+        for i, block in enumerate(self.blocks):
+            seq = block(seq, cache=None if caches is None else caches[i])
+        return self.out(self.ln(seq))                                     # (B, S + 1 or S, K)
 
 
 @register("unclip")
@@ -272,12 +277,15 @@ class UnCLIP(TextDiffusion):
             return sample_loop(predict, sch, (n, self.dim), rng, sampler="ddim", dtype=self.dtype)
 
     def _sample_codes(self, n, vv, w, rng):
-        """The ar prior's embeddings (n, D): D draws c_j ~ softmax(l_j), l_j guided by (26)."""
+        """The ar prior's embeddings (n, D): D draws c_j ~ softmax(l_j), l_j guided by (26),
+        with the key/value cache (each step runs the network on the newest code only)."""
         c = xp.zeros((n, 0), dtype=xp.int64)
+        caches = [dict() for _ in self.prior.blocks]
         with no_grad():
-            for _ in range(self.dim):
-                cc = xp.concatenate([c, c]) if w != 0 else c
-                logits = self.prior(cc, Tensor(vv)).data[:, -1]               # (n or 2n, K)
+            for j in range(self.dim):
+                new = c[:, -1:]                                               # (n, 0) at j = 0
+                new = xp.concatenate([new, new]) if w != 0 else new
+                logits = self.prior(new, Tensor(vv), caches, start=j).data[:, -1]  # (n or 2n, K)
                 if w != 0:
                     logits = (w + 1.0) * logits[:n] - w * logits[n:]          # (26) on the logits
                 c = xp.concatenate([c, F.gumbel_max(logits, rng)[:, None].astype(xp.int64)], axis=1)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import refgen.functional as F
 from refgen import backend
 from refgen.autograd import Tensor, no_grad
 from refgen.backend import default_rng
@@ -306,15 +307,16 @@ def ar(**kw):
 class CodeOracle(Module):
     """An ar prior network whose logits (B, S + 1, K) are fixed per position: table (D, K)
     for a non-zero text embedding, table_null (D, K) for the zero one."""
+    blocks = ()                                        # no layers, so nothing to cache
 
     def __init__(self, table, table_null=None):
         super().__init__()
         self.table, self.table_null = table, table if table_null is None else table_null
 
-    def forward(self, c, v):
-        s = c.shape[1] + 1
+    def forward(self, c, v, caches=None, start=0):
+        rows = slice(start, start + c.shape[1] + (start == 0))            # the positions fed
         null = np.all(npv(v) == 0, axis=1)[:, None, None]                 # (B, 1, 1)
-        return Tensor(backend.asarray(np.where(null, self.table_null[None, :s], self.table[None, :s])))
+        return Tensor(backend.asarray(np.where(null, self.table_null[None, rows], self.table[None, rows])))
 
 
 def test_quantize_buckets_and_their_centres():
@@ -374,6 +376,40 @@ def test_each_ar_position_adds_its_own_position_embedding():
         m.prior.pos.data[3] -= bump
     np.testing.assert_array_equal(a[:, :3], b[:, :3])
     assert np.abs(a[:, 3] - b[:, 3]).max() > 1e-3
+
+
+def test_the_ar_priors_cached_decoding_gives_the_full_passes_logits():
+    """Fed one code at a time with the key/value cache, the prior gives at each position the
+    logits the full pass over all codes gives there (float64)."""
+    m = ar().to(dtype=np.float64)
+    v = Tensor(backend.asarray(npv(m.embed_text(ids())).astype(np.float64)))
+    c = backend.asarray(np.random.default_rng(6).integers(0, 16, (4, 7)))
+    caches = [dict() for _ in m.prior.blocks]
+    with no_grad():
+        full = npv(m.prior(c, v))                                          # (4, 8, 16)
+        steps = [npv(m.prior(c[:, :0], v, caches, start=0))]               # position 0: v only
+        steps += [npv(m.prior(c[:, j - 1:j], v, caches, start=j)) for j in range(1, 8)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-12)
+    assert np.abs(full[:, 1:] - full[:, :1]).max() > 1e-3                  # the positions differ
+
+
+def test_ar_sampling_with_the_cache_draws_what_full_passes_draw():
+    """sample_embeddings (cached, guided) equals a loop that reruns the prior over every code
+    drawn so far and applies (26) to the last position's logits, from the same generator."""
+    m = ar()
+    for prm in m.prior.parameters():                    # larger weights: each code matters
+        prm.data = prm.data * 3
+    got = npv(m.sample_embeddings(4, ids(), rng=default_rng(5), guidance=1.5))
+    rng, v = default_rng(5), m.embed_text(ids())
+    vv = Tensor(backend.asarray(np.concatenate([npv(v), np.zeros_like(npv(v))])))
+    c = np.zeros((4, 0), dtype=np.int64)
+    with no_grad():
+        for _ in range(8):
+            logits = npv(m.prior(backend.asarray(np.concatenate([c, c])), vv))[:, -1]   # (8, 16)
+            logits = 2.5 * logits[:4] - 1.5 * logits[4:]                               # (26)
+            c = np.concatenate([c, npv(F.gumbel_max(backend.asarray(logits), rng))[:, None]], axis=1)
+    np.testing.assert_array_equal(got, npv(m.dequantize(backend.asarray(c))))
+    assert len(np.unique(c)) > 4
 
 
 def test_ar_sampling_draws_each_code_from_its_guided_softmax():
