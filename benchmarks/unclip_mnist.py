@@ -73,6 +73,25 @@ def prior_cosines(model, args, ids, z_true):
     return out
 
 
+def cosine_by_steps(model, args, ids, z_true):
+    """Per number of the prior's DDIM steps (--prior-steps-sweep), at prior guidance w = 1:
+    the mean cos(z_hat, c^i(x)) and the mean cosine between two independent draws for the
+    same caption (1: every draw the same point; what a sampler that returns the conditional
+    mean would show). One step returns f_theta(z_T, T, v), the network's estimate of the
+    clean embedding from pure noise: nearly E[z | caption]."""
+    out = {}
+    for k in [int(c) for c in args.prior_steps_sweep.split(",")]:
+        draws = []
+        for seed in (args.seed + 11, args.seed + 21):
+            rng = backend.default_rng(seed)
+            draws.append(chunks(lambda s: model.sample_embeddings(s.stop - s.start, backend.asarray(ids[s]), rng=rng,
+                                                                   guidance=1.0, steps=k, candidates=1), len(z_true)))
+        out[f"steps={k}"] = {"cosine_to_true": float(cosine(z_true, draws[0]).mean()),
+                             "cosine_between_two_draws": float(cosine(draws[0], draws[1]).mean())}
+        print("prior steps", k, out[f"steps={k}"], flush=True)
+    return out
+
+
 def part_losses(out, windows=12):
     """Each part's training loss (l_prior, l_decoder) averaged over ``windows`` equal spans of
     the run's log: [(last step of the span, mean)], single batches being noisy."""
@@ -179,6 +198,8 @@ def main():
     p.add_argument("--prior-alone-batch", type=int, default=256)
     p.add_argument("--use-prior-alone", action="store_true",
                    help="sample with the prior weights <out>/prior_alone.npz (from --prior-alone-steps)")
+    p.add_argument("--prior-steps-sweep", default="",
+                   help="also the cosine (and two draws' agreement) at these numbers of prior DDIM steps, w = 1")
     p.add_argument("--prior-only", action="store_true",
                    help="only the prior cosines, into <tag>_prior.json")
     args = p.parse_args()
@@ -210,6 +231,7 @@ def main():
     prior_ar = ar_prior(args, clip, settings, train_ds, z_all, ids, z_true) if args.ar_prior_steps else None
     prior_alone = (diffusion_prior_alone(args, model, train_ds, z_all, ids, z_true, out)
                    if args.prior_alone_steps else None)
+    by_steps = cosine_by_steps(model, args, ids, z_true) if args.prior_steps_sweep else None
     best_cos = max([v for k, v in prior.items() if k.startswith("w=")]
                    + [v for k, v in (prior_alone or {}).items() if k.startswith("w=")])
     if args.prior_only:
@@ -217,7 +239,7 @@ def main():
             "command": command(), "train_command": train_command(out), "machine": machine(),
             "steps": int(meta["step"]), "n": n, "prior_sampler": f"ddim{model.prior_steps}",
             "prior_cosine": prior, "prior_cosine_ar": prior_ar, "prior_cosine_trained_alone": prior_alone,
-            "part_losses": part_losses(out), "prior_weights": "prior_alone.npz" if args.use_prior_alone or args.prior_alone_steps else
+            "prior_cosine_by_steps": by_steps, "part_losses": part_losses(out), "prior_weights": "prior_alone.npz" if args.use_prior_alone or args.prior_alone_steps else
             "the checkpoint's", "eval_wall_s": round(time.perf_counter() - ev["t0"], 1),
             "targets": {"prior_cosine": 0.8}, "met": {"prior_cosine": best_cos >= 0.8}})
         return
@@ -274,7 +296,7 @@ def main():
         "sampler": f"ddim{steps} (decoder), ddim{model.prior_steps} (prior)", "n": n,
         "prompts": "the test images' captions, training template i mod 8 for image i",
         "prior_cosine": prior, "prior_cosine_ar": prior_ar, "prior_cosine_trained_alone": prior_alone,
-        "prior_weights": "prior_alone.npz" if args.use_prior_alone or args.prior_alone_steps else "the checkpoint's",
+        "prior_cosine_by_steps": by_steps, "prior_weights": "prior_alone.npz" if args.use_prior_alone or args.prior_alone_steps else "the checkpoint's",
         "variations": variations,
         "text_to_image": {"prior_guidance": args.sample_prior_guidance, "per_decoder_guidance": t2i},
         "attribute_agreement_real": agreement(x_real, lev, templates, cuts),

@@ -109,7 +109,9 @@ CAPTIONED = {"dalle", "clip-noised"}
 TEXT_DIFFUSION = {"glide": dict(T=20, channels=8, heads=2, text_width=16, text_layers=1),
                   "imagen": dict(T=20, channels=8, heads=2),
                   "unclip": dict(T=20, prior_T=20, channels=8, heads=2, prior_width=16,
-                                 prior_heads=2, prior_layers=1, clip_size=8)}
+                                 prior_heads=2, prior_layers=1, clip_size=8),
+                  "glide-upsampler": dict(T=20, channels=8, heads=2, text_width=16, text_layers=1,
+                                          aug_max=5)}
 
 
 def test_every_model_has_a_case():
@@ -166,8 +168,14 @@ def test_text_diffusion_trains_resumes_and_samples_on_the_device(name, tmp_path)
         model.eval()
         ids = backend.asarray(cap.Tokenizer().encode_batch(["a thick seven", "the number 3"]))
         with no_grad():
-            s = model.sample(2, cond=ids, rng=backend.default_rng(0), steps=3, guidance=2.0)
-            u = model.sample(2, rng=backend.default_rng(0), steps=3)
+            if name == "glide-upsampler":  # the condition is the low-res image, the caption a keyword
+                low = model.eval_cond(backend.asarray(ds.x[:2]))
+                s = model.sample(2, cond=low, caption=ids, rng=backend.default_rng(0), steps=3,
+                                 guidance=2.0, aug_level=3)
+                u = model.sample(2, cond=low, rng=backend.default_rng(0), steps=3)
+            else:
+                s = model.sample(2, cond=ids, rng=backend.default_rng(0), steps=3, guidance=2.0)
+                u = model.sample(2, rng=backend.default_rng(0), steps=3)
         assert isinstance(s, DeviceArray) and isinstance(u, DeviceArray)
         assert np.all(np.isfinite(backend.to_numpy(s)))
 

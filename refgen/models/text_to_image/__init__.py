@@ -10,5 +10,6 @@ from refgen.models.text_to_image.noised_clip import NoisedCLIP, NoisedImageEncod
 from refgen.models.text_to_image.text_diffusion import (TextDiffusion, drop_captions,  # noqa: F401
                                                         null_caption)
 from refgen.models.text_to_image.glide import GLIDE  # noqa: F401
+from refgen.models.text_to_image.upsampler import GlideUpsampler, Upsampling  # noqa: F401
 from refgen.models.text_to_image.imagen import Imagen  # noqa: F401
 from refgen.models.text_to_image.unclip import AutoregressivePrior, EmbeddingPrior, UnCLIP  # noqa: F401

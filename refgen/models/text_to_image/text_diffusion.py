@@ -141,9 +141,10 @@ class TextDiffusion(Module):
         self.dtype = xp.float32
         self.eval_samples = 1000
 
-    def _build_unet(self, context_dim: int, pooled_dim: int, rng):
+    def _build_unet(self, context_dim: int, pooled_dim: int, rng, c_in=None, **extra):
         """The U-Net (refgen.models.diffusion.config.make_unet: its arch and switches) with
-        cross-attention to the tokens and the pooled vector in its time embedding. The
+        cross-attention to the tokens and the pooled vector in its time embedding (c_in input
+        channels, default the image's; ``extra``: more UNet keywords). The
         default network has AdaGN ResBlocks (scale_shift), GN(h) (1 + s) + b with (s, b) from
         the embedding, as GLIDE's and Imagen's U-Nets have (an embedding added before a
         GroupNorm whose groups hold one channel each would be subtracted away with the mean)."""
@@ -152,12 +153,13 @@ class TextDiffusion(Module):
             raise ValueError(f"{self.registry_name} conditions a U-Net on text: net must be 'unet', "
                              f"got {net.net!r}")
         c, size = self.data_shape[0], self.data_shape[-1]
-        self.unet = make_unet(net, c, c, size, None, rng, context_dim=int(context_dim))
+        self.unet = make_unet(net, c if c_in is None else int(c_in), c, size, None, rng,
+                              context_dim=int(context_dim), **extra)
         self.unet.embed = TextTimeEmbedding(net.channels, 4 * net.channels, int(pooled_dim), rng=rng)
 
     # ------------------------------------------------------------------------- the condition
     # captions here; a subclass conditioned on something else (unCLIP's decoder: a CLIP
-    # image embedding) redefines these four
+    # image embedding; the upsampler: a caption and a low-resolution image) redefines them
     def null(self, n: int = 1):
         """The null condition for n samples: (n, context) ids of the empty caption."""
         return null_caption(self.tok, n)
@@ -174,6 +176,10 @@ class TextDiffusion(Module):
     def drop(self, cond, rng):
         """The condition with each row replaced by the null one with probability p_uncond."""
         return drop_captions(cond, self.p_uncond, self.null()[0], rng)
+
+    def with_null(self, cond, n: int):
+        """The conditions (n, ...) followed by n null ones (2n, ...): one batch for (26)."""
+        return xp.concatenate([cond, self.null(n)])
 
     def encode(self, cond):
         """(tokens (B, L, W), pooled (B, P), mask (B, L) bool or None) of a condition (B, ...)."""
@@ -218,7 +224,7 @@ class TextDiffusion(Module):
         ids = self.null(n) if cond is None else self.condition(cond, n)
         guided = cond is not None and w != 0.0
         if guided:  # conditional and null conditions in one batch (2n, ...)
-            ids = xp.concatenate([ids, self.null(n)])
+            ids = self.with_null(ids, n)
 
         def predict(x, t):
             t_net = xp.full((n,), int(sch.net_t[t]), dtype=xp.int64)
