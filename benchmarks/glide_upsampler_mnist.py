@@ -46,7 +46,7 @@ from refgen.metrics.fid import reference_stats  # noqa: E402
 from refgen.metrics.frechet import frechet_distance, gaussian_stats  # noqa: E402
 from refgen.models import create  # noqa: E402
 from refgen.models.diffusion.cascade import downsample  # noqa: E402
-from refgen.runs import load_run  # noqa: E402
+from refgen.train import CHECKPOINT, load_weights  # noqa: E402
 
 DATA = "mnist-captions"
 
@@ -61,6 +61,16 @@ def upsample(model, z, level, steps, seed, caption=None, chunk=100):
             kw = {} if caption is None else {"caption": backend.asarray(caption[i:i + chunk])}
             out.append(backend.to_numpy(model.sample(len(zb), cond=zb, rng=rng, steps=steps, aug_level=level, **kw)))
     return np.clip(np.concatenate(out), -1.0, 1.0)
+
+
+def load_sr(path):
+    """The image-only upsampler of a cascade_mnist.py run directory (its settings from
+    cascade_mnist.json, its EMA weights), in eval mode."""
+    d = json.loads((RESULTS / "cascade_mnist.json").read_text())
+    aug = next(m["aug_max"] for m in d["models"].values() if Path(m["run"]) == Path(path))
+    sr = create("cascade-sr", data_shape=(1, 28, 28), seed=0, aug_max=aug, **d["settings"])
+    load_weights(sr, io.load_checkpoint(Path(path) / CHECKPOINT)[0])
+    return sr.eval()
 
 
 def agreement28(x, lev, templates, cuts):
@@ -92,7 +102,8 @@ def main():
     add_run_args(p, "glide_upsampler_mnist")
     p.add_argument("--aug-max", type=int, default=250, help="the largest augmentation level (T = 1000)")
     p.add_argument("--levels", default="0,250", help="inference levels s")
-    p.add_argument("--sr-run", help="cascade_mnist.py's augmented cascade-sr run directory, for comparison")
+    p.add_argument("--sr-run", help="a cascade-sr run directory of cascade_mnist.json (its augmented model), "
+                   "for comparison")
     p.add_argument("--base-samples", action="append", default=[], help=".npz with x and labels")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--sample-steps", type=int, default=25)
@@ -110,7 +121,7 @@ def main():
     ev = {"labels": test_ds.y[:n], "lev": test_ds.captions.lev[:n], "templates": templates,
           "cuts": cap.thresholds(cap.measure(train_ds.x[:smoke(10_000, 64)])), "f_ref": f_ref,
           "ref": gaussian_stats(f_ref) if SMOKE else reference_stats("test", 28)}
-    sr = load_run(args.sr_run)[0] if args.sr_run else None
+    sr = load_sr(args.sr_run) if args.sr_run else None
     levels = [smoke(int(v), min(int(v), 12)) for v in args.levels.split(",")]
     sources = {"real14": backend.to_numpy(downsample(backend.asarray(test_ds.x[:n]), 2))}
     for path in args.base_samples:
