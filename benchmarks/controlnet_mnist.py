@@ -88,6 +88,8 @@ def main():
     p = add_smoke(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--task", choices=("edges", "fill"), default="edges")
     p.add_argument("--base-dir", help="the base DDPM's run directory (trained there when needed)")
+    p.add_argument("--base-run", help="an existing mnist-14 ddpm run directory (refgen train's layout) "
+                   "to use as the base as it is, instead of training one in --base-dir")
     p.add_argument("--out", help="ControlNet's run directory (default /tmp/refgen_controlnet_<task>)")
     p.add_argument("--base-steps", type=int, default=smoke(20000, 4))
     p.add_argument("--base-min", type=float, default=smoke(13, 0))
@@ -99,11 +101,21 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3, help="ControlNet's (the base's is 1e-3)")
     p.add_argument("--n", type=int, default=smoke(256, 8), help="test controls scored (and FID N)")
     p.add_argument("--sample-steps", type=int, default=smoke(25, 2))
+    p.add_argument("--tag", help="result name (default controlnet_mnist14[_fill])")
     args = p.parse_args()
     t_start = time.perf_counter()
     data = f"mnist-14-{args.task}"
     digits = load("mnist-14", "train")
-    base_dir, base_done, base_wall, base_total = train_base(args, digits)
+    if args.base_run:
+        base_dir, base_wall = Path(args.base_run), 0.0
+        base_cfg = json.loads((base_dir / "config.json").read_text())
+        base_done = int(io.load_checkpoint(base_dir / CHECKPOINT)[1]["step"])
+        base_total = json.loads((base_dir / "metrics.json").read_text()).get("wall_s")
+        base_kw, base_train = base_cfg["model_kwargs"], base_cfg["train"]
+    else:
+        base_dir, base_done, base_wall, base_total = train_base(args, digits)
+        base_kw = BASE_KW
+        base_train = {"batch_size": args.batch_size, "lr": 1e-3, "ema": 0.99, "warmup": 100, "grad_clip": 1.0}
 
     cn = ControlNet((1, 14, 14), base=str(base_dir))
     rng_seed = 2024
@@ -135,14 +147,14 @@ def main():
 
     k = min(16, args.n)
     rows = np.concatenate([2 * controls[:k] - 1, np.clip(controlled[:k], -1, 1), targets[:k]])
-    png = RESULTS / f"controlnet_mnist14{'' if args.task == 'edges' else '_fill'}.png"
+    png = RESULTS / f"{args.tag or 'controlnet_mnist14' + ('' if args.task == 'edges' else '_fill')}.png"
     io.write_png(png, io.image_grid((rows + 1) / 2, nrow=k))
     res = {
         "command": command(), "machine": machine(), "task": args.task, "data": data,
-        "base": {"run": str(base_dir), "model_kwargs": BASE_KW, "steps": base_done,
-                 "train": {"batch_size": args.batch_size, "lr": 1e-3, "ema": 0.99, "warmup": 100,
-                           "grad_clip": 1.0},
-                 "train_wall_s_this_call": round(base_wall, 1), "train_wall_s": round(base_total, 1), "parameters": cn.base.num_parameters()},
+        "base": {"run": str(base_dir), "model_kwargs": base_kw, "steps": base_done, "train": base_train,
+                 "train_wall_s_this_call": round(base_wall, 1),
+                 "train_wall_s": None if base_total is None else round(base_total, 1),
+                 "parameters": cn.base.num_parameters()},
         "controlnet": {"steps": cn_done, "train_wall_s": round(cn_wall, 1), "lr": args.lr,
                        "batch_size": args.cn_batch_size, "ema": 0.99, "grad_clip": 1.0,
                        "trainable_parameters": cn.num_parameters(trainable_only=True)},
@@ -158,7 +170,7 @@ def main():
         "eval_wall_s": round(eval_wall, 1), "total_wall_s": round(time.perf_counter() - t_start, 1),
         "picture": str(png.name) + ": rows of controls, controlled samples, the test images",
     }
-    write_result(f"controlnet_mnist14{'' if args.task == 'edges' else '_fill'}", res)
+    write_result(args.tag or f"controlnet_mnist14{'' if args.task == 'edges' else '_fill'}", res)
     print(f"edge IoU {res['edge_iou']:.3f} (base unconditional {res['edge_iou_base_unconditional']:.3f}); "
           f"base unchanged: {res['base_samples_unchanged_bit_for_bit']}; FID {fid_before:.1f} -> "
           f"{fid_after:.1f}, controlled {fid_controlled:.1f}")

@@ -52,7 +52,7 @@ TARGETS = {"fid_mnist_at_10000": "<= 10", "precision": ">= 0.8", "recall": ">= 0
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="nsgan", choices=["gan", "nsgan", "wgan-gp", "cgan"])
+    ap.add_argument("--model", default="nsgan", choices=["gan", "nsgan", "wgan-gp", "cgan", "fgan"])
     ap.add_argument("--data", default="mnist", choices=["mnist", "mnist-14"])
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
     ap.add_argument("--steps", type=int, default=1_000_000, help="most loop steps")
