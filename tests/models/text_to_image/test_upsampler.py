@@ -16,7 +16,7 @@ from refgen.models.base import Batch
 from refgen.models.diffusion.process import q_sample
 from refgen.models.text_to_image import null_caption
 from refgen.models.text_to_image.upsampler import Upsampling
-from refgen.optim import Adam
+from tests.models.text_to_image.test_glide import stepped
 
 TOK = cap.Tokenizer()
 CAPTIONS = ["a thick slanted seven", "the number 3", "a small thin 1", "a handwritten zero"]
@@ -51,22 +51,9 @@ def up(z):
     return np.repeat(np.repeat(z, 2, axis=-2), 2, axis=-1)
 
 
-def stepped(m, n_steps=3, lr=1e-2):
-    """m after a few Adam steps: the zero-initialised output layers move, so the network's
-    output depends on all of its inputs."""
-    opt = Adam(list(m.parameters()), lr=lr)
-    batch = Batch(Tensor(images()), ids())
-    for _ in range(n_steps):
-        loss = m.loss(batch, default_rng(0))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return m
-
-
 @pytest.fixture(scope="module")
 def trained():
-    return stepped(tiny(p_uncond=0.5))
+    return stepped(tiny(p_uncond=0.5), 3)   # GLIDE's helper: the output layers move
 
 
 def _eps(m, xt, t_net, c, low, s):
