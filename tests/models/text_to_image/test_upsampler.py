@@ -16,7 +16,7 @@ from refgen.models.base import Batch
 from refgen.models.diffusion.process import q_sample
 from refgen.models.text_to_image import null_caption
 from refgen.models.text_to_image.upsampler import Upsampling
-from tests.models.text_to_image.test_glide import stepped
+from tests.models.text_to_image.test_glide import _captioned14, stepped
 
 TOK = cap.Tokenizer()
 CAPTIONS = ["a thick slanted seven", "the number 3", "a small thin 1", "a handwritten zero"]
@@ -138,19 +138,10 @@ def test_the_network_reads_the_augmentation_level(trained):
     assert np.abs(a - b).max() > 1e-4
 
 
-def _captioned(n=32, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
-    x = rng.uniform(-1, 1, (n, 1, 8, 8)).astype(np.float32)
-    return cap.CaptionDataset("mnist-captions", "train", x, labels, "continuous", x.shape[1:],
-                              num_classes=10, vocab=TOK.words, value_range=(-1.0, 1.0),
-                              captions=cap.CaptionData(labels, rng.integers(0, 3, (n, 4))))
-
-
 def test_trains_through_the_loop_and_evaluates_on_the_test_images_low_res(tmp_path):
     from refgen.train import train
     m = tiny()
-    metrics = train(m, _captioned(), steps=3, batch_size=8, lr=1e-3, seed=0, out_dir=tmp_path,
+    metrics = train(m, _captioned14(), steps=3, batch_size=8, lr=1e-3, seed=0, out_dir=tmp_path,
                     progress=False, samples=True, evaluate_at_end=False)
     assert metrics["steps"] == 3 and np.isfinite(metrics["loss"]) and (tmp_path / "samples.png").exists()
     np.testing.assert_allclose(npv(m.eval_cond(images())), pool(images()), rtol=1e-6)
