@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from refgen import backend, data, io, models
 from refgen.data.controls import NAMES as CONTROL_DATA
 from refgen.data.datasets import check_data_dir, describe
@@ -256,8 +258,11 @@ def cmd_sample(args):
     model, cfg = load_run(d)
     facts = cfg["data_facts"]
     options = sample_options(model, args.steps, args.sampler)
-    if args.prompt is not None:
-        options["cond"] = prompt_ids(model, args.prompt)
+    if hasattr(model, "eval_cond"):  # super-resolution: upsample the test images' low-res versions
+        test = _load_data(cfg["data"], "test", cfg.get("data_dir"), cfg["train"]["seed"]).x
+        options["cond"] = model.eval_cond(backend.asarray(test[np.arange(args.n or 64) % len(test)]))
+    if args.prompt is not None:  # the caption: the condition, or beside the low-res images
+        options["caption" if "cond" in options else "cond"] = prompt_ids(model, args.prompt)
     text = facts["kind"] == "categorical"
     if args.out is not None:
         _check_out_file(Path(args.out), args.force, "samples.txt" if text else "samples.png")

@@ -208,3 +208,22 @@ def test_draw_samples_splits_cond_by_chunk():
             sizes.append(a[0])
     out = draw_samples(m, 5, default_rng(0), Stage(), chunk=2, options={"cond": z, "steps": 1})
     assert out.shape == (5, 1, 8, 8) and sizes == [2, 4, 5]
+
+
+def test_refgen_sample_upsamples_the_first_test_images(tmp_path, mnist_dir, capsys):
+    """`refgen sample DIR` on a cascade-sr run: the first n test images' low-res versions are
+    the condition (as in the loop's sample grid); a --prompt is refused in one line."""
+    from refgen.cli import main
+    from refgen.data import load
+    from refgen.train import train
+    kw = dict(T=30, channels=8, groups=4, num_res_blocks=1, aug_max=5)
+    run, ds = tmp_path / "run", load("mnist", "test", data_dir=mnist_dir)
+    cfg = {"model": "cascade-sr", "data": "mnist", "data_dir": str(mnist_dir), "train": {"seed": 0},
+           "data_facts": {"shape": [1, 28, 28], "kind": "continuous"}, "model_kwargs": kw}
+    train(create("cascade-sr", data_shape=(1, 28, 28), seed=0, **kw), ds, steps=1, batch_size=4, lr=1e-3,
+          out_dir=run, progress=False, samples=False, evaluate_at_end=False, config=cfg)
+    out = tmp_path / "up.png"
+    assert main(["sample", str(run), "-n", "3", "--steps", "2", "--out", str(out), "-q"]) == 0
+    assert out.exists()
+    assert main(["sample", str(run), "--prompt", "a seven", "-n", "3", "--out", str(out), "-q", "--force"]) != 0
+    assert "takes no --prompt" in capsys.readouterr().err

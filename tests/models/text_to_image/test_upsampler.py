@@ -160,3 +160,23 @@ def test_bad_input_is_one_clear_line(trained):
         tiny(aug_max=21)
     with pytest.raises(ValueError, match="caption ids"):
         trained.loss(Batch(Tensor(images()), backend.asarray(np.arange(4))), default_rng(0))
+
+
+def test_refgen_sample_upsamples_the_test_images_for_a_prompt(tmp_path, mnist_dir, capsys):
+    """`refgen sample DIR --prompt TEXT` on a glide-upsampler run draws 28x28 images from the
+    first test images' 14x14 versions with the prompt as their caption."""
+    from refgen.cli import main
+    from refgen.train import train
+    run = tmp_path / "run"
+    kw = dict(T=20, channels=8, text_width=16, text_layers=1, text_heads=2, heads=2, aug_max=5)
+    m = create("glide-upsampler", data_shape=(1, 28, 28), seed=0, **kw)
+    ds = cap.load_split("test", data_dir=mnist_dir)
+    cfg = {"model": "glide-upsampler", "data": "mnist-captions", "data_dir": str(mnist_dir),
+           "data_facts": {"shape": [1, 28, 28], "kind": "continuous"}, "train": {"seed": 0},
+           "vocab_size": len(TOK), "model_kwargs": kw}
+    train(m, ds, steps=1, batch_size=4, lr=1e-3, seed=0, out_dir=run, progress=False,
+          samples=False, evaluate_at_end=False, config=cfg)
+    out = tmp_path / "seven.png"
+    assert main(["sample", str(run), "--prompt", "a thick seven", "-n", "3", "--steps", "2",
+                 "--out", str(out), "-q"]) == 0
+    assert out.exists()
