@@ -41,6 +41,7 @@ SMOKE_RUNS = [
     ("flows_mnist.py", ["--model", "maf", "--measure", "2"], True),
     ("flows_mnist.py", ["--model", "gflow"], True),
     ("gan_mnist.py", [], True),
+    ("gan_mnist_torch.py", [], True),
     ("gflow_2d.py", [], False),
     ("glide_mnist.py", [], True),
     ("glide_upsampler_mnist.py", [], True),
