@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from refgen import backend, io  # noqa: E402
 from refgen.metrics.evaluation import evaluate  # noqa: E402
 from refgen.runs import build_model, load_run, parse_sets  # noqa: E402
-from refgen.train import data_facts, train  # noqa: E402
+from refgen.train import TrainingDiverged, data_facts, train  # noqa: E402
 
 # the diffusion U-Net's FID at N = 500 on the same data, and the real-data floor at 500
 DIFFUSION_AT_500 = {
@@ -173,8 +173,15 @@ def main(argv=None):
     model = build_model(args.model, data_shape=train_ds.shape, num_classes=num_classes,
                         seed=st["seed"], overrides=settings)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    done = train_in_chunks(model, train_ds, out, cfg, steps=args.steps,
-                           budget_min=args.budget_min, chunk=args.chunk, **st)
+    try:
+        done = train_in_chunks(model, train_ds, out, cfg, steps=args.steps,
+                               budget_min=args.budget_min, chunk=args.chunk, **st)
+    except TrainingDiverged as e:  # a result that says so, with the log up to there
+        write_result(tag, {"model": args.model, "data": args.data, "command": command(),
+                           "model_kwargs": settings, "diverged": str(e),
+                           "log": read_log(out, "loss") if (out / "log.jsonl").exists() else [],
+                           "machine": machine()})
+        raise SystemExit(f"{tag}: {e}")
     train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     model, run_cfg = load_run(out)  # the checkpoint's weights (also when only evaluating)
     run_wall = float(io.load_checkpoint(out / "checkpoint.npz")[1].get("wall_s", train_wall))
