@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SMOKE, add_smoke, command, load, machine, read_log, run_dir, smoke, write_result  # noqa: E402
-from t2i_common import add_run_args, prompts, settings_from, train_command, train_or_load  # noqa: E402
+from t2i_common import add_run_args, agreement, prompts, settings_from, train_command, train_or_load  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -73,17 +73,6 @@ def load_sr(path):
     return sr.eval()
 
 
-def agreement28(x, lev, templates, cuts):
-    """{attribute: fraction of the captions naming it whose level the 28x28 images show}."""
-    got = cap.levels(cap.measure(x), cuts)                                 # (n, 4)
-    out = {}
-    for a_k, a in enumerate(cap.ATTRIBUTES):
-        rows = np.array(["{" + a + "}" in cap.TEMPLATES[t] for t in templates])
-        if rows.any():
-            out[a] = float(np.mean(got[rows, a_k] == lev[rows, a_k]))
-    return out
-
-
 def scores(x, z, ev, other):
     """FID / KID at 28x28, the digit (of the input, and of the other caption), attribute
     agreement with the caption, and how faithful the output is to its input."""
@@ -93,7 +82,7 @@ def scores(x, z, ev, other):
     return {"fid_mnist": frechet_distance(*gaussian_stats(feats), *ev["ref"]), "kid_mnist": k, "kid_mnist_se": k_se,
             "cond_accuracy": cond_accuracy(x, ev["labels"]),
             "cond_accuracy_other_caption": cond_accuracy(x, ev["labels"][other]),
-            "attribute_agreement": agreement28(x, ev["lev"], ev["templates"], ev["cuts"]),
+            "attribute_agreement": agreement(x, ev["lev"], ev["templates"], ev["cuts"], upscale=False),
             "pooled_mse_to_input": float(np.mean((pooled - z) ** 2)), "n": int(len(x))}
 
 

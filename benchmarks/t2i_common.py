@@ -48,9 +48,10 @@ def prompts(ds, n):
     return ds.captions.ids[np.arange(n), k], k
 
 
-def agreement(images, lev_named, templates, cuts):
-    """{attribute: fraction of the captions naming it whose level the images show}."""
-    got = cap.levels(cap.measure(up2(images)), cuts)                      # (n, 4)
+def agreement(images, lev_named, templates, cuts, upscale=True):
+    """{attribute: fraction of the captions naming it whose level the images show}; 14x14
+    images are measured upsampled 2x (``upscale``), 28x28 ones as they are."""
+    got = cap.levels(cap.measure(up2(images) if upscale else images), cuts)   # (n, 4)
     out = {}
     for a_k, a in enumerate(cap.ATTRIBUTES):
         rows = np.array([a_k in named(cap.TEMPLATES[t]) for t in templates])

@@ -110,17 +110,21 @@ def same_digit_other(labels, seed):
     return other
 
 
-def train_prior_alone(model, train_ds, z_all, *, steps, lr, batch_size, seed, ema=0.999, label="prior"):
+def train_prior_alone(model, train_ds, z_all, *, steps, lr, batch_size, seed, cosine=True, ema=0.999,
+                      label="prior"):
     """The prior of ``model`` trained alone (the decoder is not needed for its cosine):
-    ``steps`` Adam steps on (image embedding, caption) pairs at ``lr``, halved to zero by a
-    cosine, batches of ``batch_size`` training images with a fresh caption each, the image
-    embeddings ``z_all`` (N_train, D) computed once; an EMA of the prior's weights at the end.
-    Returns the loss over tenths of the run and the time taken."""
+    ``steps`` Adam steps on (image embedding, caption) pairs at ``lr`` (decayed to zero by a
+    cosine after 200 warm-up steps when ``cosine``, else constant), batches of ``batch_size``
+    training images with a fresh caption each, the image embeddings ``z_all`` (N_train, D)
+    computed once; the EMA of the prior's weights at the end when ``ema``. Returns the loss at
+    each tenth of the run (the mean over that tenth with the cosine run, the last batch's
+    without, as the autoregressive prior's committed curve reads) and the time taken."""
     from refgen import optim
     model.train()
     opt = optim.Adam(list(model.prior.parameters()), lr=lr)
-    sched = optim.LRScheduler(opt, lambda k: optim.cosine_schedule(k, steps, warmup=min(200, steps // 10)))
-    avg = optim.EMA(model.prior, decay=ema)
+    sched = optim.LRScheduler(opt, lambda k: optim.cosine_schedule(k, steps, warmup=min(200, steps // 10))) \
+        if cosine else None
+    avg = optim.EMA(model.prior, decay=ema) if ema else None
     rng, noise = np.random.default_rng(seed), backend.default_rng(seed)
     t0, curve, window = time.perf_counter(), [], []
     for k in range(steps):
@@ -130,18 +134,23 @@ def train_prior_alone(model, train_ds, z_all, *, steps, lr, batch_size, seed, em
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
-        avg.update()
+        if sched is not None:
+            sched.step()
+        if avg is not None:
+            avg.update()
         window.append(float(loss.item()))
         if (k + 1) % max(1, steps // 10) == 0:
-            curve.append((k + 1, round(float(np.mean(window)), 4)))
+            curve.append((k + 1, round(float(np.mean(window)), 4) if cosine else round(window[-1], 3)))
             window = []
             print(label, curve[-1], f"{time.perf_counter() - t0:.0f}s", flush=True)
-    avg.copy_to(model.prior)
+    if avg is not None:
+        avg.copy_to(model.prior)
     model.eval()
-    return {"steps": steps, "lr": lr, "schedule": "cosine to 0", "batch_size": batch_size, "ema": ema,
-            "train_wall_s": round(time.perf_counter() - t0, 1),
-            "loss_curve": curve, "loss_curve_is": "the mean training loss over each tenth"}
+    out = {"steps": steps, "lr": lr, "train_wall_s": round(time.perf_counter() - t0, 1), "loss_curve": curve}
+    if cosine:
+        out.update(schedule="cosine to 0", batch_size=batch_size, ema=ema,
+                   loss_curve_is="the mean training loss over each tenth")
+    return out
 
 
 def train_embeddings(model, train_ds):
@@ -158,7 +167,8 @@ def ar_prior(args, clip, settings, train_ds, z_all, ids, z_true):
     model = create("unclip", data_shape=train_ds.shape, seed=args.seed, clip=clip, prior_kind="ar",
                    **settings)
     out = train_prior_alone(model, train_ds, z_all, steps=smoke(args.ar_prior_steps, 3), lr=args.ar_prior_lr,
-                            batch_size=smoke(args.batch_size, 8), seed=args.seed, label="ar prior")
+                            batch_size=smoke(args.batch_size, 8), seed=args.seed, cosine=False, ema=None,
+                            label="ar prior")
     out.update({"bins": model.bins, "range": model.range, "loss": "nats per embedding (64 codes)"})
     out.update(prior_cosines(model, args, ids, z_true))
     return out
