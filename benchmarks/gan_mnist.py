@@ -121,11 +121,9 @@ def sampling_variants(out, n, batch_size, seed=0):
     trained under; batches of ``batch_size``, the training batch). {row: fid_mnist}."""
     from refgen.metrics import fid_mnist
     rows = {}
-    for use_ema in (False, True):
+    has_ema = any(k.startswith("ema/") for k in io.load_checkpoint(out / "checkpoint.npz")[0])
+    for use_ema in (False, True) if has_ema else (False,):
         model, _ = load_run(out, use_ema=use_ema)
-        has_ema = any(k.startswith("ema/") for k in io.load_checkpoint(out / "checkpoint.npz")[0])
-        if use_ema and not has_ema:
-            continue
         for stats in ("running", "batch"):
             model.train() if stats == "batch" else model.eval()
             rng = backend.default_rng(seed)
