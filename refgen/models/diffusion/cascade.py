@@ -31,7 +31,8 @@ from refgen.models.diffusion.losses import vlb
 from refgen.models.diffusion.process import interpret, q_sample
 from refgen.models.diffusion.sampling import sample_loop
 
-__all__ = ["CascadeSR", "downsample", "upsample", "noise_augment", "sample_cascade"]
+__all__ = ["CascadeSR", "LowResConditioned", "downsample", "upsample", "noise_augment",
+           "sample_cascade"]
 
 
 def downsample(x, factor: int):
@@ -51,8 +52,51 @@ def noise_augment(sch, z, s, eps):
     return q_sample(sch, z, s, eps)                                       # (3)
 
 
+class LowResConditioned:
+    """What every super-resolution stage shares (cascade-sr, glide-upsampler): the image shape
+    check, factor, aug_max and the low-resolution shape, the condition the evaluation samples
+    with, and the low-resolution images read and augmented. ``check_shape`` before the model's
+    own __init__, ``_init_low_res`` after it (it reads self.T)."""
+
+    @classmethod
+    def check_shape(cls, data_shape, factor):
+        shape = tuple(int(d) for d in data_shape)
+        if len(shape) != 3 or shape[-1] % int(factor) or shape[-2] % int(factor):
+            raise ValueError(f"{cls.registry_name} takes images (C, H, W) with H and W divisible "
+                             f"by factor={factor}; got {shape}")
+        return shape
+
+    def _init_low_res(self, factor, aug_max):
+        self.factor = int(factor)
+        self.aug_max = self.T // 4 if aug_max is None else int(aug_max)
+        if not 0 <= self.aug_max <= self.T:
+            raise ValueError(f"aug_max must be in 0..T={self.T}, got {aug_max}")
+        c, h, w = self.data_shape
+        self.low_shape = (c, h // self.factor, w // self.factor)
+
+    def eval_cond(self, x):
+        """The conditioning the evaluation samples with: the test images' low-res versions."""
+        return downsample(xp.asarray(x), self.factor)
+
+    def _low(self, cond, n: int):
+        """cond, checked to be n low-resolution images, as an xp array of the model's dtype."""
+        z = xp.asarray(cond.data if isinstance(cond, Tensor) else cond)
+        if z.shape != (n,) + self.low_shape:
+            raise ValueError(f"{self.registry_name} needs cond = the low-resolution images, shape "
+                             f"({n}, {', '.join(map(str, self.low_shape))}); got {tuple(z.shape)}")
+        return z.astype(self.dtype)
+
+    def _check_level(self, aug_level):
+        if not 0 <= int(aug_level) <= self.T:
+            raise ValueError(f"aug_level must be in 0..T={self.T}, got {aug_level}")
+
+    def _augmented(self, z, s, rng):
+        """z_s ~ q(z_s | z) at the levels s (B,), the noise drawn from rng: eq. (3)."""
+        return noise_augment(self.schedule, z, s, rng.standard_normal(z.shape, dtype=z.dtype))
+
+
 @register("cascade-sr")
-class CascadeSR(DDPM):
+class CascadeSR(LowResConditioned, DDPM):
     """The super-resolution stage of a cascade: a DDPM on (C, H, W) images conditioned on their
     (C, H / factor, W / factor) low-resolution version. Takes every ddpm option (arch, T,
     schedule, ...) except class conditioning, plus factor and aug_max (the largest
@@ -65,18 +109,11 @@ class CascadeSR(DDPM):
     def __init__(self, data_shape, *, seed=0, factor: int = 2, aug_max: int | None = None,
                  process: ProcessConfig = ProcessConfig(), network: NetworkConfig = NetworkConfig(),
                  sampling: SamplingConfig = SamplingConfig(), **options):
-        shape = tuple(int(d) for d in data_shape)
-        if len(shape) != 3 or shape[-1] % int(factor) or shape[-2] % int(factor):
-            raise ValueError(f"cascade-sr takes images (C, H, W) with H and W divisible by "
-                             f"factor={factor}; got {shape}")
+        shape = self.check_shape(data_shape, factor)
         options["class_cond"] = False
         super().__init__(shape, seed=seed, process=process, network=network, sampling=sampling,
                          **options)
-        self.factor = int(factor)
-        self.aug_max = self.T // 4 if aug_max is None else int(aug_max)
-        if not 0 <= self.aug_max <= self.T:
-            raise ValueError(f"aug_max must be in 0..T={self.T}, got {aug_max}")
-        self.low_shape = (shape[0], shape[1] // self.factor, shape[2] // self.factor)
+        self._init_low_res(factor, aug_max)
 
     def _unet(self, c_in, c_out, net, rng, **extra):
         # input: [x_t, up(z_s)] on the channel axis; the level s as a second embedding
@@ -86,13 +123,6 @@ class CascadeSR(DDPM):
         """eps_theta([x_t, up(z_s)], t, s): (B, C, H, W) x 2 -> (B, C_out, H, W)."""
         return self.net(F.cat([as_tensor(xt), as_tensor(z_up)], dim=1), t_net, None, rng=rng, aug=s)
 
-    def _low(self, cond, n):
-        z = xp.asarray(cond.data if isinstance(cond, Tensor) else cond)
-        if z.shape != (n,) + self.low_shape:
-            raise ValueError(f"cascade-sr needs cond = the low-resolution images, shape "
-                             f"({n}, {', '.join(map(str, self.low_shape))}); got {tuple(z.shape)}")
-        return z
-
     # ------------------------------------------------------------------------- training
     def loss(self, batch, rng):
         """L_simple (19) (or L_hybrid) of p_theta(x | z_s), z_s the augmented low-res image;
@@ -101,16 +131,12 @@ class CascadeSR(DDPM):
         b, sch = x0.shape[0], self.schedule
         z = downsample(x0.data, self.factor)                              # (B, C, h, w)
         s = rng.integers(0, self.aug_max + 1, size=b)                     # s ~ U{0, ..., aug_max}
-        z_s = noise_augment(sch, z, s, rng.standard_normal(z.shape, dtype=z.dtype))  # (3)
+        z_s = self._augmented(z, s, rng)                                  # (3)
         t = rng.integers(1, self.T + 1, size=b)                           # t ~ U{1, ..., T}
         eps = Tensor(rng.standard_normal(x0.shape, dtype=x0.dtype))       # eps ~ N(0, I)
         xt = q_sample(sch, x0, t, eps)                                    # (3)
         out = self._sr_net(xt, sch.net_t[t], upsample(z_s, self.factor), s, rng)
         return self._objective(x0, t, eps, out)                           # (19)
-
-    def eval_cond(self, x):
-        """The conditioning the evaluation samples with: the test images' low-res versions."""
-        return downsample(xp.asarray(x), self.factor)
 
     # ------------------------------------------------------------------------- sampling
     def sample(self, n, cond=None, *, rng, steps=None, sampler=None, eta=None,
@@ -121,12 +147,11 @@ class CascadeSR(DDPM):
         if cond is None:
             raise ValueError("cascade-sr samples a high-resolution image for each low-resolution "
                              "one: pass cond (n, C, h, w) (sample_cascade draws them from a base ddpm)")
-        if not 0 <= int(aug_level) <= self.T:
-            raise ValueError(f"aug_level must be in 0..T={self.T}, got {aug_level}")
-        z = self._low(cond, n).astype(self.dtype)
+        self._check_level(aug_level)
+        z = self._low(cond, n)
         s = xp.full((n,), int(aug_level), dtype=xp.int64)
         if aug_level > 0 and corrupt:
-            z = noise_augment(self.schedule, z, s, rng.standard_normal(z.shape, dtype=z.dtype))  # (3)
+            z = self._augmented(z, s, rng)                                # (3)
         z_up = upsample(z, self.factor)                                   # (n, C, H, W)
         sch = self.schedule.strided(self.sample_steps if steps is None else steps)
 

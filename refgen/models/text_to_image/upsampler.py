@@ -23,10 +23,10 @@ import dataclasses
 from typing import NamedTuple
 
 import refgen.functional as F
-from refgen.autograd import Tensor, as_tensor
+from refgen.autograd import as_tensor
 from refgen.backend import xp
 from refgen.models import register
-from refgen.models.diffusion.cascade import downsample, noise_augment, upsample
+from refgen.models.diffusion.cascade import LowResConditioned, downsample, upsample
 from refgen.models.text_to_image.glide import GLIDE
 from refgen.models.text_to_image.text_diffusion import SAMPLING, TextDiffusion, caption_batch, drop_captions
 
@@ -45,7 +45,7 @@ class Upsampling(NamedTuple):
 
 
 @register("glide-upsampler")
-class GlideUpsampler(GLIDE):
+class GlideUpsampler(LowResConditioned, GLIDE):
     """p(x | z, c): GLIDE conditioned on a caption and on x's low-resolution version (see the
     module docstring). Takes GLIDE's options plus factor (2) and aug_max (the largest
     augmentation level, default T // 4; 0 trains without augmentation)."""
@@ -54,16 +54,8 @@ class GlideUpsampler(GLIDE):
 
     def __init__(self, data_shape=(1, 28, 28), *, factor: int = 2, aug_max: int | None = None,
                  sampling=UPSAMPLER_SAMPLING, **options):
-        shape = tuple(int(d) for d in data_shape)
-        if len(shape) != 3 or shape[-1] % int(factor) or shape[-2] % int(factor):
-            raise ValueError(f"glide-upsampler takes images (C, H, W) with H and W divisible by "
-                             f"factor={factor}; got {shape}")
-        super().__init__(shape, sampling=sampling, **options)
-        self.factor = int(factor)
-        self.aug_max = self.T // 4 if aug_max is None else int(aug_max)
-        if not 0 <= self.aug_max <= self.T:
-            raise ValueError(f"aug_max must be in 0..T={self.T}, got {aug_max}")
-        self.low_shape = (shape[0], shape[1] // self.factor, shape[2] // self.factor)
+        super().__init__(self.check_shape(data_shape, factor), sampling=sampling, **options)
+        self._init_low_res(factor, aug_max)
 
     def _build_unet(self, context_dim, pooled_dim, rng):
         # input [x_t, up(z_s)] on the channel axis; the level s as a second time embedding
@@ -91,17 +83,6 @@ class GlideUpsampler(GLIDE):
         return self.unet(F.cat([as_tensor(xt), as_tensor(cond.low)], dim=1), t_net, pooled, rng,
                          context=tokens, context_mask=mask, aug=cond.s)
 
-    def eval_cond(self, x):
-        """The conditioning the evaluation samples with: the test images' low-res versions."""
-        return downsample(xp.asarray(x), self.factor)
-
-    def _low(self, z, n: int):
-        z = xp.asarray(z.data if isinstance(z, Tensor) else z)
-        if z.shape != (n,) + self.low_shape:
-            raise ValueError(f"glide-upsampler needs cond = the low-resolution images, shape "
-                             f"({n}, {', '.join(map(str, self.low_shape))}); got {tuple(z.shape)}")
-        return z.astype(self.dtype)
-
     # ------------------------------------------------------------------------- training
     def loss(self, batch, rng):
         """L_simple (19) of p(x | z_s, c), z_s the augmented low-res image, c the caption."""
@@ -110,7 +91,7 @@ class GlideUpsampler(GLIDE):
         b = x0.shape[0]
         z = downsample(x0.data, self.factor)                              # (B, C, h, w)
         s = rng.integers(0, self.aug_max + 1, size=b)                     # s ~ U{0, ..., aug_max}
-        z_s = noise_augment(self.schedule, z, s, rng.standard_normal(z.shape, dtype=z.dtype))  # (3)
+        z_s = self._augmented(z, s, rng)                                  # (3)
         return self.diffusion_loss(x0, Upsampling(ids, upsample(z_s, self.factor), s), rng)   # (19)
 
     # ------------------------------------------------------------------------- sampling
@@ -123,12 +104,11 @@ class GlideUpsampler(GLIDE):
         if cond is None:
             raise ValueError("glide-upsampler draws a high-resolution image for each low-resolution "
                              f"one: pass cond (n, {', '.join(map(str, self.low_shape))})")
-        if not 0 <= int(aug_level) <= self.T:
-            raise ValueError(f"aug_level must be in 0..T={self.T}, got {aug_level}")
+        self._check_level(aug_level)
         z = self._low(cond, n)
         s = xp.full((n,), int(aug_level), dtype=xp.int64)
         if aug_level > 0:
-            z = noise_augment(self.schedule, z, s, rng.standard_normal(z.shape, dtype=z.dtype))  # (3)
+            z = self._augmented(z, s, rng)                                # (3)
         ids = self.null(n) if caption is None else caption_batch(caption, n, self.tok)
         w = 0.0 if caption is None else guidance
         return TextDiffusion.sample(self, n, Upsampling(ids, upsample(z, self.factor), s), rng=rng,
