@@ -90,15 +90,18 @@ def train_model(name, args, train_ds, settings, ema, extra_cfg=None):
     """Train model ``name`` with refgen.train into --out (resumable, chunked) and return it
     loaded as its samples use it (EMA weights when there are any), with its config."""
     st = dict(models.get(name).default_train)
-    if args.batch_size:
-        st["batch_size"] = args.batch_size
+    for key in ("batch_size", "lr", "warmup"):   # the command line over the model's recipe
+        if getattr(args, key, None) is not None:
+            st[key] = getattr(args, key)
     ema = st.get("ema") if ema == "default" else ema
+    if getattr(args, "ema", None) is not None:
+        ema = args.ema or None                     # --ema 0: none
     steps = args.steps or (10 ** 6 if args.budget_min else st["steps"])  # a budget: until it ends
     out = run_dir(f"score_mnist_{name}", args.out)
     cfg = {"model": name, "data": args.data, "model_kwargs": settings, "num_classes": None,
            "vocab_size": None, "data_facts": data_facts(train_ds), "backend": backend.name(),
            "train": dict(steps=steps, batch_size=st["batch_size"], lr=st["lr"], seed=SEED,
-                         ema=ema, warmup=st.get("warmup", 0)),
+                         ema=ema, warmup=st.get("warmup", 0), grad_clip=args.grad_clip),
            "command": command(), **(extra_cfg or {})}
     model = models.create(name, data_shape=train_ds.shape, seed=SEED, **settings)
     t = time.perf_counter()
@@ -106,6 +109,7 @@ def train_model(name, args, train_ds, settings, ema, extra_cfg=None):
     done = train_in_chunks(model, train_ds, out, steps=steps, budget_min=args.budget_min,
                            chunk=min(args.chunk, steps), batch_size=st["batch_size"], lr=st["lr"],
                            seed=SEED, ema_decay=ema, warmup=st.get("warmup", 0),
+                           grad_clip=args.grad_clip,
                            log_every=max(1, min(args.chunk, steps) // 4), config=cfg)
     model, cfg = load_run(out)
     return model, cfg, {"run": str(out), "steps": done, "train_wall_s": round(time.perf_counter() - t, 1)}
@@ -348,6 +352,11 @@ def parse(argv=None):
     ap.add_argument("--budget-min", type=float, default=0, help="stop training after this many minutes")
     ap.add_argument("--chunk", type=int, default=500, help="training steps between checkpoints")
     ap.add_argument("--batch-size", type=int, help="training batch (default: the model's)")
+    ap.add_argument("--lr", type=float, help="training learning rate (default: the model's)")
+    ap.add_argument("--warmup", type=int, help="steps of learning-rate warmup (default: the model's)")
+    ap.add_argument("--ema", type=float, help="EMA decay of the weights (default: the model's; "
+                    "ncsn v1: none; 0: none)")
+    ap.add_argument("--grad-clip", type=float, default=None, help="clip the gradient's norm")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option (network size, ...)")
     ap.add_argument("--n", type=int, help="samples per FID / KID (ncsn: 10,000; nfe: 2,000)")
     ap.add_argument("--batch", type=int, default=500, help="samples per sampling batch")
