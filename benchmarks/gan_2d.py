@@ -104,6 +104,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     ap.add_argument("--hidden", default=None, help="e.g. 128,128 (default %s)" % NETS["hidden"])
+    ap.add_argument("--g-norm", default=None, choices=["batch", "none"],
+                    help="the generator's normalisation (default %s, as PacGAN's)" % NETS["g_norm"])
     ap.add_argument("--smoke", action="store_true", help="one 30-step run per model, no files")
     ap.add_argument("--out", default=str(RESULTS / "gan_2d.json"))
     ap.add_argument("--pngs", default=str(RESULTS / "gan_2d"),
@@ -115,6 +117,8 @@ def main(argv=None):
             ap.error(f"unknown model {n!r}; accepted: {', '.join(MODELS)}")
     if args.hidden:
         NETS["hidden"] = [int(h) for h in args.hidden.split(",")]
+    if args.g_norm:
+        NETS["g_norm"] = args.g_norm
     if args.smoke:
         args.seeds, args.steps, args.batch_size = 1, 30, 32
     t_all = time.perf_counter()
