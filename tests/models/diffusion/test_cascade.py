@@ -45,10 +45,24 @@ def test_registered_and_built_as_a_conditioned_unet():
     assert isinstance(m, CascadeSR) and m.low_shape == (1, 4, 4)
     assert m.net.conv_in.weight.shape[1] == 2                          # [x_t, up(z)]
     assert m.net.aug_embed is not None and m.num_classes is None
-    with pytest.raises(ValueError, match="divisible"):
-        CascadeSR((1, 7, 7), **TINY)
+    for shape in ((1, 7, 7), (1, 7, 8), (1, 8, 7)):                    # height or width
+        with pytest.raises(ValueError, match="divisible"):
+            CascadeSR(shape, **TINY)
     with pytest.raises(ValueError, match="aug_max"):
         CascadeSR((1, 8, 8), aug_max=41, **TINY)
+
+
+def test_default_augmentation_ceiling_is_a_quarter_of_the_chain():
+    """aug_max defaults to T // 4 (the docstring's default), for both super-resolution
+    stages; the training levels stay in 0..aug_max."""
+    m = CascadeSR((1, 8, 8), **TINY)
+    assert m.aug_max == m.T // 4 == 10
+    calls = _spy(m)
+    m.loss(Batch(Tensor(_images(64)), None), default_rng(3))
+    assert calls[0][1].max() <= 10 and calls[0][1].max() >= 8          # 64 draws of U{0..10}
+    up = create("glide-upsampler", data_shape=(1, 8, 8), T=20, channels=8, text_width=16,
+                text_layers=1, text_heads=2, heads=2)
+    assert up.aug_max == 5
 
 
 def test_augmentation_at_level_zero_is_the_identity_bit_for_bit():
