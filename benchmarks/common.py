@@ -357,3 +357,73 @@ class NFECounter:
 
     def per_sample(self, n: int) -> float:
         return self.rows / max(1, int(n))
+
+
+_POOL = {}   # what the forked workers of PoolDraw read: fn and the network to count
+
+
+def _pool_batch(job):
+    """One batch of PoolDraw in a worker: (rows (size, ...) host array, network rows seen)."""
+    from refgen import backend
+    from refgen.autograd import no_grad
+    j, size, seed = job
+    fn, net = _POOL["fn"], _POOL["net"]
+    rng = backend.default_rng([seed, j])
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(no_grad())
+        c = stack.enter_context(NFECounter(net)) if net is not None else None
+        x = backend.to_numpy(fn(size, rng))
+    return x, (c.rows if c is not None else 0)
+
+
+class PoolDraw(Draw):
+    """Draw that spreads a sampler over ``workers`` forked processes (NumPy backend only).
+
+    evaluate asks for its samples batch by batch; the first call draws all ``n`` at once,
+    ``batch`` rows at a time, batch j from its own generator default_rng([seed, j]), the
+    batches spread over the workers, and each call hands out the next rows. The samples
+    depend on (seed, batch, n) and not on the number of workers; they are not the draws of
+    the serial Draw (whose batches share evaluate's generator). ``rows`` sums the network
+    rows the workers' forwards saw (``net``: the network to count; NFECounter cannot see
+    into other processes). ``wall_s`` is the wall time of the parallel draw; ``progress``, a
+    label, prints a line as each batch arrives."""
+
+    def __init__(self, fn, n, batch, workers, seed, net=None, progress=None):
+        super().__init__(fn)
+        from refgen import backend
+        if backend.name() != "numpy":
+            raise SystemExit("--workers > 1 forks CPU processes: it needs REFGEN_BACKEND=numpy")
+        self.n, self.batch, self.workers, self.seed, self.net = int(n), int(batch), int(workers), seed, net
+        self.rows, self._x, self._at, self.progress = 0, None, 0, progress
+
+    def _draw_all(self):
+        import multiprocessing as mp
+
+        import numpy as np
+        sizes = [min(self.batch, self.n - i) for i in range(0, self.n, self.batch)]
+        _POOL.update(fn=self.fn, net=self.net)
+        t = time.perf_counter()
+        try:
+            with mp.get_context("fork").Pool(self.workers) as pool:
+                parts = []
+                for part in pool.imap(_pool_batch, [(j, s, self.seed) for j, s in enumerate(sizes)]):
+                    parts.append(part)
+                    if self.progress:
+                        print(f"{self.progress}: {len(parts)}/{len(sizes)} batches drawn by "
+                              f"{self.workers} workers, {time.perf_counter() - t:.0f}s", flush=True)
+        finally:
+            _POOL.clear()
+        self.wall_s += time.perf_counter() - t
+        self._x = np.concatenate([x for x, _ in parts])
+        self.rows += sum(r for _, r in parts)
+
+    def sample(self, n, cond=None, *, rng):
+        from refgen import backend
+        if self._x is None:
+            self._draw_all()
+        if self._at + n > len(self._x):
+            raise ValueError(f"PoolDraw drew {len(self._x)} samples; asked for rows "
+                             f"{self._at}..{self._at + n}")
+        out = self._x[self._at:self._at + n]
+        self._at += n
+        return backend.asarray(out)

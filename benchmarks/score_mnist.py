@@ -57,8 +57,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, Draw, NFECounter, add_smoke, command, load, machine,  # noqa: E402
-                    rel, run_dir, train_in_chunks, write_result)
+from common import (RESULTS, SMOKE, Draw, NFECounter, PoolDraw, add_smoke, command, load,  # noqa: E402
+                    machine, rel, run_dir, train_in_chunks, write_result)
 
 import numpy as np  # noqa: E402
 
@@ -157,14 +157,18 @@ def progress(label):
     return report
 
 
-def sample_scores(fn, net, test_ds, n, batch, label):
-    """The sample metrics of n draws of fn(n, rng) (evaluate's generator and seed), the
+def sample_scores(fn, net, test_ds, n, batch, label, workers=1):
+    """The sample metrics of n draws of fn(n, rng) (evaluate's generator and seed; with
+    ``workers`` > 1, per-batch generators in forked processes, common.PoolDraw), the
     sampling and total wall seconds, and the network evaluations per sample (rows through
     ``net``'s forward)."""
-    draw, t = Draw(fn), time.perf_counter()
+    t = time.perf_counter()
+    draw = Draw(fn) if workers <= 1 else PoolDraw(fn, n, batch, workers, SEED + 11, net=net,
+                                                             progress=label)
     with NFECounter(net) as c:
         m = evaluate(draw, test_ds, n_samples=n, sample_batch=batch, progress=progress(label))
-    return dict({k: m[k] for k in METRICS if k in m}, nfe=round(c.per_sample(n), 2),
+    rows = c.rows + getattr(draw, "rows", 0)
+    return dict({k: m[k] for k in METRICS if k in m}, nfe=round(rows / n, 2),
                 sample_wall_s=round(draw.wall_s, 1), wall_s=round(time.perf_counter() - t, 1),
                 ms_per_sample=round(1000 * draw.wall_s / n, 3))
 
@@ -233,7 +237,8 @@ def part_ncsn(args, res, train_ds, test_ds):
     path = RESULTS / f"{res['tag']}.png"
     res["grid"] = {"png": rel(path), "wall_s": grid(fn, path)}
     yield
-    res["samples"] = sample_scores(fn, model.net, test_ds, args.n, args.batch, f"ncsn {args.config}")
+    res["samples"] = sample_scores(fn, model.net, test_ds, args.n, args.batch, f"ncsn {args.config}",
+                                   args.workers)
     say(f"ncsn {args.config}: {json.dumps(res['samples'])}")
     yield
 
@@ -360,6 +365,9 @@ def parse(argv=None):
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option (network size, ...)")
     ap.add_argument("--n", type=int, help="samples per FID / KID (ncsn: 10,000; nfe: 2,000)")
     ap.add_argument("--batch", type=int, default=500, help="samples per sampling batch")
+    ap.add_argument("--workers", type=int, default=1, help="ncsn: processes drawing the FID "
+                    "samples at once (NumPy; per-batch generators, so the samples differ from "
+                    "--workers 1's)")
     ap.add_argument("--langevin-T", type=int, help="ncsn: Langevin steps per level T (default: the "
                     "model's, 100); v2's step eps follows T by technique 4")
     ap.add_argument("--bpd-n", type=int, default=10000, help="test images of the bits/dim")

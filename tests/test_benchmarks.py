@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,7 @@ SMOKE_RUNS = [
     ("pixel_sampling_speed.py", [], True),
     ("sampling_speed.py", [], False),
     ("score_mnist.py", [], True),
+    ("score_mnist.py", ["--part", "ncsn", "--config", "v1", "--workers", "2"], True),
     ("speed.py", [], False),
     ("t2i_table_mnist.py", [], True),
     ("train_mnist_classifier.py", [], True),
@@ -101,6 +103,7 @@ def _common():
     import importlib.util
     spec = importlib.util.spec_from_file_location("benchmarks_common", BENCH / "common.py")
     common = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = common    # importable by name: PoolDraw's workers unpickle its functions
     spec.loader.exec_module(common)
     return common
 
@@ -162,3 +165,29 @@ def test_nfe_counter_counts_network_evaluations_per_sample():
     assert "forward" not in m.net.__dict__
     m.sample(5, rng=backend.default_rng(0), denoise=False)
     assert c.rows == 65
+
+
+@pytest.mark.skipif(os.environ.get("REFGEN_BACKEND", "numpy") != "numpy",
+                    reason="PoolDraw forks CPU processes")
+def test_pool_draw_is_the_serial_per_batch_draw_for_any_number_of_workers():
+    """benchmarks/common.py::PoolDraw: batch j drawn from default_rng([seed, j]) whatever the
+    number of workers, handed out in order; the workers' network rows counted; no more rows
+    than drawn."""
+    from refgen import backend, models
+    from refgen.autograd import no_grad
+    PoolDraw = _common().PoolDraw
+    m = models.create("ncsn", data_shape=(2,), seed=0, sigma_max=1.5, num_levels=3, T=4, hidden=8,
+                      depth=1)
+
+    def fn(n, rng):
+        return m.sample(n, rng=rng)
+    with no_grad():
+        want = np.concatenate([backend.to_numpy(fn(k, backend.default_rng([5, j])))
+                               for j, k in enumerate((3, 3, 1))])
+    for workers in (1, 2):
+        d = PoolDraw(fn, 7, 3, workers, 5, net=m.net)
+        got = np.concatenate([backend.to_numpy(d.sample(k, rng=None)) for k in (3, 3, 1)])
+        np.testing.assert_array_equal(got, want)
+        assert d.rows == 7 * (3 * 4 + 1)
+        with pytest.raises(ValueError, match="drew 7"):
+            d.sample(1, rng=None)
