@@ -32,6 +32,8 @@ Parts (benchmarks/results/score_mnist_<part>[_<config>][_T<T>][_14].json each, _
         evaluations per sample. v2: the model's defaults (sigma_1 from the data, levels and
         eps by techniques 2 and 4, EMA 0.995): on 28x28 MNIST sigma_1 ~ 29, gamma = 1.082,
         L = 103 levels, so T = 100 costs 10,301 evaluations per sample; ``--langevin-T 5`` (NCSNv2's T) 516.
+        ``--workers K`` draws the ``--n`` samples in K forked processes (NumPy backend;
+        batch j from its own generator, common.PoolDraw), K times faster on K free cores.
   vp    train ``sde-vp`` the same way, then bits/dim of the first ``--bpd-n`` test images by
         the model's log_prob: uniform dequantisation, the PF-ODE integrated by RK45
         (rtol = atol = ``--tol``) with the Skilling-Hutchinson divergence; mean and standard
