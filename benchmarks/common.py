@@ -392,7 +392,7 @@ class PoolDraw(Draw):
         super().__init__(fn)
         from refgen import backend
         if backend.name() != "numpy":
-            raise SystemExit("--workers > 1 forks CPU processes: it needs REFGEN_BACKEND=numpy")
+            raise ValueError("PoolDraw forks CPU processes: it needs the NumPy backend")
         self.n, self.batch, self.workers, self.seed, self.net = int(n), int(batch), int(workers), seed, net
         self.rows, self._x, self._at, self.progress = 0, None, 0, progress
 

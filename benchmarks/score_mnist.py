@@ -33,7 +33,7 @@ Parts (benchmarks/results/score_mnist_<part>[_<config>][_T<T>][_14].json each, _
         eps by techniques 2 and 4, EMA 0.995): on 28x28 MNIST sigma_1 ~ 29, gamma = 1.082,
         L = 103 levels, so T = 100 costs 10,301 evaluations per sample; ``--langevin-T 5`` (NCSNv2's T) 516.
         ``--workers K`` draws the ``--n`` samples in K forked processes (NumPy backend;
-        batch j from its own generator, common.PoolDraw), K times faster on K free cores.
+        batch j from its own generator, common.PoolDraw): 1.9 times faster on two free cores.
   vp    train ``sde-vp`` the same way, then bits/dim of the first ``--bpd-n`` test images by
         the model's log_prob: uniform dequantisation, the PF-ODE integrated by RK45
         (rtol = atol = ``--tol``) with the Skilling-Hutchinson divergence; mean and standard
@@ -397,6 +397,8 @@ def parse(argv=None):
         args.tol, args.vlb_k = 1e-2, 2
         args.em, args.pc, args.rk4, args.ddpm, args.ddim = [3], [2], [2], [3], [2]
         args.settings = dict(TINY, **args.settings)
+    if args.workers > 1 and backend.name() != "numpy":
+        raise SystemExit("--workers > 1 forks CPU processes: it needs REFGEN_BACKEND=numpy")
     if args.n is None:
         args.n = 10000 if args.part == "ncsn" else 2000
     return args
