@@ -15,7 +15,10 @@ refgen.metrics.evaluate:
     standard error, precision / recall at k = 3, class_kl), and fid_mnist at N = 500 beside
     the diffusion U-Net's FID at 500 (FID is biased upwards at small N: compare equal N);
   - <tag>_samples.png (64 samples) and <tag>_losses.png (moving averages over 5 log lines
-    of the discriminator loss and of the generator loss).
+    of the discriminator loss and of the generator loss);
+  - with ``--truncation T1,T2,...``: the same metrics at N = ``--eval-n`` for z truncated to
+    [-T, T] per component, <tag>_truncation_samples.png (32 samples per T, one noise seed)
+    and <tag>_truncation_pr.png (precision and recall against T).
 Writes benchmarks/results/<tag>.json (tag: gan_mnist, or gan_mnist14 for mnist-14).
 ``--smoke``: 4 steps of a tiny GAN on 64 images, the metrics on 20 samples.
 """
@@ -30,8 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, rel,  # noqa: E402
-                    run_dir, sample_grid, write_result)
+from common import (RESULTS, SMOKE, Draw, add_smoke, command, load, machine, read_log,  # noqa: E402
+                    rel, run_dir, sample_grid, write_result)
 
 import numpy as np  # noqa: E402
 
@@ -65,6 +68,9 @@ def parse(argv=None):
     ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (default: none)")
     ap.add_argument("--variants-n", type=int, default=2000,
                     help="samples per row of the sampling-variants FID table (0: no table)")
+    ap.add_argument("--truncation", type=taus, default=None, metavar="T1,T2,...",
+                    help="also score samples with z truncated to [-T, T] per component (the "
+                         "truncation trick), at each T, at N = --eval-n")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
     args = add_smoke(ap).parse_args(argv)
@@ -73,6 +79,40 @@ def parse(argv=None):
         args.variants_n = min(args.variants_n, 20)
         args.set = (args.set or []) + ["channels=4", "hidden=16", "z_dim=8"]
     return args
+
+
+def taus(text):
+    """'0.5,1,1.5' -> [0.5, 1.0, 1.5]; positive finite numbers only."""
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        vals = []
+    if not vals or not all(0 < v < math.inf for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers, comma-separated")
+    return vals
+
+
+def truncation_sweep(model, test_ds, taus, n, tag):
+    """The sample metrics at N = n of the generator drawn at each truncation tau (z from N(0, I)
+    truncated to [-tau, tau] per component), the untruncated prior's beside them by the
+    caller; a PNG of 32 samples per tau (the same noise seed) and one of precision and recall
+    against tau. {"rows": {tau: metrics}, "pngs": [...]}."""
+    model.eval()                                   # BatchNorm's running statistics, as sample uses
+    rows, panels = {}, []
+    for tau in taus:
+        t = time.perf_counter()
+        draw = Draw(lambda k, rng, tau=tau: model.sample(k, rng=rng, truncation=tau))
+        rows[str(tau)] = dict(evaluate(draw, test_ds, n_samples=n), eval_wall_s=round(time.perf_counter() - t, 1))
+        x = backend.to_numpy(draw.sample(32, rng=backend.default_rng(1234)))
+        panels.append(io.captioned(io.image_grid((np.clip(x, -1, 1) + 1) / 2, nrow=8), f"tau {tau:g}"))
+        print("truncation", tau, json.dumps(rows[str(tau)]), flush=True)
+    grid = RESULTS / f"{tag}_truncation_samples.png"
+    io.write_png(grid, io.concat_images_horizontal(panels))
+    pr = [[rows[str(t)]["precision"] for t in taus], [rows[str(t)]["recall"] for t in taus]]
+    plot = RESULTS / f"{tag}_truncation_pr.png"
+    io.write_png(plot, io.line_plot(taus, pr, xlabel="truncation tau", ylabel="precision, recall",
+                                    series_labels=["precision", "recall"])[0])
+    return {"n": n, "rows": rows, "pngs": [rel(grid), rel(plot)]}
 
 
 def train_in_chunks(model, ds, out, cfg, *, steps, budget_min, chunk, **train_kw):
@@ -206,6 +246,8 @@ def main(argv=None):
         result["fid_by_sampling_variant"] = dict(
             n=args.variants_n, rows=sampling_variants(out, args.variants_n, st["batch_size"], args.seed),
             eval_wall_s=round(time.perf_counter() - t, 1))
+    if args.truncation:
+        result["truncation"] = truncation_sweep(model, test_ds, args.truncation, n, tag)
     result["diffusion_unet_at_500"] = diffusion_at_500(args.data)
     result["fid_real_floor_at_10000"] = FLOOR_10K.get(args.data)
 

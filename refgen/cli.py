@@ -222,18 +222,19 @@ def _check_out_file(path: Path, force: bool, what: str):
     check_writable(path.parent if str(path.parent) else Path("."))
 
 
-def sample_options(model, steps=None, sampler=None) -> dict:
-    """The keywords of ``model.sample`` that ``--steps`` and ``--sampler`` set; a model whose
-    ``sample`` has no such keyword is refused in one line."""
+def sample_options(model, steps=None, sampler=None, truncation=None) -> dict:
+    """The keywords of ``model.sample`` that ``--steps``, ``--sampler`` and ``--truncation``
+    set; a model whose ``sample`` has no such keyword is refused in one line."""
     params = inspect.signature(model.sample).parameters
     any_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     name = getattr(model, "registry_name", type(model).__name__)
     options = {}
-    for flag, key, value in (("--steps", "steps", steps), ("--sampler", "sampler", sampler)):
+    for flag, key, value in (("--steps", "steps", steps), ("--sampler", "sampler", sampler),
+                             ("--truncation", "truncation", truncation)):
         if value is None:
             continue
         if key not in params and not any_kw:
-            takes = [f"--{k}" for k in ("steps", "sampler") if k in params]
+            takes = [f"--{k}" for k in ("steps", "sampler", "truncation") if k in params]
             raise UsageError(f"model {name!r} takes no {flag} when sampling"
                              + (f"; it takes {', '.join(takes)}" if takes else ""))
         options[key] = value
@@ -257,7 +258,7 @@ def cmd_sample(args):
     d = run_dir(args.dir)
     model, cfg = load_run(d)
     facts = cfg["data_facts"]
-    options = sample_options(model, args.steps, args.sampler)
+    options = sample_options(model, args.steps, args.sampler, args.truncation)
     if hasattr(model, "eval_cond"):  # super-resolution: upsample the test images' low-res versions
         test = _load_data(cfg["data"], "test", cfg.get("data_dir"), cfg["train"]["seed"]).x
         options["cond"] = model.eval_cond(backend.asarray(test[np.arange(args.n or 64) % len(test)]))
@@ -411,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling steps, for iterative samplers (diffusion, distilled, MCMC)")
     s.add_argument("--sampler", metavar="NAME", help="which sampler, where a model has several "
                    "(ddpm: ddpm, ddim, euler, heun; pixelcnn, gated-pixelcnn: cached, full)")
+    s.add_argument("--truncation", type=_positive_float, metavar="TAU",
+                   help="GANs: draw each latent component from N(0, 1) truncated to [-TAU, TAU] "
+                        "(the truncation trick: fidelity for variety)")
     s.add_argument("--prompt", metavar="TEXT", help="the caption to draw, for text-to-image models "
                    "(dalle); written above the grid")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line")

@@ -535,6 +535,9 @@ def test_sample_steps_and_sampler_reach_the_models_sampler(run_dir, tmp_path, ca
     line = _one_error_line(capsys, main(["sample", str(run_dir), "--steps", "3", "-q",
                                          "--out", str(tmp_path / "e.png")]))
     assert "'gmm' takes no --steps" in line
+    line = _one_error_line(capsys, main(["sample", str(run_dir), "--truncation", "0.5", "-q",
+                                         "--out", str(tmp_path / "e.png")]))
+    assert "'gmm' takes no --truncation" in line
     assert not (tmp_path / "d.png").exists() and not (tmp_path / "e.png").exists()
 
 

@@ -1,6 +1,7 @@
 """The GAN models through the one training loop: alternation, weight clipping, exact resume,
 packing, the DCGAN shapes, conditioning, and bad options refused before any file is written."""
 import json
+import math
 
 import numpy as np
 from refgen.backend import default_rng
@@ -169,6 +170,48 @@ def test_bad_options_get_one_line_and_no_run_directory(argv, words, tmp_path, ca
     assert not out.exists()
 
 
+def _truncated_normal_cdf(x, tau):
+    """CDF of N(0, 1) restricted to [-tau, tau]."""
+    phi = np.vectorize(lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2))))
+    return (phi(x) - phi(-tau)) / (phi(tau) - phi(-tau))
+
+
+@pytest.mark.parametrize("tau", [0.6, 1.7])
+def test_truncated_noise_is_the_truncated_normal(tau):
+    model = models.create("nsgan", data_shape=(2,), seed=0, hidden=[8], z_dim=5)
+    z = to_numpy(model.noise(8000, default_rng(1), truncation=tau)).astype(np.float64)
+    assert z.shape == (8000, 5) and np.abs(z).max() <= tau
+    # the closed-form variance of the truncated normal: 1 - 2 tau phi(tau) / (2 Phi(tau) - 1);
+    # clipping to [-tau, tau] instead of drawing again would pile mass at +-tau and raise it
+    pdf = math.exp(-tau ** 2 / 2) / math.sqrt(2 * math.pi)
+    var = 1 - 2 * tau * pdf / math.erf(tau / math.sqrt(2))
+    assert abs(z.var() - var) < 4 * var * math.sqrt(2 / z.size), (z.var(), var)
+    # Kolmogorov-Smirnov against its CDF, per component (critical value at alpha = 0.001)
+    for j in range(5):
+        v = np.sort(z[:, j])
+        F = _truncated_normal_cdf(v, tau)
+        n = len(v)
+        d = max((np.arange(1, n + 1) / n - F).max(), (F - np.arange(n) / n).max())
+        assert d < 1.95 / math.sqrt(n), (j, d)
+
+
+def test_truncation_changes_only_the_noise_and_is_refused_unless_positive():
+    model = models.create("nsgan", data_shape=(1, 14, 14), seed=0, z_dim=6, channels=4).eval()
+    plain = to_numpy(model.noise(7, default_rng(3)))
+    np.testing.assert_array_equal(plain, default_rng(3).standard_normal((7, 6), dtype=np.float32))
+    # a bound no draw reaches redraws nothing: the same numbers as the untruncated prior
+    np.testing.assert_array_equal(to_numpy(model.noise(7, default_rng(3), truncation=1e6)), plain)
+    z = model.noise(7, default_rng(3), truncation=0.5)
+    kept = np.abs(plain) <= 0.5                        # components inside the bound stay as drawn
+    np.testing.assert_array_equal(to_numpy(z)[kept], plain[kept])
+    assert not np.array_equal(to_numpy(z), plain)
+    x = to_numpy(model.sample(7, rng=default_rng(3), truncation=0.5))
+    np.testing.assert_array_equal(x, to_numpy(model.G(Tensor(z), None).data))   # G of that z
+    for bad in (0, -1.0, float("nan"), float("inf"), "wide", True):
+        with pytest.raises(ValueError, match="truncation=.*accepted: a positive number"):
+            model.sample(2, rng=default_rng(0), truncation=bad)
+
+
 def test_cli_trains_a_gan_and_writes_its_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "nsgan", "--data", "ring8", "--steps", "20", "--batch-size", "32",
@@ -177,3 +220,6 @@ def test_cli_trains_a_gan_and_writes_its_run(tmp_path, capsys):
     assert {"modes_covered", "hq_fraction", "steps"} <= set(metrics)
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
+    assert main(["sample", str(out), "-n", "300", "--truncation", "0.5", "-q",
+                 "--out", str(tmp_path / "t.png")]) == 0
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
