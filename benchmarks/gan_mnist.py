@@ -59,7 +59,7 @@ def parse(argv=None):
     ap.add_argument("--data", default="mnist", choices=["mnist", "mnist-14"])
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
     ap.add_argument("--steps", type=int, default=1_000_000, help="most loop steps")
-    ap.add_argument("--budget-min", type=float, default=25.0, help="training minutes (0: none)")
+    ap.add_argument("--budget-min", type=float, default=25.0, help="training minutes (0: no training; only evaluate the run in --out)")
     ap.add_argument("--chunk", type=int, default=500, help="steps between checkpoints")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-4)
