@@ -220,6 +220,7 @@ def test_cli_trains_a_gan_and_writes_its_run(tmp_path, capsys):
     assert {"modes_covered", "hq_fraction", "steps"} <= set(metrics)
     assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
-    assert main(["sample", str(out), "-n", "300", "--truncation", "0.5", "-q",
-                 "--out", str(tmp_path / "t.png")]) == 0
-    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    for name, extra in (("t.png", ["--truncation", "0.5"]), ("u.png", [])):
+        assert main(["sample", str(out), "-n", "300", "-q", "--out", str(tmp_path / name)] + extra) == 0
+    t, u = (tmp_path / "t.png").read_bytes(), (tmp_path / "u.png").read_bytes()
+    assert t[:4] == b"\x89PNG" and t != u          # the flag reaches the model: other points
