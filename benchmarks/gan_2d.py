@@ -20,7 +20,10 @@ reverse KL and Jensen-Shannon divergences (fgan-kl, fgan-reverse-kl, fgan-js: mo
 against mode seeking); the same MLPs for all. Results go to
 benchmarks/results/gan_2d.json with the command, the machine and the wall time, and a
 scatter of seed 0's samples per (model, data set) to benchmarks/results/gan_2d_<model>_<data>.png
-(``--pngs`` sets the prefix).
+(``--pngs`` sets the prefix). With ``--drs GAMMA`` the unpacked minimax models (gan, nsgan)
+also score 2,500 samples of the same generator thinned by discriminator rejection sampling
+(refgen.models.gan.drs), with the share of proposals kept, and seed 0's thinned samples in
+<prefix>_<model>_<data>_drs.png.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, command, machine, write_json  # noqa: E402
 
 from refgen import backend, data, io, metrics  # noqa: E402
-from refgen.models.gan import FGAN, NSGAN, GAN, WGANGP  # noqa: E402
+from refgen.models.gan import FGAN, NSGAN, GAN, WGANGP, RejectionSampler  # noqa: E402
 from refgen.train import TrainingDiverged, train  # noqa: E402
 
 N_SAMPLES = 2500          # the published protocol's sample count
@@ -66,7 +69,7 @@ PUBLISHED = {  # Lin et al. 2018 (PacGAN), Table 1, grid25: modes covered (of 25
 }
 
 
-def run_one(name, data_name, seed, steps, batch_size, out_dir, schedule="cosine"):
+def run_one(name, data_name, seed, steps, batch_size, out_dir, schedule="cosine", drs=None):
     cls, kw, lr = MODELS[name]
     ds = data.load(data_name, "train", seed=seed)
     model = cls(data_shape=(2,), seed=seed, **NETS, **kw)
@@ -75,16 +78,26 @@ def run_one(name, data_name, seed, steps, batch_size, out_dir, schedule="cosine"
         train(model, ds, steps=steps, batch_size=batch_size, lr=lr, seed=seed, out_dir=out_dir,
               schedule=schedule, progress=False, samples=False, ckpt_every=steps)
     except TrainingDiverged as e:  # kept as a result of its own: the run has no samples
-        return {"seed": seed, "diverged": str(e), "wall_s": round(time.perf_counter() - t0, 2)}, None
+        return {"seed": seed, "diverged": str(e), "wall_s": round(time.perf_counter() - t0, 2)}, None, None
     wall = time.perf_counter() - t0
     model.eval()
     x = backend.to_numpy(model.sample(N_SAMPLES, rng=backend.default_rng(10_000 + seed))).astype(np.float64)
+    rec, xd = {"seed": seed, **_scores(x, data_name), "wall_s": round(wall, 2)}, None
+    if drs is not None and hasattr(model, "saturating") and model.pack == 1:
+        sampler = RejectionSampler(model, gamma=drs)        # the same G thinned by its D
+        xd = backend.to_numpy(sampler.sample(N_SAMPLES, rng=backend.default_rng(20_000 + seed)))
+        xd = xd.astype(np.float64)
+        rec["drs"] = dict(_scores(xd, data_name), acceptance_rate=round(sampler.acceptance_rate, 4))
+    return rec, x, xd
+
+
+def _scores(x, data_name):
+    """The published protocol's and the strict rule's numbers for samples x (N, 2)."""
     centres, std = data.toy2d.modes(data_name)
     published = metrics.mode_stats(x, centres, std, min_share=0)
     strict = metrics.mode_stats(x, centres, std)
-    return {"seed": seed, "modes_covered": published["modes_covered"],
-            "hq_fraction": published["hq_fraction"],
-            "modes_covered_strict": strict["modes_covered"], "wall_s": round(wall, 2)}, x
+    return {"modes_covered": published["modes_covered"], "hq_fraction": published["hq_fraction"],
+            "modes_covered_strict": strict["modes_covered"]}
 
 
 def _mean_se(v):
@@ -106,6 +119,9 @@ def main(argv=None):
     ap.add_argument("--hidden", default=None, help="e.g. 128,128 (default %s)" % NETS["hidden"])
     ap.add_argument("--g-norm", default=None, choices=["batch", "none"],
                     help="the generator's normalisation (default %s, as PacGAN's)" % NETS["g_norm"])
+    ap.add_argument("--drs", type=float, default=None, metavar="GAMMA",
+                    help="also score 2,500 samples thinned by discriminator rejection sampling "
+                         "at this gamma (0: exact), for the unpacked minimax models")
     ap.add_argument("--smoke", action="store_true", help="one 30-step run per model, no files")
     ap.add_argument("--out", default=str(RESULTS / "gan_2d.json"))
     ap.add_argument("--pngs", default=str(RESULTS / "gan_2d"),
@@ -124,6 +140,7 @@ def main(argv=None):
     t_all = time.perf_counter()
     result = {"command": command(), "protocol": __doc__.split("\n\n")[1].strip(),
               "n_samples": N_SAMPLES, "steps": args.steps, "batch_size": args.batch_size,
+              "drs_gamma": args.drs,
               "schedule": args.schedule,
               "nets": NETS, "published": PUBLISHED, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,8 +148,9 @@ def main(argv=None):
             for name in names:
                 per_seed = []
                 for seed in range(args.seeds):
-                    rec, x = run_one(name, data_name, seed, args.steps, args.batch_size,
-                                     Path(tmp) / f"{name}-{data_name}-{seed}", args.schedule)
+                    rec, x, xd = run_one(name, data_name, seed, args.steps, args.batch_size,
+                                     Path(tmp) / f"{name}-{data_name}-{seed}", args.schedule,
+                                     args.drs)
                     per_seed.append(rec)
                     print(f"{data_name:7s} {name:8s} seed {seed}: {rec}", file=sys.stderr)
                     if seed == 0 and x is not None and not args.smoke:
@@ -140,10 +158,17 @@ def main(argv=None):
                         e = 5.0 if data_name == "grid25" else 1.5
                         io.scatter_png(f"{args.pngs}_{name}_{data_name}.png", x,
                                        reference=ref, extent=(-e, e, -e, e))
+                        if xd is not None:
+                            io.scatter_png(f"{args.pngs}_{name}_{data_name}_drs.png", xd,
+                                           reference=ref, extent=(-e, e, -e, e))
                 done = [r for r in per_seed if "diverged" not in r]   # the seeds with samples
                 summary = {k: _mean_se([r[k] for r in done])
                            for k in ("modes_covered", "hq_fraction", "modes_covered_strict")}
                 summary["diverged_seeds"] = len(per_seed) - len(done)
+                thinned = [r["drs"] for r in done if "drs" in r]
+                if thinned:
+                    summary["drs"] = {k: _mean_se([r[k] for r in thinned]) for k in (
+                        "modes_covered", "hq_fraction", "modes_covered_strict", "acceptance_rate")}
                 result["runs"][f"{name}/{data_name}"] = {
                     "model": name, "data": data_name, "lr": MODELS[name][2],
                     "model_kwargs": {**NETS, **MODELS[name][1]}, "seeds": args.seeds,

@@ -18,7 +18,11 @@ refgen.metrics.evaluate:
     of the discriminator loss and of the generator loss);
   - with ``--truncation T1,T2,...``: the same metrics at N = ``--eval-n`` for z truncated to
     [-T, T] per component, <tag>_truncation_samples.png (32 samples per T, one noise seed)
-    and <tag>_truncation_pr.png (precision and recall against T).
+    and <tag>_truncation_pr.png (precision and recall against T);
+  - with ``--drs G1,G2,...``: the same for discriminator rejection sampling at each gamma
+    (refgen.models.gan.drs; the share of proposals kept and the bound M in each row),
+    <tag>_drs_samples.png and <tag>_drs_pr.png; ``--drs-fit STEPS`` first trains D alone
+    against the fixed G that is thinned.
 Writes benchmarks/results/<tag>.json (tag: gan_mnist, or gan_mnist14 for mnist-14).
 ``--smoke``: 4 steps of a tiny GAN on 64 images, the metrics on 20 samples.
 """
@@ -40,6 +44,7 @@ import numpy as np  # noqa: E402
 
 from refgen import backend, io  # noqa: E402
 from refgen.metrics.evaluation import evaluate  # noqa: E402
+from refgen.models.gan import RejectionSampler, fit_discriminator  # noqa: E402
 from refgen.runs import build_model, load_run, parse_sets  # noqa: E402
 from refgen.train import TrainingDiverged, data_facts, train  # noqa: E402
 
@@ -71,6 +76,16 @@ def parse(argv=None):
     ap.add_argument("--truncation", type=taus, default=None, metavar="T1,T2,...",
                     help="also score samples with z truncated to [-T, T] per component (the "
                          "truncation trick), at each T, at N = --eval-n")
+    ap.add_argument("--drs", type=gammas, default=None, metavar="G1,G2,...",
+                    help="also score discriminator rejection sampling at each gamma (0: exact; "
+                         "minimax models; with --drs-trained the trained, not the EMA, weights)")
+    ap.add_argument("--drs-burn-in", type=int, default=10000,
+                    help="proposals whose largest logit sets the bound M")
+    ap.add_argument("--drs-fit", type=int, default=0, metavar="STEPS",
+                    help="first train D alone for STEPS steps against the fixed G that is "
+                         "thinned (refgen.models.gan.fit_discriminator; batch and lr as training)")
+    ap.add_argument("--drs-trained", action="store_true",
+                    help="thin with the trained G and D (the pair the game made), not the EMA")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
     args = add_smoke(ap).parse_args(argv)
@@ -81,38 +96,72 @@ def parse(argv=None):
     return args
 
 
-def taus(text):
-    """'0.5,1,1.5' -> [0.5, 1.0, 1.5]; positive finite numbers only."""
+def numbers(text, positive):
+    """'0.5,1,1.5' -> [0.5, 1.0, 1.5]; finite numbers only, and > 0 when ``positive``."""
     try:
         vals = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         vals = []
-    if not vals or not all(0 < v < math.inf for v in vals):
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers, comma-separated")
+    if not vals or not all((0 < v if positive else -math.inf < v) and v < math.inf for v in vals):
+        what = "positive numbers" if positive else "finite numbers"
+        raise argparse.ArgumentTypeError(f"{text!r}: give {what}, comma-separated")
     return vals
 
 
-def truncation_sweep(model, test_ds, taus, n, tag):
-    """The sample metrics at N = n of the generator drawn at each truncation tau (z from N(0, I)
-    truncated to [-tau, tau] per component), the untruncated prior's beside them by the
-    caller; a PNG of 32 samples per tau (the same noise seed) and one of precision and recall
-    against tau. {"rows": {tau: metrics}, "pngs": [...]}."""
-    model.eval()                                   # BatchNorm's running statistics, as sample uses
+def taus(text):
+    return numbers(text, positive=True)
+
+
+def gammas(text):
+    return numbers(text, positive=False)
+
+
+def sweep(test_ds, values, make_draw, n, tag, name, xlabel, plot_x=None, plot_xlabel=None):
+    """The sample metrics at N = n of the draw ``make_draw(v)`` returns for each value v (the
+    untruncated, unthinned prior's beside them by the caller); a PNG of 32 samples per value
+    (the same noise seed), <tag>_<name>_samples.png, and one of precision and recall against
+    the value (or ``plot_x(v, row)``, a number >= 0), <tag>_<name>_pr.png. ``make_draw(v)``
+    -> (draw, extras(): dict of numbers to record after the metrics). {"rows": {v: metrics}, "pngs": [...]}."""
     rows, panels = {}, []
-    for tau in taus:
+    for v in values:
         t = time.perf_counter()
-        draw = Draw(lambda k, rng, tau=tau: model.sample(k, rng=rng, truncation=tau))
-        rows[str(tau)] = dict(evaluate(draw, test_ds, n_samples=n), eval_wall_s=round(time.perf_counter() - t, 1))
+        draw, extras = make_draw(v)
+        rows[str(v)] = dict(evaluate(draw, test_ds, n_samples=n), **extras(),
+                            eval_wall_s=round(time.perf_counter() - t, 1))
         x = backend.to_numpy(draw.sample(32, rng=backend.default_rng(1234)))
-        panels.append(io.captioned(io.image_grid((np.clip(x, -1, 1) + 1) / 2, nrow=8), f"tau {tau:g}"))
-        print("truncation", tau, json.dumps(rows[str(tau)]), flush=True)
-    grid = RESULTS / f"{tag}_truncation_samples.png"
+        panels.append(io.captioned(io.image_grid((np.clip(x, -1, 1) + 1) / 2, nrow=8), f"{xlabel} {v:g}"))
+        print(name, v, json.dumps(rows[str(v)]), flush=True)
+    grid = RESULTS / f"{tag}_{name}_samples.png"
     io.write_png(grid, io.concat_images_horizontal(panels))
-    pr = [[rows[str(t)]["precision"] for t in taus], [rows[str(t)]["recall"] for t in taus]]
-    plot = RESULTS / f"{tag}_truncation_pr.png"
-    io.write_png(plot, io.line_plot(taus, pr, xlabel="truncation tau", ylabel="precision, recall",
+    pr = [[rows[str(v)]["precision"] for v in values], [rows[str(v)]["recall"] for v in values]]
+    plot = RESULTS / f"{tag}_{name}_pr.png"
+    xs = [plot_x(v, rows[str(v)]) for v in values] if plot_x else values
+    io.write_png(plot, io.line_plot(xs, pr, xlabel=plot_xlabel or xlabel, ylabel="precision, recall",
                                     series_labels=["precision", "recall"])[0])
     return {"n": n, "rows": rows, "pngs": [rel(grid), rel(plot)]}
+
+
+def truncation_sweep(model, test_ds, taus, n, tag):
+    """``sweep`` over truncations tau: z from N(0, I) truncated to [-tau, tau] per component."""
+    model.eval()                                   # BatchNorm's running statistics, as sample uses
+    return sweep(test_ds, taus, lambda tau: (
+        Draw(lambda k, rng: model.sample(k, rng=rng, truncation=tau)), dict), n, tag,
+        "truncation", "truncation tau")
+
+
+def drs_sweep(model, test_ds, gammas, n, tag, burn_in):
+    """``sweep`` over discriminator rejection sampling's gamma (refgen.models.gan.drs): G's
+    samples kept with probability alpha / (alpha + (1 - alpha) e^gamma), alpha = e^{a - M};
+    each row records the share kept and the bound M its burn-in of ``burn_in`` found."""
+    model.eval()
+
+    def make(gamma):
+        drs = RejectionSampler(model, gamma=gamma, burn_in=burn_in)
+        return Draw(lambda k, rng: drs.sample(k, rng=rng)), lambda: dict(
+            acceptance_rate=drs.acceptance_rate, proposed=drs.proposed, max_logit=drs.max_logit)
+    return dict(sweep(test_ds, gammas, make, n, tag, "drs", "gamma",
+                      plot_x=lambda g, row: row["acceptance_rate"],
+                      plot_xlabel="share of proposals kept"), burn_in=burn_in)
 
 
 def train_in_chunks(model, ds, out, cfg, *, steps, budget_min, chunk, **train_kw):
@@ -248,6 +297,25 @@ def main(argv=None):
             eval_wall_s=round(time.perf_counter() - t, 1))
     if args.truncation:
         result["truncation"] = truncation_sweep(model, test_ds, args.truncation, n, tag)
+    if args.drs:
+        drs_model = load_run(out, use_ema=False)[0] if args.drs_trained else model
+        burn_in = 50 if SMOKE else args.drs_burn_in
+        fit = None
+        if args.drs_fit:
+            t = time.perf_counter()
+            y = None if drs_model.num_classes is None else backend.asarray(train_ds.y)
+            losses = fit_discriminator(drs_model, backend.asarray(train_ds.x), y=y, steps=args.drs_fit,
+                                       rng=backend.default_rng(args.seed + 1), lr=args.lr,
+                                       batch_size=st["batch_size"])
+            k = max(len(losses) // 10, 1)
+            fit = {"steps": args.drs_fit, "lr": args.lr, "batch_size": st["batch_size"],
+                   "d_loss_first_tenth": float(np.mean(losses[:k])),
+                   "d_loss_last_tenth": float(np.mean(losses[-k:])),
+                   "wall_s": round(time.perf_counter() - t, 1)}
+            print("drs fit", json.dumps(fit), flush=True)
+        result["drs"] = dict(drs_sweep(drs_model, test_ds, args.drs, n, tag, burn_in),
+                             weights="trained" if args.drs_trained else "as sampled (EMA when kept)",
+                             fit_discriminator=fit)
     result["diffusion_unet_at_500"] = diffusion_at_500(args.data)
     result["fid_real_floor_at_10000"] = FLOOR_10K.get(args.data)
 

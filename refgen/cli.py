@@ -222,19 +222,19 @@ def _check_out_file(path: Path, force: bool, what: str):
     check_writable(path.parent if str(path.parent) else Path("."))
 
 
-def sample_options(model, steps=None, sampler=None, truncation=None) -> dict:
-    """The keywords of ``model.sample`` that ``--steps``, ``--sampler`` and ``--truncation``
-    set; a model whose ``sample`` has no such keyword is refused in one line."""
+def sample_options(model, steps=None, sampler=None, truncation=None, drs=None) -> dict:
+    """The keywords of ``model.sample`` that ``--steps``, ``--sampler``, ``--truncation`` and
+    ``--drs`` set; a model whose ``sample`` has no such keyword is refused in one line."""
     params = inspect.signature(model.sample).parameters
     any_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     name = getattr(model, "registry_name", type(model).__name__)
     options = {}
     for flag, key, value in (("--steps", "steps", steps), ("--sampler", "sampler", sampler),
-                             ("--truncation", "truncation", truncation)):
+                             ("--truncation", "truncation", truncation), ("--drs", "drs", drs)):
         if value is None:
             continue
         if key not in params and not any_kw:
-            takes = [f"--{k}" for k in ("steps", "sampler", "truncation") if k in params]
+            takes = [f"--{k}" for k in ("steps", "sampler", "truncation", "drs") if k in params]
             raise UsageError(f"model {name!r} takes no {flag} when sampling"
                              + (f"; it takes {', '.join(takes)}" if takes else ""))
         options[key] = value
@@ -258,7 +258,7 @@ def cmd_sample(args):
     d = run_dir(args.dir)
     model, cfg = load_run(d)
     facts = cfg["data_facts"]
-    options = sample_options(model, args.steps, args.sampler, args.truncation)
+    options = sample_options(model, args.steps, args.sampler, args.truncation, args.drs)
     if hasattr(model, "eval_cond"):  # super-resolution: upsample the test images' low-res versions
         test = _load_data(cfg["data"], "test", cfg.get("data_dir"), cfg["train"]["seed"]).x
         options["cond"] = model.eval_cond(backend.asarray(test[np.arange(args.n or 64) % len(test)]))
@@ -353,6 +353,16 @@ def _positive_float(text):
     return v
 
 
+def _finite_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return v
+
+
 def _ema_decay(text):
     v = _positive_float(text)
     if not v < 1:
@@ -415,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--truncation", type=_positive_float, metavar="TAU",
                    help="GANs: draw each latent component from N(0, 1) truncated to [-TAU, TAU] "
                         "(the truncation trick: fidelity for variety)")
+    s.add_argument("--drs", type=_finite_float, metavar="GAMMA",
+                   help="minimax GANs (gan, nsgan, cgan): keep each sample with the "
+                        "discriminator's acceptance probability (discriminator rejection "
+                        "sampling; GAMMA 0 is exact, below 0 keeps more)")
     s.add_argument("--prompt", metavar="TEXT", help="the caption to draw, for text-to-image models "
                    "(dalle); written above the grid")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress line")

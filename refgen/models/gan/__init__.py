@@ -3,15 +3,17 @@
 - ``gan`` / ``nsgan``: the minimax game with the saturating or non-saturating generator loss;
 - ``wgan`` / ``wgan-gp``: the Wasserstein critic, weight clipping or the gradient penalty;
 - ``fgan``: the variational f-divergence bound, one row of the table in fdiv.py;
-- ``cgan``: labels into G and D (concatenated embedding or a projection discriminator).
+- ``cgan``: labels into G and D (concatenated embedding or a projection discriminator);
+- ``RejectionSampler``: samples of a trained minimax GAN thinned by its discriminator (drs.py).
 
 Every model takes ``pack`` (PacGAN) and the minimax ones ``r1``. losses.py holds the
 objectives on logits, fdiv.py the f-divergence table, nets.py the networks, gan.py the
 models and their alternating training step.
 """
 from refgen.models.gan import fdiv, losses
+from refgen.models.gan.drs import RejectionSampler, acceptance, fit_discriminator
 from refgen.models.gan.gan import CGAN, FGAN, GAN, NSGAN, WGAN, WGANGP, AdversarialModel
 from refgen.models.gan.nets import Discriminator, Generator
 
 __all__ = ["GAN", "NSGAN", "WGAN", "WGANGP", "FGAN", "CGAN", "AdversarialModel", "Generator",
-           "Discriminator", "fdiv", "losses"]
+           "Discriminator", "RejectionSampler", "acceptance", "fit_discriminator", "fdiv", "losses"]

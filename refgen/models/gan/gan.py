@@ -28,6 +28,7 @@ from refgen.models import register
 from refgen.models.base import DataSpec
 from refgen.models.gan import fdiv
 from refgen.models.gan import losses as L
+from refgen.models.gan.drs import RejectionSampler
 from refgen.models.gan.nets import NORMS, Discriminator, Generator
 from refgen.nn import Module, init
 
@@ -229,6 +230,17 @@ class _Minimax(AdversarialModel):
     def param_groups(self):
         return {"D": self._group(self.D.parameters(), self.lr_d, "adam", betas=self.betas),
                 "G": self._group(self.G.parameters(), self.lr_g, "adam", betas=self.betas)}
+
+    def sample(self, n, cond=None, *, rng, truncation=None, drs=None):
+        """n samples as an xp array; ``truncation`` as AdversarialModel.sample; ``drs`` gamma:
+        G's samples thinned by discriminator rejection sampling (drs.py; 0 is exact), the
+        bound M from a burn-in of 10,000 proposals drawn from ``rng``."""
+        if drs is None:
+            return super().sample(n, cond, rng=rng, truncation=truncation)
+        if truncation is not None:
+            raise ValueError(f"{type(self).registry_name}: truncation and drs together; "
+                             "accepted: one of them (rejection proposes from the full prior)")
+        return RejectionSampler(self, gamma=drs).sample(n, cond, rng=rng)
 
 
 @register("gan")

@@ -13,12 +13,16 @@ def test_gan_2d_smoke():
     spec = importlib.util.spec_from_file_location("gan_2d_bench", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    result = mod.main(["--smoke", "--models", "nsgan,pacgan2", "--data", "ring8"])
+    result = mod.main(["--smoke", "--models", "nsgan,pacgan2", "--data", "ring8", "--drs", "0"])
     for key in ("nsgan/ring8", "pacgan2/ring8"):
         run = result["runs"][key]
         (rec,) = run["per_seed"]
         assert 0 <= rec["modes_covered"] <= 8 and 0.0 <= rec["hq_fraction"] <= 1.0
         assert rec["modes_covered_strict"] <= rec["modes_covered"]     # the stricter rule
+    # rejection sampling scored for the unpacked minimax model only, with its share kept
+    thinned = result["runs"]["nsgan/ring8"]["per_seed"][0]["drs"]
+    assert 0 < thinned["acceptance_rate"] <= 1 and 0 <= thinned["modes_covered"] <= 8
+    assert "drs" not in result["runs"]["pacgan2/ring8"]["per_seed"][0]
     assert result["n_samples"] == 2500 and "command" in result
 
 

@@ -1,0 +1,155 @@
+"""Discriminator rejection sampling (Azadi et al., 2019, "Discriminator Rejection Sampling").
+
+The minimax discriminator's optimum is D*(x) = p(x) / (p(x) + q(x)) (Goodfellow et al., 2014,
+Prop. 1), so its logit is the log density ratio of the data p to the generator's q:
+
+    a*(x) = log D*(x) - log(1 - D*(x)) = log p(x) - log q(x)
+
+With M >= sup_x a(x), e^M q(x) >= p(x) is an envelope, and a sample x ~ q kept with
+probability
+
+    alpha(x) = e^{a(x) - M}                                  (Azadi et al., Sec. 3.1)
+
+is a sample of p: rejection sampling, exact when D is optimal and M bounds its logit. The
+share of proposals kept is E_q[e^{a - M}] = e^{-M} at the optimum. ``gamma`` shifts the
+acceptance logit as the paper's F(x) does (Sec. 3.2): with alpha = e^{a - M},
+
+    accept with  sigmoid(logit(alpha) - gamma) = alpha / (alpha + (1 - alpha) e^gamma),
+
+gamma = 0 the exact rule, gamma < 0 keeping more of the generator's samples (towards q),
+gamma > 0 fewer (towards p's densest regions). M is the largest logit of a burn-in of
+proposals, raised whenever a larger one is proposed (the paper's practice).
+
+A discriminator from training was fitted against the generator of each moment, not the one
+being thinned (the EMA's, or the last); ``fit_discriminator`` trains D alone against the
+fixed G as it samples, the paper's remedy (Sec. 3.2), so that a(x) approaches log p / q
+for that G.
+
+Only the minimax models (``gan``, ``nsgan``, ``cgan``) have a discriminator whose logit
+estimates log p / q, and only unpacked (one example per discriminator input).
+"""
+from __future__ import annotations
+
+import math
+
+from refgen import optim
+from refgen.autograd import Tensor, no_grad
+from refgen.backend import xp
+
+__all__ = ["RejectionSampler", "acceptance", "fit_discriminator"]
+
+
+def _check(model):
+    name = getattr(type(model), "registry_name", type(model).__name__)
+    if not hasattr(model, "saturating"):
+        raise ValueError(f"{name}: discriminator rejection sampling needs a minimax "
+                         "discriminator, whose logit estimates log p / q; accepted: gan, "
+                         "nsgan, cgan")
+    if model.pack != 1:
+        raise ValueError(f"{name}: pack={model.pack} scores groups of samples, not one; "
+                         "rejection sampling needs pack=1")
+
+
+def fit_discriminator(model, x, *, steps, rng, y=None, batch_size=64, lr=2e-4,
+                      betas=(0.5, 0.999)):
+    """Train D alone for ``steps`` Adam steps on the minimax loss -V between batches of the
+    real ``x`` (N, *data_shape) (labels ``y`` (N,) for a conditional model) and as many fresh
+    samples of the fixed G, drawn in G's current mode (eval: as it samples). Returns the
+    losses (steps,). D is left in eval mode."""
+    _check(model)
+    if int(steps) < 1 or int(batch_size) < 1:
+        raise ValueError(f"steps={steps!r}, batch_size={batch_size!r}; accepted: integers >= 1")
+    if model.num_classes is not None and y is None:
+        raise ValueError("a conditional GAN's discriminator is fitted on labelled data: give y")
+    opt = optim.Adam(list(model.D.parameters()), lr=lr, betas=tuple(betas))
+    model.D.train()
+    losses = []
+    for _ in range(int(steps)):
+        i = rng.integers(0, x.shape[0], int(batch_size))
+        labels = None if model.num_classes is None else y[i]
+        with no_grad():
+            fake = model.generate(int(batch_size), labels, rng).data         # x ~ q, G fixed
+        loss = model.d_loss(Tensor(x[i]), Tensor(fake), labels, rng)       # -V(D, G)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.D.eval()
+    return losses
+
+
+def acceptance(u, gamma=0.0):
+    """The probability of keeping a proposal whose logit lies u = a - M <= 0 below the bound:
+    alpha / (alpha + (1 - alpha) e^gamma) with alpha = e^u; e^u itself at gamma = 0."""
+    alpha = xp.exp(xp.minimum(u, 0.0))                       # alpha = e^{a - M}, <= 1
+    return alpha / (alpha + (1.0 - alpha) * math.exp(gamma))
+
+
+class RejectionSampler:
+    """Samples of a trained minimax GAN thinned by its discriminator.
+
+    ``sample(n, cond=None, *, rng)`` has the signature of the model's own ``sample``; each
+    round proposes one G sample for every slot still empty (with that slot's label for a
+    conditional model) and keeps it with probability ``acceptance``. ``proposed`` and
+    ``accepted`` count every proposal and every kept one since the sampler was made.
+    """
+
+    def __init__(self, model, *, gamma=0.0, max_logit=None, burn_in=10_000, batch_size=1000):
+        _check(model)
+        if not math.isfinite(gamma):
+            raise ValueError(f"gamma={gamma!r}; accepted: a finite number (0: exact rejection)")
+        if max_logit is None and int(burn_in) < 1:
+            raise ValueError(f"burn_in={burn_in!r}; accepted: an integer >= 1 (proposals that "
+                             "set the bound M), or give max_logit")
+        self.model, self.gamma, self.burn_in = model, float(gamma), int(burn_in)
+        self.batch_size = int(batch_size)
+        self.max_logit = None if max_logit is None else float(max_logit)
+        self.proposed = self.accepted = 0
+
+    def _propose(self, y, rng):
+        """(x ~ q, a(x)): G's samples for labels y (or n of them when y is an int) and D's
+        logits. x: (n, *data_shape), a: (n,)."""
+        m = self.model
+        n = y if isinstance(y, int) else y.shape[0]
+        labels = None if isinstance(y, int) else y
+        with no_grad():
+            x = m.generate(n, labels, rng).data
+            a = m.D(Tensor(x), labels).data                       # a(x) ~ log p(x) - log q(x)
+        return x, a
+
+    def estimate_bound(self, rng):
+        """M: the largest logit among ``burn_in`` proposals (balanced labels if conditional),
+        kept as ``max_logit``; ``sample`` calls it when no bound is set."""
+        top = -math.inf
+        for i in range(0, self.burn_in, self.batch_size):
+            k = min(self.batch_size, self.burn_in - i)
+            _, a = self._propose(self.model._labels(k, None) if self.model.num_classes else k, rng)
+            top = max(top, float(a.max()))
+        self.max_logit = top
+        return top
+
+    @property
+    def acceptance_rate(self):
+        return self.accepted / self.proposed if self.proposed else float("nan")
+
+    def sample(self, n, cond=None, *, rng):
+        """n samples as an xp array (balanced labels for a conditional model without cond)."""
+        n = int(n)
+        if self.max_logit is None:
+            self.estimate_bound(rng)
+        labels = self.model._labels(n, cond)
+        out = xp.zeros((n,) + tuple(self.model.data_shape), dtype=self._dtype())
+        empty = xp.arange(n)                                      # slots still to fill
+        while empty.shape[0]:
+            slots = empty[: self.batch_size]
+            x, a = self._propose(int(slots.shape[0]) if labels is None else labels[slots], rng)
+            self.max_logit = max(self.max_logit, float(a.max()))
+            keep = rng.random(a.shape) < acceptance(a - self.max_logit, self.gamma)
+            out[slots[keep]] = x[keep]
+            self.proposed += int(a.shape[0])
+            self.accepted += int(keep.sum())
+            empty = xp.concatenate([slots[~keep], empty[self.batch_size:]])
+        return out
+
+    def _dtype(self):
+        return next(iter(self.model.G.parameters())).dtype
