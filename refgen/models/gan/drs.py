@@ -8,11 +8,11 @@ Prop. 1), so its logit is the log density ratio of the data p to the generator's
 With M >= sup_x a(x), e^M q(x) >= p(x) is an envelope, and a sample x ~ q kept with
 probability
 
-    alpha(x) = e^{a(x) - M}                                  (Azadi et al., Sec. 3.1)
+    alpha(x) = e^{a(x) - M}                                  (Azadi et al., 2019)
 
 is a sample of p: rejection sampling, exact when D is optimal and M bounds its logit. The
 share of proposals kept is E_q[e^{a - M}] = e^{-M} at the optimum. ``gamma`` shifts the
-acceptance logit as the paper's F(x) does (Sec. 3.2): with alpha = e^{a - M},
+acceptance logit as the paper's F(x) does: with alpha = e^{a - M},
 
     accept with  sigmoid(logit(alpha) - gamma) = alpha / (alpha + (1 - alpha) e^gamma),
 
@@ -22,8 +22,7 @@ proposals, raised whenever a larger one is proposed (the paper's practice).
 
 A discriminator from training was fitted against the generator of each moment, not the one
 being thinned (the EMA's, or the last); ``fit_discriminator`` trains D alone against the
-fixed G as it samples, the paper's remedy (Sec. 3.2), so that a(x) approaches log p / q
-for that G.
+fixed G as it samples, so that a(x) approaches log p / q for that G.
 
 Only the minimax models (``gan``, ``nsgan``, ``cgan``) have a discriminator whose logit
 estimates log p / q, and only unpacked (one example per discriminator input).
