@@ -9,7 +9,8 @@ Both use the conv energy net of refgen/models/energy/nets.py (three stride-2 3x3
 32-64-128 channels, SiLU) and JEM's SGLD: 20 tempered Langevin steps per training step,
 x <- x + eps/2 grad log p + sigma z with eps = 2 and sigma = 0.01, from a replay buffer of
 10,000 chains, 5% restarted from uniform noise. The run directory (``--out``, default
-/tmp/refgen_<tag>) has the layout of ``refgen train``; an existing one is resumed.
+/tmp/refgen_<tag>) has the layout of ``refgen train``; an existing one is resumed, or only
+evaluated when its checkpoint has reached ``--steps``.
 
 After training, with the evaluation generator of refgen.metrics.evaluate:
   - chain-length sweep: FID at N = 500 of samples drawn from uniform noise with each of
@@ -168,8 +169,12 @@ def main(argv=None):
         load_weights(model, io.load_checkpoint(Path(args.init_from) / CHECKPOINT)[0])
         cfg["init_from"] = str(args.init_from)
     cpu0 = time.process_time()
-    m = train(model, train_ds, out_dir=out, resume=resume, config=cfg, samples=False,
-              evaluate_at_end=False, **st)
+    meta = io.load_checkpoint(out / CHECKPOINT)[1] if resume else {}
+    if resume and int(meta["step"]) >= args.steps:  # a finished run: evaluate only
+        m = {"steps": int(meta["step"]), "wall_s": float(meta.get("wall_s", 0.0))}
+    else:
+        m = train(model, train_ds, out_dir=out, resume=resume, config=cfg, samples=False,
+                  evaluate_at_end=False, **st)
     train_cpu = time.process_time() - cpu0
     model, run_cfg = load_run(out)
     model.eval()
