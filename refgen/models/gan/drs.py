@@ -39,7 +39,7 @@ __all__ = ["RejectionSampler", "acceptance", "fit_discriminator"]
 
 
 def _check(model):
-    name = getattr(type(model), "registry_name", type(model).__name__)
+    name = getattr(model, "display_name", type(model).__name__)
     if not hasattr(model, "saturating"):
         raise ValueError(f"{name}: discriminator rejection sampling needs a minimax "
                          "discriminator, whose logit estimates log p / q; accepted: gan, "

@@ -67,9 +67,14 @@ class AdversarialModel(Module):
     data_spec = DataSpec(("continuous",), (1, 3), image_range=(-1.0, 1.0))
     clip = None
 
+    @property
+    def display_name(self):
+        """The registered name (``nsgan``) that messages name the model by."""
+        return getattr(type(self), "registry_name", type(self).__name__)
+
     def _build(self, data_shape, *, seed, z_dim, hidden, arch, g_norm, d_norm, pack, n_critic,
                lr_d, lr_g, num_classes=None, cond="concat", embed_dim=16, channels=64):
-        name = getattr(type(self), "registry_name", type(self).__name__)
+        name = self.display_name
         data_shape = tuple(int(d) for d in data_shape)
         if arch == "auto":
             arch = "mlp" if len(data_shape) == 1 else "conv"
@@ -135,8 +140,7 @@ class AdversarialModel(Module):
         outside it until none is (the truncation trick: Brock et al., 2019, Sec. 3.1): samples
         from the denser middle of the prior, trading variety (recall) for fidelity (precision).
         Without it the draws are exactly those of the untruncated prior."""
-        tau = None if truncation is None else _truncation(
-            truncation, getattr(type(self), "registry_name", type(self).__name__))
+        tau = None if truncation is None else _truncation(truncation, self.display_name)
         dtype = next(iter(self.G.parameters())).dtype
         z = rng.standard_normal((n, self.z_dim), dtype=dtype)         # z ~ N(0, I): (n, z_dim)
         if tau is None:
@@ -238,7 +242,7 @@ class _Minimax(AdversarialModel):
         if drs is None:
             return super().sample(n, cond, rng=rng, truncation=truncation)
         if truncation is not None:
-            raise ValueError(f"{type(self).registry_name}: truncation and drs together; "
+            raise ValueError(f"{self.display_name}: truncation and drs together; "
                              "accepted: one of them (rejection proposes from the full prior)")
         return RejectionSampler(self, gamma=drs).sample(n, cond, rng=rng)
 
