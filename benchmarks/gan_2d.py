@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, command, machine, write_json  # noqa: E402
 
 from refgen import backend, data, io, metrics  # noqa: E402
-from refgen.models.gan import FGAN, NSGAN, GAN, WGANGP, RejectionSampler  # noqa: E402
+from refgen.models.gan import FGAN, NSGAN, GAN, WGANGP, RejectionSampler, drs as drs_  # noqa: E402
 from refgen.train import TrainingDiverged, train  # noqa: E402
 
 N_SAMPLES = 2500          # the published protocol's sample count
@@ -83,7 +83,7 @@ def run_one(name, data_name, seed, steps, batch_size, out_dir, schedule="cosine"
     model.eval()
     x = backend.to_numpy(model.sample(N_SAMPLES, rng=backend.default_rng(10_000 + seed))).astype(np.float64)
     rec, xd = {"seed": seed, **_scores(x, data_name), "wall_s": round(wall, 2)}, None
-    if drs is not None and hasattr(model, "saturating") and model.pack == 1:
+    if drs is not None and drs_.supports(model):
         sampler = RejectionSampler(model, gamma=drs)        # the same G thinned by its D
         xd = backend.to_numpy(sampler.sample(N_SAMPLES, rng=backend.default_rng(20_000 + seed)))
         xd = xd.astype(np.float64)

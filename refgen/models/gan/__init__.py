@@ -11,9 +11,10 @@ objectives on logits, fdiv.py the f-divergence table, nets.py the networks, gan.
 models and their alternating training step.
 """
 from refgen.models.gan import fdiv, losses
+from refgen.models.gan import drs
 from refgen.models.gan.drs import RejectionSampler, acceptance, fit_discriminator
 from refgen.models.gan.gan import CGAN, FGAN, GAN, NSGAN, WGAN, WGANGP, AdversarialModel
 from refgen.models.gan.nets import Discriminator, Generator
 
 __all__ = ["GAN", "NSGAN", "WGAN", "WGANGP", "FGAN", "CGAN", "AdversarialModel", "Generator",
-           "Discriminator", "RejectionSampler", "acceptance", "fit_discriminator", "fdiv", "losses"]
+           "Discriminator", "RejectionSampler", "acceptance", "fit_discriminator", "drs", "fdiv", "losses"]

@@ -35,10 +35,17 @@ from refgen import optim
 from refgen.autograd import Tensor, no_grad
 from refgen.backend import xp
 
-__all__ = ["RejectionSampler", "acceptance", "fit_discriminator"]
+__all__ = ["RejectionSampler", "acceptance", "fit_discriminator", "supports"]
+
+
+def supports(model) -> bool:
+    """Whether ``model`` can be thinned: a minimax discriminator scoring one example each."""
+    return hasattr(model, "saturating") and getattr(model, "pack", None) == 1
 
 
 def _check(model):
+    if supports(model):
+        return
     name = getattr(model, "display_name", type(model).__name__)
     if not hasattr(model, "saturating"):
         raise ValueError(f"{name}: discriminator rejection sampling needs a minimax "
@@ -105,12 +112,10 @@ class RejectionSampler:
         self.max_logit = None if max_logit is None else float(max_logit)
         self.proposed = self.accepted = 0
 
-    def _propose(self, y, rng):
-        """(x ~ q, a(x)): G's samples for labels y (or n of them when y is an int) and D's
-        logits. x: (n, *data_shape), a: (n,)."""
+    def _propose(self, n, labels, rng):
+        """(x ~ q, a(x)): n samples of G (with ``labels`` (n,) for a conditional model, else
+        None) and D's logits. x: (n, *data_shape), a: (n,)."""
         m = self.model
-        n = y if isinstance(y, int) else y.shape[0]
-        labels = None if isinstance(y, int) else y
         with no_grad():
             x = m.generate(n, labels, rng).data
             a = m.D(Tensor(x), labels).data                       # a(x) ~ log p(x) - log q(x)
@@ -122,7 +127,7 @@ class RejectionSampler:
         top = -math.inf
         for i in range(0, self.burn_in, self.batch_size):
             k = min(self.batch_size, self.burn_in - i)
-            _, a = self._propose(self.model._labels(k, None) if self.model.num_classes else k, rng)
+            _, a = self._propose(k, self.model._labels(k, None), rng)
             top = max(top, float(a.max()))
         self.max_logit = top
         return top
@@ -141,7 +146,7 @@ class RejectionSampler:
         empty = xp.arange(n)                                      # slots still to fill
         while empty.shape[0]:
             slots = empty[: self.batch_size]
-            x, a = self._propose(int(slots.shape[0]) if labels is None else labels[slots], rng)
+            x, a = self._propose(int(slots.shape[0]), None if labels is None else labels[slots], rng)
             self.max_logit = max(self.max_logit, float(a.max()))
             keep = rng.random(a.shape) < acceptance(a - self.max_logit, self.gamma)
             out[slots[keep]] = x[keep]
