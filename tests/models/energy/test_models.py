@@ -11,6 +11,7 @@ from refgen import io, models
 from refgen.autograd import Tensor, grad
 from refgen.backend import default_rng
 from refgen.data import Dataset, toy2d
+from refgen.data.augment import random_shift
 from refgen.models.base import Batch
 from refgen.models.energy import (EBM, EBMFCE, EBMNCE, EBMSM, JEM, contrastive_loss,
                                   grid_log_normalizer, nce_loss)
@@ -155,6 +156,37 @@ def test_jem_px_weight_scales_the_marginal_term_and_zero_is_the_classifier_alone
     assert JEM((2,), num_classes=3).px_weight == 1.0
     with pytest.raises(ValueError, match="px_weight"):
         JEM((2,), num_classes=3, px_weight=-1)
+
+
+def test_jem_augment_shift_translates_the_batch_for_both_terms():
+    """With augment_shift = s, both the cross-entropy and E(x+) see random_shift(x, s, rng),
+    drawn from the loss's rng before the chains'; the chains start where they would."""
+    x = Tensor(np.random.default_rng(0).standard_normal((5, 1, 8, 8)))
+    y = np.array([0, 2, 1, 1, 0])
+    kw = dict(num_classes=3, seed=0, buffer_size=1000, mcmc_steps=2, channels=4, augment_shift=2)
+
+    def ce(model, xx):
+        f = model.logits(Tensor(xx)).data
+        return -(f[np.arange(5), y] - np.log(np.exp(f).sum(1))).mean()
+    alone = JEM((1, 8, 8), px_weight=0.0, **kw).double()
+    xa = random_shift(x.data, 2, default_rng(0))
+    loss = alone.loss(Batch(x, y), default_rng(0)).item()
+    assert loss == pytest.approx(ce(alone, xa), rel=1e-12)
+    assert abs(loss - ce(alone, x.data)) > 1e-6                            # the shift is seen
+    model = JEM((1, 8, 8), **kw).double()
+    rng = default_rng(0)
+    random_shift(x.data, 2, rng)
+    idx = rng.integers(0, 1000, 5)                                         # the buffer's draw
+    assert len(set(idx.tolist())) == 5                                     # each chain once
+    loss = model.loss(Batch(x, y), default_rng(0)).item()
+    gap = model.energy(Tensor(xa)).data.mean() - model.energy(Tensor(model.buffer.chains[idx])).data.mean()
+    assert model.last_stats["energy_gap"] == pytest.approx(gap, rel=1e-9)
+    assert loss == pytest.approx(ce(model, xa) + gap, rel=1e-9)
+    assert JEM((1, 8, 8), num_classes=3).augment_shift == 0
+    with pytest.raises(ValueError, match="augment_shift must be an integer >= 0"):
+        JEM((1, 8, 8), num_classes=3, augment_shift=-1)
+    with pytest.raises(ValueError, match="augment_shift=0"):
+        JEM((2,), num_classes=3, augment_shift=1)
 
 
 def _last_idx(model, n=5):
