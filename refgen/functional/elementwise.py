@@ -6,7 +6,7 @@ import contextlib
 import math
 
 from refgen.autograd import Function, Tensor, as_tensor, is_grad_enabled
-from refgen.backend import xp, erf as _erf
+from refgen.backend import erf as _erf, name as _backend_name, xp
 
 __all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt",
            "abs", "sign", "sin", "cos", "tanh", "sigmoid", "relu", "leaky_relu", "elu",
@@ -199,15 +199,48 @@ def _overflow_ok():
     return xp.errstate(over="ignore") if hasattr(xp, "errstate") else contextlib.nullcontext()
 
 
-def _sigmoid_array(x):
-    """1 / (1 + e^-x) on a raw array, in place on one new buffer. For x below about -88
-    (float32) e^-x overflows to inf and the result is the limit 0; above, the reciprocal keeps
-    full relative precision in both tails. No select (``where``): 5x faster than one."""
-    y = xp.asarray(xp.negative(x))                  # asarray: a 0-d input gives a scalar
+CHUNK_BYTES = 1 << 18   # 256 KiB: a chain of passes over one chunk stays in the core's cache
+
+
+def _chunked(kernel, n_out, *arrays):
+    """n_out new arrays of arrays[0]'s shape and dtype, filled by kernel(*outs, *ins) on flat
+    chunks of about CHUNK_BYTES. A fused op is a chain of in-place passes; over a whole array
+    larger than the cache each pass goes to memory, over a chunk all but the first stay in
+    cache (GELU-tanh's forward: 3.0 -> 1.9 ms on (6304, 256) float32, one core). On the GPU,
+    whose kernels stream the whole array, one chunk. The arithmetic per element is the
+    same either way, so the results are bit for bit those of unchunked passes."""
+    x = arrays[0]
+    dtype = x.dtype if x.dtype.kind == "f" else xp.float64     # integers: as NumPy's exp
+    outs = [xp.empty(x.shape, dtype=dtype) for _ in range(n_out)]
+    flat = [o.reshape(-1) for o in outs] + [xp.asarray(a).reshape(-1) for a in arrays]
+    n = flat[0].shape[0]
+    step = n if _backend_name() == "cupy" else max(CHUNK_BYTES // outs[0].dtype.itemsize, 1)
     with _overflow_ok():
-        xp.exp(y, out=y)
+        for i in range(0, n, step):
+            kernel(*(f[i:i + step] for f in flat))
+    return outs[0] if n_out == 1 else outs
+
+
+def _sigmoid_kernel(y, x):
+    """y = 1 / (1 + e^-x), in y's buffer. For x below about -88 (float32) e^-x overflows to
+    inf and the result is the limit 0; above, the reciprocal keeps full relative precision in
+    both tails. No select (``where``): 5x faster than one."""
+    xp.negative(x, out=y)
+    xp.exp(y, out=y)
     y += 1.0
-    return xp.reciprocal(y, out=y)
+    xp.reciprocal(y, out=y)
+
+
+def _sigmoid_array(x):
+    """sigma(x) on a raw array, one new buffer (a 0-d input gives a 0-d array)."""
+    return _chunked(_sigmoid_kernel, 1, xp.asarray(x))
+
+
+def _sigmoid_grad_kernel(d, s, g):
+    """d = g s (1 - s)."""
+    xp.subtract(1.0, s, out=d)
+    d *= s
+    d *= g
 
 
 class _Sigmoid(Function):
@@ -216,12 +249,30 @@ class _Sigmoid(Function):
 
     def backward(self, gy):
         y = self.output
-        if not is_grad_enabled():  # no graph to record: one pass on raw arrays
-            d = 1.0 - y.data
-            d *= y.data
-            d *= gy.data
-            return Tensor(d)
+        if not is_grad_enabled():  # no graph to record: chained passes on raw arrays
+            return Tensor(_chunked(_sigmoid_grad_kernel, 1, y.data, gy.data))
         return gy * y * (1.0 - y)  # sigma' = sigma (1 - sigma)
+
+
+def _silu_kernel(y, x):
+    """y = sigma(x) x, in y's buffer."""
+    _sigmoid_kernel(y, x)
+    y *= x
+
+
+def _silu_saving_kernel(y, s, x):
+    """s = sigma(x), y = x s."""
+    _sigmoid_kernel(s, x)
+    xp.multiply(x, s, out=y)
+
+
+def _silu_grad_kernel(d, s, x, g):
+    """d = g s (1 + x (1 - s))."""
+    xp.subtract(1.0, s, out=d)
+    d *= x
+    d += 1.0
+    d *= s
+    d *= g
 
 
 class _Silu(Function):
@@ -229,22 +280,14 @@ class _Silu(Function):
 
     def forward(self, x):
         if not self.recorded:  # no backward to come: sigma(x) x in sigma's buffer, the
-            y = _sigmoid_array(x)  # same products as below, bit for bit
-            y *= x
-            return y
-        self.s = _sigmoid_array(x)
-        return x * self.s
+            return _chunked(_silu_kernel, 1, x)  # same products as below, bit for bit
+        y, self.s = _chunked(_silu_saving_kernel, 2, x)
+        return y
 
     def backward(self, gy):
         x = self.inputs[0]
         if not is_grad_enabled():
-            s = self.s
-            d = 1.0 - s
-            d *= x.data
-            d += 1.0
-            d *= s
-            d *= gy.data
-            return Tensor(d)
+            return Tensor(_chunked(_silu_grad_kernel, 1, self.s, x.data, gy.data))
         s = sigmoid(x)  # recorded: the derivative is a function of x again
         return gy * (s * (1.0 + x * (1.0 - s)))
 
@@ -283,40 +326,46 @@ class _Gelu(Function):
 _GELU_C, _GELU_A = math.sqrt(2.0 / math.pi), 0.044715
 
 
+def _gelu_tanh_kernel(y, t, x):
+    """t = tanh(c (x + a x^3)) (as x (c + c a x^2)), y = x (1 + t) / 2."""
+    xp.multiply(x, x, out=t)
+    t *= _GELU_A * _GELU_C
+    t += _GELU_C
+    t *= x
+    xp.tanh(t, out=t)
+    xp.add(t, 1.0, out=y)
+    y *= x
+    y *= 0.5
+
+
+def _gelu_tanh_grad_kernel(d, u, x, t, g):
+    """d = g ((1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2); u a scratch buffer."""
+    xp.multiply(x, x, out=d)
+    d *= 3.0 * _GELU_A
+    d += 1.0
+    d *= x
+    d *= 0.5 * _GELU_C                        # x c (1 + 3 a x^2) / 2
+    xp.multiply(t, t, out=u)
+    xp.subtract(1.0, u, out=u)                # 1 - t^2
+    d *= u
+    xp.multiply(t, 0.5, out=u)
+    d += u
+    d += 0.5                                  # + (1 + t) / 2
+    d *= g
+
+
 class _GeluTanh(Function):
     """y = x (1 + t) / 2, t = tanh(c (x + a x^3)), one node:
     dy/dx = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2."""
 
     def forward(self, x):
-        t = xp.asarray(x * x)
-        t *= _GELU_A
-        t += 1.0
-        t *= x
-        t *= _GELU_C                                  # c (x + a x^3)
-        xp.tanh(t, out=t)
-        self.t = t
-        y = t + 1.0
-        y *= x
-        y *= 0.5
+        y, self.t = _chunked(_gelu_tanh_kernel, 2, x)
         return y
 
     def backward(self, gy):
         x = self.inputs[0]
         if not is_grad_enabled():
-            xd, t = x.data, self.t
-            d = xd * xd
-            d *= 3.0 * _GELU_A
-            d += 1.0
-            d *= xd
-            d *= 0.5 * _GELU_C                        # x c (1 + 3 a x^2) / 2
-            u = xp.asarray(t * t)
-            xp.subtract(1.0, u, out=u)                # 1 - t^2
-            d *= u
-            xp.multiply(t, 0.5, out=u)
-            d += u
-            d += 0.5                                  # + (1 + t) / 2
-            d *= gy.data
-            return Tensor(d)
+            return Tensor(_chunked(_gelu_tanh_grad_kernel, 2, x.data, self.t, gy.data)[0])
         t = tanh(_GELU_C * (x + _GELU_A * (x * x * x)))
         return gy * (0.5 * (1.0 + t) + 0.5 * _GELU_C * x * (1.0 - t * t) * (1.0 + 3.0 * _GELU_A * (x * x)))
 

@@ -10,8 +10,9 @@ from hypothesis import given, settings, strategies as st
 import refgen
 import refgen.functional as F
 from refgen import Tensor
+from refgen.functional import elementwise
 from refgen.functional.elementwise import gelu_composite, silu_composite
-from refgen.functional.nn import (group_norm_composite, layer_norm_composite,
+from refgen.functional.nn import (CAUSAL_BLOCKS, group_norm_composite, layer_norm_composite,
                                   scaled_dot_product_attention_composite)
 from refgen.testing import check_grads, strategies as rs
 
@@ -161,6 +162,30 @@ def test_norms_float32_one_node_and_closed_form():
     assert F.layer_norm(xt, 5, wt, bt)._fn.inputs == (xt, wt, bt), "one node fed by x, w, b"
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "silu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunked_passes_equal_whole_array_passes(monkeypatch, name, dtype):
+    """The fused activations run their passes chunk by chunk (elementwise.CHUNK_BYTES):
+    with 7 chunks, the last one short, and a transposed input, the value and the gradient
+    equal those of one chunk bit for bit, and the composition's to rounding."""
+    f = {"sigmoid": F.sigmoid, "silu": F.silu,
+         "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name]
+    x = np.random.default_rng(3).standard_normal((5, 3, 7)).astype(dtype).transpose(2, 0, 1) * 4
+    whole = _values_and_grads(f, [x])
+    monkeypatch.setattr(elementwise, "CHUNK_BYTES", 16 * np.dtype(dtype).itemsize)  # 105 = 6 x 16 + 9
+    y, (g,) = _values_and_grads(f, [x])
+    np.testing.assert_array_equal(y.data, whole[0].data)
+    np.testing.assert_array_equal(g.data, whole[1][0].data)
+    with refgen.no_grad():
+        np.testing.assert_array_equal(f(Tensor(x)).data, y.data)          # the unrecorded form
+    comp = {"sigmoid": ACTIVATIONS["sigmoid"][1], "silu": silu_composite,
+            "gelu_tanh": lambda x: gelu_composite(x, approximate="tanh")}[name]
+    yc, (gc,) = _values_and_grads(comp, [x])
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(y.data, yc.data, rtol=tol, atol=tol)
+    np.testing.assert_allclose(g.data, gc.data, rtol=10 * tol, atol=10 * tol)
+
+
 def test_unrecorded_forwards_equal_the_recorded_ones_and_keep_nothing():
     """Outside a graph (no_grad, or no input requiring a gradient) SiLU and group norm take
     their in-place paths: the same values as a recorded call, bit for bit (guidance and
@@ -218,6 +243,24 @@ def test_attention_fused_matches_composition_and_gradchecks(seed, batch, L, S, E
     check_grads(fused, [q, k, v], order=2)
 
 
+@given(seed=seeds, batch=st.lists(st.integers(1, 2), min_size=0, max_size=2),
+       L=st.integers(2 * CAUSAL_BLOCKS, 3 * CAUSAL_BLOCKS + 3), S=st.integers(1, 16),
+       E=st.integers(1, 3))
+@settings(max_examples=15)
+def test_causal_attention_in_query_blocks_matches_composition_and_gradchecks(seed, batch, L, S, E):
+    """Under a causal mask alone the fused node works in CAUSAL_BLOCKS query blocks, each
+    reading only the keys up to its last row (S < L, S = L and S > L: top-left aligned)."""
+    q, k, v, _ = _qkv(seed, tuple(batch), L, S, E, 2)
+    fused = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.7)  # noqa: E731
+    comp = lambda q, k, v: scaled_dot_product_attention_composite(  # noqa: E731
+        q, k, v, is_causal=True, scale=0.7)
+    node = fused(*[Tensor(a, requires_grad=True) for a in (q, k, v)])._fn
+    assert len(node.blocks) == CAUSAL_BLOCKS
+    assert [kb for _, _, kb in node.blocks] == [min(b, S) for _, b, _ in node.blocks]
+    _assert_same(fused, comp, [q, k, v], rtol=1e-12, atol=1e-12)
+    check_grads(fused, [q, k, v], order=2)
+
+
 def test_attention_broadcast_keys_and_float32():
     """Keys and values shared across a batch dim (broadcast) get their summed gradient."""
     r = np.random.default_rng(5)
@@ -231,6 +274,11 @@ def test_attention_broadcast_keys_and_float32():
     small = mask[:1, :, :, :4]
     check_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=small, is_causal=True),
                 [q[:1, :, :3], k[:, :4], v[:, :, :4]], order=2)
+    # the causal mask alone, in query blocks, keys broadcast: float32 against the composition
+    q, k, v = (r.standard_normal(s).astype(np.float32) for s in ((3, 2, 13, 4), (2, 11, 4), (1, 2, 11, 3)))
+    _assert_same(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                 lambda q, k, v: scaled_dot_product_attention_composite(q, k, v, is_causal=True),
+                 [q, k, v], rtol=1e-5, atol=1e-6)
 
 
 def test_attention_second_order_matches_composition():
