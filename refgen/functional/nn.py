@@ -51,15 +51,40 @@ def _uniform(rng, shape, dtype):
 
 # --- linear ------------------------------------------------------------------------------
 
+class _Linear(Function):
+    """y = x W^T + b on rows x (M, in), W (out, in), b (out,) or absent; one node, the bias
+    added in the product's buffer. dL/dx = G W, dL/dW = G^T x, dL/db = sum over rows of G,
+    written with refgen ops (differentiable again)."""
+
+    def forward(self, x, w, b=None):
+        y = xp.matmul(x, w.T)                               # (M, out)
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, gy):
+        x, w = self.inputs[:2]
+        gx = matmul(gy, w) if x.requires_grad else None
+        gw = matmul(transpose(gy, 0, 1), x) if w.requires_grad else None
+        if len(self.inputs) == 2:
+            return gx, gw
+        b = self.inputs[2]
+        return gx, gw, (sum_to(gy, b.shape) if b.requires_grad else None)
+
+
 def linear(input, weight, bias=None):
     """y = x W^T + b, with W of shape (out_features, in_features); x is (..., in)."""
     x, w = as_tensor(input), as_tensor(weight)
     lead = x.shape[:-1]
-    if x.ndim > 2:  # (..., in) -> (M, in): one matrix product instead of a batch of them
+    if x.ndim != 2:  # (..., in) -> (M, in): one matrix product instead of a batch of them
         x = reshape(x, (math.prod(lead), x.shape[-1]))
-    y = matmul(x, transpose(w, 0, 1))  # (M, out)
-    if bias is not None:
-        y = y + bias
+    b = None if bias is None else as_tensor(bias)
+    if b is None:
+        y = _Linear.apply(x, w)
+    elif b.shape == w.shape[:1] and b.dtype == xp.result_type(x.dtype, w.dtype):
+        y = _Linear.apply(x, w, b)                          # (M, out)
+    else:  # a bias that broadcasts otherwise, or promotes the dtype: the product, then the sum
+        y = _Linear.apply(x, w) + b
     if len(lead) != 1:
         y = reshape(y, lead + (w.shape[0],))
     return y

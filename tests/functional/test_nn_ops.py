@@ -61,6 +61,23 @@ def test_linear(seed, lead, n_in, n_out, use_bias):
         check_grads(lambda x, w: F.linear(x, w), [x, w])
 
 
+def test_linear_is_one_node_with_its_bias_and_other_biases_broadcast():
+    """x W^T + b is one node fed by x, W and b; a bias of another shape, or one that promotes
+    the dtype, is added after the product, with the values and dtype of the plain sum."""
+    r = np.random.default_rng(4)
+    x, w, b = r.standard_normal((5, 3)), r.standard_normal((2, 3)), r.standard_normal(2)
+    ts = [Tensor(a, requires_grad=True) for a in (x, w, b)]
+    y = F.linear(*ts)
+    assert y._fn.inputs == tuple(ts)
+    b2 = r.standard_normal((5, 1))                                      # per row, not per output
+    np.testing.assert_allclose(F.linear(Tensor(x), Tensor(w), Tensor(b2)).data, x @ w.T + b2,
+                               rtol=1e-12, atol=1e-12)
+    check_grads(lambda x, w, b: F.linear(x, w, b), [x, w, b2])
+    y32 = F.linear(Tensor(x.astype(np.float32)), Tensor(w.astype(np.float32)), Tensor(b))
+    assert y32.dtype == (x.astype(np.float32) @ w.astype(np.float32).T + b).dtype == np.float64
+    check_grads(lambda x: F.linear(x, Tensor(w), Tensor(b)), [x[0]])       # a single row (in,)
+
+
 # --- normalisation -----------------------------------------------------------------------
 
 @given(seed=seeds, lead=st.lists(st.integers(1, 3), min_size=1, max_size=2),
