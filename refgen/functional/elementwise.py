@@ -202,7 +202,7 @@ def _overflow_ok():
 CHUNK_BYTES = 1 << 18   # 256 KiB: a chain of passes over one chunk stays in the core's cache
 
 
-def _chunked(kernel, n_out, *arrays):
+def chunked(kernel, n_out, *arrays):
     """n_out new arrays of arrays[0]'s shape and dtype, filled by kernel(*outs, *ins) on flat
     chunks of about CHUNK_BYTES. A fused op is a chain of in-place passes; over a whole array
     larger than the cache each pass goes to memory, over a chunk all but the first stay in
@@ -233,7 +233,7 @@ def _sigmoid_kernel(y, x):
 
 def _sigmoid_array(x):
     """sigma(x) on a raw array, one new buffer (a 0-d input gives a 0-d array)."""
-    return _chunked(_sigmoid_kernel, 1, xp.asarray(x))
+    return chunked(_sigmoid_kernel, 1, xp.asarray(x))
 
 
 def _sigmoid_grad_kernel(d, s, g):
@@ -250,7 +250,7 @@ class _Sigmoid(Function):
     def backward(self, gy):
         y = self.output
         if not is_grad_enabled():  # no graph to record: chained passes on raw arrays
-            return Tensor(_chunked(_sigmoid_grad_kernel, 1, y.data, gy.data))
+            return Tensor(chunked(_sigmoid_grad_kernel, 1, y.data, gy.data))
         return gy * y * (1.0 - y)  # sigma' = sigma (1 - sigma)
 
 
@@ -280,14 +280,14 @@ class _Silu(Function):
 
     def forward(self, x):
         if not self.recorded:  # no backward to come: sigma(x) x in sigma's buffer, the
-            return _chunked(_silu_kernel, 1, x)  # same products as below, bit for bit
-        y, self.s = _chunked(_silu_saving_kernel, 2, x)
+            return chunked(_silu_kernel, 1, x)  # same products as below, bit for bit
+        y, self.s = chunked(_silu_saving_kernel, 2, x)
         return y
 
     def backward(self, gy):
         x = self.inputs[0]
         if not is_grad_enabled():
-            return Tensor(_chunked(_silu_grad_kernel, 1, self.s, x.data, gy.data))
+            return Tensor(chunked(_silu_grad_kernel, 1, self.s, x.data, gy.data))
         s = sigmoid(x)  # recorded: the derivative is a function of x again
         return gy * (s * (1.0 + x * (1.0 - s)))
 
@@ -359,13 +359,13 @@ class _GeluTanh(Function):
     dy/dx = (1 + t) / 2 + x (1 - t^2) c (1 + 3 a x^2) / 2."""
 
     def forward(self, x):
-        y, self.t = _chunked(_gelu_tanh_kernel, 2, x)
+        y, self.t = chunked(_gelu_tanh_kernel, 2, x)
         return y
 
     def backward(self, gy):
         x = self.inputs[0]
         if not is_grad_enabled():
-            return Tensor(_chunked(_gelu_tanh_grad_kernel, 2, x.data, self.t, gy.data)[0])
+            return Tensor(chunked(_gelu_tanh_grad_kernel, 2, x.data, self.t, gy.data)[0])
         t = tanh(_GELU_C * (x + _GELU_A * (x * x * x)))
         return gy * (0.5 * (1.0 + t) + 0.5 * _GELU_C * x * (1.0 - t * t) * (1.0 + 3.0 * _GELU_A * (x * x)))
 
