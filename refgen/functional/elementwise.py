@@ -212,12 +212,15 @@ def chunked(kernel, n_out, *arrays):
     x = arrays[0]
     dtype = x.dtype if x.dtype.kind == "f" else xp.float64     # integers: as NumPy's exp
     outs = [xp.empty(x.shape, dtype=dtype) for _ in range(n_out)]
-    flat = [o.reshape(-1) for o in outs] + [xp.asarray(a).reshape(-1) for a in arrays]
-    n = flat[0].shape[0]
+    n = outs[0].size
     step = n if _backend_name() == "cupy" else max(CHUNK_BYTES // outs[0].dtype.itemsize, 1)
     with _overflow_ok():
-        for i in range(0, n, step):
-            kernel(*(f[i:i + step] for f in flat))
+        if n <= step:  # one chunk: the arrays as they are
+            kernel(*outs, *arrays)
+        else:
+            flat = [o.reshape(-1) for o in outs] + [xp.asarray(a).reshape(-1) for a in arrays]
+            for i in range(0, n, step):
+                kernel(*(f[i:i + step] for f in flat))
     return outs[0] if n_out == 1 else outs
 
 

@@ -254,7 +254,10 @@ def chunk(x, chunks: int, dim: int = 0):
 class _Pad(Function):
     def forward(self, x, widths, value):
         self.widths = widths
-        return xp.pad(x, widths, mode="constant", constant_values=value)
+        shape = tuple(n + lo + hi for n, (lo, hi) in zip(x.shape, widths))
+        out = xp.full(shape, value, dtype=x.dtype)  # the frame, then x inside it (xp.pad's
+        out[tuple(builtins.slice(lo, lo + n) for n, (lo, _) in zip(x.shape, widths))] = x
+        return out                                   # Python-side setup costs ~10x this)
 
     def backward(self, gy):
         sl = tuple(builtins.slice(lo, n - hi) for (lo, hi), n in zip(self.widths, gy.shape))
