@@ -1,6 +1,6 @@
 """Convolution speed at the recipes' shapes, against this machine's float32 matmul.
 
-    python benchmarks/conv_speed.py           # writes results/conv_speed_cpu.json
+    python benchmarks/conv_speed.py           # writes results/conv_speed_cpu.json (--tag NAME: NAME.json)
     python benchmarks/conv_speed.py --tune    # times every algorithm per raw shape and prints
                                               # the table for refgen/functional/conv.py::MEASURED
 
@@ -299,6 +299,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--tune", action="store_true", help="time every algorithm per raw shape")
+    ap.add_argument("--tag", default=None,
+                    help="result file name without .json (default conv_speed_cpu, or conv_tune_cpu with --tune)")
     ap.add_argument("--probe-step", help=argparse.SUPPRESS)
     ap.add_argument("--probe-im2col", action="store_true", help=argparse.SUPPRESS)
     args = add_smoke(ap).parse_args()
@@ -327,7 +329,8 @@ def main():
                   f"{r['system_cpu_s']:.3f} -> {r['refgen_cpu_s']:.3f} CPU s (glibc's -> refgen.allocator's); "
                   f"whole step before both changes {r['before_cpu_s']:.3f} CPU s")
     res["machine"] = machine()
-    write_json(RESULTS / ("conv_tune_cpu.json" if args.tune else "conv_speed_cpu.json"), res)
+    tag = args.tag or ("conv_tune_cpu" if args.tune else "conv_speed_cpu")
+    write_json(RESULTS / f"{tag}.json", res)
 
 
 if __name__ == "__main__":
