@@ -4,6 +4,9 @@ persistent Langevin chains, then scored on their samples.
     OPENBLAS_NUM_THREADS=1 python benchmarks/energy_mnist.py --model ebm --steps 4000
     OPENBLAS_NUM_THREADS=1 python benchmarks/energy_mnist.py --model jem --steps 5000 \\
         --lr 1e-3 --warmup 200 --schedule cosine
+    OPENBLAS_NUM_THREADS=1 python benchmarks/energy_mnist.py --model jem --steps 5000 \\
+        --lr 1e-3 --warmup 200 --schedule cosine --sweep 50,100,200 \\
+        --set px_weight=0.03 --set augment_shift=1      # the row that passes 0.99
 
 Both use the conv energy net of refgen/models/energy/nets.py (three stride-2 3x3 convs,
 32-64-128 channels, SiLU) and JEM's SGLD: 20 tempered Langevin steps per training step,
