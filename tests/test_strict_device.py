@@ -74,7 +74,7 @@ CASES = {
                                                 sample_steps=3)),
     "ebm-sm": ("8gaussians", (2,), False, dict(hidden=(8,), sample_steps=3)),
     "jem": ("mnist", IMG, True, dict(num_classes=10, channels=4, mcmc_steps=2, buffer_size=20,
-                                     sample_steps=3)),
+                                     sample_steps=3, augment_shift=1)),
     # the distilled models copy their teacher onto the active backend
     "progressive-distillation": ("8gaussians", (2,), False, dict(teacher=_TEACHER, teacher_steps=4,
                                                                  round_steps=1)),
