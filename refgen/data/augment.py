@@ -26,10 +26,10 @@ def random_shift(x, shift: int, rng):
         raise ValueError(f"random_shift takes images (B, C, H, W), got shape {tuple(x.shape)}")
     if shift == 0:
         return x
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     p = xp.pad(x, [(0, 0), (0, 0), (shift, shift), (shift, shift)], mode="edge")
     off = rng.integers(0, 2 * shift + 1, size=(2, b))                    # s + dy, s + dx
     rows = off[0][:, None] + xp.arange(h)[None, :]                       # (B, H)
     cols = off[1][:, None] + xp.arange(w)[None, :]                       # (B, W)
-    out = p[xp.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]   # (B, H, W, C)
-    return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    return p[xp.arange(b)[:, None, None, None], xp.arange(c)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]             # (B, C, H, W)
