@@ -174,7 +174,7 @@ class Bernoulli:
         x = _t(x, like=self.logits)
         if self.validate_args:
             _check((x.data == 0) | (x.data == 1), "Bernoulli.log_prob: x must be 0 or 1")
-        return x * self.logits - F.softplus(self.logits)
+        return F.bernoulli_log_prob(self.logits, x)
 
     def entropy(self):
         """softplus(l) - l sigmoid(l)."""

@@ -185,12 +185,21 @@ class _Cos(Function):
         return neg(gy * sin(self.inputs[0]))
 
 
+def _tanh_grad_kernel(d, y, g):
+    """d = g (1 - y^2)."""
+    xp.multiply(y, y, out=d)
+    xp.subtract(1.0, d, out=d)
+    d *= g
+
+
 class _Tanh(Function):
     def forward(self, x):
         return xp.tanh(x)
 
     def backward(self, gy):
         y = self.output
+        if not is_grad_enabled():  # no graph to record: chained passes on raw arrays
+            return Tensor(chunked(_tanh_grad_kernel, 1, y.data, gy.data))
         return gy * (1.0 - y * y)  # tanh' = 1 - tanh^2
 
 
@@ -373,14 +382,31 @@ class _GeluTanh(Function):
         return gy * (0.5 * (1.0 + t) + 0.5 * _GELU_C * x * (1.0 - t * t) * (1.0 + 3.0 * _GELU_A * (x * x)))
 
 
+def _softplus_kernel(y, x):
+    """y = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), in y's buffer: finite for |x| = 1e4,
+    and measured 6.8x faster than logaddexp(0, x) on a (100, 784) float32 array."""
+    xp.abs(x, out=y)
+    xp.negative(y, out=y)
+    xp.exp(y, out=y)
+    xp.log1p(y, out=y)
+    y += xp.maximum(x, 0)
+
+
+def _softplus_grad_kernel(d, x, g):
+    """d = g sigma(x)."""
+    _sigmoid_kernel(d, x)
+    d *= g
+
+
 class _Softplus(Function):
     def forward(self, x):
-        # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): finite for |x| = 1e4, and measured
-        # 6.8x faster than logaddexp(0, x) on a (100, 784) float32 array
-        return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+        return chunked(_softplus_kernel, 1, x)
 
     def backward(self, gy):
-        return gy * sigmoid(self.inputs[0])
+        x = self.inputs[0]
+        if not is_grad_enabled():  # no graph to record: chained passes on raw arrays
+            return Tensor(chunked(_softplus_grad_kernel, 1, x.data, gy.data))
+        return gy * sigmoid(x)  # softplus' = sigma
 
 
 class _Erf(Function):

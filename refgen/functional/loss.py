@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import math
 
-from refgen.autograd import Function, Tensor, as_tensor
+from refgen.autograd import Function, Tensor, as_tensor, is_grad_enabled
 from refgen.backend import xp
-from refgen.functional.elementwise import clamp, log, softplus
+from refgen.functional.elementwise import _sigmoid_kernel, chunked, clamp, log, sigmoid, softplus
 from refgen.functional.nn import log_softmax, straight_through
 from refgen.functional.reduction import mean, sum
 from refgen.functional.shape import getitem, unsqueeze, squeeze
 
 __all__ = ["mse_loss", "binary_cross_entropy_with_logits", "binary_cross_entropy",
-           "cross_entropy", "nll_loss", "gaussian_nll_loss"]
+           "cross_entropy", "nll_loss", "gaussian_nll_loss", "bernoulli_log_prob"]
 
 
 def _reduce(loss, reduction: str):
@@ -26,6 +26,52 @@ def _reduce(loss, reduction: str):
     if reduction == "none":
         return loss
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _bernoulli_log_prob_kernel(y, l, x):
+    """y = x l - softplus(l) = (x l - max(l, 0)) - log(1 + e^-|l|), in y's buffer. For x = 1
+    and l > 0 (or x = 0 and l < 0) the bracket is exactly 0, so log p keeps its full relative
+    precision where it is near 0 (x l - softplus(l) would lose it to cancellation)."""
+    xp.abs(l, out=y)
+    xp.negative(y, out=y)
+    xp.exp(y, out=y)
+    xp.log1p(y, out=y)
+    xp.subtract(x * l - xp.maximum(l, 0), y, out=y)
+
+
+def _bernoulli_log_prob_grad_kernel(d, l, x, g):
+    """d = g (x - sigma(l))."""
+    _sigmoid_kernel(d, l)
+    xp.subtract(x, d, out=d)
+    d *= g
+
+
+class _BernoulliLogProb(Function):
+    """log p(x) = x l - softplus(l) for logits l, one node: d/dl = x - sigma(l), d/dx = l."""
+
+    def forward(self, l, x):
+        return chunked(_bernoulli_log_prob_kernel, 1, l, x)
+
+    def backward(self, gy):
+        l, x = self.inputs
+        gx = gy * l if x.requires_grad else None
+        if not l.requires_grad:
+            return None, gx
+        if not is_grad_enabled():  # no graph to record: chained passes on raw arrays
+            return Tensor(chunked(_bernoulli_log_prob_grad_kernel, 1, l.data, x.data, gy.data)), gx
+        return gy * (x - sigmoid(l)), gx
+
+
+def bernoulli_log_prob(logits, x):
+    """log Bernoulli(x; sigmoid(l)) = x l - softplus(l) = x log sigmoid(l) + (1 - x) log
+    sigmoid(-l), elementwise, finite for any l: minus the binary cross-entropy with logits.
+    Logits and x of one shape and dtype are one node (the loss of every Bernoulli decoder);
+    otherwise the same formula broadcast, as a composition."""
+    l = as_tensor(logits)
+    x = as_tensor(x, like=l)
+    if x.shape == l.shape and x.dtype == l.dtype:
+        return _BernoulliLogProb.apply(l, x)
+    return x * l - softplus(l)
 
 
 def mse_loss(input, target, reduction: str = "mean"):

@@ -162,14 +162,17 @@ def test_norms_float32_one_node_and_closed_form():
     assert F.layer_norm(xt, 5, wt, bt)._fn.inputs == (xt, wt, bt), "one node fed by x, w, b"
 
 
-@pytest.mark.parametrize("name", ["sigmoid", "silu", "gelu_tanh"])
+CHUNKED = {"sigmoid": F.sigmoid, "silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+           "softplus": F.softplus, "tanh": F.tanh}
+
+
+@pytest.mark.parametrize("name", list(CHUNKED))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_chunked_passes_equal_whole_array_passes(monkeypatch, name, dtype):
-    """The fused activations run their passes chunk by chunk (elementwise.CHUNK_BYTES):
-    with 7 chunks, the last one short, and a transposed input, the value and the gradient
-    equal those of one chunk bit for bit, and the composition's to rounding."""
-    f = {"sigmoid": F.sigmoid, "silu": F.silu,
-         "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name]
+    """The fused activations run their passes chunk by chunk (elementwise.CHUNK_BYTES; tanh
+    its backward): with 7 chunks, the last one short, and a transposed input, the value and
+    the gradient equal those of one chunk bit for bit, and the composition's to rounding."""
+    f = CHUNKED[name]
     x = np.random.default_rng(3).standard_normal((5, 3, 7)).astype(dtype).transpose(2, 0, 1) * 4
     whole = _values_and_grads(f, [x])
     monkeypatch.setattr(elementwise, "CHUNK_BYTES", 16 * np.dtype(dtype).itemsize)  # 105 = 6 x 16 + 9
@@ -179,11 +182,63 @@ def test_chunked_passes_equal_whole_array_passes(monkeypatch, name, dtype):
     with refgen.no_grad():
         np.testing.assert_array_equal(f(Tensor(x)).data, y.data)          # the unrecorded form
     comp = {"sigmoid": ACTIVATIONS["sigmoid"][1], "silu": silu_composite,
-            "gelu_tanh": lambda x: gelu_composite(x, approximate="tanh")}[name]
+            "gelu_tanh": lambda x: gelu_composite(x, approximate="tanh"),
+            "softplus": lambda x: F.log(1.0 + F.exp(x)),
+            "tanh": lambda x: 1.0 - 2.0 / (F.exp(2.0 * x) + 1.0)}[name]
     yc, (gc,) = _values_and_grads(comp, [x])
     tol = 1e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(y.data, yc.data, rtol=tol, atol=tol)
     np.testing.assert_allclose(g.data, gc.data, rtol=10 * tol, atol=10 * tol)
+
+
+# --- the Bernoulli log-likelihood -----------------------------------------------------------
+
+def _bernoulli_composite(l, x):
+    return x * l - F.softplus(l)
+
+
+@given(seed=seeds, shape=rs.shapes(max_dims=3, max_side=4))
+def test_bernoulli_log_prob_matches_its_composition_and_gradchecks(seed, shape):
+    """x l - softplus(l) as one node: value and both gradients (soft targets x in [0, 1]
+    take a gradient too) against the composition, then the float64 oracle to second order."""
+    r = np.random.default_rng(seed)
+    l, x = r.standard_normal(shape) * 4, r.random(shape)
+    _assert_same(F.bernoulli_log_prob, _bernoulli_composite, [l, x], rtol=1e-12, atol=1e-13)
+    check_grads(F.bernoulli_log_prob, [l, x], order=2)
+
+
+def test_bernoulli_log_prob_closed_form_one_node_and_chunks(monkeypatch):
+    """Against log sigmoid(l) and log(1 - sigmoid(l)) in float64 (l up to 1e4: finite, and
+    full relative precision where log p is near 0), the logit gradient x - sigmoid(l) and the
+    second derivative -sigmoid(l)(1 - sigmoid(l)); one
+    node fed by l and x; in 7 chunks bit for bit what one chunk gives; broadcast x falls back
+    to the composition with the same values."""
+    l = np.array([-1e4, -30.0, -2.5, -0.3, 0.0, 0.7, 3.1, 30.0, 1e4])
+    x = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.25, 0.0, 1.0, 0.0])
+    s = np.exp(-np.logaddexp(0, -l))                              # sigmoid(l), both tails
+    log_s, log_1ms = -np.logaddexp(0, -l), -np.logaddexp(0, l)
+    lt = Tensor(l, requires_grad=True)
+    y = F.bernoulli_log_prob(lt, Tensor(x))
+    assert y._fn.inputs[0] is lt and len(y._fn.inputs) == 2
+    np.testing.assert_allclose(y.data, x * log_s + (1 - x) * log_1ms, rtol=1e-12, atol=1e-300)
+    (g,) = refgen.grad(F.sum(y), [lt], create_graph=True)
+    np.testing.assert_allclose(g.data, x - s, rtol=1e-12, atol=1e-15)   # x - s rounds at 1e-16
+    (h,) = refgen.grad(F.sum(g), [lt])
+    np.testing.assert_allclose(h.data, -s * (1 - s), rtol=1e-10, atol=1e-15)
+
+    r = np.random.default_rng(4)
+    l32 = (r.standard_normal((5, 3, 7)) * 4).astype(np.float32).transpose(2, 0, 1)
+    x32 = (r.random((7, 5, 3)) < 0.4).astype(np.float32)
+    whole = _values_and_grads(F.bernoulli_log_prob, [l32, x32])
+    monkeypatch.setattr(elementwise, "CHUNK_BYTES", 16 * 4)       # 105 = 6 x 16 + 9
+    y, g = _values_and_grads(F.bernoulli_log_prob, [l32, x32])
+    np.testing.assert_array_equal(y.data, whole[0].data)
+    for a, b in zip(g, whole[1]):
+        np.testing.assert_array_equal(a.data, b.data)
+    lb = Tensor(np.stack([l32, -l32]), requires_grad=True)          # (2, 7, 5, 3) against (7, 5, 3)
+    yb = F.bernoulli_log_prob(lb, Tensor(x32))
+    np.testing.assert_allclose(yb.data[1], _bernoulli_composite(Tensor(-l32), Tensor(x32)).data,
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_unrecorded_forwards_equal_the_recorded_ones_and_keep_nothing():
