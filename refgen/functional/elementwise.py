@@ -382,13 +382,18 @@ class _GeluTanh(Function):
         return gy * (0.5 * (1.0 + t) + 0.5 * _GELU_C * x * (1.0 - t * t) * (1.0 + 3.0 * _GELU_A * (x * x)))
 
 
-def _softplus_kernel(y, x):
-    """y = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), in y's buffer: finite for |x| = 1e4,
-    and measured 6.8x faster than logaddexp(0, x) on a (100, 784) float32 array."""
+def _softplus_tail_kernel(y, x):
+    """y = log(1 + e^-|x|), in y's buffer: softplus(x) - max(x, 0), in (0, log 2]."""
     xp.abs(x, out=y)
     xp.negative(y, out=y)
     xp.exp(y, out=y)
     xp.log1p(y, out=y)
+
+
+def _softplus_kernel(y, x):
+    """y = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), in y's buffer: finite for |x| = 1e4,
+    and measured 6.8x faster than logaddexp(0, x) on a (100, 784) float32 array."""
+    _softplus_tail_kernel(y, x)
     y += xp.maximum(x, 0)
 
 

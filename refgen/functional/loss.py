@@ -9,7 +9,8 @@ import math
 
 from refgen.autograd import Function, Tensor, as_tensor, is_grad_enabled
 from refgen.backend import xp
-from refgen.functional.elementwise import _sigmoid_kernel, chunked, clamp, log, sigmoid, softplus
+from refgen.functional.elementwise import (_sigmoid_kernel, _softplus_tail_kernel, chunked, clamp, log,
+                                           sigmoid, softplus)
 from refgen.functional.nn import log_softmax, straight_through
 from refgen.functional.reduction import mean, sum
 from refgen.functional.shape import getitem, unsqueeze, squeeze
@@ -32,10 +33,7 @@ def _bernoulli_log_prob_kernel(y, l, x):
     """y = x l - softplus(l) = (x l - max(l, 0)) - log(1 + e^-|l|), in y's buffer. For x = 1
     and l > 0 (or x = 0 and l < 0) the bracket is exactly 0, so log p keeps its full relative
     precision where it is near 0 (x l - softplus(l) would lose it to cancellation)."""
-    xp.abs(l, out=y)
-    xp.negative(y, out=y)
-    xp.exp(y, out=y)
-    xp.log1p(y, out=y)
+    _softplus_tail_kernel(y, l)
     xp.subtract(x * l - xp.maximum(l, 0), y, out=y)
 
 
