@@ -103,29 +103,10 @@ def machine() -> dict:
     return {"nproc": os.cpu_count(), "cpu": cpu, "backend": backend.name(),
             "python": platform.python_version(), "numpy": np.__version__,
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
-            "blas_core": blas_core(), "avx512": _cpu_has("avx512f"),
+            "blas_core": backend.blas_core(), "avx512": _cpu_has("avx512f"),
             "load_avg_at_end": ([round(v, 2) for v in os.getloadavg()]
                                 if hasattr(os, "getloadavg") else None),
             "process_cpu_s": round(time.process_time(), 1)}
-
-
-def blas_core() -> str | None:
-    """The kernel family NumPy's bundled OpenBLAS runs (e.g. 'Haswell' for AVX2, 'SkylakeX'
-    for AVX-512): the one it detected for this CPU when it loaded, or the one the environment
-    names in OPENBLAS_CORETYPE; None where NumPy links another BLAS."""
-    import ctypes
-    import glob
-
-    import numpy as np
-    libs = glob.glob(str(Path(np.__file__).parent.parent / "numpy.libs" / "*openblas*"))
-    for lib in libs:
-        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
-                     "openblas_get_corename64_", "openblas_get_corename"):
-            fn = getattr(ctypes.CDLL(lib), name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
-    return None
 
 
 def _cpu_has(flag: str) -> bool | None:

@@ -19,8 +19,8 @@ geometry, and for --tune each raw kernel call), then re-run alone on random arra
   refgen.allocator, and with neither it nor the table. Medians of process CPU time, one BLAS
   thread: on a shared machine CPU time, not wall time, is what a run costs.
 - --tune: every one-group raw kernel (forward, and weight gradient) under each algorithm
-  that applies (im2col, channels-last; shifted at stride 1) at chunks of 256 KiB, 1 MiB and
-  4 MiB, rounds in rotating order; prints the shapes where a candidate beat im2col at
+  that applies (im2col, channels-last; shifted and stacked at stride 1) at chunks of 256 KiB,
+  1 MiB and 4 MiB, rounds in rotating order; prints the shapes where a candidate beat im2col at
   CHUNK_BYTES by more than 10%.
 
 ``--smoke``: 4-channel models at batch 2, one repeat.
@@ -44,7 +44,8 @@ from refgen.autograd import Tensor  # noqa: E402
 from refgen.functional import conv  # noqa: E402
 from refgen.models.base import Batch  # noqa: E402
 
-CANDIDATES = [(alg, kib << 10) for alg in ("im2col", "shifted", "nhwc") for kib in (256, 1024, 4096)]
+CANDIDATES = [(alg, kib << 10) for alg in ("im2col", "shifted", "stacked", "nhwc")
+              for kib in (256, 1024, 4096)]
 
 
 def recipes():
@@ -223,7 +224,8 @@ def tune(repeat):
         else:
             run = lambda: conv._conv2d_weight_raw(x, other, hw, geom)  # noqa: E731
         p = pads or (geom[1][0], geom[1][0], geom[1][1], geom[1][1])
-        cands = [c for c in CANDIDATES if c[0] != "shifted" or (geom[0] == (1, 1) and min(p) >= 0)]
+        cands = [c for c in CANDIDATES
+                 if c[0] not in ("shifted", "stacked") or (geom[0] == (1, 1) and min(p) >= 0)]
         times = {c: [] for c in cands}
         for r in range(repeat + 1):
             for c in cands[r % len(cands):] + cands[:r % len(cands)]:

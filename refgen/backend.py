@@ -101,6 +101,23 @@ def use_backend(which: str):
         _module = previous
 
 
+def blas_core() -> str | None:
+    """The kernel family NumPy's bundled OpenBLAS runs (e.g. 'Haswell' for AVX2, 'SkylakeX'
+    for AVX-512): the one it detected for this CPU when it loaded, or the one the environment
+    names in OPENBLAS_CORETYPE; None where NumPy links another BLAS."""
+    import ctypes
+    import glob
+    from pathlib import Path
+    for lib in glob.glob(str(Path(np.__file__).parent.parent / "numpy.libs" / "*openblas*")):
+        for fname in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                      "openblas_get_corename64_", "openblas_get_corename"):
+            fn = getattr(ctypes.CDLL(lib), fname, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return None
+
+
 def is_array(a) -> bool:
     """True for an array of the active backend (or NumPy)."""
     return isinstance(a, (np.ndarray, _module.ndarray))

@@ -18,7 +18,9 @@ time (at most ``CHUNK_BYTES``), so memory stays a small multiple of input + outp
 At stride 1 with one group there is a second algorithm, "shifted": the padded input is laid
 out channels-first, (C, n*Hp*Wp), so that kernel tap (i, j) of every window is ONE contiguous
 slice of it, and the convolution is kh*kw GEMMs on those slices with no columns at all (the
-weight gradient likewise). With one group at any stride there is a third, "nhwc": im2col's
+weight gradient likewise); "stacked" copies those kh*kw slices into one (kh*kw*C, L) column
+matrix (each a contiguous block copy) and makes one GEMM of depth kh*kw*C instead of kh*kw
+GEMMs of depth C. With one group at any stride there is a fourth, "nhwc": im2col's
 columns taken from the input laid out channels-last, so each window row is one contiguous
 run and a batch chunk is one GEMM. Which runs, and in what chunk size, is read from
 ``MEASURED``, a table of the winners timed per shape on the CPU; shapes not in it, and the GPU,
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Function, as_tensor
-from refgen.backend import xp, name as backend_name
+from refgen.backend import blas_core, xp, name as backend_name
 
 __all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
 
@@ -57,52 +59,99 @@ def _out_size(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-# None: each shape's measured winner (below); "im2col" or "shifted" forces one wherever it
-# applies (the tests, and benchmarks/conv_speed.py's before/after).
+# None: each shape's measured winner (below); "im2col", "shifted", "stacked" or "nhwc" forces
+# one wherever it applies (the tests, and benchmarks/conv_speed.py's before/after).
 ALGORITHM = None
 
 # (kind, C_in, C_out, kh, kw, Hp, Wp, sh, sw) -> (algorithm, chunk bytes), for kind "forward"
 # (also the stride-1 input gradient, a forward conv with the flipped kernel) and "weight"; Hp,
 # Wp are the padded input's size. Winners of `python benchmarks/conv_speed.py --tune` (every
-# algorithm that applies at chunks of 256 KiB, 1 MiB and 4 MiB, the median CPU time of 5
-# interleaved repeats after a warm-up, one BLAS thread, a 2-core AMD EPYC with one other process;
-# benchmarks/results/conv_tune_cpu.json) at the U-Net's (batch 64) and gated PixelCNN's
-# (batch 16) shapes; only entries that beat im2col at CHUNK_BYTES by more than 10% are kept.
-# The shifted weight gradient at 28x28 in 256 KiB chunks (the (C + O) x L panels of each
-# tap's GEMM stay in cache) and the channels-last kernels at 14x14, 7x7 and stride 2 (long
-# copy runs, one GEMM per chunk) are the largest wins, 1.2-2x.
-MEASURED = {
-    ('forward', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
-    ('forward', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
-    ('forward', 32, 32, 3, 3, 16, 16, 2, 2): ('nhwc', 1 << 20),
-    ('forward', 32, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
-    ('forward', 64, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
-    ('forward', 64, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
-    ('forward', 48, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
-    ('forward', 48, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
-    ('forward', 32, 16, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
-    ('forward', 16, 1, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
-    ('forward', 32, 48, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
-    ('forward', 32, 64, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
-    ('forward', 32, 16, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
-    ('weight', 16, 1, 3, 3, 30, 30, 1, 1): ('shifted', 4 << 20),
-    ('weight', 16, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
-    ('weight', 32, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
-    ('weight', 48, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
-    ('weight', 32, 32, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
-    ('weight', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
-    ('weight', 48, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
-    ('weight', 64, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
-    ('weight', 32, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 4 << 20),
-    ('weight', 64, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
-    ('weight', 32, 32, 3, 3, 16, 16, 2, 2): ('nhwc', 1 << 20),
-    ('weight', 16, 32, 3, 3, 16, 16, 1, 1): ('shifted', 256 << 10),
-    ('weight', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
-    ('forward', 48, 24, 1, 2, 28, 30, 1, 1): ('shifted', 1 << 20),
-    ('forward', 48, 24, 2, 3, 30, 32, 1, 1): ('shifted', 1 << 20),
-    ('weight', 24, 48, 1, 2, 28, 29, 1, 1): ('shifted', 256 << 10),
-    ('weight', 24, 48, 2, 3, 29, 30, 1, 1): ('shifted', 256 << 10),
+# algorithm that applies at chunks of 256 KiB, 1 MiB and 4 MiB, the median CPU time of 11
+# interleaved repeats after a warm-up, one BLAS thread, a 2-core Intel Xeon with AVX-512 and
+# one other process) at the U-Net's (batch 64) and gated PixelCNN's (batch 16) shapes; only
+# entries that beat im2col at CHUNK_BYTES by more than 10% are kept. One table per OpenBLAS
+# kernel family (benchmarks/results/conv_tune_cpu_xeon.json with the AVX2 kernel,
+# conv_tune_cpu_xeon_skylakex.json with the AVX-512 one), since the winners differ: the
+# shifted weight gradient at 28x28 in 256 KiB chunks is 1.3-1.7x faster than the channels-last
+# one with the AVX-512 kernel and 1.1-1.3x slower with the AVX2 kernel. The channels-last
+# kernels at 14x14, 7x7 and stride 2 (long copy runs, one GEMM per chunk) win 1.2-2x with both.
+MEASURED_BY_KERNEL = {
+    "Haswell": {
+        ('forward', 16, 16, 3, 3, 30, 30, 1, 1): ('stacked', 1 << 20),
+        ('forward', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
+        ('forward', 16, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 32, 3, 3, 16, 16, 2, 2): ('nhwc', 1 << 20),
+        ('forward', 32, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
+        ('forward', 64, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 64, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 48, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 32, 3, 3, 30, 30, 1, 1): ('stacked', 1 << 20),
+        ('forward', 48, 16, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('forward', 32, 16, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('forward', 16, 1, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('forward', 16, 32, 3, 3, 30, 30, 1, 1): ('im2col', 256 << 10),
+        ('forward', 16, 48, 3, 3, 30, 30, 1, 1): ('im2col', 256 << 10),
+        ('forward', 32, 48, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 64, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 64, 3, 3, 9, 9, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 16, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+        ('weight', 16, 1, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('weight', 16, 16, 3, 3, 30, 30, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 32, 16, 3, 3, 30, 30, 1, 1): ('nhwc', 1 << 20),
+        ('weight', 48, 16, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('weight', 32, 32, 3, 3, 30, 30, 1, 1): ('nhwc', 1 << 20),
+        ('weight', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+        ('weight', 48, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 64, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 32, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 64, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 32, 32, 3, 3, 16, 16, 2, 2): ('nhwc', 256 << 10),
+        ('weight', 16, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+        ('weight', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
+        ('forward', 48, 24, 1, 2, 28, 30, 1, 1): ('shifted', 1 << 20),
+        ('forward', 48, 24, 2, 3, 30, 32, 1, 1): ('shifted', 1 << 20),
+    },
+    "SkylakeX": {
+        ('forward', 16, 16, 3, 3, 30, 30, 1, 1): ('stacked', 1 << 20),
+        ('forward', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
+        ('forward', 16, 32, 3, 3, 16, 16, 1, 1): ('im2col', 1 << 20),
+        ('forward', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 32, 3, 3, 16, 16, 2, 2): ('nhwc', 256 << 10),
+        ('forward', 32, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
+        ('forward', 64, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 64, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 48, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 32, 3, 3, 30, 30, 1, 1): ('stacked', 1 << 20),
+        ('forward', 48, 16, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('forward', 32, 16, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('forward', 16, 1, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('forward', 16, 32, 3, 3, 30, 30, 1, 1): ('im2col', 1 << 20),
+        ('forward', 16, 48, 3, 3, 30, 30, 1, 1): ('im2col', 1 << 20),
+        ('forward', 32, 48, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('forward', 32, 64, 3, 3, 16, 16, 1, 1): ('nhwc', 1 << 20),
+        ('forward', 32, 64, 3, 3, 9, 9, 1, 1): ('nhwc', 1 << 20),
+        ('forward', 32, 16, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 16, 1, 3, 3, 30, 30, 1, 1): ('shifted', 1 << 20),
+        ('weight', 16, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+        ('weight', 32, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+        ('weight', 48, 16, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+        ('weight', 32, 32, 3, 3, 30, 30, 1, 1): ('shifted', 256 << 10),
+        ('weight', 32, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 48, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 64, 32, 3, 3, 16, 16, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 32, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 64, 32, 3, 3, 9, 9, 1, 1): ('nhwc', 256 << 10),
+        ('weight', 32, 32, 3, 3, 16, 16, 2, 2): ('nhwc', 256 << 10),
+        ('weight', 16, 32, 3, 3, 16, 16, 1, 1): ('shifted', 256 << 10),
+        ('weight', 16, 16, 3, 3, 30, 30, 2, 2): ('nhwc', 256 << 10),
+        ('forward', 48, 24, 1, 2, 28, 30, 1, 1): ('shifted', 1 << 20),
+        ('forward', 48, 24, 2, 3, 30, 32, 1, 1): ('shifted', 1 << 20),
+        ('weight', 24, 48, 2, 3, 29, 30, 1, 1): ('im2col', 1 << 20),
+    },
 }
+# The table in use: the running kernel family's, the AVX2 one for any other.
+MEASURED = MEASURED_BY_KERNEL.get(blas_core(), MEASURED_BY_KERNEL["Haswell"])
 
 
 def _plan(kind, c, o, kernel, padded_hw, stride, groups, pads):
@@ -113,7 +162,7 @@ def _plan(kind, c, o, kernel, padded_hw, stride, groups, pads):
     if groups == 1:
         allowed.add("nhwc")
         if stride == (1, 1) and min(pads) >= 0:
-            allowed.add("shifted")
+            allowed.update(("shifted", "stacked"))
     if ALGORITHM is not None:
         return (ALGORITHM if ALGORITHM in allowed else "im2col"), CHUNK_BYTES
     key = (kind, c, o) + tuple(kernel) + tuple(padded_hw) + tuple(stride)
@@ -173,9 +222,9 @@ def _conv2d_raw(x, w, b, geom, out_hw, pads=None):
     pads = pads if pads is not None else (padding[0], padding[0], padding[1], padding[1])
     padded_hw = (x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3])
     alg, chunk = _plan("forward", x.shape[1], o, (kh, kw), padded_hw, stride, groups, pads)
-    if alg in ("shifted", "nhwc"):
-        y = (_conv2d_shifted(x, w, pads, dilation, out_hw, chunk) if alg == "shifted"
-             else _conv2d_nhwc(x, w, pads, stride, dilation, out_hw, chunk))
+    if alg in ("shifted", "stacked", "nhwc"):
+        y = (_conv2d_nhwc(x, w, pads, stride, dilation, out_hw, chunk) if alg == "nhwc"
+             else _conv2d_shifted(x, w, pads, dilation, out_hw, chunk, alg == "stacked"))
         return y if b is None else y + b.reshape(1, o, 1, 1)
     xpad = _padded4(x, pads)
     cols = _windows(xpad, (kh, kw), stride, dilation, out_hw, groups)
@@ -248,8 +297,8 @@ def _conv2d_weight_raw(x, gy, kernel, geom):
     pads = (padding[0], padding[0], padding[1], padding[1])
     padded_hw = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
     alg, chunk = _plan("weight", x.shape[1], o, kernel, padded_hw, stride, groups, pads)
-    if alg == "shifted":
-        return _conv2d_weight_shifted(x, gy, kernel, pads, dilation, chunk)
+    if alg in ("shifted", "stacked"):
+        return _conv2d_weight_shifted(x, gy, kernel, pads, dilation, chunk, alg == "stacked")
     if alg == "nhwc":
         return _conv2d_weight_nhwc(x, gy, kernel, pads, stride, dilation, chunk)
     cols = _windows(_padded(x, *padding), kernel, stride, dilation, (ho, wo), groups)
@@ -273,6 +322,8 @@ def _conv2d_weight_raw(x, gy, kernel, geom):
 # kh*kw GEMMs over slices of length L = n*Hp*Wp - off_max (the last window's last tap is the
 # last element). Positions q with h >= Ho or w >= Wo straddle a row or image boundary: they are
 # computed and discarded (the price: Hp*Wp / (Ho*Wo) times the multiply-adds).
+# Stacked, the same sum is one GEMM: y_flat[:, :L] = W (O, kh*kw*C) @ cols, with cols' row
+# block ij the slice xflat[:, off_ij : off_ij + L] and W's columns ordered (i, j, c) to match.
 
 def _taps(kernel, dilation, wp):
     """off_ij = i*dh*Wp + j*dw for the kernel taps in row-major (i, j) order."""
@@ -298,7 +349,15 @@ def _chunk_buffers(n, step, shapes, dtype):
         yield slice(i, i + m), bufs
 
 
-def _conv2d_shifted(x, w, pads, dilation, out_hw, chunk):
+def _stack_taps(xflat, taps, big, cols):
+    """cols (kh*kw*C, L), row block a = xflat[:, off_a : off_a + L]: kh*kw block copies."""
+    c = xflat.shape[0]
+    for a, off in enumerate(taps):
+        cols[a * c:(a + 1) * c] = xflat[:, off:off + big]
+    return cols
+
+
+def _conv2d_shifted(x, w, pads, dilation, out_hw, chunk, stacked=False):
     """conv2d at stride 1, one group: y_flat = sum_ij W_ij @ xflat[:, off_ij : off_ij + L]."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
@@ -306,38 +365,57 @@ def _conv2d_shifted(x, w, pads, dilation, out_hw, chunk):
     taps = _taps((kh, kw), dilation, wp)
     dtype = xp.result_type(x.dtype, w.dtype)
     wt = xp.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)  # W_ij: (O, C)
+    wcat = wt.transpose(1, 0, 2).reshape(o, -1)  # (O, kh*kw*C), columns (i, j, c)
     y = xp.empty((n, o) + tuple(out_hw), dtype=dtype)
-    step = max(1, chunk // ((c + o) * hp * wp * x.itemsize))
+    rows = c * (len(taps) if stacked else 1) + o
+    step = max(1, chunk // (rows * hp * wp * x.itemsize))
+    cols = None
     for sl, (buf,) in _chunk_buffers(n, step, [(c, hp, wp)], dtype):
         xflat = _planes(x[sl], pads, buf)  # (C, m*Hp*Wp)
         m = buf.shape[1]
         big = m * hp * wp - taps[-1]  # L
         yflat = xp.empty((o, m * hp * wp), dtype=dtype)
         acc = yflat[:, :big]
-        xp.matmul(wt[0], xflat[:, taps[0]:taps[0] + big], out=acc)
-        for a in range(1, len(taps)):
-            acc += wt[a] @ xflat[:, taps[a]:taps[a] + big]
+        if stacked:
+            if cols is None or cols.shape[1] != big:
+                cols = xp.empty((len(taps) * c, big), dtype=dtype)
+            xp.matmul(wcat, _stack_taps(xflat, taps, big, cols), out=acc)  # (O, L)
+        else:
+            xp.matmul(wt[0], xflat[:, taps[0]:taps[0] + big], out=acc)
+            for a in range(1, len(taps)):
+                acc += wt[a] @ xflat[:, taps[a]:taps[a] + big]
         # (O, m, Hp, Wp) -> the valid (Ho, Wo) corner, as (m, O, Ho, Wo)
         y[sl] = yflat.reshape(o, m, hp, wp)[:, :, :out_hw[0], :out_hw[1]].transpose(1, 0, 2, 3)
     return y
 
 
-def _conv2d_weight_shifted(x, gy, kernel, pads, dilation, chunk):
+def _conv2d_weight_shifted(x, gy, kernel, pads, dilation, chunk, stacked=False):
     """gw[:, :, i, j] = gy_flat (O, L) @ xflat[:, off_ij : off_ij + L]^T, with gy laid on the
-    padded grid at the window start positions (zero where no window starts)."""
+    padded grid at the window start positions (zero where no window starts); stacked, all
+    taps at once: gw (O, kh*kw*C) = gy_flat @ cols^T."""
     n, c, h, wd = x.shape
     o, ho, wo = gy.shape[1:]
     hp, wp = h + pads[0] + pads[1], wd + pads[2] + pads[3]
     taps = _taps(kernel, dilation, wp)
     dtype = xp.result_type(x.dtype, gy.dtype)
-    gw = xp.zeros((len(taps), o, c), dtype=dtype)  # (kh*kw, O, C)
-    step = max(1, chunk // ((c + o) * hp * wp * x.itemsize))
+    # (O, kh*kw*C) with columns (i, j, c) when stacked, else (kh*kw, O, C)
+    gw = xp.zeros((o, len(taps) * c) if stacked else (len(taps), o, c), dtype=dtype)
+    rows = c * (len(taps) if stacked else 1) + o
+    step = max(1, chunk // (rows * hp * wp * x.itemsize))
+    cols = None
     for sl, (buf, gbuf) in _chunk_buffers(n, step, [(c, hp, wp), (o, hp, wp)], dtype):
         xflat = _planes(x[sl], pads, buf)  # (C, m*Hp*Wp)
         gflat = _planes(gy[sl], (0, 0, 0, 0), gbuf)  # (O, m*Hp*Wp), zero past (Ho, Wo)
         big = gflat.shape[1] - taps[-1]  # L
+        if stacked:
+            if cols is None or cols.shape[1] != big:
+                cols = xp.empty((len(taps) * c, big), dtype=dtype)
+            gw += gflat[:, :big] @ _stack_taps(xflat, taps, big, cols).T
+            continue
         for a, off in enumerate(taps):
             gw[a] += gflat[:, :big] @ xflat[:, off:off + big].T
+    if stacked:
+        gw = gw.reshape(o, len(taps), c).transpose(1, 0, 2)  # (kh*kw, O, C)
     return gw.reshape(kernel[0], kernel[1], o, c).transpose(2, 3, 0, 1)
 
 

@@ -237,11 +237,12 @@ def shifted_configs(draw):
     return kernel, dilation, pads, size, n, c, o, chunk
 
 
-@on_backend("numpy")  # compares the two algorithms in float64
-@given(shifted_configs(), st.integers(0, 2**32 - 1))
-def test_shifted_kernels_equal_im2col(cfg, seed):
-    """Forward (any of its four paddings) and weight gradient: the shifted GEMMs give what
-    the previous implementation, im2col, gives."""
+@on_backend("numpy")  # compares the algorithms in float64
+@pytest.mark.parametrize("shifted", ["shifted", "stacked"])
+@given(cfg=shifted_configs(), seed=st.integers(0, 2**32 - 1))
+def test_shifted_kernels_equal_im2col(shifted, cfg, seed):
+    """Forward (any of its four paddings) and weight gradient: the shifted GEMMs, per tap or
+    stacked into one, give what im2col gives."""
     kernel, dilation, pads, size, n, c, o, chunk = cfg
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal((n, c) + size), rng.standard_normal((o, c) + kernel)
@@ -252,29 +253,30 @@ def test_shifted_kernels_equal_im2col(cfg, seed):
     out_sym = tuple(s + 2 * a - d * (k - 1) for s, a, d, k in zip(size, sym_pad, dilation, kernel))
     gy = rng.standard_normal((n, o) + out_sym)
     got = {}
-    for alg in ("im2col", "shifted"):
+    for alg in ("im2col", shifted):
         with algorithm(alg, chunk):
             got[alg] = (conv_module._conv2d_raw(x, w, None, geom, out_hw, pads=pads),
                         conv_module._conv2d_weight_raw(x, gy, kernel, sym))
-    for a, b in zip(got["im2col"], got["shifted"]):
+    for a, b in zip(got["im2col"], got[shifted]):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got["shifted"][0], ref_conv2d(np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:])),
+    np.testing.assert_allclose(got[shifted][0], ref_conv2d(np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:])),
                                                              w, None, (1, 1), (0, 0), dilation, 1),
                                rtol=1e-10, atol=1e-10)
 
 
 @on_backend("numpy")  # finite differences in float64
-@given(shifted_configs(), st.booleans(), st.integers(0, 2**32 - 1))
-def test_shifted_gradients_and_double_backward(cfg, bias, seed):
-    """conv2d and conv_transpose2d with every raw kernel on the shifted path: gradients of
-    first and second order."""
+@pytest.mark.parametrize("shifted", ["shifted", "stacked"])
+@given(cfg=shifted_configs(), bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_shifted_gradients_and_double_backward(shifted, cfg, bias, seed):
+    """conv2d and conv_transpose2d with every raw kernel on the shifted path (per tap or
+    stacked): gradients of first and second order."""
     kernel, dilation, pads, size, n, c, o, chunk = cfg
     rng = np.random.default_rng(seed)
     padding = (min(pads[0], dilation[0] * (kernel[0] - 1) // 2), min(pads[2], dilation[1] * (kernel[1] - 1) // 2))
     size = tuple(s + d * (k - 1) for s, d, k in zip(size, dilation, kernel))  # conv2d fits
     x, w = rng.standard_normal((n, c) + size), rng.standard_normal((o, c) + kernel)
     b = [rng.standard_normal(o)] if bias else []
-    with algorithm("shifted", chunk):
+    with algorithm(shifted, chunk):
         check_grads(lambda x, w, *b: F.conv2d(x, w, *b, padding=padding, dilation=dilation),
                     [x, w] + b, rng=np.random.default_rng(seed))
         wt = rng.standard_normal((c, o) + kernel)
@@ -283,12 +285,13 @@ def test_shifted_gradients_and_double_backward(cfg, bias, seed):
 
 
 @on_backend("numpy")
-def test_forcing_shifted_leaves_strided_grouped_and_cropping_convs_to_im2col():
-    """The shifted algorithm is only for stride 1, one group, non-negative padding; the rest
-    stay exact under ALGORITHM = "shifted"."""
+@pytest.mark.parametrize("shifted", ["shifted", "stacked"])
+def test_forcing_shifted_leaves_strided_grouped_and_cropping_convs_to_im2col(shifted):
+    """The shifted algorithms are only for stride 1, one group, non-negative padding; the
+    rest stay exact under ALGORITHM = "shifted" or "stacked"."""
     rng = np.random.default_rng(5)
     x, w = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2))
-    with algorithm("shifted"):
+    with algorithm(shifted):
         for stride, groups in [((2, 1), 1), ((1, 1), 2), ((1, 2), 2)]:
             wg = w if groups == 2 else rng.standard_normal((6, 4, 3, 2))
             y = F.conv2d(x, wg, stride=stride, padding=1, groups=groups)
@@ -377,14 +380,17 @@ def test_forcing_nhwc_leaves_grouped_convs_to_im2col():
 
 
 @on_backend("numpy")
-def test_measured_table_shapes_equal_im2col():
-    """Every shape the table names, at batch 2: forward and weight gradient under the chosen
-    algorithm as im2col gives them (float32, as trained)."""
+@pytest.mark.parametrize("kernel_family", sorted(conv_module.MEASURED_BY_KERNEL))
+def test_measured_table_shapes_equal_im2col(kernel_family, monkeypatch):
+    """Every shape each kernel family's table names, at batch 2: forward and weight gradient
+    under the chosen algorithm as im2col gives them (float32, as trained)."""
     rng = np.random.default_rng(0)
-    assert conv_module.MEASURED, "the measured table is empty"
-    for (kind, c, o, kh, kw, hp, wp, sh, sw), (alg, chunk) in conv_module.MEASURED.items():
-        assert alg in ("im2col", "shifted", "nhwc") and chunk > 0
-        assert alg != "shifted" or (sh, sw) == (1, 1)
+    table = conv_module.MEASURED_BY_KERNEL[kernel_family]
+    assert table, "the measured table is empty"
+    monkeypatch.setattr(conv_module, "MEASURED", table)
+    for (kind, c, o, kh, kw, hp, wp, sh, sw), (alg, chunk) in table.items():
+        assert alg in ("im2col", "shifted", "stacked", "nhwc") and chunk > 0
+        assert alg not in ("shifted", "stacked") or (sh, sw) == (1, 1)
         pad = (min(1, hp - kh), min(1, wp - kw))  # a padding the shape allows, within it
         x = rng.standard_normal((2, c, hp - 2 * pad[0], wp - 2 * pad[1])).astype(np.float32)
         w = rng.standard_normal((o, c, kh, kw)).astype(np.float32)
@@ -534,3 +540,11 @@ def test_interpolate_backward_is_sum_pooling():
     # and a 1-D signal, scale_factor as a float
     assert F.interpolate(np.zeros((1, 1, 3)), scale_factor=2.0).shape == (1, 1, 6)
     assert math.isclose(float(F.interpolate(np.ones((1, 1, 3)), scale_factor=1.5).numpy().sum()), 4.0)
+
+
+@on_backend("numpy")
+def test_the_table_in_use_is_the_running_blas_kernels():
+    """MEASURED is the table of the kernel family OpenBLAS runs, the AVX2 one otherwise."""
+    from refgen.backend import blas_core
+    want = conv_module.MEASURED_BY_KERNEL.get(blas_core(), conv_module.MEASURED_BY_KERNEL["Haswell"])
+    assert conv_module.MEASURED is want
