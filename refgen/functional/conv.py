@@ -72,9 +72,10 @@ ALGORITHM = None
 # entries that beat im2col at CHUNK_BYTES by more than 10% are kept. One table per OpenBLAS
 # kernel family (benchmarks/results/conv_tune_cpu_xeon.json with the AVX2 kernel,
 # conv_tune_cpu_xeon_skylakex.json with the AVX-512 one), since the winners differ: the
-# shifted weight gradient at 28x28 in 256 KiB chunks is 1.3-1.7x faster than the channels-last
-# one with the AVX-512 kernel and 1.1-1.3x slower with the AVX2 kernel. The channels-last
-# kernels at 14x14, 7x7 and stride 2 (long copy runs, one GEMM per chunk) win 1.2-2x with both.
+# shifted weight gradient at 28x28 in 256 KiB chunks is 1.1-1.6x faster than the channels-last
+# one with the AVX-512 kernel, and slower at three of those four shapes with the AVX2 kernel.
+# The channels-last kernels at 14x14, 7x7 and stride 2 (long copy runs, one GEMM per chunk)
+# win 1.2-2x with both; stacked takes the 16- and 32-channel 28x28 forward passes.
 MEASURED_BY_KERNEL = {
     "Haswell": {
         ('forward', 16, 16, 3, 3, 30, 30, 1, 1): ('stacked', 1 << 20),
@@ -365,7 +366,8 @@ def _conv2d_shifted(x, w, pads, dilation, out_hw, chunk, stacked=False):
     taps = _taps((kh, kw), dilation, wp)
     dtype = xp.result_type(x.dtype, w.dtype)
     wt = xp.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)  # W_ij: (O, C)
-    wcat = wt.transpose(1, 0, 2).reshape(o, -1)  # (O, kh*kw*C), columns (i, j, c)
+    if stacked:
+        wcat = wt.transpose(1, 0, 2).reshape(o, -1)  # (O, kh*kw*C), columns (i, j, c)
     y = xp.empty((n, o) + tuple(out_hw), dtype=dtype)
     rows = c * (len(taps) if stacked else 1) + o
     step = max(1, chunk // (rows * hp * wp * x.itemsize))

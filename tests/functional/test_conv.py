@@ -264,6 +264,26 @@ def test_shifted_kernels_equal_im2col(shifted, cfg, seed):
                                rtol=1e-10, atol=1e-10)
 
 
+@on_backend("numpy")
+@pytest.mark.parametrize("shifted", ["shifted", "stacked"])
+def test_shifted_kernels_with_a_shorter_last_chunk(shifted):
+    """Three images in chunks of two: the last chunk is shorter than the buffers made for the
+    first, and forward and weight gradient still equal im2col's."""
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((3, 2, 5, 6)), rng.standard_normal((4, 2, 3, 3))
+    gy = rng.standard_normal((3, 4, 5, 6))
+    geom = ((1, 1), (1, 1), (1, 1), 1)
+    rows = 2 * (9 if shifted == "stacked" else 1) + 4  # the chunk's rows of Hp*Wp numbers
+    chunk = 2 * rows * 7 * 8 * x.itemsize  # two images per chunk
+    got = {}
+    for alg in ("im2col", shifted):
+        with algorithm(alg, chunk):
+            got[alg] = (conv_module._conv2d_raw(x, w, None, geom, (5, 6)),
+                        conv_module._conv2d_weight_raw(x, gy, (3, 3), geom))
+    for a, b in zip(got["im2col"], got[shifted]):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
 @on_backend("numpy")  # finite differences in float64
 @pytest.mark.parametrize("shifted", ["shifted", "stacked"])
 @given(cfg=shifted_configs(), bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
