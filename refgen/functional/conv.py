@@ -226,7 +226,9 @@ def _conv2d_raw(x, w, b, geom, out_hw, pads=None):
     if alg in ("shifted", "stacked", "nhwc"):
         y = (_conv2d_nhwc(x, w, pads, stride, dilation, out_hw, chunk) if alg == "nhwc"
              else _conv2d_shifted(x, w, pads, dilation, out_hw, chunk, alg == "stacked"))
-        return y if b is None else y + b.reshape(1, o, 1, 1)
+        if b is not None:
+            y += b.reshape(1, o, 1, 1)  # y is the algorithm's own new array
+        return y
     xpad = _padded4(x, pads)
     cols = _windows(xpad, (kh, kw), stride, dilation, out_hw, groups)
     wm = w.reshape(groups, o // groups, k)  # (G, O/G, K)
