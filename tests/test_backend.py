@@ -167,3 +167,22 @@ def test_default_rng_is_seeded_and_passes_generators_through():
     np.testing.assert_array_equal(a, to_numpy(default_rng(5).standard_normal(4)))
     g = default_rng(1)
     assert default_rng(g) is g                      # a generator of the active backend
+
+
+@on_backend("numpy")
+def test_long_rows_drops_numpy_buffering_only_inside_and_only_for_long_rows():
+    """long_rows(r) runs its block with NumPy's ufunc buffer shorter than a row for rows of
+    196 and 784 numbers (14x14 and 28x28 planes, where unbuffered passes measured faster),
+    leaves it alone for rows of 49 (7x7, where they measured slower), and restores it on
+    leaving, also when the block raises."""
+    before = np.getbufsize()
+    for row in (196, 784):
+        with backend.long_rows(row):
+            assert np.getbufsize() < 196
+    assert np.getbufsize() == before
+    with backend.long_rows(49):
+        assert np.getbufsize() == before
+    with pytest.raises(KeyError):
+        with backend.long_rows(784):
+            raise KeyError("inside")
+    assert np.getbufsize() == before

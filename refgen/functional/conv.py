@@ -483,8 +483,9 @@ def _conv2d_weight_nhwc(x, gy, kernel, pads, stride, dilation, chunk):
 # --- the differentiable triple -------------------------------------------------------------
 
 def _bias_grad(g, b):
-    from refgen.functional.reduction import sum as _sum
-    return _sum(g, (0, 2, 3)) if b.requires_grad else None
+    """sum of g over (N, H, W): sum_to's product with ones over each (H W) row, then over N."""
+    from refgen.functional.shape import reshape, sum_to
+    return reshape(sum_to(g, (1, g.shape[1], 1, 1)), (g.shape[1],)) if b.requires_grad else None
 
 
 class _Conv2d(Function):

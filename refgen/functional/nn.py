@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Function, Tensor, as_tensor, is_grad_enabled
-from refgen.backend import xp, default_rng, name as _backend_name
+from refgen.backend import xp, default_rng, long_rows, name as _backend_name
 from refgen.functional.elementwise import exp, where
 from refgen.functional.linalg import matmul
 from refgen.functional.reduction import mean, sum, var
@@ -219,6 +219,12 @@ def _rowdot(a, b):
     return vecdot(a, b) if vecdot is not None else xp.einsum("ij,ij->i", a, b)
 
 
+def _hw_rows(x, w, b):
+    """Group norm's broadcast passes run over rows of H*W numbers (0 when a dtype differs:
+    a pass that casts needs NumPy's buffers)."""
+    return x.size // (x.shape[0] * x.shape[1]) if x.dtype == w.dtype == b.dtype else 0
+
+
 class _GroupAffineNorm(_AffineNorm):
     """Group norm's y = xhat * w[c] + b[c], w and b per channel, in one node that never
     materialises xhat. With d = x - mean over each group's row and r = rstd of the row,
@@ -235,10 +241,14 @@ class _GroupAffineNorm(_AffineNorm):
 
     def forward(self, x, w, b, stat_shape, axes, param_shape, eps):
         self.stat_shape, self.axes, self.param_shape, self.eps = stat_shape, axes, param_shape, eps
-        n, c, groups, m = x.shape[0], x.shape[1], stat_shape[1], stat_shape[2]
+        with long_rows(_hw_rows(x, w, b)):
+            return self._forward(x, w, b)
+
+    def _forward(self, x, w, b):
+        n, c, groups, m = x.shape[0], x.shape[1], self.stat_shape[1], self.stat_shape[2]
         xs = x.reshape(-1, m)                                           # (N G, M)
         d = xs - (xs @ xp.full((m,), 1.0 / m, dtype=x.dtype))[:, None]  # x - mean per row
-        r = 1.0 / xp.sqrt(_rowdot(d, d) * (1.0 / m) + eps)              # (N G,)
+        r = 1.0 / xp.sqrt(_rowdot(d, d) * (1.0 / m) + self.eps)         # (N G,)
         scale = r.reshape(n, groups, 1) * w.reshape(1, groups, c // groups)  # (r w)[n, c]
         if self.recorded:
             self.d, self.r = d, r
@@ -252,6 +262,10 @@ class _GroupAffineNorm(_AffineNorm):
     def backward(self, gy):
         if is_grad_enabled():  # create_graph: the formulas in refgen ops, differentiable again
             return super().backward(gy)
+        with long_rows(_hw_rows(*(t.data for t in self.inputs))):
+            return self._backward(gy)
+
+    def _backward(self, gy):
         x, w, b = self.inputs
         n, c, groups = x.shape[0], x.shape[1], self.stat_shape[1]
         m, cg = self.stat_shape[2], c // self.stat_shape[1]

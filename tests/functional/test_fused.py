@@ -162,6 +162,43 @@ def test_norms_float32_one_node_and_closed_form():
     assert F.layer_norm(xt, 5, wt, bt)._fn.inputs == (xt, wt, bt), "one node fed by x, w, b"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_group_norm_unbuffered_long_rows_equal_buffered_bit_for_bit(monkeypatch, dtype):
+    """At 12x12 planes (rows of 144 >= backend.LONG_ROW numbers) group norm's broadcast
+    passes run without NumPy's ufunc buffering; value and gradients equal, bit for bit, those
+    of the same passes with it (LONG_ROW raised past every row)."""
+    from refgen import backend
+    r = np.random.default_rng(21)
+    x = (r.standard_normal((3, 4, 12, 12)) * 2 + 0.7).astype(dtype)
+    w, b = r.standard_normal(4).astype(dtype), r.standard_normal(4).astype(dtype)
+    g = r.standard_normal(x.shape).astype(dtype)
+
+    def run():
+        xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+        y = F.group_norm(xt, 2, wt, bt)
+        y.backward(Tensor(g))
+        return y.data, xt.grad.data, wt.grad.data, bt.grad.data
+    unbuffered = run()
+    monkeypatch.setattr(backend, "LONG_ROW", 1 << 30)
+    for u, v in zip(unbuffered, run()):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_group_norm_passes_run_unbuffered_at_28x28(monkeypatch):
+    """Inside group norm's forward and backward at 28x28 planes, NumPy's ufunc buffer is
+    shorter than a row (backend.long_rows), and it is restored afterwards."""
+    import refgen.functional.nn as nn_ops
+    seen, rowdot = [], nn_ops._rowdot
+    monkeypatch.setattr(nn_ops, "_rowdot", lambda a, b: seen.append(np.getbufsize()) or rowdot(a, b))
+    r = np.random.default_rng(4)
+    x = Tensor(r.standard_normal((2, 4, 28, 28)).astype(np.float32), requires_grad=True)
+    w, b = (Tensor(r.standard_normal(4).astype(np.float32), requires_grad=True) for _ in range(2))
+    before = np.getbufsize()
+    F.group_norm(x, 2, w, b).sum().backward()
+    assert len(seen) == 2 and max(seen) < 784  # the forward's and the backward's row sums
+    assert np.getbufsize() == before
+
+
 CHUNKED = {"sigmoid": F.sigmoid, "silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
            "softplus": F.softplus, "tanh": F.tanh}
 
