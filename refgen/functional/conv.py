@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Function, as_tensor
-from refgen.backend import blas_core, xp, name as backend_name
+from refgen.backend import blas_core, long_rows, xp, name as backend_name
 
 __all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
 
@@ -227,7 +227,7 @@ def _conv2d_raw(x, w, b, geom, out_hw, pads=None):
         y = (_conv2d_nhwc(x, w, pads, stride, dilation, out_hw, chunk) if alg == "nhwc"
              else _conv2d_shifted(x, w, pads, dilation, out_hw, chunk, alg == "stacked"))
         if b is not None:
-            y += b.reshape(1, o, 1, 1)  # y is the algorithm's own new array
+            _add_bias(y, b)  # y is the algorithm's own new array
         return y
     xpad = _padded4(x, pads)
     cols = _windows(xpad, (kh, kw), stride, dilation, out_hw, groups)
@@ -238,8 +238,15 @@ def _conv2d_raw(x, w, b, geom, out_hw, pads=None):
         # (G, O/G, K) @ (n, G, K, P) -> (n, G, O/G, P), written straight into y's NCHW layout
         xp.matmul(wm, c, out=y[sl].reshape(-1, groups, o // groups, p))
     if b is not None:
-        y += b.reshape(1, o, 1, 1)
+        _add_bias(y, b)
     return y
+
+
+def _add_bias(y, b):
+    """y[:, o] += b[o] in place: rows of H*W numbers (when y is contiguous), each against its
+    channel's bias."""
+    with long_rows(y.shape[2] * y.shape[3] if y.flags.c_contiguous and y.dtype == b.dtype else 0):
+        y += b.reshape(1, -1, 1, 1)
 
 
 def _conv_transpose_flipped(y, w, b, geom, out_hw):
@@ -286,7 +293,7 @@ def _conv_transpose_col2im(y, w, b, geom, out_hw):
                 xpad[sl, :, :, r, q] += cols[:, :, i, j]
     x = xpad.reshape(n, groups * cg, h + 2 * ph, wd + 2 * pw)[:, :, ph:ph + h, pw:pw + wd]
     if b is not None:
-        x += b.reshape(1, -1, 1, 1)
+        _add_bias(x, b)
     return x
 
 
