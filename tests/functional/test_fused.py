@@ -14,7 +14,7 @@ from refgen.functional import elementwise
 from refgen.functional.elementwise import gelu_composite, silu_composite
 from refgen.functional.nn import (CAUSAL_BLOCKS, group_norm_composite, layer_norm_composite,
                                   scaled_dot_product_attention_composite)
-from refgen.testing import check_grads, strategies as rs
+from refgen.testing import check_grads, on_backend, strategies as rs
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
 
@@ -162,6 +162,7 @@ def test_norms_float32_one_node_and_closed_form():
     assert F.layer_norm(xt, 5, wt, bt)._fn.inputs == (xt, wt, bt), "one node fed by x, w, b"
 
 
+@on_backend("numpy")  # NumPy's ufunc buffer; on a GPU long_rows does nothing
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_group_norm_unbuffered_long_rows_equal_buffered_bit_for_bit(monkeypatch, dtype):
     """At 12x12 planes (rows of 144 >= backend.LONG_ROW numbers) group norm's broadcast
@@ -184,6 +185,7 @@ def test_group_norm_unbuffered_long_rows_equal_buffered_bit_for_bit(monkeypatch,
         np.testing.assert_array_equal(u, v)
 
 
+@on_backend("numpy")
 def test_group_norm_passes_run_unbuffered_at_28x28(monkeypatch):
     """Inside group norm's forward and backward at 28x28 planes, NumPy's ufunc buffer is
     shorter than a row (backend.long_rows), and it is restored afterwards."""
