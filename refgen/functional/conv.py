@@ -23,8 +23,8 @@ matrix (each a contiguous block copy) and makes one GEMM of depth kh*kw*C instea
 GEMMs of depth C. With one group at any stride there is a fourth, "nhwc": im2col's
 columns taken from the input laid out channels-last, so each window row is one contiguous
 run and a batch chunk is one GEMM. Which runs, and in what chunk size, is read from
-``MEASURED``, a table of the winners timed per shape on the CPU; shapes not in it, and the GPU,
-take im2col.
+``MEASURED``, a table of the winners timed per shape on the CPU, one per OpenBLAS kernel
+family; shapes not in it, and the GPU, take im2col.
 """
 from __future__ import annotations
 
