@@ -315,6 +315,9 @@ def main():
     ap.add_argument("--train-s", type=int, default=25, help="seconds of training per model")
     ap.add_argument("--repeat", type=int, default=10, help="timed calls per op")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,timings,training")
+    ap.add_argument("--train", default="", help="comma-separated training parts to run (default: all), "
+                                                "e.g. unet28,gated_pixelcnn,mnist_ebm,wgan_gp")
+    ap.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. '-n 8' (pytest-xdist)")
     ap.add_argument("--out", default=None, help="result file (default: results/gpu_check.json)")
     args = add_smoke(ap).parse_args()
     out = Path(args.out) if args.out and not SMOKE else RESULTS / "gpu_check.json"
@@ -326,39 +329,46 @@ def main():
     print(json.dumps(res["device"]), flush=True)
     if "tests" not in skip:
         paths = ["tests/functional/test_discrete.py"] if SMOKE else []
-        part(res, "tests", lambda: run_tests(paths, smoke(args.tests_s, 120)), out)
+        part(res, "tests", lambda: run_tests(paths + args.pytest_args.split(), smoke(args.tests_s, 120)), out)
     if "timings" not in skip:
         part(res, "timings", lambda: timings(smoke(args.repeat, 1)), out)
     if "training" not in skip:
         secs = smoke(args.train_s, 1)
-        part(res, "train_unet28", lambda: train_for(
+        wanted = set(filter(None, args.train.split(",")))
+
+        def train_part(res, name, fn, out):  # only the chosen parts
+            if not wanted or name.removeprefix("train_") in wanted:
+                part(res, name, fn, out)
+        train_part(res, "train_unet28", lambda: train_for(
             "ddpm", "mnist", dict(channels=smoke(16, 4), num_res_blocks=1, **({"groups": 2} if SMOKE else {})),
             64, 1e-3, secs), out)
-        part(res, "train_gated_pixelcnn", lambda: train_for(
+        train_part(res, "train_gated_pixelcnn", lambda: train_for(
             "gated-pixelcnn", "mnist-binary", ({"channels": 4, "layers": 2} if SMOKE else {}), 16, 1e-3, secs), out)
-        part(res, "train_diagonal_bilstm", lambda: train_for(
+        train_part(res, "train_diagonal_bilstm", lambda: train_for(
             "pixelrnn", "mnist-binary", dict(variant="diagonal", hidden=smoke(16, 4), layers=smoke(3, 1)),
             16, 2e-3, secs), out)
-        part(res, "train_mnist_ebm", lambda: train_for(
+        train_part(res, "train_wgan_gp", lambda: train_for(
+            "wgan-gp", "mnist", {"channels": smoke(32, 4)}, 64, 1e-4, secs), out)
+        train_part(res, "train_mnist_ebm", lambda: train_for(
             "ebm", "mnist", dict(EBM_SGLD, **({"channels": 4, "buffer_size": 16, "mcmc_steps": 2}
                                               if SMOKE else {})), smoke(64, 8), 2e-4, secs), out)
-        part(res, "train_pd_round_mnist14", lambda: train_for(
+        train_part(res, "train_pd_round_mnist14", lambda: train_for(
             "progressive-distillation", "mnist-14", dict(teacher=fresh_teacher, teacher_steps=smoke(64, 4),
                                                          round_steps=10 ** 6), smoke(64, 8), 2e-4, secs), out)
-        part(res, "train_cd_mnist14", lambda: train_for(
+        train_part(res, "train_cd_mnist14", lambda: train_for(
             "consistency-distillation", "mnist-14", dict(teacher=fresh_teacher, N=smoke(18, 4), mu=0.95,
                                                          solver="heun", channels=smoke(16, 4), num_res_blocks=1,
                                                          **({"groups": 2} if SMOKE else {})),
             smoke(64, 8), 4e-4, secs), out)
-        part(res, "train_mnist_jem", lambda: train_for(
+        train_part(res, "train_mnist_jem", lambda: train_for(
             "jem", "mnist", dict(EBM_SGLD, **({"channels": 4, "buffer_size": 16, "mcmc_steps": 2}
                                               if SMOKE else {})), smoke(64, 8), 1e-3, secs), out)
-        part(res, "train_clip", lambda: train_for(
+        train_part(res, "train_clip", lambda: train_for(
             "clip", "mnist-captions", ({"width": 16, "layers": 1} if SMOKE else {}), smoke(256, 8), 2e-3,
             secs), out)
-        part(res, "train_dvae", lambda: train_for("dvae", "mnist", {"num_codes": smoke(64, 8)}, smoke(64, 8),
+        train_part(res, "train_dvae", lambda: train_for("dvae", "mnist", {"num_codes": smoke(64, 8)}, smoke(64, 8),
                                                   1e-3, secs), out)
-        part(res, "train_dalle", lambda: train_for(
+        train_part(res, "train_dalle", lambda: train_for(
             "dalle", "mnist-captions", dict(dvae=fresh_dvae, clip=fresh_clip, width=smoke(128, 16),
                                             layers=smoke(4, 1), heads=smoke(4, 2)), smoke(64, 8), 1e-3, secs), out)
     failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
