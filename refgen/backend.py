@@ -110,9 +110,10 @@ def long_rows(row: int):
     """Broadcast passes of same-dtype arrays over rows of ``row`` numbers, each row against one
     per-row number (a scale, a mean), without NumPy's ufunc buffering. NumPy grows a ufunc's
     inner loop to its buffer size (8192 elements) by buffering across rows, which makes such a
-    pass cost about 1.5x a plain one at rows of 128 to 1568 numbers; with a buffer shorter
-    than a row it runs each row as one loop at the plain speed. Shorter rows keep the buffer
-    (their per-row overhead is the larger cost). The setting is NumPy's own, scoped to this
+    pass cost about 1.6x a plain one at rows of 49 to 1568 numbers; with a buffer shorter than
+    a row it runs each row as one loop, at about the plain speed from 196 numbers on. Rows
+    below LONG_ROW keep the buffer: their per-row overhead is the larger cost
+    (benchmarks/broadcast_rows.py measures both by row length). The setting is NumPy's own, scoped to this
     block (``errstate`` restores it); on the GPU this does nothing."""
     if name() != "numpy" or row < LONG_ROW:
         yield

@@ -22,6 +22,7 @@ ELSEWHERE = {"mutation.py": "tests/test_mutants.py::test_harness_smoke_run_kills
 
 # script -> (extra arguments, reads MNIST); one script may appear with several argument sets
 SMOKE_RUNS = [
+    ("broadcast_rows.py", [], False),
     ("cascade_mnist.py", [], True),
     ("clip_mnist.py", [], True),
     ("conv_speed.py", [], False),
