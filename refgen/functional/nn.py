@@ -213,6 +213,15 @@ class _AffineNorm(Function):
         return reshape(gx, x.shape), gw, gb
 
 
+GN_CHUNK_BYTES = 1 << 19  # 512 KiB of rows: a chunk's passes after the first read stay in cache
+
+
+def _row_chunks(rows, row_bytes):
+    """Slices of about GN_CHUNK_BYTES of whole rows (one slice on the GPU)."""
+    step = rows if _backend_name() != "numpy" else max(1, GN_CHUNK_BYTES // row_bytes)
+    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
+
+
 def _rowdot(a, b):
     """sum(a * b) along the last axis with no temporary of a's size."""
     vecdot = getattr(xp, "vecdot", None)
@@ -246,17 +255,25 @@ class _GroupAffineNorm(_AffineNorm):
 
     def _forward(self, x, w, b):
         n, c, groups, m = x.shape[0], x.shape[1], self.stat_shape[1], self.stat_shape[2]
+        cg = c // groups
         xs = x.reshape(-1, m)                                           # (N G, M)
-        d = xs - (xs @ xp.full((m,), 1.0 / m, dtype=x.dtype))[:, None]  # x - mean per row
-        r = 1.0 / xp.sqrt(_rowdot(d, d) * (1.0 / m) + self.eps)         # (N G,)
-        scale = r.reshape(n, groups, 1) * w.reshape(1, groups, c // groups)  # (r w)[n, c]
+        d = xp.empty(xs.shape, dtype=x.dtype)                           # x - mean, then y
+        r = xp.empty((xs.shape[0],), dtype=x.dtype)                     # rstd per row
+        dtype = xp.result_type(x.dtype, w.dtype, b.dtype)
+        in_d = not self.recorded and dtype == x.dtype                   # no backward: y in d
+        y = d if in_d else xp.empty(xs.shape, dtype=dtype)
+        w_rows = xp.broadcast_to(w.reshape(1, groups, cg), (n, groups, cg)).reshape(-1, cg)
+        b_rows = xp.broadcast_to(b.reshape(1, groups, cg), (n, groups, cg)).reshape(-1, 1)
+        ones = xp.full((m,), 1.0 / m, dtype=x.dtype)
+        for rows in _row_chunks(xs.shape[0], m * x.itemsize):
+            dc = d[rows]
+            xp.subtract(xs[rows], (xs[rows] @ ones)[:, None], out=dc)  # x - mean per row
+            r[rows] = 1.0 / xp.sqrt(_rowdot(dc, dc) * (1.0 / m) + self.eps)
+            yc = y[rows].reshape(-1, m // cg)                           # (k cg, HW)
+            xp.multiply(dc.reshape(yc.shape), (r[rows, None] * w_rows[rows]).reshape(-1, 1), out=yc)
+            yc += b_rows[(rows.start * cg):(rows.stop * cg)]            # d (r w)[n, c] + b[c]
         if self.recorded:
             self.d, self.r = d, r
-            y = d.reshape(n, c, -1) * scale.reshape(n, c, 1)            # (N, C, HW)
-        else:  # no backward to come: y is made in d's buffer
-            y = d.reshape(n, c, -1)
-            y *= scale.reshape(n, c, 1)
-        y += b.reshape(1, c, 1)
         return y.reshape(x.shape)
 
     def backward(self, gy):
@@ -271,17 +288,26 @@ class _GroupAffineNorm(_AffineNorm):
         m, cg = self.stat_shape[2], c // self.stat_shape[1]
         g = gy.data.reshape(n * c, -1)                                  # (N C, HW)
         d = self.d.reshape(n * c, -1)
-        s1 = (g @ xp.ones((g.shape[1],), dtype=g.dtype)).reshape(n, groups, cg)  # sum_hw g
-        s2 = _rowdot(g, d).reshape(n, groups, cg)                       # sum_hw g d
-        r = self.r.reshape(n, groups, 1)
-        wg = w.data.reshape(1, groups, cg)
-        m1 = (s1 * wg).sum(axis=2, keepdims=True) / m                   # mean(g w) per row
-        m2 = (s2 * wg).sum(axis=2, keepdims=True) / m                   # mean(g w d)
-        gx = g * (r * wg).reshape(n * c, 1)                             # g (r w)
-        gx = gx.reshape(n * groups, -1)                                 # rows of (N G, M)
-        gx -= self.d * (r ** 3 * m2).reshape(-1, 1)                     # - d r^3 mean(g w d)
-        gx -= (r * m1).reshape(-1, 1)                                   # - r mean(g w)
-        gw = (r * s2).sum(axis=0).reshape(w.shape)                      # sum_n r S2
+        dtype = xp.result_type(g.dtype, d.dtype, w.dtype)
+        gx = xp.empty((n * groups, m), dtype=dtype)                     # rows of (N G, M)
+        s1, s2 = xp.empty((n * c,), dtype=dtype), xp.empty((n * c,), dtype=dtype)
+        ones = xp.ones((g.shape[1],), dtype=g.dtype)
+        w_rows = xp.broadcast_to(w.data.reshape(1, groups, cg), (n, groups, cg)).reshape(-1, cg)
+        chunks = _row_chunks(n * groups, m * gx.itemsize)
+        tmp = xp.empty((chunks[0].stop, m), dtype=dtype)                # one chunk's d r^3 m2
+        for rows in chunks:
+            k, ch = rows.stop - rows.start, slice(rows.start * cg, rows.stop * cg)
+            gc, dc = g[ch], d[ch]                                       # (k cg, HW)
+            s1[ch], s2[ch] = gc @ ones, _rowdot(gc, dc)                 # sum_hw g, sum_hw g d
+            r, wr = self.r[rows, None], w_rows[rows]                    # (k, 1), (k, cg)
+            m1 = (s1[ch].reshape(k, cg) * wr).sum(axis=1, keepdims=True) / m   # mean(g w) per row
+            m2 = (s2[ch].reshape(k, cg) * wr).sum(axis=1, keepdims=True) / m   # mean(g w d)
+            gxc = gx[rows]
+            xp.multiply(gc, (r * wr).reshape(-1, 1), out=gxc.reshape(k * cg, -1))  # g (r w)
+            gxc -= xp.multiply(dc.reshape(k, m), r ** 3 * m2, out=tmp[:k])  # - d r^3 mean(g w d)
+            gxc -= r * m1                                               # - r mean(g w)
+        s1, s2 = s1.reshape(n, groups, cg), s2.reshape(n, groups, cg)
+        gw = (self.r.reshape(n, groups, 1) * s2).sum(axis=0).reshape(w.shape)  # sum_n r S2
         gb = s1.sum(axis=0).reshape(b.shape)                            # sum_n S1
         return Tensor(gx.reshape(x.shape)), Tensor(gw), Tensor(gb)
 
