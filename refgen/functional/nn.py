@@ -213,13 +213,13 @@ class _AffineNorm(Function):
         return reshape(gx, x.shape), gw, gb
 
 
-GN_CHUNK_BYTES = 1 << 19  # 512 KiB of rows: a chunk's passes after the first read stay in cache
+GN_CHUNK_BYTES = 1 << 19  # 512 KiB: a chunk's passes after the first read stay in cache
 
 
-def _row_chunks(rows, row_bytes):
-    """Slices of about GN_CHUNK_BYTES of whole rows (one slice on the GPU)."""
-    step = rows if _backend_name() != "numpy" else max(1, GN_CHUNK_BYTES // row_bytes)
-    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
+def _sample_chunks(n, sample_bytes):
+    """Slices of whole samples, about GN_CHUNK_BYTES each (one slice on the GPU)."""
+    step = n if _backend_name() != "numpy" else max(1, GN_CHUNK_BYTES // max(1, sample_bytes))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
 def _rowdot(a, b):
@@ -245,7 +245,8 @@ class _GroupAffineNorm(_AffineNorm):
     and the row means come from per-(n, c) sums S1 = sum_hw g, S2 = sum_hw g d, weighted by
     w and summed over each group's channels; dL/dw = sum_n r S2, dL/db = sum_n S1. The
     forward makes two broadcast passes over x after the centring, the backward three
-    (recorded backward: as _AffineNorm).
+    (recorded backward: as _AffineNorm), both over chunks of whole samples of about
+    GN_CHUNK_BYTES, so that all but a chunk's first pass read from cache.
     """
 
     def forward(self, x, w, b, stat_shape, axes, param_shape, eps):
@@ -255,23 +256,20 @@ class _GroupAffineNorm(_AffineNorm):
 
     def _forward(self, x, w, b):
         n, c, groups, m = x.shape[0], x.shape[1], self.stat_shape[1], self.stat_shape[2]
-        cg = c // groups
-        xs = x.reshape(-1, m)                                           # (N G, M)
-        d = xp.empty(xs.shape, dtype=x.dtype)                           # x - mean, then y
-        r = xp.empty((xs.shape[0],), dtype=x.dtype)                     # rstd per row
         dtype = xp.result_type(x.dtype, w.dtype, b.dtype)
-        in_d = not self.recorded and dtype == x.dtype                   # no backward: y in d
-        y = d if in_d else xp.empty(xs.shape, dtype=dtype)
-        w_rows = xp.broadcast_to(w.reshape(1, groups, cg), (n, groups, cg)).reshape(-1, cg)
-        b_rows = xp.broadcast_to(b.reshape(1, groups, cg), (n, groups, cg)).reshape(-1, 1)
+        d = xp.empty((n, c, m * groups // c), dtype=x.dtype)           # x - mean: (N, C, HW)
+        y = d if not self.recorded and dtype == x.dtype else xp.empty(d.shape, dtype=dtype)
+        r = xp.empty((n, groups), dtype=x.dtype)                        # rstd per row
         ones = xp.full((m,), 1.0 / m, dtype=x.dtype)
-        for rows in _row_chunks(xs.shape[0], m * x.itemsize):
-            dc = d[rows]
-            xp.subtract(xs[rows], (xs[rows] @ ones)[:, None], out=dc)  # x - mean per row
-            r[rows] = 1.0 / xp.sqrt(_rowdot(dc, dc) * (1.0 / m) + self.eps)
-            yc = y[rows].reshape(-1, m // cg)                           # (k cg, HW)
-            xp.multiply(dc.reshape(yc.shape), (r[rows, None] * w_rows[rows]).reshape(-1, 1), out=yc)
-            yc += b_rows[(rows.start * cg):(rows.stop * cg)]            # d (r w)[n, c] + b[c]
+        for sl in _sample_chunks(n, x[:1].nbytes):                      # no backward: y in d
+            xs, dc = x[sl].reshape(-1, m), d[sl].reshape(-1, m)         # (k G, M)
+            xp.subtract(xs, (xs @ ones)[:, None], out=dc)               # x - mean per row
+            rc = 1.0 / xp.sqrt(_rowdot(dc, dc) * (1.0 / m) + self.eps)  # (k G,)
+            r[sl] = rc.reshape(-1, groups)
+            scale = rc.reshape(-1, groups, 1) * w.reshape(1, groups, c // groups)  # (r w)[n, c]
+            yc = y[sl]
+            xp.multiply(d[sl], scale.reshape(-1, c, 1), out=yc)         # (k, C, HW)
+            yc += b.reshape(1, c, 1)
         if self.recorded:
             self.d, self.r = d, r
         return y.reshape(x.shape)
@@ -286,28 +284,26 @@ class _GroupAffineNorm(_AffineNorm):
         x, w, b = self.inputs
         n, c, groups = x.shape[0], x.shape[1], self.stat_shape[1]
         m, cg = self.stat_shape[2], c // self.stat_shape[1]
-        g = gy.data.reshape(n * c, -1)                                  # (N C, HW)
-        d = self.d.reshape(n * c, -1)
-        dtype = xp.result_type(g.dtype, d.dtype, w.dtype)
-        gx = xp.empty((n * groups, m), dtype=dtype)                     # rows of (N G, M)
-        s1, s2 = xp.empty((n * c,), dtype=dtype), xp.empty((n * c,), dtype=dtype)
-        ones = xp.ones((g.shape[1],), dtype=g.dtype)
-        w_rows = xp.broadcast_to(w.data.reshape(1, groups, cg), (n, groups, cg)).reshape(-1, cg)
-        chunks = _row_chunks(n * groups, m * gx.itemsize)
-        tmp = xp.empty((chunks[0].stop, m), dtype=dtype)                # one chunk's d r^3 m2
-        for rows in chunks:
-            k, ch = rows.stop - rows.start, slice(rows.start * cg, rows.stop * cg)
-            gc, dc = g[ch], d[ch]                                       # (k cg, HW)
-            s1[ch], s2[ch] = gc @ ones, _rowdot(gc, dc)                 # sum_hw g, sum_hw g d
-            r, wr = self.r[rows, None], w_rows[rows]                    # (k, 1), (k, cg)
-            m1 = (s1[ch].reshape(k, cg) * wr).sum(axis=1, keepdims=True) / m   # mean(g w) per row
-            m2 = (s2[ch].reshape(k, cg) * wr).sum(axis=1, keepdims=True) / m   # mean(g w d)
-            gxc = gx[rows]
-            xp.multiply(gc, (r * wr).reshape(-1, 1), out=gxc.reshape(k * cg, -1))  # g (r w)
-            gxc -= xp.multiply(dc.reshape(k, m), r ** 3 * m2, out=tmp[:k])  # - d r^3 mean(g w d)
-            gxc -= r * m1                                               # - r mean(g w)
-        s1, s2 = s1.reshape(n, groups, cg), s2.reshape(n, groups, cg)
-        gw = (self.r.reshape(n, groups, 1) * s2).sum(axis=0).reshape(w.shape)  # sum_n r S2
+        g = gy.data.reshape(n, c, -1)                                   # (N, C, HW)
+        gx = xp.empty(g.shape, dtype=xp.result_type(g.dtype, self.d.dtype, w.dtype))
+        s1 = xp.empty((n, groups, cg), dtype=gx.dtype)
+        s2 = xp.empty((n, groups, cg), dtype=gx.dtype)
+        ones = xp.ones((g.shape[2],), dtype=g.dtype)
+        wg = w.data.reshape(1, groups, cg)
+        for sl in _sample_chunks(n, g[:1].nbytes):
+            gc, dc = g[sl], self.d[sl]                                  # (k, C, HW)
+            s1[sl] = (gc @ ones).reshape(-1, groups, cg)                # sum_hw g
+            s2[sl] = _rowdot(gc.reshape(-1, gc.shape[2]), dc.reshape(-1, gc.shape[2])).reshape(-1, groups, cg)  # sum_hw g d
+            r = self.r[sl].reshape(-1, groups, 1)
+            m1 = (s1[sl] * wg).sum(axis=2, keepdims=True) / m           # mean(g w) per row
+            m2 = (s2[sl] * wg).sum(axis=2, keepdims=True) / m           # mean(g w d)
+            gxc = gx[sl]
+            xp.multiply(gc, (r * wg).reshape(-1, c, 1), out=gxc)        # g (r w)
+            gxc = gxc.reshape(-1, m)                                    # rows of (k G, M)
+            gxc -= dc.reshape(-1, m) * (r ** 3 * m2).reshape(-1, 1)     # - d r^3 mean(g w d)
+            gxc -= (r * m1).reshape(-1, 1)                              # - r mean(g w)
+        r = self.r.reshape(n, groups, 1)
+        gw = (r * s2).sum(axis=0).reshape(w.shape)                      # sum_n r S2
         gb = s1.sum(axis=0).reshape(b.shape)                            # sum_n S1
         return Tensor(gx.reshape(x.shape)), Tensor(gw), Tensor(gb)
 

@@ -186,11 +186,11 @@ def test_group_norm_unbuffered_long_rows_equal_buffered_bit_for_bit(monkeypatch,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_group_norm_in_row_chunks_equals_one_chunk(monkeypatch, dtype):
-    """Group norm's forward and backward run over chunks of whole (n, group) rows
-    (nn.GN_CHUNK_BYTES): with 7 rows in chunks of 2 (the last one short), the value, the
-    unrecorded value and all three gradients equal those of one chunk, and the closed form
-    xhat w + b. 7 samples of 3 groups are 21 rows, in chunks of 4 that cut through samples."""
+def test_group_norm_in_sample_chunks_equals_one_chunk(monkeypatch, dtype):
+    """Group norm's forward and backward run over chunks of whole samples
+    (nn.GN_CHUNK_BYTES): with 7 samples of 3 groups in chunks of 2 (the last one short), the
+    value, the unrecorded value and all three gradients equal those of one chunk, and the
+    closed form xhat w + b."""
     import refgen.functional.nn as nn_ops
     r = np.random.default_rng(22)
     x = (r.standard_normal((7, 6, 5, 3)) * 2 - 0.4).astype(dtype)
@@ -203,9 +203,9 @@ def test_group_norm_in_row_chunks_equals_one_chunk(monkeypatch, dtype):
         np.testing.assert_array_equal(plain.data, y.data)
         return [y.data] + [g.data for g in grads]
     whole = run()
-    row_bytes = 2 * 5 * 3 * np.dtype(dtype).itemsize              # a group: 2 channels of 5x3
-    monkeypatch.setattr(nn_ops, "GN_CHUNK_BYTES", 4 * row_bytes)
-    assert [s.stop - s.start for s in nn_ops._row_chunks(21, row_bytes)] == [4, 4, 4, 4, 4, 1]
+    sample_bytes = x[:1].nbytes
+    monkeypatch.setattr(nn_ops, "GN_CHUNK_BYTES", 2 * sample_bytes)
+    assert [s.stop - s.start for s in nn_ops._sample_chunks(7, sample_bytes)] == [2, 2, 2, 1]
     tol = 1e-6 if dtype == np.float32 else 1e-14
     for a, c in zip(run(), whole):
         np.testing.assert_allclose(a, c, rtol=tol, atol=tol)
