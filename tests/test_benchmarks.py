@@ -49,6 +49,7 @@ SMOKE_RUNS = [
     ("glide_upsampler_mnist.py", [], True),
     ("glide_mnist.py", ["--guidance", "", "--clip-scales", "0,5"], True),
     ("gpt_mnist14.py", [], True),
+    ("group_norm_chunks.py", [], False),
     ("imagen_mnist.py", [], True),
     ("gpu_check.py", [], False),
     ("latent_diffusion_mnist.py", [], True),
