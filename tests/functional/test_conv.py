@@ -562,9 +562,38 @@ def test_interpolate_backward_is_sum_pooling():
     assert math.isclose(float(F.interpolate(np.ones((1, 1, 3)), scale_factor=1.5).numpy().sum()), 4.0)
 
 
+def _plan_under_kernel(coretype):
+    """(blas_core(), the weight-gradient plan at a shape where the kernels' tables disagree)
+    in a fresh process whose OpenBLAS runs the named kernel family."""
+    import os
+    import subprocess
+    import sys
+    code = ("from refgen.backend import blas_core; from refgen.functional import conv as c; "
+            "print(blas_core(), c._plan('weight', 32, 32, (3, 3), (30, 30), (1, 1), 1, (1, 1, 1, 1))[0])")
+    env = dict(os.environ, OPENBLAS_CORETYPE=coretype, REFGEN_BACKEND="numpy")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0], out[1]
+
+
 @on_backend("numpy")
 def test_the_table_in_use_is_the_running_blas_kernels():
-    """MEASURED is the table of the kernel family OpenBLAS runs, the AVX2 one otherwise."""
+    """The algorithm planned for a shape follows the BLAS kernel family the process runs: at
+    the 32-to-32-channel 28x28 weight gradient the AVX2 (Haswell) table picks channels-last
+    and the AVX-512 (SkylakeX) one shifted; a family with no table of its own (Sandybridge,
+    AVX) gets the AVX2 table."""
+    import platform
     from refgen.backend import blas_core
-    want = conv_module.MEASURED_BY_KERNEL.get(blas_core(), conv_module.MEASURED_BY_KERNEL["Haswell"])
-    assert conv_module.MEASURED is want
+    if blas_core() is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("NumPy's bundled OpenBLAS on x86-64 only")
+    assert conv_module.MEASURED_BY_KERNEL["Haswell"][("weight", 32, 32, 3, 3, 30, 30, 1, 1)][0] == "nhwc"
+    assert conv_module.MEASURED_BY_KERNEL["SkylakeX"][("weight", 32, 32, 3, 3, 30, 30, 1, 1)][0] == "shifted"
+    assert _plan_under_kernel("Haswell") == ("Haswell", "nhwc")
+    assert _plan_under_kernel("Sandybridge") == ("Sandybridge", "nhwc")
+    try:
+        with open("/proc/cpuinfo") as f:
+            avx512 = " avx512f" in f.read()
+    except OSError:
+        avx512 = False
+    if avx512:
+        assert _plan_under_kernel("SkylakeX") == ("SkylakeX", "shifted")
