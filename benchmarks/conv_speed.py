@@ -3,6 +3,7 @@
     python benchmarks/conv_speed.py           # writes results/conv_speed_cpu.json (--tag NAME: NAME.json)
     python benchmarks/conv_speed.py --tune    # times every algorithm per raw shape and prints
                                               # the table for refgen/functional/conv.py::MEASURED
+    python benchmarks/conv_speed.py --torch   # the U-Net's layers against PyTorch's (conv_vs_torch_cpu.json)
 
 The shapes are those of one training step of two recipes: the 28x28 diffusion U-Net (ddpm,
 16 channels, one block per level, batch 64) and the gated PixelCNN at its defaults (batch 16).
@@ -18,6 +19,10 @@ geometry, and for --tune each raw kernel call), then re-run alone on random arra
   steps in fresh processes: CPU seconds and page faults per step with and without
   refgen.allocator, and with neither it nor the table. Medians of process CPU time, one BLAS
   thread: on a shared machine CPU time, not wall time, is what a run costs.
+- --torch: each U-Net conv layer's forward and backward beside PyTorch's (torch.nn.functional
+  conv2d / conv_transpose2d on one thread, the same shapes, timed alternately), and beside
+  the layer's forward product alone as one float32 matmul, (O, C kh kw) @ (C kh kw, N Ho Wo)
+  on random arrays: the floor of any convolution built on BLAS GEMMs at that shape.
 - --tune: every one-group raw kernel (forward, and weight gradient) under each algorithm
   that applies (im2col, channels-last; shifted and stacked at stride 1) at chunks of 256 KiB,
   1 MiB and 4 MiB, rounds in rotating order; prints the shapes where a candidate beat im2col at
@@ -200,6 +205,75 @@ def measure(repeat):
     return out, rate
 
 
+def _torch_layer(call, rng, repeat):
+    """Median CPU seconds of refgen's forward, its backward, torch's forward and backward, and
+    the forward product alone as one GEMM, for one layer call (timed in rotation)."""
+    import torch
+    import torch.nn.functional as TF
+    kind, xs, ws, geom, out_hw, x_grad = call
+    (stride, padding, dilation, groups) = geom
+    fn = conv._Conv2d if kind == "conv2d" else conv._ConvTranspose2d
+    xa = rng.standard_normal(xs).astype(np.float32)
+    wa = (0.1 * rng.standard_normal(ws)).astype(np.float32)
+    x, w = Tensor(xa, requires_grad=x_grad), Tensor(wa, requires_grad=True)
+    xt, wt = torch.from_numpy(xa.copy()).requires_grad_(x_grad), torch.from_numpy(wa.copy()).requires_grad_()
+    if kind == "conv2d":
+        def theirs():
+            return TF.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    else:
+        outpad = tuple(o - ((i - 1) * s - 2 * p + d * (k - 1) + 1) for o, i, s, p, d, k in
+                       zip(out_hw, xs[2:], stride, padding, dilation, ws[2:]))
+
+        def theirs():
+            return TF.conv_transpose2d(xt, wt, stride=stride, padding=padding, dilation=dilation,
+                                       groups=groups, output_padding=outpad)
+    y0 = fn.apply(x, w, geom=geom, out_hw=out_hw)
+    assert tuple(theirs().shape) == tuple(y0.shape), (kind, xs, ws)
+    gy = rng.standard_normal(y0.shape).astype(np.float32)
+    gy_r, gy_t = Tensor(gy), torch.from_numpy(gy.copy())
+    o, k = (ws[0], ws[1] * ws[2] * ws[3]) if kind == "conv2d" else (ws[1] * groups, ws[0] * ws[2] * ws[3] // groups)
+    cols = xs[0] * (out_hw[0] * out_hw[1] if kind == "conv2d" else xs[2] * xs[3])
+    a, b = rng.standard_normal((o, k)).astype(np.float32), rng.standard_normal((k, cols)).astype(np.float32)
+    t = {"ours_forward": [], "ours_backward": [], "torch_forward": [], "torch_backward": [], "gemm": []}
+    for _ in range(repeat + 1):  # the first round warms up
+        out = []
+        t["ours_forward"].append(cpu_time(lambda: out.append(fn.apply(x, w, geom=geom, out_hw=out_hw))))
+        x.grad = w.grad = None
+        t["ours_backward"].append(cpu_time(lambda: out[0].backward(gy_r)))
+        xt.grad = wt.grad = None
+        t["torch_forward"].append(cpu_time(lambda: out.append(theirs())))
+        t["torch_backward"].append(cpu_time(lambda: out[-1].backward(gy_t)))
+        t["gemm"].append(cpu_time(lambda: a @ b))
+    return {key: statistics.median(v[1:]) for key, v in t.items()}
+
+
+def against_torch(repeat):
+    """The U-Net recipe's conv layers: refgen against PyTorch, and the forward GEMM floor."""
+    import torch
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    model, batch = recipes()["unet28"]
+    calls = layer_calls(model, batch)
+    rows, tot = [], {}
+    for call in sorted(set(calls), key=calls.index):
+        count, t = calls.count(call), _torch_layer(call, rng, repeat)
+        rows.append({"layer": f"{call[0]} x{list(call[1])} w{list(call[2])} stride {call[3][0]} "
+                              f"padding {call[3][1]}" + ("" if call[5] else " (no input gradient)"),
+                     "count": count, **{f"{k}_ms": round(v * 1e3, 3) for k, v in t.items()},
+                     "forward_ratio": round(t["ours_forward"] / t["torch_forward"], 2),
+                     "backward_ratio": round(t["ours_backward"] / t["torch_backward"], 2)})
+        for k, v in t.items():
+            tot[k] = tot.get(k, 0.0) + count * v
+        print(f"{rows[-1]['layer']:70s} x{count}: forward {rows[-1]['forward_ratio']:.2f}, "
+              f"backward {rows[-1]['backward_ratio']:.2f} of torch's", flush=True)
+    total = {f"{k}_ms": round(v * 1e3, 2) for k, v in tot.items()}
+    total.update(forward_ratio=round(tot["ours_forward"] / tot["torch_forward"], 2),
+                 backward_ratio=round(tot["ours_backward"] / tot["torch_backward"], 2),
+                 gemm_over_torch_forward=round(tot["gemm"] / tot["torch_forward"], 2),
+                 ours_forward_over_gemm=round(tot["ours_forward"] / tot["gemm"], 2))
+    return {"layers": rows, "per_forward_pass": total, "torch": torch.__version__}
+
+
 def tune(repeat):
     """Per one-group raw kernel shape: the median CPU seconds of each candidate that applies
     (shifted: stride 1 and no cropping)."""
@@ -301,6 +375,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--tune", action="store_true", help="time every algorithm per raw shape")
+    ap.add_argument("--torch", action="store_true", help="the U-Net's conv layers against PyTorch's")
     ap.add_argument("--tag", default=None,
                     help="result file name without .json (default conv_speed_cpu, or conv_tune_cpu with --tune)")
     ap.add_argument("--probe-step", help=argparse.SUPPRESS)
@@ -310,6 +385,18 @@ def main():
     if args.probe_step:
         return probe_step(args.probe_step, repeat, args.probe_im2col)
     res = {"command": command()}
+    if args.torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            sys.exit("conv_speed.py --torch needs PyTorch: pip install '.[bench]'")
+        res["unet28"] = against_torch(repeat)
+        tot = res["unet28"]["per_forward_pass"]
+        print(f"per U-Net pass: forward {tot['forward_ratio']:.2f} and backward "
+              f"{tot['backward_ratio']:.2f} of torch's; the forward GEMMs alone "
+              f"{tot['gemm_over_torch_forward']:.2f} of torch's forward")
+        res["machine"] = machine()
+        return write_json(RESULTS / f"{args.tag or 'conv_vs_torch_cpu'}.json", res)
     if args.tune or SMOKE:
         rows, table = tune(repeat)
         res["tune"] = rows

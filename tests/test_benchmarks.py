@@ -2,6 +2,7 @@
 to a temporary directory; see benchmarks/common.py) as a subprocess, so that a change of
 refgen's API cannot silently break a benchmark. The scripts that read MNIST take it from the
 ``mnist_dir`` fixture (skipped without the files). benchmarks/results is never written."""
+import json
 import os
 import subprocess
 import sys
@@ -99,6 +100,20 @@ def test_smoke(script, extra, mnist, request, tmp_path):
     written = list(tmp_path.glob("refgen_smoke_*/*.json"))
     assert written, f"{script} --smoke wrote no result JSON into its temporary directory"
     assert _results_state() == before, "a smoke run touched benchmarks/results"
+
+
+def test_conv_speed_against_torch_smoke(tmp_path):
+    """conv_speed.py --torch (PyTorch is an optional benchmark extra): every U-Net layer timed
+    on both sides, ratios and the GEMM floor written."""
+    pytest.importorskip("torch")
+    env = dict(os.environ, TMPDIR=str(tmp_path), REFGEN_BACKEND="numpy", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(BENCH / "conv_speed.py"), "--smoke", "--torch"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = tmp_path.glob("refgen_smoke_*/conv_vs_torch_cpu.json")
+    res = json.loads(path.read_text())["unet28"]
+    assert res["layers"] and all(r["torch_forward_ms"] > 0 and r["gemm_ms"] > 0 for r in res["layers"])
+    assert res["per_forward_pass"]["forward_ratio"] > 0
 
 
 def _common():
