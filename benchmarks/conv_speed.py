@@ -21,8 +21,9 @@ geometry, and for --tune each raw kernel call), then re-run alone on random arra
   thread: on a shared machine CPU time, not wall time, is what a run costs.
 - --torch: each U-Net conv layer's forward and backward beside PyTorch's (torch.nn.functional
   conv2d / conv_transpose2d on one thread, the same shapes, timed alternately), and beside
-  the layer's forward product alone as one float32 matmul, (O, C kh kw) @ (C kh kw, N Ho Wo)
-  on random arrays: the floor of any convolution built on BLAS GEMMs at that shape.
+  the layer's forward product alone, (O, C kh kw) @ (C kh kw, N Ho Wo) as float32 GEMMs over
+  column blocks of 256 KiB, one block reused so that it stays in cache: what a convolution
+  built on BLAS GEMMs pays at that shape before any copy.
 - --tune: every one-group raw kernel (forward, and weight gradient) under each algorithm
   that applies (im2col, channels-last; shifted and stacked at stride 1) at chunks of 256 KiB,
   1 MiB and 4 MiB, rounds in rotating order; prints the shapes where a candidate beat im2col at
@@ -207,7 +208,7 @@ def measure(repeat):
 
 def _torch_layer(call, rng, repeat):
     """Median CPU seconds of refgen's forward, its backward, torch's forward and backward, and
-    the forward product alone as one GEMM, for one layer call (timed in rotation)."""
+    the forward product alone as in-cache GEMMs, for one layer call (timed in rotation)."""
     import torch
     import torch.nn.functional as TF
     kind, xs, ws, geom, out_hw, x_grad = call
@@ -233,7 +234,15 @@ def _torch_layer(call, rng, repeat):
     gy_r, gy_t = Tensor(gy), torch.from_numpy(gy.copy())
     o, k = (ws[0], ws[1] * ws[2] * ws[3]) if kind == "conv2d" else (ws[1] * groups, ws[0] * ws[2] * ws[3] // groups)
     cols = xs[0] * (out_hw[0] * out_hw[1] if kind == "conv2d" else xs[2] * xs[3])
-    a, b = rng.standard_normal((o, k)).astype(np.float32), rng.standard_normal((k, cols)).astype(np.float32)
+    # the forward product in column blocks of 256 KiB of (C kh kw, cols), one block reused:
+    # the GEMM's own time with its operand in cache and no copy to build it
+    block = max(1, min(cols, (256 << 10) // (4 * k)))
+    a, b = rng.standard_normal((o, k)).astype(np.float32), rng.standard_normal((k, block)).astype(np.float32)
+    reps = -(-cols // block)
+
+    def gemm():
+        for _ in range(reps):
+            a @ b
     t = {"ours_forward": [], "ours_backward": [], "torch_forward": [], "torch_backward": [], "gemm": []}
     for _ in range(repeat + 1):  # the first round warms up
         out = []
@@ -243,7 +252,7 @@ def _torch_layer(call, rng, repeat):
         xt.grad = wt.grad = None
         t["torch_forward"].append(cpu_time(lambda: out.append(theirs())))
         t["torch_backward"].append(cpu_time(lambda: out[-1].backward(gy_t)))
-        t["gemm"].append(cpu_time(lambda: a @ b))
+        t["gemm"].append(cpu_time(gemm))
     return {key: statistics.median(v[1:]) for key, v in t.items()}
 
 
