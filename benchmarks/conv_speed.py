@@ -264,8 +264,11 @@ def against_torch(repeat):
     model, batch = recipes()["unet28"]
     calls = layer_calls(model, batch)
     rows, tot = [], {}
+    flops, mm = 0, []
     for call in sorted(set(calls), key=calls.index):
         count, t = calls.count(call), _torch_layer(call, rng, repeat)
+        flops += count * layer_flops(*call)
+        mm.append(matmul_s())
         rows.append({"layer": f"{call[0]} x{list(call[1])} w{list(call[2])} stride {call[3][0]} "
                               f"padding {call[3][1]}" + ("" if call[5] else " (no input gradient)"),
                      "count": count, **{f"{k}_ms": round(v * 1e3, 3) for k, v in t.items()},
@@ -279,7 +282,11 @@ def against_torch(repeat):
     total.update(forward_ratio=round(tot["ours_forward"] / tot["torch_forward"], 2),
                  backward_ratio=round(tot["ours_backward"] / tot["torch_backward"], 2),
                  gemm_over_torch_forward=round(tot["gemm"] / tot["torch_forward"], 2),
-                 ours_forward_over_gemm=round(tot["ours_forward"] / tot["gemm"], 2))
+                 ours_forward_over_gemm=round(tot["ours_forward"] / tot["gemm"], 2),
+                 forward_gflop=round(flops / 1e9, 3),
+                 **{f"{k}_gflops": round(flops / tot[k] / 1e9, 1)
+                    for k in ("ours_forward", "torch_forward", "gemm")})
+    total["matmul_gflops_1024_float32"] = round(statistics.median(fl / s for s, fl in mm) / 1e9, 1)
     return {"layers": rows, "per_forward_pass": total, "torch": torch.__version__}
 
 
