@@ -20,7 +20,7 @@ geometry, and for --tune each raw kernel call), then re-run alone on random arra
   refgen.allocator, and with neither it nor the table. Medians of process CPU time, one BLAS
   thread: on a shared machine CPU time, not wall time, is what a run costs.
 - --torch: each U-Net conv layer's forward and backward beside PyTorch's (torch.nn.functional
-  conv2d / conv_transpose2d on one thread, the same shapes, timed alternately), and beside
+  conv2d on one thread, the same shapes, timed alternately), and beside
   the layer's forward product alone, (O, C kh kw) @ (C kh kw, N Ho Wo) as float32 GEMMs over
   column blocks of 256 KiB, one block reused so that it stays in cache: what a convolution
   built on BLAS GEMMs pays at that shape before any copy.
@@ -212,28 +212,21 @@ def _torch_layer(call, rng, repeat):
     import torch
     import torch.nn.functional as TF
     kind, xs, ws, geom, out_hw, x_grad = call
+    assert kind == "conv2d", "the U-Net has no transposed convolutions"
     (stride, padding, dilation, groups) = geom
-    fn = conv._Conv2d if kind == "conv2d" else conv._ConvTranspose2d
+    fn = conv._Conv2d
     xa = rng.standard_normal(xs).astype(np.float32)
     wa = (0.1 * rng.standard_normal(ws)).astype(np.float32)
     x, w = Tensor(xa, requires_grad=x_grad), Tensor(wa, requires_grad=True)
     xt, wt = torch.from_numpy(xa.copy()).requires_grad_(x_grad), torch.from_numpy(wa.copy()).requires_grad_()
-    if kind == "conv2d":
-        def theirs():
-            return TF.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    else:
-        outpad = tuple(o - ((i - 1) * s - 2 * p + d * (k - 1) + 1) for o, i, s, p, d, k in
-                       zip(out_hw, xs[2:], stride, padding, dilation, ws[2:]))
 
-        def theirs():
-            return TF.conv_transpose2d(xt, wt, stride=stride, padding=padding, dilation=dilation,
-                                       groups=groups, output_padding=outpad)
+    def theirs():
+        return TF.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
     y0 = fn.apply(x, w, geom=geom, out_hw=out_hw)
     assert tuple(theirs().shape) == tuple(y0.shape), (kind, xs, ws)
     gy = rng.standard_normal(y0.shape).astype(np.float32)
     gy_r, gy_t = Tensor(gy), torch.from_numpy(gy.copy())
-    o, k = (ws[0], ws[1] * ws[2] * ws[3]) if kind == "conv2d" else (ws[1] * groups, ws[0] * ws[2] * ws[3] // groups)
-    cols = xs[0] * (out_hw[0] * out_hw[1] if kind == "conv2d" else xs[2] * xs[3])
+    o, k, cols = ws[0], ws[1] * ws[2] * ws[3], xs[0] * out_hw[0] * out_hw[1]
     # the forward product in column blocks of 256 KiB of (C kh kw, cols), one block reused:
     # the GEMM's own time with its operand in cache and no copy to build it
     block = max(1, min(cols, (256 << 10) // (4 * k)))
