@@ -278,17 +278,16 @@ def _silu_saving_kernel(y, s, x):
     xp.multiply(x, s, out=y)
 
 
-def _silu_grad_kernel(d, s, x, g):
-    """d = g s (1 + x (1 - s))."""
+def _silu_grad_kernel(d, s, y, g):
+    """d = g (s + y (1 - s)): with y = x s, the derivative s (1 + x (1 - s)) in four passes."""
     xp.subtract(1.0, s, out=d)
-    d *= x
-    d += 1.0
-    d *= s
+    d *= y
+    d += s
     d *= g
 
 
 class _Silu(Function):
-    """y = x sigma(x), one node: dy/dx = sigma (1 + x (1 - sigma))."""
+    """y = x sigma(x), one node: dy/dx = sigma (1 + x (1 - sigma)) = sigma + y (1 - sigma)."""
 
     def forward(self, x):
         if not self.recorded:  # no backward to come: sigma(x) x in sigma's buffer, the
@@ -299,7 +298,7 @@ class _Silu(Function):
     def backward(self, gy):
         x = self.inputs[0]
         if not is_grad_enabled():
-            return Tensor(chunked(_silu_grad_kernel, 1, self.s, x.data, gy.data))
+            return Tensor(chunked(_silu_grad_kernel, 1, self.s, self.output.data, gy.data))
         s = sigmoid(x)  # recorded: the derivative is a function of x again
         return gy * (s * (1.0 + x * (1.0 - s)))
 
