@@ -101,6 +101,13 @@ def use_backend(which: str):
         _module = previous
 
 
+def batch_slices(n: int, item_bytes: int, limit: int) -> list:
+    """Slices cutting a batch of n items of item_bytes each into chunks of at most ``limit``
+    bytes (at least one item per chunk)."""
+    step = max(1, limit // max(1, item_bytes))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
 # Rows at least this long take NumPy's unbuffered loop faster than its buffered one (below).
 LONG_ROW = 128
 
@@ -113,8 +120,8 @@ def long_rows(row: int):
     pass cost about 1.6x a plain one at rows of 49 to 1568 numbers; with a buffer shorter than
     a row it runs each row as one loop, at about the plain speed from 196 numbers on. Rows
     below LONG_ROW keep the buffer: their per-row overhead is the larger cost
-    (benchmarks/broadcast_rows.py measures both by row length). The setting is NumPy's own, scoped to this
-    block (``errstate`` restores it); on the GPU this does nothing."""
+    (benchmarks/broadcast_rows.py measures both by row length). The setting is NumPy's own,
+    scoped to this block (``errstate`` restores it); on the GPU this does nothing."""
     if name() != "numpy" or row < LONG_ROW:
         yield
         return

@@ -186,3 +186,12 @@ def test_long_rows_drops_numpy_buffering_only_inside_and_only_for_long_rows():
         with backend.long_rows(784):
             raise KeyError("inside")
     assert np.getbufsize() == before
+
+
+def test_batch_slices_cut_a_batch_by_bytes_with_at_least_one_item_each():
+    """7 items of 10 bytes under a 25-byte limit: chunks of 2, the last one short; a limit
+    below one item still gives one item per chunk; the slices cover the batch once, in order."""
+    cuts = backend.batch_slices(7, 10, 25)
+    assert [(s.start, s.stop) for s in cuts] == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    assert [s.stop - s.start for s in backend.batch_slices(3, 100, 1)] == [1, 1, 1]
+    assert backend.batch_slices(5, 8, 1 << 20) == [slice(0, 5)]

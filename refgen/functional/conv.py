@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Function, as_tensor
-from refgen.backend import blas_core, long_rows, xp, name as backend_name
+from refgen.backend import batch_slices, blas_core, long_rows, xp, name as backend_name
 
 __all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "interpolate"]
 
@@ -174,8 +174,7 @@ def _plan(kind, c, o, kernel, padded_hw, stride, groups, pads):
 def _batch_chunks(n, bytes_per_item, limit=None):
     if limit is None:
         limit = CHUNK_BYTES if backend_name() == "numpy" else GPU_CHUNK_BYTES
-    step = max(1, limit // max(1, bytes_per_item))
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+    return batch_slices(n, bytes_per_item, limit)
 
 
 def _padded(x, ph, pw, value=0):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from refgen.autograd import Function, Tensor, as_tensor, is_grad_enabled
-from refgen.backend import xp, default_rng, long_rows, name as _backend_name
+from refgen.backend import batch_slices, xp, default_rng, long_rows, name as _backend_name
 from refgen.functional.elementwise import exp, where
 from refgen.functional.linalg import matmul
 from refgen.functional.reduction import mean, sum, var
@@ -218,8 +218,8 @@ GN_CHUNK_BYTES = 1 << 19  # 512 KiB: a chunk's passes after the first read stay 
 
 def _sample_chunks(n, sample_bytes):
     """Slices of whole samples, about GN_CHUNK_BYTES each (one slice on the GPU)."""
-    step = n if _backend_name() != "numpy" else max(1, GN_CHUNK_BYTES // max(1, sample_bytes))
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+    on_cpu = _backend_name() == "numpy"
+    return batch_slices(n, sample_bytes, GN_CHUNK_BYTES if on_cpu else n * sample_bytes)
 
 
 def _rowdot(a, b):
