@@ -309,6 +309,11 @@ def part(res, name, fn, out):
 T0 = time.perf_counter()
 
 
+# the training parts, in the order they run (--train picks some of them)
+TRAIN_PARTS = ("unet28", "gated_pixelcnn", "diagonal_bilstm", "wgan_gp", "mnist_ebm", "pd_round_mnist14",
+               "cd_mnist14", "mnist_jem", "clip", "dvae", "dalle")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tests-s", type=int, default=240, help="time limit of the test suite")
@@ -322,6 +327,10 @@ def main():
     args = add_smoke(ap).parse_args()
     out = Path(args.out) if args.out and not SMOKE else RESULTS / "gpu_check.json"
     skip = set(filter(None, args.skip.split(",")))
+    unknown = (skip - {"tests", "timings", "training"}) | (set(filter(None, args.train.split(","))) - set(TRAIN_PARTS))
+    if unknown:  # before the device is touched: a typo would otherwise run nothing
+        ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; --skip takes tests,timings,training, "
+                 f"--train takes {','.join(TRAIN_PARTS)}")
     if backend.name() != "cupy" and not SMOKE:
         print("note: REFGEN_BACKEND is not cupy: this runs on the CPU", file=sys.stderr)
     res = {"command": command()}
@@ -337,6 +346,7 @@ def main():
         wanted = set(filter(None, args.train.split(",")))
 
         def train_part(res, name, fn, out):  # only the chosen parts
+            assert name.removeprefix("train_") in TRAIN_PARTS, f"{name} is missing from TRAIN_PARTS"
             if not wanted or name.removeprefix("train_") in wanted:
                 part(res, name, fn, out)
         train_part(res, "train_unet28", lambda: train_for(

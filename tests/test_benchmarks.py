@@ -116,6 +116,16 @@ def test_conv_speed_against_torch_smoke(tmp_path):
     assert res["per_forward_pass"]["forward_ratio"] > 0
 
 
+def test_gpu_check_refuses_an_unknown_part_before_it_starts(tmp_path):
+    """A misspelt --train or --skip part is one error line naming what is accepted, not a run
+    that silently trains nothing."""
+    env = dict(os.environ, TMPDIR=str(tmp_path), REFGEN_BACKEND="numpy")
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--smoke", "--train", "unet28,wgan-gp"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown part(s) wgan-gp" in proc.stderr and "wgan_gp" in proc.stderr
+    assert not list(tmp_path.glob("refgen_smoke_*/gpu_check.json"))
+
+
 def _common():
     import importlib.util
     spec = importlib.util.spec_from_file_location("benchmarks_common", BENCH / "common.py")
