@@ -225,6 +225,38 @@ def train_in_chunks(model, ds, out, *, steps, budget_min, chunk, **train_kw):
     return done
 
 
+def asked_flags(args, defaults: dict) -> dict:
+    """{flag: value} for each flag of ``defaults`` ({'--batch-size': 64, ...}) that the command
+    line set to something other than its default (read from ``args.batch_size``), and
+    {'--set KEY': value} for each ``--set KEY=VALUE``: what a run that continues is asked."""
+    from refgen.runs import parse_sets
+    asked = {f: getattr(args, f[2:].replace("-", "_")) for f in defaults}
+    asked = {f: v for f, v in asked.items() if v != defaults[f]}
+    asked.update({f"--set {k}": v for k, v in parse_sets(getattr(args, "set", None)).items()})
+    return asked
+
+
+def continue_run(out, stored: dict, asked: dict, changeable=()) -> tuple[dict, list]:
+    """The settings of the run in ``out`` that continues, each named by its flag ('--lr',
+    '--set channels'). ``stored``: the run's, as its config.json holds them; ``asked``: those
+    the command line sets (a flag left at its default is not asked). A flag in ``changeable``
+    takes the asked value from the checkpoint's step on, each change returned as {step,
+    setting, from, to}; any other asked value that differs from the run's is an error naming
+    it, so that a continued run never drops a flag silently. Returns (the stored settings
+    with the changes made, the changes)."""
+    from refgen import io
+    wrong = [f"{k} {v} (the run has {stored.get(k)})" for k, v in asked.items()
+             if k not in changeable and v != stored.get(k)]
+    if wrong:
+        raise SystemExit(f"{out} continues with its own settings; got {'; '.join(wrong)}. "
+                         f"Accepted changes: {', '.join(changeable) or 'none'}")
+    new = {k: v for k, v in asked.items() if k in changeable and v != stored.get(k)}
+    ckpt = Path(out) / "checkpoint.npz"
+    step = int(io.load_checkpoint(ckpt)[1]["step"]) if new and ckpt.exists() else 0
+    changes = [{"step": step, "setting": k, "from": stored.get(k), "to": v} for k, v in new.items()]
+    return dict(stored, **new), changes
+
+
 def read_log(run, key: str) -> list[dict]:
     """The lines of a run directory's log.jsonl that mention ``key``, parsed."""
     lines = (Path(run) / "log.jsonl").read_text().splitlines()

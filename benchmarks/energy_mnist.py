@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, command, load, machine, read_log, rel,  # noqa: E402
-                    run_dir, sample_grid, write_result)
+from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, load,  # noqa: E402
+                    machine, read_log, rel, run_dir, sample_grid, write_result)
 
 import numpy as np  # noqa: E402
 
@@ -55,18 +55,21 @@ FLOOR_10K = 3.204          # train vs test at N = 10,000, benchmarks/results/fid
 SGLD = dict(mcmc="ula", mcmc_steps=20, mcmc_step_size=2.0, noise_scale=0.01, buffer_size=10000,
             reinit=0.05, sampler="ula", sample_step_size=2.0, sample_noise_scale=0.01)
 TARGETS = {"jem": {"test_accuracy": ">= 0.990"}}
+# the flags a run that continues compares with its own settings, and their defaults
+FLAGS = {"--model": "ebm", "--batch-size": 64, "--lr": 1e-4, "--schedule": "constant",
+         "--warmup": 0, "--seed": 0}
 
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="ebm", choices=["ebm", "jem"])
+    ap.add_argument("--model", default=FLAGS["--model"], choices=["ebm", "jem"])
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
     ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
-    ap.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warmup")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=FLAGS["--batch-size"])
+    ap.add_argument("--lr", type=float, default=FLAGS["--lr"])
+    ap.add_argument("--schedule", default=FLAGS["--schedule"], choices=["constant", "cosine"])
+    ap.add_argument("--warmup", type=int, default=FLAGS["--warmup"], help="steps of linear learning-rate warmup")
+    ap.add_argument("--seed", type=int, default=FLAGS["--seed"])
     ap.add_argument("--sweep", default="50,100,200,400", help="sampler steps to compare at N = 500")
     ap.add_argument("--eval-n", type=int, default=10000, help="samples for the metrics")
     ap.add_argument("--long-steps", type=int, default=5000, help="steps of the long-run chains")
@@ -159,13 +162,20 @@ def main(argv=None):
               schedule=args.schedule, warmup=args.warmup, log_every=max(min(args.steps // 100, 25), 1),
               ckpt_every=max(args.steps // 8, 1))
     resume = (out / "checkpoint.npz").exists()
-    if resume:  # a run to continue: its own settings
+    changes = []
+    if resume:  # a run to continue: its own settings, but for --lr
         cfg = json.loads((out / "config.json").read_text())
         settings, st = cfg["model_kwargs"], dict(cfg["train"], steps=args.steps)
+        keys = {f: f[2:].replace("-", "_") for f in FLAGS if f != "--model"}
+        stored = {"--model": cfg["model"], **{f: st[k] for f, k in keys.items()},
+                  **{f"--set {k}": v for k, v in settings.items()}}
+        now, new = continue_run(out, stored, asked_flags(args, FLAGS), changeable=("--lr",))
+        st.update({k: now[f] for f, k in keys.items()})
+        args.model, changes = cfg["model"], cfg.get("train_changes", []) + new
     cfg = {"model": args.model, "data": "mnist", "model_kwargs": settings,
            "data_dir": os.environ.get("REFGEN_DATA_DIR"), "data_facts": data_facts(train_ds),
            "num_classes": train_ds.num_classes, "vocab_size": None, "vocab": None,
-           "train": st, "backend": backend.name(), "command": command()}
+           "train": st, "train_changes": changes, "backend": backend.name(), "command": command()}
     model = build_model(args.model, data_shape=train_ds.shape, num_classes=train_ds.num_classes,
                         seed=st["seed"], overrides=settings)
     if args.init_from and not resume:

@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, Draw, add_smoke, command, load, machine, read_log,  # noqa: E402
-                    rel, run_dir, sample_grid, write_result)
+from common import (RESULTS, SMOKE, Draw, add_smoke, command, continue_run, load, machine,  # noqa: E402
+                    read_log, rel, run_dir, sample_grid, write_result)
 
 import numpy as np  # noqa: E402
 
@@ -60,17 +60,21 @@ TARGETS = {"fid_mnist_at_10000": "<= 10", "precision": ">= 0.8", "recall": ">= 0
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="nsgan", choices=["gan", "nsgan", "wgan-gp", "cgan", "fgan"])
-    ap.add_argument("--data", default="mnist", choices=["mnist", "mnist-14"])
+    ap.add_argument("--model", default=None, choices=["gan", "nsgan", "wgan-gp", "cgan", "fgan"],
+                    help="default nsgan")
+    ap.add_argument("--data", default=None, choices=["mnist", "mnist-14"], help="default mnist")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
     ap.add_argument("--steps", type=int, default=1_000_000, help="most loop steps")
     ap.add_argument("--budget-min", type=float, default=25.0, help="training minutes (0: no training; only evaluate the run in --out)")
     ap.add_argument("--chunk", type=int, default=500, help="steps between checkpoints")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 64")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="default 2e-4; given to a run that continues, the rate from its step on")
+    ap.add_argument("--seed", type=int, default=None, help="default 0")
     ap.add_argument("--eval-n", type=int, default=10000, help="samples for the metrics")
-    ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (default: none)")
+    ap.add_argument("--ema", type=float, default=None,
+                    help="EMA decay of the weights (default: none); given to a run that "
+                         "continues, the decay from its step on")
     ap.add_argument("--variants-n", type=int, default=2000,
                     help="samples per row of the sampling-variants FID table (0: no table)")
     ap.add_argument("--truncation", type=taus, default=None, metavar="T1,T2,...",
@@ -90,7 +94,8 @@ def parse(argv=None):
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
     args = add_smoke(ap).parse_args(argv)
     if SMOKE:
-        args.steps, args.chunk, args.batch_size, args.eval_n = 4, 2, 8, 20
+        args.steps, args.chunk, args.eval_n = min(args.steps, 4), 2, 20
+        args.batch_size = args.batch_size or 8
         args.variants_n = min(args.variants_n, 20)
         args.set = (args.set or []) + ["channels=4", "hidden=16", "z_dim=8"]
     return args
@@ -240,23 +245,54 @@ def diffusion_at_500(data):
             "fid_real_floor_at_500": d.get("fid_real_floor", {}).get("500"), "file": path}
 
 
+TRAIN_FLAGS = {"--batch-size": "batch_size", "--seed": "seed", "--lr": "lr", "--ema": "ema_decay"}
+
+
+def continued(args, cfg, settings, out):
+    """The settings of the run in ``out`` that continues (common.continue_run): its model and
+    training settings as its config stores them, except the learning rate and the EMA decay,
+    which --lr and --ema change from the checkpoint's step on. Returns (model settings,
+    training settings, the run's changes so far)."""
+    train = dict(cfg["train"])
+    train.pop("steps", None)
+    stored = {"--model": cfg["model"], "--data": cfg["data"],
+              **{f: train.get(k) for f, k in TRAIN_FLAGS.items()},
+              **{f"--set {k}": v for k, v in cfg["model_kwargs"].items()}}
+    asked = {f: getattr(args, k) for f, k in [("--model", "model"), ("--data", "data"),
+             ("--batch-size", "batch_size"), ("--seed", "seed"), ("--lr", "lr"), ("--ema", "ema")]}
+    asked = {f: v for f, v in asked.items() if v is not None}
+    asked.update({f"--set {k}": v for k, v in settings.items()})
+    if "--ema" in asked and not train.get("ema_decay"):
+        raise SystemExit(f"gan_mnist.py: {out} was trained without an EMA of its weights; --ema "
+                         "changes the decay of a run that has one")
+    now, changes = continue_run(out, stored, asked, changeable=("--lr", "--ema"))
+    train.update({k: now[f] for f, k in TRAIN_FLAGS.items()})
+    return cfg["model_kwargs"], train, list(cfg.get("train_changes", [])) + changes
+
+
 def main(argv=None):
     args = parse(argv)
-    tag = args.tag or ("gan_mnist" if args.data == "mnist" else "gan_mnist14")
+    tag = args.tag or ("gan_mnist14" if args.data == "mnist-14" else "gan_mnist")
     out = run_dir(tag, args.out)
     settings = parse_sets(args.set)
+    cfg_path = out / "config.json"
+    old = json.loads(cfg_path.read_text()) if cfg_path.exists() else None  # a run to continue
+    if old:  # its own settings, but for --lr and --ema
+        settings, st, changes = continued(args, old, settings, out)
+        args.model, args.data = old["model"], old["data"]
+    args.model, args.data = args.model or "nsgan", args.data or "mnist"
     train_ds, test_ds = load(args.data, "train"), load(args.data, "test")
     num_classes = train_ds.num_classes  # the model takes it only if it is conditional
-    st = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, optimizer="adam",
-              schedule="constant", log_every=max(args.chunk // 10, 1), ema_decay=args.ema)
-    cfg_path = out / "config.json"
-    if cfg_path.exists():  # a run to continue: its own model settings
-        cfg = json.loads(cfg_path.read_text())
-        settings, st = cfg["model_kwargs"], {k: cfg["train"].get(k) for k in st}
+    if not old:
+        st = dict(batch_size=args.batch_size or 64, lr=args.lr or 2e-4, seed=args.seed or 0,
+                  optimizer="adam", schedule="constant", log_every=max(args.chunk // 10, 1),
+                  ema_decay=args.ema)
+        changes = []
     cfg = {"model": args.model, "data": args.data, "model_kwargs": settings,
            "data_dir": os.environ.get("REFGEN_DATA_DIR"), "data_facts": data_facts(train_ds),
            "num_classes": num_classes, "vocab_size": None, "vocab": None,
-           "train": dict(st, steps=args.steps), "backend": backend.name(), "command": command()}
+           "train": dict(st, steps=args.steps), "train_changes": changes,
+           "backend": backend.name(), "command": command()}
     model = build_model(args.model, data_shape=train_ds.shape, num_classes=num_classes,
                         seed=st["seed"], overrides=settings)
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -276,6 +312,7 @@ def main(argv=None):
     result = {"model": args.model, "data": args.data, "command": command(),
               "train_command": run_cfg.get("command"), "model_kwargs": run_cfg["model_kwargs"],
               "train": dict(run_cfg["train"], steps=done), "steps": done,
+              "train_changes": run_cfg.get("train_changes", []),
               "epochs": round(done * st["batch_size"] / len(train_ds.x), 2),
               "params": model.num_parameters(), "train_wall_s": round(run_wall, 1),
               "train_cpu_s_this_call": round(train_cpu, 1),
@@ -293,7 +330,7 @@ def main(argv=None):
     if args.variants_n:
         t = time.perf_counter()
         result["fid_by_sampling_variant"] = dict(
-            n=args.variants_n, rows=sampling_variants(out, args.variants_n, st["batch_size"], args.seed),
+            n=args.variants_n, rows=sampling_variants(out, args.variants_n, st["batch_size"], st["seed"]),
             eval_wall_s=round(time.perf_counter() - t, 1))
     if args.truncation:
         result["truncation"] = truncation_sweep(model, test_ds, args.truncation, n, tag)
@@ -305,10 +342,10 @@ def main(argv=None):
             t = time.perf_counter()
             y = None if drs_model.num_classes is None else backend.asarray(train_ds.y)
             losses = fit_discriminator(drs_model, backend.asarray(train_ds.x), y=y, steps=args.drs_fit,
-                                       rng=backend.default_rng(args.seed + 1), lr=args.lr,
+                                       rng=backend.default_rng(st["seed"] + 1), lr=st["lr"],
                                        batch_size=st["batch_size"])
             k = max(len(losses) // 10, 1)
-            fit = {"steps": args.drs_fit, "lr": args.lr, "batch_size": st["batch_size"],
+            fit = {"steps": args.drs_fit, "lr": st["lr"], "batch_size": st["batch_size"],
                    "d_loss_first_tenth": float(np.mean(losses[:k])),
                    "d_loss_last_tenth": float(np.mean(losses[-k:])),
                    "wall_s": round(time.perf_counter() - t, 1)}

@@ -218,3 +218,71 @@ def test_pool_draw_is_the_serial_per_batch_draw_for_any_number_of_workers():
         assert d.rows == 7 * (3 * 4 + 1)
         with pytest.raises(ValueError, match="drew 7"):
             d.sample(1, rng=None)
+
+
+def _script(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name[:-3]}", BENCH / name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gan_mnist_continues_a_run_with_its_settings_and_a_new_lr_or_ema(tmp_path):
+    """A run directory that continues keeps its own model and batch settings; --lr and --ema
+    change the run from its checkpoint's step on, each change recorded; a flag that would
+    change anything else is an error naming it, not a value silently dropped."""
+    import numpy as np
+
+    from refgen import io
+    from refgen.runs import parse_sets
+    gm = _script("gan_mnist.py")
+    train = {"batch_size": 64, "lr": 2e-4, "seed": 0, "optimizer": "adam", "schedule": "constant",
+             "log_every": 30, "ema_decay": 0.999, "steps": 100}
+    cfg = {"model": "nsgan", "data": "mnist", "model_kwargs": {"channels": 32}, "train": train}
+    io.save_checkpoint(tmp_path / "checkpoint.npz", {"w": np.zeros(1)}, {"step": 100})
+
+    def cont(argv, cfg=cfg):
+        args = gm.parse(argv)
+        return gm.continued(args, cfg, parse_sets(args.set), tmp_path)
+    kw, st, changes = cont(["--steps", "300"])  # nothing given: the run as it was
+    assert kw == {"channels": 32} and changes == [] and st == {k: v for k, v in train.items() if k != "steps"}
+    kw, st, changes = cont(["--ema", "0.9999", "--set", "channels=32", "--batch-size", "64"])
+    assert st["ema_decay"] == 0.9999 and st["lr"] == 2e-4
+    assert changes == [{"step": 100, "setting": "--ema", "from": 0.999, "to": 0.9999}]
+    later = dict(cfg, train=dict(train, ema_decay=0.9999), train_changes=changes)
+    _, st, changes2 = cont(["--lr", "2e-5", "--ema", "0.9999"], later)
+    assert st["lr"] == 2e-5 and st["ema_decay"] == 0.9999
+    assert changes2 == changes + [{"step": 100, "setting": "--lr", "from": 2e-4, "to": 2e-5}]
+    with pytest.raises(SystemExit, match=r"--batch-size 32 \(the run has 64\); --set channels 64 "
+                                         r"\(the run has 32\)\. Accepted changes: --lr, --ema"):
+        cont(["--set", "channels=64", "--batch-size", "32"])
+    with pytest.raises(SystemExit, match=r"--model wgan-gp \(the run has nsgan\)"):
+        cont(["--model", "wgan-gp"])
+    with pytest.raises(SystemExit, match="trained without an EMA"):
+        cont(["--ema", "0.999"], dict(cfg, train=dict(train, ema_decay=None)))
+
+
+def test_a_continued_run_takes_the_changes_it_accepts_and_refuses_the_rest(tmp_path):
+    """common.asked_flags: a flag at its default is not asked, a --set always is;
+    common.continue_run: an accepted change is applied and recorded at the checkpoint's step,
+    an asked value equal to the run's is no change, and any other difference is refused."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from refgen import io
+    common = _common()
+    flags = {"--batch-size": 64, "--lr": 2e-4, "--ema": 0.999}
+    args = SimpleNamespace(batch_size=64, lr=1e-4, ema=0.999, set=["channels=8"])
+    asked = common.asked_flags(args, flags)
+    assert asked == {"--lr": 1e-4, "--set channels": 8}
+    stored = {"--batch-size": 32, "--lr": 2e-4, "--ema": 0.99, "--set channels": 8}
+    io.save_checkpoint(tmp_path / "checkpoint.npz", {"w": np.zeros(1)}, {"step": 40})
+    now, changes = common.continue_run(tmp_path, stored, asked, changeable=("--lr", "--ema"))
+    assert now == dict(stored, **{"--lr": 1e-4}) and changes == [
+        {"step": 40, "setting": "--lr", "from": 2e-4, "to": 1e-4}]
+    assert common.continue_run(tmp_path, stored, {"--batch-size": 32}) == (stored, [])
+    with pytest.raises(SystemExit, match=r"got --set channels 16 \(the run has 8\)\. "
+                                         r"Accepted changes: --lr$"):
+        common.continue_run(tmp_path, stored, {"--set channels": 16, "--lr": 1e-3}, changeable=("--lr",))
