@@ -172,6 +172,7 @@ def main(argv=None):
         now, new = continue_run(out, stored, asked_flags(args, FLAGS), changeable=("--lr",))
         st.update({k: now[f] for f, k in keys.items()})
         args.model, changes = cfg["model"], cfg.get("train_changes", []) + new
+        tag = args.tag or f"energy_mnist_{args.model}"  # the run's model names its results
     cfg = {"model": args.model, "data": "mnist", "model_kwargs": settings,
            "data_dir": os.environ.get("REFGEN_DATA_DIR"), "data_facts": data_facts(train_ds),
            "num_classes": train_ds.num_classes, "vocab_size": None, "vocab": None,
