@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, Draw, add_smoke, command, continue_run, load, machine,  # noqa: E402
-                    read_log, rel, run_dir, sample_grid, write_result)
+from common import (RESULTS, SMOKE, Draw, add_smoke, asked_flags, command, continue_run, load,  # noqa: E402
+                    machine, read_log, rel, run_dir, sample_grid, write_result)
 
 import numpy as np  # noqa: E402
 
@@ -248,7 +248,7 @@ def diffusion_at_500(data):
 TRAIN_FLAGS = {"--batch-size": "batch_size", "--seed": "seed", "--lr": "lr", "--ema": "ema_decay"}
 
 
-def continued(args, cfg, settings, out):
+def continued(args, cfg, out):
     """The settings of the run in ``out`` that continues (common.continue_run): its model and
     training settings as its config stores them, except the learning rate and the EMA decay,
     which --lr and --ema change from the checkpoint's step on. Returns (model settings,
@@ -258,10 +258,8 @@ def continued(args, cfg, settings, out):
     stored = {"--model": cfg["model"], "--data": cfg["data"],
               **{f: train.get(k) for f, k in TRAIN_FLAGS.items()},
               **{f"--set {k}": v for k, v in cfg["model_kwargs"].items()}}
-    asked = {f: getattr(args, k) for f, k in [("--model", "model"), ("--data", "data"),
-             ("--batch-size", "batch_size"), ("--seed", "seed"), ("--lr", "lr"), ("--ema", "ema")]}
-    asked = {f: v for f, v in asked.items() if v is not None}
-    asked.update({f"--set {k}": v for k, v in settings.items()})
+    # every flag defaults to None here, so a flag given at all is asked, even at its usual value
+    asked = asked_flags(args, dict.fromkeys(["--model", "--data", *TRAIN_FLAGS]))
     if "--ema" in asked and not train.get("ema_decay"):
         raise SystemExit(f"gan_mnist.py: {out} was trained without an EMA of its weights; --ema "
                          "changes the decay of a run that has one")
@@ -278,7 +276,7 @@ def main(argv=None):
     cfg_path = out / "config.json"
     old = json.loads(cfg_path.read_text()) if cfg_path.exists() else None  # a run to continue
     if old:  # its own settings, but for --lr and --ema
-        settings, st, changes = continued(args, old, settings, out)
+        settings, st, changes = continued(args, old, out)
         args.model, args.data = old["model"], old["data"]
     args.model, args.data = args.model or "nsgan", args.data or "mnist"
     train_ds, test_ds = load(args.data, "train"), load(args.data, "test")

@@ -235,7 +235,6 @@ def test_gan_mnist_continues_a_run_with_its_settings_and_a_new_lr_or_ema(tmp_pat
     import numpy as np
 
     from refgen import io
-    from refgen.runs import parse_sets
     gm = _script("gan_mnist.py")
     train = {"batch_size": 64, "lr": 2e-4, "seed": 0, "optimizer": "adam", "schedule": "constant",
              "log_every": 30, "ema_decay": 0.999, "steps": 100}
@@ -244,7 +243,7 @@ def test_gan_mnist_continues_a_run_with_its_settings_and_a_new_lr_or_ema(tmp_pat
 
     def cont(argv, cfg=cfg):
         args = gm.parse(argv)
-        return gm.continued(args, cfg, parse_sets(args.set), tmp_path)
+        return gm.continued(args, cfg, tmp_path)
     kw, st, changes = cont(["--steps", "300"])  # nothing given: the run as it was
     assert kw == {"channels": 32} and changes == [] and st == {k: v for k, v in train.items() if k != "steps"}
     kw, st, changes = cont(["--ema", "0.9999", "--set", "channels=32", "--batch-size", "64"])
