@@ -16,6 +16,8 @@ refgen.metrics.evaluate:
     the diffusion U-Net's FID at 500 (FID is biased upwards at small N: compare equal N);
   - <tag>_samples.png (64 samples) and <tag>_losses.png (moving averages over 5 log lines
     of the discriminator loss and of the generator loss);
+  - for an infogan, what its code means: ``code_classes`` (each code's class histogram by
+    the MNIST classifier, purity) and <tag>_codes.png (a row per code value);
   - with ``--truncation T1,T2,...``: the same metrics at N = ``--eval-n`` for z truncated to
     [-T, T] per component, <tag>_truncation_samples.png (32 samples per T, one noise seed)
     and <tag>_truncation_pr.png (precision and recall against T);
@@ -60,7 +62,7 @@ TARGETS = {"fid_mnist_at_10000": "<= 10", "precision": ">= 0.8", "recall": ">= 0
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, choices=["gan", "nsgan", "wgan-gp", "cgan", "fgan"],
+    ap.add_argument("--model", default=None, choices=["gan", "nsgan", "wgan-gp", "cgan", "fgan", "infogan"],
                     help="default nsgan")
     ap.add_argument("--data", default=None, choices=["mnist", "mnist-14"], help="default mnist")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
@@ -167,6 +169,29 @@ def drs_sweep(model, test_ds, gammas, n, tag, burn_in):
     return dict(sweep(test_ds, gammas, make, n, tag, "drs", "gamma",
                       plot_x=lambda g, row: row["acceptance_rate"],
                       plot_xlabel="share of proposals kept"), burn_in=burn_in)
+
+
+def code_classes(model, n, tag, seed=0):
+    """What an infogan's code means to the MNIST classifier: ``n`` samples per code value (z
+    from the prior, the weights and mode ``sample`` uses), each classified. Per code: its class
+    histogram, its majority class and that class's share; overall: the share of samples in
+    their code's majority class (purity: the code read as a cluster label), and the number of
+    distinct majority classes (10 when the codes name the ten digits); <tag>_codes.png, one
+    row of 16 samples per code value."""
+    from refgen.metrics.fid import mnist_features_and_logits
+    model.eval()
+    rng, rows = backend.default_rng(seed), []
+    for k in range(model.codes):
+        x = backend.to_numpy(model.sample(n, cond=np.full(n, k), rng=rng))
+        hist = np.bincount(mnist_features_and_logits(np.clip(x, -1, 1))[1].argmax(1), minlength=10)
+        rows.append({"code": k, "class_counts": hist.tolist(), "majority_class": int(hist.argmax()),
+                     "majority_share": float(hist.max() / n)})
+    grid = RESULTS / f"{tag}_codes.png"
+    sample_grid(model, grid, n=16 * model.codes, nrow=16, value_range=(-1.0, 1.0),
+                cond=np.repeat(np.arange(model.codes), 16))
+    return {"n_per_code": n, "purity": float(np.mean([r["majority_share"] for r in rows])),
+            "distinct_majority_classes": len({r["majority_class"] for r in rows}),
+            "codes": rows, "png": rel(grid)}
 
 
 def train_in_chunks(model, ds, out, cfg, *, steps, budget_min, chunk, **train_kw):
@@ -330,6 +355,12 @@ def main(argv=None):
         result["fid_by_sampling_variant"] = dict(
             n=args.variants_n, rows=sampling_variants(out, args.variants_n, st["batch_size"], st["seed"]),
             eval_wall_s=round(time.perf_counter() - t, 1))
+    if hasattr(model, "codes"):
+        t = time.perf_counter()
+        result["code_classes"] = dict(code_classes(model, 20 if SMOKE else 1000, tag),
+                                      eval_wall_s=round(time.perf_counter() - t, 1))
+        print("codes", json.dumps({k: v for k, v in result["code_classes"].items() if k != "codes"}),
+              flush=True)
     if args.truncation:
         result["truncation"] = truncation_sweep(model, test_ds, args.truncation, n, tag)
     if args.drs:

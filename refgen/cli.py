@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GANs: draw each latent component from N(0, 1) truncated to [-TAU, TAU] "
                         "(the truncation trick: fidelity for variety)")
     s.add_argument("--drs", type=_finite_float, metavar="GAMMA",
-                   help="minimax GANs (gan, nsgan, cgan): keep each sample with the "
+                   help="minimax GANs (gan, nsgan, cgan, infogan): keep each sample with the "
                         "discriminator's acceptance probability (discriminator rejection "
                         "sampling; GAMMA 0 is exact, below 0 keeps more)")
     s.add_argument("--prompt", metavar="TEXT", help="the caption to draw, for text-to-image models "

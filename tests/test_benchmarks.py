@@ -44,6 +44,7 @@ SMOKE_RUNS = [
     ("flows_mnist.py", ["--model", "maf", "--measure", "2"], True),
     ("flows_mnist.py", ["--model", "gflow"], True),
     ("gan_mnist.py", ["--truncation", "0.5,2", "--drs", "0,-1", "--drs-fit", "2"], True),
+    ("gan_mnist.py", ["--model", "infogan", "--set", "codes=3", "--drs", "0"], True),
     ("gan_mnist_torch.py", [], True),
     ("gflow_2d.py", [], False),
     ("glide_mnist.py", [], True),

@@ -4,6 +4,7 @@
 - ``wgan`` / ``wgan-gp``: the Wasserstein critic, weight clipping or the gradient penalty;
 - ``fgan``: the variational f-divergence bound, one row of the table in fdiv.py;
 - ``cgan``: labels into G and D (concatenated embedding or a projection discriminator);
+- ``infogan``: an unsupervised categorical code into G, its posterior read from D's features;
 - ``RejectionSampler``: samples of a trained minimax GAN thinned by its discriminator (drs.py).
 
 Every model takes ``pack`` (PacGAN) and the minimax ones ``r1``. losses.py holds the
@@ -13,8 +14,8 @@ models and their alternating training step.
 from refgen.models.gan import fdiv, losses
 from refgen.models.gan import drs
 from refgen.models.gan.drs import RejectionSampler, acceptance, fit_discriminator
-from refgen.models.gan.gan import CGAN, FGAN, GAN, NSGAN, WGAN, WGANGP, AdversarialModel
+from refgen.models.gan.gan import CGAN, FGAN, GAN, NSGAN, WGAN, WGANGP, AdversarialModel, InfoGAN
 from refgen.models.gan.nets import Discriminator, Generator
 
-__all__ = ["GAN", "NSGAN", "WGAN", "WGANGP", "FGAN", "CGAN", "AdversarialModel", "Generator",
+__all__ = ["GAN", "NSGAN", "WGAN", "WGANGP", "FGAN", "CGAN", "InfoGAN", "AdversarialModel", "Generator",
            "Discriminator", "RejectionSampler", "acceptance", "fit_discriminator", "drs", "fdiv", "losses"]

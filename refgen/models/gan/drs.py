@@ -24,7 +24,7 @@ A discriminator from training was fitted against the generator of each moment, n
 being thinned (the EMA's, or the last); ``fit_discriminator`` trains D alone against the
 fixed G as it samples, so that a(x) approaches log p / q for that G.
 
-Only the minimax models (``gan``, ``nsgan``, ``cgan``) have a discriminator whose logit
+Only the minimax models (``gan``, ``nsgan``, ``cgan``, ``infogan``) have a discriminator whose logit
 estimates log p / q, and only unpacked (one example per discriminator input).
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _check(model):
     if not hasattr(model, "saturating"):
         raise ValueError(f"{name}: discriminator rejection sampling needs a minimax "
                          "discriminator, whose logit estimates log p / q; accepted: gan, "
-                         "nsgan, cgan")
+                         "nsgan, cgan, infogan")
     if model.pack != 1:
         raise ValueError(f"{name}: pack={model.pack} scores groups of samples, not one; "
                          "rejection sampling needs pack=1")

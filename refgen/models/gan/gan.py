@@ -7,9 +7,11 @@
     fgan      variational f-divergence bound              (Nowozin et al., 2016)
     cgan      nsgan with labels into G and D              (Mirza & Osindero, 2014;
               projection discriminator option: Miyato & Koyama, 2018)
+    infogan   nsgan with a categorical code into G and its posterior Q(c | x) read from
+              D's features, both ascending the mutual-information bound (Chen et al., 2016)
 
-Every model also takes ``pack`` (PacGAN, Lin et al., 2018: ``pack`` samples form one D
-input) and the minimax ones ``r1`` (Mescheder et al., 2018).
+Every model but infogan also takes ``pack`` (PacGAN, Lin et al., 2018: ``pack`` samples
+form one D input) and the minimax ones ``r1`` (Mescheder et al., 2018).
 
 One loop step = one discriminator (critic) step on the loop's batch of real data and as
 many generated samples; every ``n_critic``-th of them is followed by one generator step.
@@ -30,9 +32,9 @@ from refgen.models.gan import fdiv
 from refgen.models.gan import losses as L
 from refgen.models.gan.drs import RejectionSampler
 from refgen.models.gan.nets import NORMS, Discriminator, Generator
-from refgen.nn import Module, init
+from refgen.nn import Linear, Module, init
 
-__all__ = ["AdversarialModel", "GAN", "NSGAN", "WGAN", "WGANGP", "FGAN", "CGAN"]
+__all__ = ["AdversarialModel", "GAN", "NSGAN", "WGAN", "WGANGP", "FGAN", "CGAN", "InfoGAN"]
 
 
 def _sizes(hidden):
@@ -73,7 +75,8 @@ class AdversarialModel(Module):
         return getattr(type(self), "registry_name", type(self).__name__)
 
     def _build(self, data_shape, *, seed, z_dim, hidden, arch, g_norm, d_norm, pack, n_critic,
-               lr_d, lr_g, num_classes=None, cond="concat", embed_dim=16, channels=64):
+               lr_d, lr_g, num_classes=None, cond="concat", embed_dim=16, channels=64,
+               codes=None):
         name = self.display_name
         data_shape = tuple(int(d) for d in data_shape)
         if arch == "auto":
@@ -104,10 +107,12 @@ class AdversarialModel(Module):
         self.num_classes = int(num_classes) if num_classes else None
         self.lr_d, self.lr_g = lr_d, lr_g
         rng = init.get_rng(int(seed))
-        self.G = Generator(data_shape, z_dim, _sizes(hidden), arch, g_norm, self.num_classes,
-                           embed_dim, channels, rng=rng)
+        self.G = Generator(data_shape, z_dim, _sizes(hidden), arch, g_norm,
+                           codes or self.num_classes, embed_dim, channels, rng=rng)
         self.D = Discriminator(data_shape, _sizes(hidden), arch, d_norm, pack, self.num_classes,
                                cond, embed_dim, channels, rng=rng)
+        if codes:                      # Q(c | x): logits (B, K) from D's last hidden layer
+            self.Q = Linear(_sizes(hidden)[-1], int(codes), rng=rng)
 
     # --- the pieces each objective defines ------------------------------------------------
     def d_objective(self, real_scores, fake_scores):
@@ -285,6 +290,74 @@ class CGAN(_Minimax):
                    g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic, lr_d=lr_d,
                    lr_g=lr_g, num_classes=num_classes, cond=cond, embed_dim=embed_dim,
                    channels=channels)
+
+
+@register("infogan")
+class InfoGAN(_Minimax):
+    """The non-saturating GAN with a categorical code c ~ U{0, ..., K-1} into G (an embedding,
+    as cgan's labels) and Q(c | x) = softmax(Q h(x)) on D's last hidden layer h; D (with Q)
+    and G each add -info * L_I to their loss (Chen et al., 2016, eq. 6). The model never
+    reads the data's labels: the code's meaning is whatever the bound makes G give it.
+    ``sample(n, cond=codes)`` draws with chosen codes, otherwise c ~ p(c)."""
+    saturating = False
+
+    def __init__(self, data_shape, *, codes=10, info=1.0, seed=0, z_dim=None, hidden=None,
+                 channels=64, arch="auto", g_norm="auto", d_norm="none", embed_dim=16,
+                 n_critic=1, r1=0.0, betas=(0.5, 0.999), lr_d=None, lr_g=None):
+        super().__init__()
+        if isinstance(codes, bool) or not isinstance(codes, int) or codes < 2:
+            raise ValueError(f"infogan: codes={codes!r}; accepted: an integer >= 2 (the "
+                             "number of values of the categorical code)")
+        try:
+            weight = float(info)
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if isinstance(info, bool) or not 0 <= weight < float("inf"):
+            raise ValueError(f"infogan: info={info!r}; accepted: a weight >= 0 on the "
+                             "mutual-information bound")
+        self._init(data_shape, seed, r1=r1, betas=betas, z_dim=z_dim, hidden=hidden, arch=arch,
+                   g_norm=g_norm, d_norm=d_norm, pack=1, n_critic=n_critic, lr_d=lr_d,
+                   lr_g=lr_g, embed_dim=embed_dim, channels=channels, codes=codes)
+        self.codes, self.info = codes, weight
+
+    def _labels(self, n, cond):
+        """The codes asked for (n,), or None: ``generate`` then draws c ~ p(c)."""
+        return None if cond is None else backend.asarray(cond).astype(xp.int64).reshape(n)
+
+    def coded(self, n, rng, c=None, truncation=None):
+        """(G(z, c), c): n samples in the graph of G's parameters, and their codes (n,),
+        c ~ U{0, ..., K-1} drawn from ``rng`` unless given."""
+        if c is None:
+            c = rng.integers(0, self.codes, size=n)                  # c ~ p(c): (n,)
+        return self.G(Tensor(self.noise(n, rng, truncation)), c), c
+
+    def generate(self, n, y, rng, truncation=None):
+        return self.coded(n, rng, y, truncation)[0]
+
+    def info_bound(self, x, c):
+        """L_I = E[log Q(c | x)] + log K (eq. 5) on samples x (B, ...) of codes c (B,)."""
+        return L.info_bound(self.Q(self.D.features(x)), c)
+
+    def loss(self, batch, rng):
+        """-V(D, G) - info * L_I: D's loss on real data and as many coded samples (labels unread)."""
+        with no_grad():
+            fake, c = self.coded(batch.x.shape[0], rng)
+        h = self.D.features(Tensor(fake.data))                       # (B, hidden[-1])
+        loss = self.d_objective(self.D(batch.x), self.D.score(h))
+        extra = self.penalty(batch.x, None, None, rng)
+        loss = loss - self.info * L.info_bound(self.Q(h), c)         # eq. 6, D and Q's side
+        return loss if extra is None else loss + extra
+
+    def g_loss(self, n, y, rng):
+        """-E log D(G(z, c)) - info * L_I: G's side of eq. 6."""
+        fake, c = self.coded(n, rng)
+        h = self.D.features(fake)
+        return self.g_objective(self.D.score(h)) - self.info * L.info_bound(self.Q(h), c)
+
+    def param_groups(self):
+        groups = super().param_groups()
+        groups["D"]["params"] += list(self.Q.parameters())          # Q shares D's trunk and step
+        return groups
 
 
 @register("wgan")

@@ -24,15 +24,25 @@ every critic weight to [-c, c] (the paper's algorithm 1), or by the gradient pen
 R1 (Mescheder et al., 2018, eq. 9) penalises the discriminator's gradient on real data:
 (gamma / 2) E_p[||grad_x D(x)||^2]. Both penalties differentiate a gradient: they need
 ``refgen.grad(..., create_graph=True)``.
+
+InfoGAN (Chen et al., 2016, eq. 5): a code c ~ p(c) into the generator, and an auxiliary
+posterior Q(c | x) read from the discriminator's features, give a variational lower bound on
+the mutual information between the code and the generated image,
+
+    L_I(G, Q) = E_{c ~ p(c), x ~ G(z, c)}[log Q(c | x)] + H(c)  <=  I(c; G(z, c)),
+
+tight when Q is the true posterior; both G and Q ascend it (lambda L_I enters both losses).
 """
 from __future__ import annotations
+
+import math
 
 import refgen
 import refgen.functional as F
 
 __all__ = ["minimax_value", "d_loss_minimax", "g_loss_saturating", "g_loss_nonsaturating",
            "critic_loss_wgan", "g_loss_wgan", "gradient_norms", "gradient_penalty",
-           "r1_penalty", "interpolate"]
+           "r1_penalty", "interpolate", "info_bound"]
 
 
 # ----------------------------------------------------------------------------- minimax
@@ -98,3 +108,10 @@ def r1_penalty(discriminator, real, gamma: float, group: int = 1):
     x = refgen.tensor(real.data, requires_grad=True)
     norms = gradient_norms(discriminator(x), x, group)
     return 0.5 * gamma * F.mean(norms * norms)
+
+
+# ----------------------------------------------------------------------------- InfoGAN
+def info_bound(code_logits, c):
+    """L_I = E[log Q(c | x)] + H(c) in nats, for Q's logits (B, K) on samples G(z, c) of a
+    uniform code c (B,) of K values, H(c) = log K (Chen et al., 2016, eq. 5)."""
+    return math.log(code_logits.shape[1]) - F.cross_entropy(code_logits, c)

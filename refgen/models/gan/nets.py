@@ -119,7 +119,9 @@ class Discriminator(Module):
                              f"use a batch size that is a multiple of {m}")
         return F.reshape(x, (b // m, m * x.shape[1]) + tuple(x.shape[2:]))
 
-    def forward(self, x, y=None):
+    def features(self, x, y=None):
+        """h (B / m, hidden[-1]): the last hidden layer, which the score (and an InfoGAN's
+        code posterior) reads."""
         h = self.packed(x)
         if self.convs is not None:
             for i, conv in enumerate(self.convs):
@@ -136,7 +138,14 @@ class Discriminator(Module):
             if self.norms is not None and i > 0:
                 h = self.norms[i - 1](h)
             h = F.leaky_relu(h, 0.2)
+        return h
+
+    def score(self, h, y=None):
+        """The raw score of the features h: (B / m,)."""
         score = F.reshape(self.head(h), (h.shape[0],))               # (B / m,)
         if self.proj is not None:
             score = score + F.sum(self.proj(y) * h, dim=1)           # + <embed(y), h>
         return score
+
+    def forward(self, x, y=None):
+        return self.score(self.features(x, y), y)
