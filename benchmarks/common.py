@@ -225,21 +225,36 @@ def train_in_chunks(model, ds, out, *, steps, budget_min, chunk, **train_kw):
     return done
 
 
-def asked_flags(args, defaults: dict) -> dict:
-    """{flag: value} for each flag of ``defaults`` ({'--batch-size': 64, ...}) that the command
-    line set to something other than its default (read from ``args.batch_size``), and
-    {'--set KEY': value} for each ``--set KEY=VALUE``: what a run that continues is asked."""
+def _dest(flag):
+    return flag[2:].replace("-", "_")
+
+
+def asked_flags(args, flags) -> dict:
+    """{flag: value} for each of ``flags`` ('--batch-size', ...) that the command line gave,
+    read from ``args.batch_size``: each such flag's parser default is None, so a flag given at
+    all is asked, even at its usual value; and {'--set KEY': value} for each ``--set
+    KEY=VALUE``. What a run that continues is asked."""
     from refgen.runs import parse_sets
-    asked = {f: getattr(args, f[2:].replace("-", "_")) for f in defaults}
-    asked = {f: v for f, v in asked.items() if v != defaults[f]}
+    asked = {f: getattr(args, _dest(f)) for f in flags}
+    asked = {f: v for f, v in asked.items() if v is not None}
     asked.update({f"--set {k}": v for k, v in parse_sets(getattr(args, "set", None)).items()})
     return asked
+
+
+def fill_defaults(args, defaults: dict):
+    """Set each flag of ``defaults`` ({'--lr': 2e-4, ...}) that the command line left unset
+    (None) to its default, in place: for a new run, after ``asked_flags`` has read what was
+    given."""
+    for f, v in defaults.items():
+        if getattr(args, _dest(f)) is None:
+            setattr(args, _dest(f), v)
+    return args
 
 
 def continue_run(out, stored: dict, asked: dict, changeable=()) -> tuple[dict, list]:
     """The settings of the run in ``out`` that continues, each named by its flag ('--lr',
     '--set channels'). ``stored``: the run's, as its config.json holds them; ``asked``: those
-    the command line sets (a flag left at its default is not asked). A flag in ``changeable``
+    the command line gives (``asked_flags``: a flag left unset is not asked). A flag in ``changeable``
     takes the asked value from the checkpoint's step on, each change returned as {step,
     setting, from, to}; any other asked value that differs from the run's is an error naming
     it, so that a continued run never drops a flag silently. Returns (the stored settings

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, load,  # noqa: E402
+from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, fill_defaults, load,  # noqa: E402
                     run_dir)
 from diffusion_mnist import (SMOKE_RUNS, _fid, _fid_floor, _grid, _save,  # noqa: E402
                              _tradeoff_plot, train_in_chunks)
@@ -77,15 +77,17 @@ def train_classifier(args):
     dcfg, schedule, T = _diffusion_config(args.run)
     ds = load(dcfg["data"], "train")
     cfg_path = out / "config.json"
+    asked = asked_flags(args, FLAGS)  # the flags given at all (their parser default is None)
     if cfg_path.exists():  # a classifier to continue: its own settings, but for --lr and --ema
         cfg_c = json.loads(cfg_path.read_text())
         stored = {f: cfg_c[f[2:].replace("-", "_")] for f in FLAGS}
         stored.update({f"--set {k}": v for k, v in cfg_c["kwargs"].items()})
-        now, changes = continue_run(out, stored, asked_flags(args, FLAGS), changeable=("--lr", "--ema"))
+        now, changes = continue_run(out, stored, asked, changeable=("--lr", "--ema"))
         cfg_c.update({f[2:].replace("-", "_"): now[f] for f in FLAGS})
         cfg_c["train_changes"] = cfg_c.get("train_changes", []) + changes
         cfg_path.write_text(json.dumps(cfg_c, indent=2) + "\n")
     else:
+        fill_defaults(args, FLAGS)
         out.mkdir(parents=True, exist_ok=True)
         cfg_c = {"data": dcfg["data"], "data_shape": list(ds.shape), "num_classes": ds.num_classes,
                  "schedule": schedule, "T": T, "seed": args.seed, "kwargs": parse_sets(args.set),
@@ -171,10 +173,13 @@ def main():
     t.add_argument("--steps", type=int, default=1_000_000)
     t.add_argument("--budget-min", type=float, default=0)
     t.add_argument("--chunk", type=int, default=500)
-    t.add_argument("--batch-size", type=int, default=FLAGS["--batch-size"])
-    t.add_argument("--lr", type=float, default=FLAGS["--lr"])
-    t.add_argument("--ema", type=float, default=FLAGS["--ema"])
-    t.add_argument("--seed", type=int, default=FLAGS["--seed"])
+    # FLAGS default to None here (given at all: asked by a classifier that continues), FLAGS' value else
+    t.add_argument("--batch-size", type=int, default=None, help=f"default {FLAGS['--batch-size']}")
+    t.add_argument("--lr", type=float, default=None,
+                   help=f"default {FLAGS['--lr']}; given to a classifier that continues, the rate from its step on")
+    t.add_argument("--ema", type=float, default=None,
+                   help=f"default {FLAGS['--ema']}; given to a classifier that continues, the decay from its step on")
+    t.add_argument("--seed", type=int, default=None, help=f"default {FLAGS['--seed']}")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="NoisyClassifier options (channels, channel_mult, groups)")
     e = sub.add_parser("eval")

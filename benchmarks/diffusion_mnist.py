@@ -45,7 +45,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, load,  # noqa: E402
+from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, fill_defaults, load,  # noqa: E402
                     machine, run_dir, smoke, train_in_chunks, write_json)
 
 import numpy as np  # noqa: E402
@@ -118,22 +118,24 @@ def train_run(args):
     """Train in chunks until --steps or --budget-min is reached; resumable (--resume)."""
     out = Path(args.out)
     settings = parse_sets(args.set)
-    train_ds = load(args.data, "train")
     cfg_path = out / "config.json"
-    st = dict(TRAIN, batch_size=args.batch_size, lr=args.lr, steps=args.steps, seed=args.seed,
-              ema=args.ema, warmup=args.warmup,
-              eval_every=0, log_every=args.chunk // 4 or 1, ckpt_every=args.chunk)
+    asked = asked_flags(args, TRAIN_FLAGS)  # the flags given at all (their parser default is None)
     if cfg_path.exists():  # a run to continue: its own settings, but for --lr and --ema
         cfg = json.loads(cfg_path.read_text())
         settings, st = cfg["model_kwargs"], dict(cfg["train"], steps=args.steps)
         keys = {f: f[2:].replace("-", "_") for f in TRAIN_FLAGS if f != "--data"}
         stored = {"--data": cfg["data"], **{f: st[k] for f, k in keys.items()},
                   **{f"--set {k}": v for k, v in settings.items()}}
-        now, changes = continue_run(out, stored, asked_flags(args, TRAIN_FLAGS),
-                                    changeable=("--lr", "--ema"))
+        now, changes = continue_run(out, stored, asked, changeable=("--lr", "--ema"))
         st.update({k: now[f] for f, k in keys.items()})
         cfg["train"], cfg["train_changes"] = st, cfg.get("train_changes", []) + changes
+        train_ds = load(cfg["data"], "train")
     else:
+        fill_defaults(args, TRAIN_FLAGS)
+        train_ds = load(args.data, "train")
+        st = dict(TRAIN, batch_size=args.batch_size, lr=args.lr, steps=args.steps, seed=args.seed,
+                  ema=args.ema, warmup=args.warmup,
+                  eval_every=0, log_every=args.chunk // 4 or 1, ckpt_every=args.chunk)
         out.mkdir(parents=True, exist_ok=True)
         cfg = {"model": "ddpm", "data": args.data, "model_kwargs": settings,
                "data_dir": os.environ.get("REFGEN_DATA_DIR"), "data_facts": data_facts(train_ds),
@@ -348,8 +350,8 @@ SMOKE_RUNS = [  # the four subcommands, at toy size (the smoke directory holds t
      "--set", "T=30", "--set", "channels=8", "--set", "num_res_blocks=1"],
     ["train", "--data", "mnist-14", "--steps", "4", "--chunk", "2", "--batch-size", "8",
      "--warmup", "1", "--set", "T=30", "--set", "channels=8", "--set", "num_res_blocks=1"],
-    ["train", "--data", "mnist-14", "--steps", "6", "--chunk", "2", "--batch-size", "8",  # continued,
-     "--warmup", "1", "--lr", "1e-4", "--set", "T=30"],                                 # a new lr
+    ["train", "--steps", "6", "--chunk", "2", "--batch-size", "8", "--lr", "1e-4",  # continued: the
+     "--set", "T=30"],                                            # run's data and warmup, a new lr
     ["eval", "--grid-steps", "3", "--ddpm", "3", "--variances", "beta", "--ddim", "3",
      "--labels", "--fid-n", "20", "--fid-on", "ddim3", "--vlb-n", "2", "--vlb-k", "2",
      "--cfg", "0,1", "--cfg-n", "20", "--cfg-steps", "3"],
@@ -367,16 +369,19 @@ def main_parser():
     m.add_argument("--set", action="append", metavar="KEY=VALUE")
     m.add_argument("--save", action="store_true", help="write the JSON to benchmarks/results")
     t = sub.add_parser("train")
-    t.add_argument("--data", default=TRAIN_FLAGS["--data"])
+    # the flags a continued run compares default to None (given at all: asked), TRAIN_FLAGS' value
+    t.add_argument("--data", default=None, help=f"default {TRAIN_FLAGS['--data']}")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=1_000_000)
     t.add_argument("--budget-min", type=float, default=0, help="stop after this many minutes")
     t.add_argument("--chunk", type=int, default=200, help="steps between checkpoints")
-    t.add_argument("--batch-size", type=int, default=TRAIN["batch_size"])
-    t.add_argument("--lr", type=float, default=TRAIN["lr"])
-    t.add_argument("--ema", type=float, default=TRAIN["ema"])
-    t.add_argument("--warmup", type=int, default=TRAIN["warmup"])
-    t.add_argument("--seed", type=int, default=TRAIN_FLAGS["--seed"])
+    t.add_argument("--batch-size", type=int, default=None, help=f"default {TRAIN['batch_size']}")
+    t.add_argument("--lr", type=float, default=None,
+                   help=f"default {TRAIN['lr']}; given to a run that continues, the rate from its step on")
+    t.add_argument("--ema", type=float, default=None,
+                   help=f"default {TRAIN['ema']}; given to a run that continues, the decay from its step on")
+    t.add_argument("--warmup", type=int, default=None, help=f"default {TRAIN['warmup']}")
+    t.add_argument("--seed", type=int, default=None, help=f"default {TRAIN_FLAGS['--seed']}")
     t.add_argument("--set", action="append", metavar="KEY=VALUE")
     e = sub.add_parser("eval")
     e.add_argument("--run", required=True)

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, load,  # noqa: E402
+from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, fill_defaults, load,  # noqa: E402
                     machine, read_log, rel, run_dir, sample_grid, write_result)
 
 import numpy as np  # noqa: E402
@@ -62,14 +62,17 @@ FLAGS = {"--model": "ebm", "--batch-size": 64, "--lr": 1e-4, "--schedule": "cons
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=FLAGS["--model"], choices=["ebm", "jem"])
+    # FLAGS default to None here (given at all: asked by a run that continues), FLAGS' value else
+    ap.add_argument("--model", default=None, choices=["ebm", "jem"], help="default ebm")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
     ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--batch-size", type=int, default=FLAGS["--batch-size"])
-    ap.add_argument("--lr", type=float, default=FLAGS["--lr"])
-    ap.add_argument("--schedule", default=FLAGS["--schedule"], choices=["constant", "cosine"])
-    ap.add_argument("--warmup", type=int, default=FLAGS["--warmup"], help="steps of linear learning-rate warmup")
-    ap.add_argument("--seed", type=int, default=FLAGS["--seed"])
+    ap.add_argument("--batch-size", type=int, default=None, help="default 64")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="default 1e-4; given to a run that continues, the rate from its step on")
+    ap.add_argument("--schedule", default=None, choices=["constant", "cosine"], help="default constant")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="steps of linear learning-rate warmup (default 0)")
+    ap.add_argument("--seed", type=int, default=None, help="default 0")
     ap.add_argument("--sweep", default="50,100,200,400", help="sampler steps to compare at N = 500")
     ap.add_argument("--eval-n", type=int, default=10000, help="samples for the metrics")
     ap.add_argument("--long-steps", type=int, default=5000, help="steps of the long-run chains")
@@ -82,7 +85,7 @@ def parse(argv=None):
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default=None, help="run directory (default /tmp/refgen_<tag>)")
     args = add_smoke(ap).parse_args(argv)
-    if args.accuracy_only and args.model != "jem":
+    if args.accuracy_only and (args.model or FLAGS["--model"]) != "jem":
         ap.error("--accuracy-only reports a classifier's test accuracy: it needs --model jem")
     if args.init_from and not (Path(args.init_from) / CHECKPOINT).exists():
         ap.error(f"--init-from: no {CHECKPOINT} in {args.init_from}")
@@ -154,14 +157,17 @@ def test_accuracy(model, ds, chunk=1000):
 
 def main(argv=None):
     args = parse(argv)
-    tag = args.tag or f"energy_mnist_{args.model}"
+    asked = asked_flags(args, FLAGS)  # the flags given at all
+    tag = args.tag or f"energy_mnist_{args.model or FLAGS['--model']}"
     out = run_dir(tag, args.out)
     train_ds, test_ds = load("mnist", "train"), load("mnist", "test")
     settings = dict(SGLD, **parse_sets(args.set))
+    resume = (out / "checkpoint.npz").exists()
+    if not resume:
+        fill_defaults(args, FLAGS)
     st = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
               schedule=args.schedule, warmup=args.warmup, log_every=max(min(args.steps // 100, 25), 1),
               ckpt_every=max(args.steps // 8, 1))
-    resume = (out / "checkpoint.npz").exists()
     changes = []
     if resume:  # a run to continue: its own settings, but for --lr
         cfg = json.loads((out / "config.json").read_text())
@@ -169,7 +175,7 @@ def main(argv=None):
         keys = {f: f[2:].replace("-", "_") for f in FLAGS if f != "--model"}
         stored = {"--model": cfg["model"], **{f: st[k] for f, k in keys.items()},
                   **{f"--set {k}": v for k, v in settings.items()}}
-        now, new = continue_run(out, stored, asked_flags(args, FLAGS), changeable=("--lr",))
+        now, new = continue_run(out, stored, asked, changeable=("--lr",))
         st.update({k: now[f] for f, k in keys.items()})
         args.model, changes = cfg["model"], cfg.get("train_changes", []) + new
         tag = args.tag or f"energy_mnist_{args.model}"  # the run's model names its results

@@ -284,7 +284,7 @@ def continued(args, cfg, out):
               **{f: train.get(k) for f, k in TRAIN_FLAGS.items()},
               **{f"--set {k}": v for k, v in cfg["model_kwargs"].items()}}
     # every flag defaults to None here, so a flag given at all is asked, even at its usual value
-    asked = asked_flags(args, dict.fromkeys(["--model", "--data", *TRAIN_FLAGS]))
+    asked = asked_flags(args, ["--model", "--data", *TRAIN_FLAGS])
     if "--ema" in asked and not train.get("ema_decay"):
         raise SystemExit(f"gan_mnist.py: {out} was trained without an EMA of its weights; --ema "
                          "changes the decay of a run that has one")

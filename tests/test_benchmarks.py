@@ -264,7 +264,8 @@ def test_gan_mnist_continues_a_run_with_its_settings_and_a_new_lr_or_ema(tmp_pat
 
 
 def test_a_continued_run_takes_the_changes_it_accepts_and_refuses_the_rest(tmp_path):
-    """common.asked_flags: a flag at its default is not asked, a --set always is;
+    """common.asked_flags: a flag left unset (None) is not asked, one given is, even at its
+    usual value, and a --set always is; common.fill_defaults fills only the unset ones;
     common.continue_run: an accepted change is applied and recorded at the checkpoint's step,
     an asked value equal to the run's is no change, and any other difference is refused."""
     from types import SimpleNamespace
@@ -274,15 +275,39 @@ def test_a_continued_run_takes_the_changes_it_accepts_and_refuses_the_rest(tmp_p
     from refgen import io
     common = _common()
     flags = {"--batch-size": 64, "--lr": 2e-4, "--ema": 0.999}
-    args = SimpleNamespace(batch_size=64, lr=1e-4, ema=0.999, set=["channels=8"])
+    args = SimpleNamespace(batch_size=None, lr=1e-4, ema=0.999, set=["channels=8"])
     asked = common.asked_flags(args, flags)
-    assert asked == {"--lr": 1e-4, "--set channels": 8}
+    assert asked == {"--lr": 1e-4, "--ema": 0.999, "--set channels": 8}
+    assert vars(common.fill_defaults(SimpleNamespace(**vars(args)), flags)) == dict(
+        vars(args), batch_size=64)
     stored = {"--batch-size": 32, "--lr": 2e-4, "--ema": 0.99, "--set channels": 8}
     io.save_checkpoint(tmp_path / "checkpoint.npz", {"w": np.zeros(1)}, {"step": 40})
     now, changes = common.continue_run(tmp_path, stored, asked, changeable=("--lr", "--ema"))
-    assert now == dict(stored, **{"--lr": 1e-4}) and changes == [
-        {"step": 40, "setting": "--lr", "from": 2e-4, "to": 1e-4}]
+    assert now == dict(stored, **{"--lr": 1e-4, "--ema": 0.999}) and changes == [
+        {"step": 40, "setting": "--lr", "from": 2e-4, "to": 1e-4},
+        {"step": 40, "setting": "--ema", "from": 0.99, "to": 0.999}]   # back to the usual value
     assert common.continue_run(tmp_path, stored, {"--batch-size": 32}) == (stored, [])
     with pytest.raises(SystemExit, match=r"got --set channels 16 \(the run has 8\)\. "
                                          r"Accepted changes: --lr$"):
         common.continue_run(tmp_path, stored, {"--set channels": 16, "--lr": 1e-3}, changeable=("--lr",))
+
+
+def test_diffusion_mnist_continues_a_run_on_its_own_data_and_takes_a_flag_at_its_usual_value(
+        tmp_path, mnist_dir, monkeypatch):
+    """A continued diffusion_mnist.py run reads the data its config names (here mnist, not the
+    script's default mnist-14), and a flag given at its usual value (--lr 2e-4, the default)
+    is asked: it changes a run that has another rate, and the change is recorded."""
+    monkeypatch.setenv("REFGEN_DATA_DIR", str(mnist_dir))
+    dm = _script("diffusion_mnist.py")
+    p, out = dm.main_parser(), str(tmp_path / "run")
+    tiny = ["--set", "T=30", "--set", "channels=8", "--set", "num_res_blocks=1"]
+    dm.train_run(p.parse_args(["train", "--data", "mnist", "--out", out, "--steps", "2", "--chunk",
+                               "2", "--batch-size", "4", "--warmup", "1", "--lr", "1e-4"] + tiny))
+    assert dm.train_run(p.parse_args(["train", "--out", out, "--steps", "4", "--chunk", "2",
+                                      "--lr", "2e-4"])) == 4
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"] == "mnist" and cfg["data_facts"]["shape"] == [1, 28, 28]
+    assert cfg["train"]["lr"] == 2e-4 and cfg["train"]["warmup"] == 1
+    assert cfg["train_changes"] == [{"step": 2, "setting": "--lr", "from": 1e-4, "to": 2e-4}]
+    with pytest.raises(SystemExit, match=r"--data mnist-14 \(the run has mnist\)"):
+        dm.train_run(p.parse_args(["train", "--out", out, "--steps", "6", "--data", "mnist-14"]))
