@@ -13,7 +13,8 @@ Discriminator D(x, y), returning one raw score per D input (B / pack,):
             (28 -> 14 -> 7), flattened.
   labels    'concat' (Mirza & Osindero, 2014): [trunk features, embed(y_1..y_m)];
             'projection' (Miyato & Koyama, 2018): score += <embed(y), h>.
-  hidden    Linear + (norm) + LeakyReLU(0.2) per hidden size -> h; score = Linear(h).
+  hidden    Linear + (norm) + LeakyReLU(0.2) per hidden size -> h; score = Linear(h)
+            (``features`` returns h, which an InfoGAN's Q also reads; ``score`` maps it).
   norm      'none', 'batch' (BatchNorm after each hidden Linear / second convolution) or
             'spectral' (every Linear and Conv2d spectrally normalized).
 """
