@@ -7,7 +7,7 @@
 - ``infogan``: an unsupervised categorical code into G, its posterior read from D's features;
 - ``RejectionSampler``: samples of a trained minimax GAN thinned by its discriminator (drs.py).
 
-Every model takes ``pack`` (PacGAN) and the minimax ones ``r1``. losses.py holds the
+Every model but infogan takes ``pack`` (PacGAN) and the minimax ones ``r1``. losses.py holds the
 objectives on logits, fdiv.py the f-divergence table, nets.py the networks, gan.py the
 models and their alternating training step.
 """
