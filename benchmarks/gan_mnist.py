@@ -24,7 +24,9 @@ refgen.metrics.evaluate:
   - with ``--drs G1,G2,...``: the same for discriminator rejection sampling at each gamma
     (refgen.models.gan.drs; the share of proposals kept and the bound M in each row),
     <tag>_drs_samples.png and <tag>_drs_pr.png; ``--drs-fit STEPS`` first trains D alone
-    against the fixed G that is thinned.
+    against the fixed G that is thinned. A wgan-gp's critic is no log p / q: with
+    ``--drs-fit`` a copy of it with a new score head at zero (``minimax_copy``) is fitted on
+    the minimax loss and thins instead; without, the script stops before training.
 Writes benchmarks/results/<tag>.json (tag: gan_mnist, or gan_mnist14 for mnist-14).
 ``--smoke``: 4 steps of a tiny GAN on 64 images, the metrics on 20 samples.
 """
@@ -46,7 +48,8 @@ import numpy as np  # noqa: E402
 
 from refgen import backend, io  # noqa: E402
 from refgen.metrics.evaluation import evaluate  # noqa: E402
-from refgen.models.gan import RejectionSampler, fit_discriminator  # noqa: E402
+from refgen.models.gan import RejectionSampler, fit_discriminator, minimax_copy  # noqa: E402
+from refgen.models.gan.drs import supports  # noqa: E402
 from refgen.runs import build_model, load_run, parse_sets  # noqa: E402
 from refgen.train import TrainingDiverged, data_facts, train  # noqa: E402
 
@@ -84,7 +87,8 @@ def parse(argv=None):
                          "truncation trick), at each T, at N = --eval-n")
     ap.add_argument("--drs", type=gammas, default=None, metavar="G1,G2,...",
                     help="also score discriminator rejection sampling at each gamma (0: exact; "
-                         "minimax models; with --drs-trained the trained, not the EMA, weights)")
+                         "with --drs-trained the trained, not the EMA, weights; a wgan-gp "
+                         "needs --drs-fit)")
     ap.add_argument("--drs-burn-in", type=int, default=10000,
                     help="proposals whose largest logit sets the bound M")
     ap.add_argument("--drs-fit", type=int, default=0, metavar="STEPS",
@@ -156,14 +160,15 @@ def truncation_sweep(model, test_ds, taus, n, tag):
         "truncation", "truncation tau")
 
 
-def drs_sweep(model, test_ds, gammas, n, tag, burn_in):
+def drs_sweep(model, test_ds, gammas, n, tag, burn_in, discriminator=None):
     """``sweep`` over discriminator rejection sampling's gamma (refgen.models.gan.drs): G's
-    samples kept with probability alpha / (alpha + (1 - alpha) e^gamma), alpha = e^{a - M};
-    each row records the share kept and the bound M its burn-in of ``burn_in`` found."""
+    samples kept with probability alpha / (alpha + (1 - alpha) e^gamma), alpha = e^{a - M},
+    a the logit of the model's D or of ``discriminator``; each row records the share kept
+    and the bound M its burn-in of ``burn_in`` found."""
     model.eval()
 
     def make(gamma):
-        drs = RejectionSampler(model, gamma=gamma, burn_in=burn_in)
+        drs = RejectionSampler(model, gamma=gamma, burn_in=burn_in, discriminator=discriminator)
         return Draw(lambda k, rng: drs.sample(k, rng=rng)), lambda: dict(
             acceptance_rate=drs.acceptance_rate, proposed=drs.proposed, max_logit=drs.max_logit)
     return dict(sweep(test_ds, gammas, make, n, tag, "drs", "gamma",
@@ -318,6 +323,14 @@ def main(argv=None):
            "backend": backend.name(), "command": command()}
     model = build_model(args.model, data_shape=train_ds.shape, num_classes=num_classes,
                         seed=st["seed"], overrides=settings)
+    if args.drs and not supports(model):  # before any training: the thinning could not run
+        if model.pack != 1:
+            raise SystemExit(f"gan_mnist.py: --drs with pack={model.pack}; rejection sampling "
+                             "scores one sample per discriminator input: pack=1")
+        if not args.drs_fit:
+            raise SystemExit(f"gan_mnist.py: --drs on {args.model}: its critic's score is no "
+                             "log p / q; give --drs-fit STEPS to fit a copy of the critic as a "
+                             "minimax discriminator first")
     cpu0, t0 = time.process_time(), time.perf_counter()
     try:
         done = train_in_chunks(model, train_ds, out, cfg, steps=args.steps,
@@ -366,20 +379,23 @@ def main(argv=None):
     if args.drs:
         drs_model = load_run(out, use_ema=False)[0] if args.drs_trained else model
         burn_in = 50 if SMOKE else args.drs_burn_in
-        fit = None
+        fit, disc = None, None if supports(drs_model) else minimax_copy(drs_model)
         if args.drs_fit:
             t = time.perf_counter()
             y = None if drs_model.num_classes is None else backend.asarray(train_ds.y)
             losses = fit_discriminator(drs_model, backend.asarray(train_ds.x), y=y, steps=args.drs_fit,
                                        rng=backend.default_rng(st["seed"] + 1), lr=st["lr"],
-                                       batch_size=st["batch_size"])
+                                       batch_size=st["batch_size"], discriminator=disc)
             k = max(len(losses) // 10, 1)
             fit = {"steps": args.drs_fit, "lr": st["lr"], "batch_size": st["batch_size"],
+                   "discriminator": ("the model's own" if disc is None else
+                                     "a copy of the critic with a new score head at zero, "
+                                     "fitted on the minimax loss"),
                    "d_loss_first_tenth": float(np.mean(losses[:k])),
                    "d_loss_last_tenth": float(np.mean(losses[-k:])),
                    "wall_s": round(time.perf_counter() - t, 1)}
             print("drs fit", json.dumps(fit), flush=True)
-        result["drs"] = dict(drs_sweep(drs_model, test_ds, args.drs, n, tag, burn_in),
+        result["drs"] = dict(drs_sweep(drs_model, test_ds, args.drs, n, tag, burn_in, disc),
                              weights="trained" if args.drs_trained else "as sampled (EMA when kept)",
                              fit_discriminator=fit)
     result["diffusion_unet_at_500"] = diffusion_at_500(args.data)

@@ -45,6 +45,7 @@ SMOKE_RUNS = [
     ("flows_mnist.py", ["--model", "gflow"], True),
     ("gan_mnist.py", ["--truncation", "0.5,2", "--drs", "0,-1", "--drs-fit", "2"], True),
     ("gan_mnist.py", ["--model", "infogan", "--set", "codes=3", "--drs", "0"], True),
+    ("gan_mnist.py", ["--model", "wgan-gp", "--drs", "0", "--drs-fit", "2"], True),
     ("gan_mnist_torch.py", [], True),
     ("gflow_2d.py", [], False),
     ("glide_mnist.py", [], True),
@@ -311,3 +312,16 @@ def test_diffusion_mnist_continues_a_run_on_its_own_data_and_takes_a_flag_at_its
     assert cfg["train_changes"] == [{"step": 2, "setting": "--lr", "from": 1e-4, "to": 2e-4}]
     with pytest.raises(SystemExit, match=r"--data mnist-14 \(the run has mnist\)"):
         dm.train_run(p.parse_args(["train", "--out", out, "--steps", "6", "--data", "mnist-14"]))
+
+
+def test_gan_mnist_refuses_drs_on_a_critic_without_a_fit_before_training(request, tmp_path):
+    """A wgan-gp's critic scores no log p / q: --drs without --drs-fit stops in one line,
+    before a training step is taken."""
+    env = dict(os.environ, TMPDIR=str(tmp_path), REFGEN_BACKEND="numpy", OPENBLAS_NUM_THREADS="1",
+               REFGEN_DATA_DIR=str(request.getfixturevalue("mnist_dir")))
+    proc = subprocess.run([sys.executable, str(BENCH / "gan_mnist.py"), "--smoke", "--model",
+                           "wgan-gp", "--drs", "0"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(err) == 1 and "--drs-fit" in err[0], proc.stderr
+    assert not list(tmp_path.rglob("checkpoint.npz"))

@@ -25,17 +25,26 @@ being thinned (the EMA's, or the last); ``fit_discriminator`` trains D alone aga
 fixed G as it samples, so that a(x) approaches log p / q for that G.
 
 Only the minimax models (``gan``, ``nsgan``, ``cgan``, ``infogan``) have a discriminator whose logit
-estimates log p / q, and only unpacked (one example per discriminator input).
+estimates log p / q, and only unpacked (one example per discriminator input). A model whose D
+scores something else (a Wasserstein critic's f, whose difference of means estimates W1 and
+whose value at one x is no density ratio) is thinned with a discriminator of its own:
+``minimax_copy(model)`` copies its D with a new score head at zero (a = 0: every proposal
+alike), ``fit_discriminator(model, x, discriminator=d)`` trains that copy on the minimax loss
+against the fixed G, and ``RejectionSampler(model, discriminator=d)`` thins with it. The
+model's own D is never touched.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 from refgen import optim
 from refgen.autograd import Tensor, no_grad
 from refgen.backend import xp
+from refgen.models.gan import losses as L
+from refgen.nn import Linear, init
 
-__all__ = ["RejectionSampler", "acceptance", "fit_discriminator", "supports"]
+__all__ = ["RejectionSampler", "acceptance", "fit_discriminator", "minimax_copy", "supports"]
 
 
 def supports(model) -> bool:
@@ -43,44 +52,70 @@ def supports(model) -> bool:
     return hasattr(model, "saturating") and getattr(model, "pack", None) == 1
 
 
-def _check(model):
-    if supports(model):
-        return
+def _check(model, discriminator=None):
+    """The discriminator whose logit thins ``model``'s samples: ``discriminator`` when given
+    (it must score one example per input), else the model's own minimax D."""
     name = getattr(model, "display_name", type(model).__name__)
+    if discriminator is not None:
+        if getattr(discriminator, "pack", 1) != 1:
+            raise ValueError(f"{name}: the discriminator given scores groups of "
+                             f"pack={discriminator.pack} samples; rejection sampling needs pack=1")
+        return discriminator
+    if supports(model):
+        return model.D
     if not hasattr(model, "saturating"):
         raise ValueError(f"{name}: discriminator rejection sampling needs a minimax "
                          "discriminator, whose logit estimates log p / q; accepted: gan, "
-                         "nsgan, cgan, infogan")
-    if model.pack != 1:
-        raise ValueError(f"{name}: pack={model.pack} scores groups of samples, not one; "
-                         "rejection sampling needs pack=1")
+                         "nsgan, cgan, infogan, or any model with a discriminator of its own "
+                         "(minimax_copy, then fit_discriminator)")
+    raise ValueError(f"{name}: pack={model.pack} scores groups of samples, not one; "
+                     "rejection sampling needs pack=1")
+
+
+def minimax_copy(model, *, seed=0):
+    """A discriminator for thinning a model whose own D is no minimax one: a copy of
+    ``model.D`` (its layers and weights) whose score head is a new Linear at zero, so that
+    its logit a(x) = 0 until ``fit_discriminator(model, x, discriminator=...)`` trains it
+    towards log p / q. A Wasserstein critic's features are a starting point fitted to tell
+    data from this G; its score f is no logit (any f + const is as good a critic), so the
+    head starts afresh. ``model.D`` itself is left as it is."""
+    d = copy.deepcopy(model.D)
+    d.head = Linear(d.head_features, 1, rng=init.get_rng(int(seed)))
+    init.zeros_(d.head.weight)
+    init.zeros_(d.head.bias)
+    return d
 
 
 def fit_discriminator(model, x, *, steps, rng, y=None, batch_size=64, lr=2e-4,
-                      betas=(0.5, 0.999)):
+                      betas=(0.5, 0.999), discriminator=None):
     """Train D alone for ``steps`` Adam steps on the minimax loss -V between batches of the
     real ``x`` (N, *data_shape) (labels ``y`` (N,) for a conditional model) and as many fresh
-    samples of the fixed G, drawn in G's current mode (eval: as it samples). Returns the
-    losses (steps,). D is left in eval mode."""
-    _check(model)
+    samples of the fixed G, drawn in G's current mode (eval: as it samples). D is the model's
+    own (its training loss, with any penalty), or ``discriminator`` (from ``minimax_copy``) on
+    the plain -V. Returns the losses (steps,). D is left in eval mode."""
+    d = _check(model, discriminator)
     if int(steps) < 1 or int(batch_size) < 1:
         raise ValueError(f"steps={steps!r}, batch_size={batch_size!r}; accepted: integers >= 1")
     if model.num_classes is not None and y is None:
         raise ValueError("a conditional GAN's discriminator is fitted on labelled data: give y")
-    opt = optim.Adam(list(model.D.parameters()), lr=lr, betas=tuple(betas))
-    model.D.train()
+    opt = optim.Adam(list(d.parameters()), lr=lr, betas=tuple(betas))
+    d.train()
     losses = []
     for _ in range(int(steps)):
         i = rng.integers(0, x.shape[0], int(batch_size))
         labels = None if model.num_classes is None else y[i]
         with no_grad():
             fake = model.generate(int(batch_size), labels, rng).data         # x ~ q, G fixed
-        loss = model.d_loss(Tensor(x[i]), Tensor(fake), labels, rng)       # -V(D, G)
+        real = Tensor(x[i])
+        if discriminator is None:
+            loss = model.d_loss(real, Tensor(fake), labels, rng)           # -V(D, G)
+        else:
+            loss = L.d_loss_minimax(d(real, labels), d(Tensor(fake), labels))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    model.D.eval()
+    d.eval()
     return losses
 
 
@@ -92,7 +127,8 @@ def acceptance(u, gamma=0.0):
 
 
 class RejectionSampler:
-    """Samples of a trained minimax GAN thinned by its discriminator.
+    """Samples of a trained minimax GAN thinned by its discriminator, or of any GAN thinned by
+    a ``discriminator`` fitted for it (``minimax_copy``, ``fit_discriminator``).
 
     ``sample(n, cond=None, *, rng)`` has the signature of the model's own ``sample``; each
     round proposes one G sample for every slot still empty (with that slot's label for a
@@ -100,8 +136,9 @@ class RejectionSampler:
     ``accepted`` count every proposal and every kept one since the sampler was made.
     """
 
-    def __init__(self, model, *, gamma=0.0, max_logit=None, burn_in=10_000, batch_size=1000):
-        _check(model)
+    def __init__(self, model, *, gamma=0.0, max_logit=None, burn_in=10_000, batch_size=1000,
+                 discriminator=None):
+        self.D = _check(model, discriminator)
         if not math.isfinite(gamma):
             raise ValueError(f"gamma={gamma!r}; accepted: a finite number (0: exact rejection)")
         if max_logit is None and int(burn_in) < 1:
@@ -118,7 +155,7 @@ class RejectionSampler:
         m = self.model
         with no_grad():
             x = m.generate(n, labels, rng).data
-            a = m.D(Tensor(x), labels).data                       # a(x) ~ log p(x) - log q(x)
+            a = self.D(Tensor(x), labels).data                    # a(x) ~ log p(x) - log q(x)
         return x, a
 
     def estimate_bound(self, rng):

@@ -108,6 +108,7 @@ class Discriminator(Module):
         self.layers = ModuleList(wrap(Linear(a, b, rng=rng)) for a, b in zip(sizes, sizes[1:]))
         self.norms = (ModuleList(BatchNorm(b) for b in hidden[1:])
                       if norm == "batch" and arch == "mlp" else None)   # not on the input layer
+        self.head_features = sizes[-1]                              # what the head reads
         self.head = wrap(Linear(sizes[-1], 1, rng=rng))
         self.proj = (Embedding(num_classes, sizes[-1], rng=rng)
                      if num_classes and cond == "projection" else None)

@@ -10,7 +10,7 @@ import pytest
 from refgen import models, nn
 from refgen.autograd import Tensor
 from refgen.backend import default_rng, to_numpy
-from refgen.models.gan import RejectionSampler, acceptance, fit_discriminator
+from refgen.models.gan import RejectionSampler, acceptance, fit_discriminator, minimax_copy
 from refgen.models.gan.nets import Discriminator
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
@@ -175,6 +175,44 @@ def test_fit_discriminator_reaches_the_log_density_ratio_and_drs_then_samples_p(
     xs = to_numpy(RejectionSampler(model, burn_in=20_000).sample(4000, rng=default_rng(9)))[:, 0]
     assert _ks(xs, MU_P[0], SD_P) < 1.95 / math.sqrt(4000)
     assert _ks(xs, MU_Q, SD_Q) > 5 * 1.95 / math.sqrt(4000)
+
+
+def test_a_critic_is_thinned_through_a_minimax_copy_fitted_to_log_p_over_q():
+    """A WGAN-GP critic's score is no log ratio, so the model is refused as it is; a copy of
+    the critic with a new zero head (a = 0 everywhere) fitted against the fixed G on -V
+    approaches a* = log p - log q, rejection with it gives p's samples, and the critic
+    itself is left as it was."""
+    model = _linear_gan("wgan-gp")
+    model.D = Discriminator((1,), hidden=(32, 32), arch="mlp", rng=0)   # the critic
+    model.eval()
+    critic = [p.data.copy() for p in model.D.parameters()]
+    with pytest.raises(ValueError, match="needs a minimax discriminator"):
+        RejectionSampler(model)
+    d = minimax_copy(model)
+    grid = np.linspace(-2.0, 1.5, 36)
+    g32 = Tensor(grid[:, None].astype(np.float32))
+    assert np.abs(model.D(g32).data).max() > 1e-3            # the critic scores, the copy not yet
+    np.testing.assert_array_equal(d(g32).data, np.zeros(36, np.float32))
+    x = (MU_P[0] + SD_P * np.random.default_rng(7).standard_normal((20_000, 1))).astype(np.float32)
+    losses = fit_discriminator(model, x, steps=2000, rng=default_rng(8), batch_size=256, lr=3e-3,
+                               discriminator=d)
+    true = _log_normal(grid, MU_P[0], SD_P) - _log_normal(grid, MU_Q, SD_Q)
+    assert np.abs(d(g32).data - true).max() < 0.2
+    assert losses[0] == pytest.approx(math.log(4), abs=1e-6)             # -V at a = 0
+    assert np.mean(losses[-200:]) < math.log(4) - 0.1
+    xs = to_numpy(RejectionSampler(model, burn_in=20_000, discriminator=d)
+                  .sample(4000, rng=default_rng(9)))[:, 0]
+    assert _ks(xs, MU_P[0], SD_P) < 1.95 / math.sqrt(4000)
+    assert _ks(xs, MU_Q, SD_Q) > 5 * 1.95 / math.sqrt(4000)
+    for before, p in zip(critic, model.D.parameters()):
+        np.testing.assert_array_equal(before, p.data)
+
+
+def test_a_packed_discriminator_given_is_refused():
+    model = _linear_gan("wgan-gp")
+    packed = Discriminator((1,), hidden=(4,), arch="mlp", pack=2, rng=0)
+    with pytest.raises(ValueError, match="pack=2"):
+        RejectionSampler(model, discriminator=packed)
 
 
 def test_fit_discriminator_refuses_what_it_cannot_fit():
