@@ -225,7 +225,8 @@ def train_in_chunks(model, ds, out, *, steps, budget_min, chunk, **train_kw):
     return done
 
 
-def _dest(flag):
+def dest(flag):
+    """The argparse attribute of a flag: '--batch-size' -> 'batch_size'."""
     return flag[2:].replace("-", "_")
 
 
@@ -235,7 +236,7 @@ def asked_flags(args, flags) -> dict:
     all is asked, even at its usual value; and {'--set KEY': value} for each ``--set
     KEY=VALUE``. What a run that continues is asked."""
     from refgen.runs import parse_sets
-    asked = {f: getattr(args, _dest(f)) for f in flags}
+    asked = {f: getattr(args, dest(f)) for f in flags}
     asked = {f: v for f, v in asked.items() if v is not None}
     asked.update({f"--set {k}": v for k, v in parse_sets(getattr(args, "set", None)).items()})
     return asked
@@ -246,8 +247,8 @@ def fill_defaults(args, defaults: dict):
     (None) to its default, in place: for a new run, after ``asked_flags`` has read what was
     given."""
     for f, v in defaults.items():
-        if getattr(args, _dest(f)) is None:
-            setattr(args, _dest(f), v)
+        if getattr(args, dest(f)) is None:
+            setattr(args, dest(f), v)
     return args
 
 

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, fill_defaults, load,  # noqa: E402
-                    run_dir)
+from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, dest, fill_defaults,  # noqa: E402
+                    load, run_dir)
 from diffusion_mnist import (SMOKE_RUNS, _fid, _fid_floor, _grid, _save,  # noqa: E402
                              _tradeoff_plot, train_in_chunks)
 
@@ -80,10 +80,10 @@ def train_classifier(args):
     asked = asked_flags(args, FLAGS)  # the flags given at all (their parser default is None)
     if cfg_path.exists():  # a classifier to continue: its own settings, but for --lr and --ema
         cfg_c = json.loads(cfg_path.read_text())
-        stored = {f: cfg_c[f[2:].replace("-", "_")] for f in FLAGS}
+        stored = {f: cfg_c[dest(f)] for f in FLAGS}
         stored.update({f"--set {k}": v for k, v in cfg_c["kwargs"].items()})
         now, changes = continue_run(out, stored, asked, changeable=("--lr", "--ema"))
-        cfg_c.update({f[2:].replace("-", "_"): now[f] for f in FLAGS})
+        cfg_c.update({dest(f): now[f] for f in FLAGS})
         cfg_c["train_changes"] = cfg_c.get("train_changes", []) + changes
         cfg_path.write_text(json.dumps(cfg_c, indent=2) + "\n")
     else:

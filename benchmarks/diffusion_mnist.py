@@ -45,8 +45,8 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, fill_defaults, load,  # noqa: E402
-                    machine, run_dir, smoke, train_in_chunks, write_json)
+from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, dest, fill_defaults,  # noqa: E402
+                    load, machine, run_dir, smoke, train_in_chunks, write_json)
 
 import numpy as np  # noqa: E402
 
@@ -123,7 +123,7 @@ def train_run(args):
     if cfg_path.exists():  # a run to continue: its own settings, but for --lr and --ema
         cfg = json.loads(cfg_path.read_text())
         settings, st = cfg["model_kwargs"], dict(cfg["train"], steps=args.steps)
-        keys = {f: f[2:].replace("-", "_") for f in TRAIN_FLAGS if f != "--data"}
+        keys = {f: dest(f) for f in TRAIN_FLAGS if f != "--data"}
         stored = {"--data": cfg["data"], **{f: st[k] for f, k in keys.items()},
                   **{f"--set {k}": v for k, v in settings.items()}}
         now, changes = continue_run(out, stored, asked, changeable=("--lr", "--ema"))

@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, fill_defaults, load,  # noqa: E402
-                    machine, read_log, rel, run_dir, sample_grid, write_result)
+from common import (RESULTS, SMOKE, add_smoke, asked_flags, command, continue_run, dest, fill_defaults,  # noqa: E402
+                    load, machine, read_log, rel, run_dir, sample_grid, write_result)
 
 import numpy as np  # noqa: E402
 
@@ -172,7 +172,7 @@ def main(argv=None):
     if resume:  # a run to continue: its own settings, but for --lr
         cfg = json.loads((out / "config.json").read_text())
         settings, st = cfg["model_kwargs"], dict(cfg["train"], steps=args.steps)
-        keys = {f: f[2:].replace("-", "_") for f in FLAGS if f != "--model"}
+        keys = {f: dest(f) for f in FLAGS if f != "--model"}
         stored = {"--model": cfg["model"], **{f: st[k] for f, k in keys.items()},
                   **{f"--set {k}": v for k, v in settings.items()}}
         now, new = continue_run(out, stored, asked, changeable=("--lr",))
