@@ -24,7 +24,9 @@ refgen.metrics.evaluate:
   - with ``--drs G1,G2,...``: the same for discriminator rejection sampling at each gamma
     (refgen.models.gan.drs; the share of proposals kept and the bound M in each row),
     <tag>_drs_samples.png and <tag>_drs_pr.png; ``--drs-fit STEPS`` first trains D alone
-    against the fixed G that is thinned. A wgan-gp's critic is no log p / q: with
+    against the fixed G that is thinned; ``--drs-fit S1,S2`` scores the gammas after S1
+    fitting steps and again after S2 in all (``drs.by_fit_steps``, <tag>_drs_fit<S>_*.png).
+    A wgan-gp's critic is no log p / q: with
     ``--drs-fit`` a copy of it with a new score head at zero (``minimax_copy``) is fitted on
     the minimax loss and thins instead; without, the script stops before training.
 Writes benchmarks/results/<tag>.json (tag: gan_mnist, or gan_mnist14 for mnist-14).
@@ -91,9 +93,10 @@ def parse(argv=None):
                          "needs --drs-fit)")
     ap.add_argument("--drs-burn-in", type=int, default=10000,
                     help="proposals whose largest logit sets the bound M")
-    ap.add_argument("--drs-fit", type=int, default=0, metavar="STEPS",
-                    help="first train D alone for STEPS steps against the fixed G that is "
-                         "thinned (refgen.models.gan.fit_discriminator; batch and lr as training)")
+    ap.add_argument("--drs-fit", type=fit_lengths, default=None, metavar="S1,S2,...",
+                    help="first train D alone for S1 steps against the fixed G that is thinned "
+                         "(refgen.models.gan.fit_discriminator; batch and lr as training), and "
+                         "score the gammas; then on to S2 steps in all and score them again, ...")
     ap.add_argument("--drs-trained", action="store_true",
                     help="thin with the trained G and D (the pair the game made), not the EMA")
     ap.add_argument("--tag", default=None)
@@ -116,6 +119,18 @@ def numbers(text, positive):
     if not vals or not all((0 < v if positive else -math.inf < v) and v < math.inf for v in vals):
         what = "positive numbers" if positive else "finite numbers"
         raise argparse.ArgumentTypeError(f"{text!r}: give {what}, comma-separated")
+    return vals
+
+
+def fit_lengths(text):
+    """'1000,3000' -> [1000, 3000]: increasing step counts >= 1."""
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        vals = []
+    if not vals or vals[0] < 1 or any(b <= a for a, b in zip(vals, vals[1:])):
+        raise argparse.ArgumentTypeError(f"{text!r}: give increasing step counts >= 1, "
+                                         "comma-separated")
     return vals
 
 
@@ -160,7 +175,7 @@ def truncation_sweep(model, test_ds, taus, n, tag):
         "truncation", "truncation tau")
 
 
-def drs_sweep(model, test_ds, gammas, n, tag, burn_in, discriminator=None):
+def drs_sweep(model, test_ds, gammas, n, tag, burn_in, discriminator=None, name="drs"):
     """``sweep`` over discriminator rejection sampling's gamma (refgen.models.gan.drs): G's
     samples kept with probability alpha / (alpha + (1 - alpha) e^gamma), alpha = e^{a - M},
     a the logit of the model's D or of ``discriminator``; each row records the share kept
@@ -171,7 +186,7 @@ def drs_sweep(model, test_ds, gammas, n, tag, burn_in, discriminator=None):
         drs = RejectionSampler(model, gamma=gamma, burn_in=burn_in, discriminator=discriminator)
         return Draw(lambda k, rng: drs.sample(k, rng=rng)), lambda: dict(
             acceptance_rate=drs.acceptance_rate, proposed=drs.proposed, max_logit=drs.max_logit)
-    return dict(sweep(test_ds, gammas, make, n, tag, "drs", "gamma",
+    return dict(sweep(test_ds, gammas, make, n, tag, name, "gamma",
                       plot_x=lambda g, row: row["acceptance_rate"],
                       plot_xlabel="share of proposals kept"), burn_in=burn_in)
 
@@ -379,25 +394,32 @@ def main(argv=None):
     if args.drs:
         drs_model = load_run(out, use_ema=False)[0] if args.drs_trained else model
         burn_in = 50 if SMOKE else args.drs_burn_in
-        fit, disc = None, None if supports(drs_model) else minimax_copy(drs_model)
-        if args.drs_fit:
-            t = time.perf_counter()
-            y = None if drs_model.num_classes is None else backend.asarray(train_ds.y)
-            losses = fit_discriminator(drs_model, backend.asarray(train_ds.x), y=y, steps=args.drs_fit,
-                                       rng=backend.default_rng(st["seed"] + 1), lr=st["lr"],
-                                       batch_size=st["batch_size"], discriminator=disc)
-            k = max(len(losses) // 10, 1)
-            fit = {"steps": args.drs_fit, "lr": st["lr"], "batch_size": st["batch_size"],
-                   "discriminator": ("the model's own" if disc is None else
-                                     "a copy of the critic with a new score head at zero, "
-                                     "fitted on the minimax loss"),
-                   "d_loss_first_tenth": float(np.mean(losses[:k])),
-                   "d_loss_last_tenth": float(np.mean(losses[-k:])),
-                   "wall_s": round(time.perf_counter() - t, 1)}
-            print("drs fit", json.dumps(fit), flush=True)
-        result["drs"] = dict(drs_sweep(drs_model, test_ds, args.drs, n, tag, burn_in, disc),
-                             weights="trained" if args.drs_trained else "as sampled (EMA when kept)",
-                             fit_discriminator=fit)
+        disc = None if supports(drs_model) else minimax_copy(drs_model)
+        fits = args.drs_fit or [0]
+        y = None if drs_model.num_classes is None else backend.asarray(train_ds.y)
+        fit_rng, rows, done_fit = backend.default_rng(st["seed"] + 1), {}, 0
+        for steps in fits:       # each fit continues the last: steps is the count in all
+            fit = None
+            if steps:
+                t = time.perf_counter()
+                losses = fit_discriminator(drs_model, backend.asarray(train_ds.x), y=y,
+                                           steps=steps - done_fit, rng=fit_rng, lr=st["lr"],
+                                           batch_size=st["batch_size"], discriminator=disc)
+                done_fit, k = steps, max(len(losses) // 10, 1)
+                fit = {"steps": steps, "lr": st["lr"], "batch_size": st["batch_size"],
+                       "discriminator": ("the model's own" if disc is None else
+                                         "a copy of the critic with a new score head at zero, "
+                                         "fitted on the minimax loss"),
+                       "d_loss_first_tenth": float(np.mean(losses[:k])),
+                       "d_loss_last_tenth": float(np.mean(losses[-k:])),
+                       "wall_s": round(time.perf_counter() - t, 1)}
+                print("drs fit", json.dumps(fit), flush=True)
+            name = "drs" if len(fits) == 1 else f"drs_fit{steps}"
+            rows[str(steps)] = dict(drs_sweep(drs_model, test_ds, args.drs, n, tag, burn_in, disc, name),
+                                    weights="trained" if args.drs_trained else "as sampled (EMA when kept)",
+                                    fit_discriminator=fit)
+        # one fit length (or none): the sweep itself; several: a sweep per fit length in all
+        result["drs"] = rows[str(fits[0])] if len(fits) == 1 else {"by_fit_steps": rows}
     result["diffusion_unet_at_500"] = diffusion_at_500(args.data)
     result["fid_real_floor_at_10000"] = FLOOR_10K.get(args.data)
 
