@@ -343,8 +343,8 @@ def main(argv=None):
             raise SystemExit(f"gan_mnist.py: --drs with pack={model.pack}; rejection sampling "
                              "scores one sample per discriminator input: pack=1")
         if not args.drs_fit:
-            raise SystemExit(f"gan_mnist.py: --drs on {args.model}: its critic's score is no "
-                             "log p / q; give --drs-fit STEPS to fit a copy of the critic as a "
+            raise SystemExit(f"gan_mnist.py: --drs on {args.model}: its discriminator's score "
+                             "is no log p / q; give --drs-fit STEPS to fit a copy of it as a "
                              "minimax discriminator first")
     cpu0, t0 = time.process_time(), time.perf_counter()
     try:
@@ -396,13 +396,14 @@ def main(argv=None):
         burn_in = 50 if SMOKE else args.drs_burn_in
         disc = None if supports(drs_model) else minimax_copy(drs_model)
         fits = args.drs_fit or [0]
+        x = backend.asarray(train_ds.x) if args.drs_fit else None      # once, not per fit
         y = None if drs_model.num_classes is None else backend.asarray(train_ds.y)
         fit_rng, rows, done_fit = backend.default_rng(st["seed"] + 1), {}, 0
         for steps in fits:       # each fit continues the last: steps is the count in all
             fit = None
             if steps:
                 t = time.perf_counter()
-                losses = fit_discriminator(drs_model, backend.asarray(train_ds.x), y=y,
+                losses = fit_discriminator(drs_model, x, y=y,
                                            steps=steps - done_fit, rng=fit_rng, lr=st["lr"],
                                            batch_size=st["batch_size"], discriminator=disc)
                 done_fit, k = steps, max(len(losses) // 10, 1)

@@ -72,7 +72,7 @@ def _check(model, discriminator=None):
                      "rejection sampling needs pack=1")
 
 
-def minimax_copy(model, *, seed=0):
+def minimax_copy(model):
     """A discriminator for thinning a model whose own D is no minimax one: a copy of
     ``model.D`` (its layers and weights) whose score head is a new Linear at zero, so that
     its logit a(x) = 0 until ``fit_discriminator(model, x, discriminator=...)`` trains it
@@ -80,9 +80,8 @@ def minimax_copy(model, *, seed=0):
     data from this G; its score f is no logit (any f + const is as good a critic), so the
     head starts afresh. ``model.D`` itself is left as it is."""
     d = copy.deepcopy(model.D)
-    d.head = Linear(d.head_features, 1, rng=init.get_rng(int(seed)))
-    init.zeros_(d.head.weight)
-    init.zeros_(d.head.bias)
+    # its own generator for the draw that zero_module overwrites: the global one untouched
+    d.head = init.zero_module(Linear(d.head_features, 1, rng=init.get_rng(0)))
     return d
 
 
