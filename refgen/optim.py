@@ -325,8 +325,8 @@ class EMA:
             self.shadow[k] = backend.copy_to_active(v, dtype=self.shadow[k].dtype)
         if "num_updates" in state:
             self.num_updates = int(backend.to_numpy(state["num_updates"]))
-        if "decay" in state:
-            self.decay = float(backend.to_numpy(state["decay"]))
+        # the stored "decay" is a record: the decay is the setting this EMA was made with, so
+        # a run that resumes with another one averages at the new rate from here on
 
 
 # --- learning-rate schedules: multipliers of the base learning rate ----------------------------

@@ -89,6 +89,23 @@ def test_resume_is_bit_for_bit(tmp_path, ema_decay):
     assert [(r["step"], r["loss"]) for r in la] == [(r["step"], r["loss"]) for r in lb]
 
 
+def test_a_resumed_run_averages_at_its_own_ema_decay(tmp_path):
+    """A run resumed with another ema_decay averages at the new decay from the checkpoint on,
+    not at the stored one: with a decay of 1e-9 each update leaves the average within 1e-9 of
+    the weights (at the stored 0.9 it would trail them), and the checkpoint records the new
+    decay."""
+    ds = _small_noisy_data()
+    _run(NoisyGMM((2,), seed=1), ds, tmp_path, 20, ema_decay=0.9)
+    model = NoisyGMM((2,), seed=1)
+    _run(model, ds, tmp_path, 40, ema_decay=1e-9, resume=True)
+    arrays, _ = io.load_checkpoint(tmp_path / "checkpoint.npz")
+    assert float(arrays["ema/decay"]) == 1e-9
+    for k, p in model.named_parameters():
+        shadow, w = arrays[f"ema/shadow.{k}"], to_numpy(p.data)
+        assert np.max(np.abs(w - arrays[f"model/{k}"])) == 0.0
+        np.testing.assert_allclose(shadow, w, rtol=1e-6, atol=1e-7)
+
+
 def test_resume_drops_log_lines_after_the_checkpoint(tmp_path):
     ds = _small_noisy_data()
     _run(GaussianMixture((2,)), ds, tmp_path, 20)  # checkpoint at step 20
