@@ -16,8 +16,9 @@ refgen.metrics.evaluate:
     the diffusion U-Net's FID at 500 (FID is biased upwards at small N: compare equal N);
   - <tag>_samples.png (64 samples) and <tag>_losses.png (moving averages over 5 log lines
     of the discriminator loss and of the generator loss);
-  - for an infogan, what its code means: ``code_classes`` (each code's class histogram by
-    the MNIST classifier, purity) and <tag>_codes.png (a row per code value);
+  - for a model with a code (infogan, infowgan-gp), what its code means: ``code_classes``
+    (each code's class histogram by the MNIST classifier, purity) and <tag>_codes.png (a
+    row per code value);
   - with ``--truncation T1,T2,...``: the same metrics at N = ``--eval-n`` for z truncated to
     [-T, T] per component, <tag>_truncation_samples.png (32 samples per T, one noise seed)
     and <tag>_truncation_pr.png (precision and recall against T);
@@ -26,7 +27,7 @@ refgen.metrics.evaluate:
     <tag>_drs_samples.png and <tag>_drs_pr.png; ``--drs-fit STEPS`` first trains D alone
     against the fixed G that is thinned; ``--drs-fit S1,S2`` scores the gammas after S1
     fitting steps and again after S2 in all (``drs.by_fit_steps``, <tag>_drs_fit<S>_*.png).
-    A wgan-gp's critic is no log p / q: with
+    A Wasserstein critic (wgan-gp, infowgan-gp) is no log p / q: with
     ``--drs-fit`` a copy of it with a new score head at zero (``minimax_copy``) is fitted on
     the minimax loss and thins instead; without, the script stops before training.
 Writes benchmarks/results/<tag>.json (tag: gan_mnist, or gan_mnist14 for mnist-14).
@@ -67,7 +68,8 @@ TARGETS = {"fid_mnist_at_10000": "<= 10", "precision": ">= 0.8", "recall": ">= 0
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, choices=["gan", "nsgan", "wgan-gp", "cgan", "fgan", "infogan"],
+    ap.add_argument("--model", default=None, choices=["gan", "nsgan", "wgan-gp", "cgan", "fgan", "infogan",
+                                                         "infowgan-gp"],
                     help="default nsgan")
     ap.add_argument("--data", default=None, choices=["mnist", "mnist-14"], help="default mnist")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="model hyperparameter")
@@ -89,8 +91,8 @@ def parse(argv=None):
                          "truncation trick), at each T, at N = --eval-n")
     ap.add_argument("--drs", type=gammas, default=None, metavar="G1,G2,...",
                     help="also score discriminator rejection sampling at each gamma (0: exact; "
-                         "with --drs-trained the trained, not the EMA, weights; a wgan-gp "
-                         "needs --drs-fit)")
+                         "with --drs-trained the trained, not the EMA, weights; a Wasserstein "
+                         "critic needs --drs-fit)")
     ap.add_argument("--drs-burn-in", type=int, default=10000,
                     help="proposals whose largest logit sets the bound M")
     ap.add_argument("--drs-fit", type=fit_lengths, default=None, metavar="S1,S2,...",
@@ -192,7 +194,7 @@ def drs_sweep(model, test_ds, gammas, n, tag, burn_in, discriminator=None, name=
 
 
 def code_classes(model, n, tag, seed=0):
-    """What an infogan's code means to the MNIST classifier: ``n`` samples per code value (z
+    """What a coded model's code means to the MNIST classifier: ``n`` samples per code value (z
     from the prior, the weights and mode ``sample`` uses), each classified. Per code: its class
     histogram, its majority class and that class's share; overall: the share of samples in
     their code's majority class (purity: the code read as a cluster label), and the number of

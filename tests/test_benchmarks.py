@@ -46,6 +46,7 @@ SMOKE_RUNS = [
     ("gan_mnist.py", ["--truncation", "0.5,2", "--drs", "0,-1", "--drs-fit", "2"], True),
     ("gan_mnist.py", ["--model", "infogan", "--set", "codes=3", "--drs", "0"], True),
     ("gan_mnist.py", ["--model", "wgan-gp", "--drs", "0", "--drs-fit", "2,3"], True),
+    ("gan_mnist.py", ["--model", "infowgan-gp", "--set", "codes=3", "--drs", "0", "--drs-fit", "2"], True),
     ("gan_mnist_torch.py", [], True),
     ("gflow_2d.py", [], False),
     ("glide_mnist.py", [], True),

@@ -92,6 +92,8 @@ CASES = {
                                               cond="projection")),
     "infogan": ("mnist", (1, 14, 14), False, dict(channels=4, hidden=[8], z_dim=4, codes=3,
                                                   d_norm="spectral", info=0.5)),
+    "infowgan-gp": ("mnist", (1, 14, 14), False, dict(channels=4, hidden=[8], z_dim=4, codes=3,
+                                                      info=0.5, n_critic=2)),
     "ncsn": ("8gaussians", (2,), False, dict(hidden=16, depth=1, T=2)),
     "sde-ve": ("8gaussians", (2,), False, dict(hidden=16, depth=1, sampler="ode", sample_steps=4)),
     "sde-vp": ("mnist", IMG, False, dict(channels=8, groups=4, num_res_blocks=1, sample_steps=3)),

@@ -1,4 +1,4 @@
-"""The GAN models: one alternating training step, six objectives.
+"""The GAN models: one alternating training step, six objectives and a code mixed into two.
 
     gan       minimax game, saturating generator loss    (Goodfellow et al., 2014)
     nsgan     minimax discriminator, non-saturating G     (Goodfellow et al., 2014, Sec. 3)
@@ -9,8 +9,9 @@
               projection discriminator option: Miyato & Koyama, 2018)
     infogan   nsgan with a categorical code into G and its posterior Q(c | x) read from
               D's features, both ascending the mutual-information bound (Chen et al., 2016)
+    infowgan-gp  wgan-gp with the same code and posterior (``_Coded``)
 
-Every model but infogan also takes ``pack`` (PacGAN, Lin et al., 2018: ``pack`` samples
+Every model but the coded two also takes ``pack`` (PacGAN, Lin et al., 2018: ``pack`` samples
 form one D input) and the minimax ones ``r1`` (Mescheder et al., 2018).
 
 One loop step = one discriminator (critic) step on the loop's batch of real data and as
@@ -34,7 +35,8 @@ from refgen.models.gan.drs import RejectionSampler
 from refgen.models.gan.nets import NORMS, Discriminator, Generator
 from refgen.nn import Linear, Module, init
 
-__all__ = ["AdversarialModel", "GAN", "NSGAN", "WGAN", "WGANGP", "FGAN", "CGAN", "InfoGAN"]
+__all__ = ["AdversarialModel", "GAN", "NSGAN", "WGAN", "WGANGP", "FGAN", "CGAN", "InfoGAN",
+           "InfoWGANGP"]
 
 
 def _sizes(hidden):
@@ -292,32 +294,26 @@ class CGAN(_Minimax):
                    channels=channels)
 
 
-@register("infogan")
-class InfoGAN(_Minimax):
-    """The non-saturating GAN with a categorical code c ~ U{0, ..., K-1} into G (an embedding,
-    as cgan's labels) and Q(c | x) = softmax(Q h(x)) on D's last hidden layer h; D (with Q)
-    and G each add -info * L_I to their loss (Chen et al., 2016, eq. 6). The model never
-    reads the data's labels: the code's meaning is whatever the bound makes G give it.
-    ``sample(n, cond=codes)`` draws with chosen codes, otherwise c ~ p(c)."""
-    saturating = False
+class _Coded:
+    """A categorical code c ~ U{0, ..., K-1} into G (an embedding, as cgan's labels) and its
+    posterior Q(c | x) = softmax(Q h(x)) on D's last hidden layer h; D (with Q) and G each add
+    -info * L_I to the loss of the objective it is mixed into (Chen et al., 2016, eq. 6). The
+    model never reads the data's labels: the code's meaning is whatever the bound makes G give
+    it. ``sample(n, cond=codes)`` draws with chosen codes, otherwise c ~ p(c)."""
 
-    def __init__(self, data_shape, *, codes=10, info=1.0, seed=0, z_dim=None, hidden=None,
-                 channels=64, arch="auto", g_norm="auto", d_norm="none", embed_dim=16,
-                 n_critic=1, r1=0.0, betas=(0.5, 0.999), lr_d=None, lr_g=None):
-        super().__init__()
+    def _code_options(self, codes, info):
+        """Check and keep the number of code values K and the weight on the bound."""
+        name = self.display_name
         if isinstance(codes, bool) or not isinstance(codes, int) or codes < 2:
-            raise ValueError(f"infogan: codes={codes!r}; accepted: an integer >= 2 (the "
+            raise ValueError(f"{name}: codes={codes!r}; accepted: an integer >= 2 (the "
                              "number of values of the categorical code)")
         try:
             weight = float(info)
         except (TypeError, ValueError):
             weight = float("nan")
         if isinstance(info, bool) or not 0 <= weight < float("inf"):
-            raise ValueError(f"infogan: info={info!r}; accepted: a weight >= 0 on the "
+            raise ValueError(f"{name}: info={info!r}; accepted: a weight >= 0 on the "
                              "mutual-information bound")
-        self._init(data_shape, seed, r1=r1, betas=betas, z_dim=z_dim, hidden=hidden, arch=arch,
-                   g_norm=g_norm, d_norm=d_norm, pack=1, n_critic=n_critic, lr_d=lr_d,
-                   lr_g=lr_g, embed_dim=embed_dim, channels=channels, codes=codes)
         self.codes, self.info = codes, weight
 
     def _labels(self, n, cond):
@@ -339,17 +335,19 @@ class InfoGAN(_Minimax):
         return L.info_bound(self.Q(self.D.features(x)), c)
 
     def loss(self, batch, rng):
-        """-V(D, G) - info * L_I: D's loss on real data and as many coded samples (labels unread)."""
+        """D's loss on real data and as many coded samples (labels unread), with its penalty,
+        less info * L_I."""
         with no_grad():
             fake, c = self.coded(batch.x.shape[0], rng)
-        h = self.D.features(Tensor(fake.data))                       # (B, hidden[-1])
+        fake = Tensor(fake.data)
+        h = self.D.features(fake)                                    # (B, hidden[-1])
         loss = self.d_objective(self.D(batch.x), self.D.score(h))
-        extra = self.penalty(batch.x, None, None, rng)
+        extra = self.penalty(batch.x, fake, None, rng)
         loss = loss - self.info * L.info_bound(self.Q(h), c)         # eq. 6, D and Q's side
         return loss if extra is None else loss + extra
 
     def g_loss(self, n, y, rng):
-        """-E log D(G(z, c)) - info * L_I: G's side of eq. 6."""
+        """G's loss on n fresh coded samples, less info * L_I: G's side of eq. 6."""
         fake, c = self.coded(n, rng)
         h = self.D.features(fake)
         return self.g_objective(self.D.score(h)) - self.info * L.info_bound(self.Q(h), c)
@@ -358,6 +356,22 @@ class InfoGAN(_Minimax):
         groups = super().param_groups()
         groups["D"]["params"] += list(self.Q.parameters())          # Q shares D's trunk and step
         return groups
+
+
+@register("infogan")
+class InfoGAN(_Coded, _Minimax):
+    """The non-saturating GAN with a categorical code (``_Coded``): D's loss -V(D, G) -
+    info * L_I, G's -E log D(G(z, c)) - info * L_I (Chen et al., 2016, eq. 6)."""
+    saturating = False
+
+    def __init__(self, data_shape, *, codes=10, info=1.0, seed=0, z_dim=None, hidden=None,
+                 channels=64, arch="auto", g_norm="auto", d_norm="none", embed_dim=16,
+                 n_critic=1, r1=0.0, betas=(0.5, 0.999), lr_d=None, lr_g=None):
+        super().__init__()
+        self._code_options(codes, info)
+        self._init(data_shape, seed, r1=r1, betas=betas, z_dim=z_dim, hidden=hidden, arch=arch,
+                   g_norm=g_norm, d_norm=d_norm, pack=1, n_critic=n_critic, lr_d=lr_d,
+                   lr_g=lr_g, embed_dim=embed_dim, channels=channels, codes=codes)
 
 
 @register("wgan")
@@ -371,9 +385,12 @@ class WGAN(AdversarialModel):
                  g_norm="auto", d_norm="none", pack=1, n_critic=5, clip=0.01, gp=0.0,
                  optimizer="rmsprop", betas=(0.0, 0.9), lr_d=None, lr_g=None):
         super().__init__()
-        self._build(data_shape, seed=seed, z_dim=z_dim, hidden=hidden, arch=arch,
-                    g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic, lr_d=lr_d,
-                    lr_g=lr_g, channels=channels)
+        self._init(data_shape, seed, clip=clip, gp=gp, optimizer=optimizer, betas=betas,
+                   d_norm=d_norm, z_dim=z_dim, hidden=hidden, arch=arch, g_norm=g_norm,
+                   pack=pack, n_critic=n_critic, lr_d=lr_d, lr_g=lr_g, channels=channels)
+
+    def _init(self, data_shape, seed, *, clip, gp, optimizer, betas, d_norm, **kw):
+        self._build(data_shape, seed=seed, d_norm=d_norm, **kw)
         name = type(self).registry_name
         clip = None if clip in (None, 0, 0.0) else float(clip)
         if clip is not None and clip < 0:
@@ -424,6 +441,25 @@ class WGANGP(WGAN):
         super().__init__(data_shape, seed=seed, z_dim=z_dim, hidden=hidden, channels=channels,
                          arch=arch, g_norm=g_norm, d_norm=d_norm, pack=pack, n_critic=n_critic,
                          clip=clip, gp=gp, optimizer=optimizer, betas=betas, lr_d=lr_d, lr_g=lr_g)
+
+
+@register("infowgan-gp")
+class InfoWGANGP(_Coded, WGAN):
+    """WGAN-GP with a categorical code (``_Coded``): the critic's loss E_q f - E_p f + the
+    gradient penalty - info * L_I, G's -E_q f - info * L_I; Q reads the code from the critic's
+    last hidden layer, and the penalty constrains the score f alone."""
+
+    default_train = WGANGP.default_train
+
+    def __init__(self, data_shape, *, codes=10, info=1.0, seed=0, z_dim=None, hidden=None,
+                 channels=64, arch="auto", g_norm="auto", d_norm="none", embed_dim=16,
+                 n_critic=5, gp=10.0, betas=(0.0, 0.9), lr_d=None, lr_g=None):
+        AdversarialModel.__init__(self)        # Module's: WGAN's own would build without Q
+        self._code_options(codes, info)
+        self._init(data_shape, seed, clip=None, gp=gp, optimizer="adam", betas=betas,
+                   d_norm=d_norm, z_dim=z_dim, hidden=hidden, arch=arch, g_norm=g_norm,
+                   pack=1, n_critic=n_critic, lr_d=lr_d, lr_g=lr_g, channels=channels,
+                   embed_dim=embed_dim, codes=codes)
 
 
 @register("fgan")

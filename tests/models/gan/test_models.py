@@ -16,7 +16,7 @@ from refgen.autograd import Tensor
 from refgen.train import _make_optimizers, train
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
-NAMES = ["gan", "nsgan", "wgan", "wgan-gp", "fgan", "cgan", "infogan"]
+NAMES = ["gan", "nsgan", "wgan", "wgan-gp", "fgan", "cgan", "infogan", "infowgan-gp"]
 
 
 def _toy(n=512, seed=0):
